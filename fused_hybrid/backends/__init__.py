@@ -1,0 +1,63 @@
+"""Backend registry: which backends exist, which are usable here, and which one serves a rule on a device.
+
+A backend is a module with ``NAME``, ``RULES`` (the rule families it implements: "adaptive", "sgd", "mas",
+"ndadam"), ``available(device) -> bool``, ``why_unavailable(device) -> str`` and one function per rule family
+(see ``backends/reference.py`` for the API). ``backend="auto"`` picks the first usable fused backend for the
+device that implements the rule, else the reference; a backend named explicitly is used or a
+``BackendUnavailableError`` says why not: never a silent fallback.
+"""
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+NAMES = ("reference", "cpu", "triton", "cuda")
+# The order "auto" tries them in, per device type.
+_AUTO_ORDER = {"cuda": ("cuda", "triton"), "cpu": ("cpu",)}
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend was asked for by name and cannot serve this device, dtype or rule."""
+
+
+def _module(name: str):
+    if name not in NAMES:
+        raise ValueError(f"unknown backend {name!r}; choose one of {('auto',) + NAMES}")
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def check_name(name: str) -> None:
+    if name != "auto" and name not in NAMES:
+        raise ValueError(f"Invalid backend: {name!r}; choose one of {('auto',) + NAMES}")
+
+
+def resolve(name: str, device: torch.device, family: str):
+    """The backend module that runs ``family`` for tensors on ``device``."""
+    if name == "auto":
+        for cand in _AUTO_ORDER.get(device.type, ()):
+            mod = _module(cand)
+            if family in mod.RULES and mod.available(device):
+                return mod
+        return _module("reference")
+    mod = _module(name)
+    if not mod.available(device):
+        raise BackendUnavailableError(f"backend {name!r} cannot run on {device}: {mod.why_unavailable(device)}")
+    if family not in mod.RULES:
+        raise BackendUnavailableError(
+            f"backend {name!r} does not implement the {family!r} rule family yet "
+            f"(it implements {sorted(mod.RULES)}); use backend='auto' or 'reference'")
+    return mod
+
+
+def backends() -> dict[str, str]:
+    """Each backend's status here: 'available (...)' or 'unavailable: <reason>'."""
+    out = {}
+    for name in NAMES:
+        mod = _module(name)
+        devs = [d for d in ("cpu", "cuda") if mod.available(torch.device(d))]
+        if devs:
+            out[name] = f"available on {', '.join(devs)}; rules: {', '.join(sorted(mod.RULES))}"
+        else:
+            out[name] = f"unavailable: {mod.why_unavailable(torch.device('cuda' if name in ('cuda', 'triton') else 'cpu'))}"
+    return out

@@ -1,0 +1,90 @@
+"""Per-step hyperparameter records handed from the optimizer wrappers to every backend.
+
+The wrappers turn a parameter group into one of these once per step; backends never read group dicts, so a
+backend is a set of plain functions over tensor lists plus one of these records.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# Adaptive-family step forms (ALGORITHMS.md sections 1-4).
+FORM_TORCH = 0  # torch.optim.Adam: p = -(lr/bc1) * m / (sqrt(v)/sqrt(bc2) + eps)
+FORM_PAPER = 1  # Padam / Adam-Clip / AdaBound: step size lr*sqrt(bc2)/bc1 / (sqrt(v)+eps)^(2p), optionally clipped
+
+CLIP_NONE = 0
+CLIP_CONST = 1  # Adam-Clip: [clip_lo, clip_hi]
+CLIP_ADABOUND = 2  # AdaBound: bounds from final_lr (already scaled by lr/base_lr) and gamma, per step k
+
+PHASE_ADAM = 0
+PHASE_SGD = 1
+
+
+@dataclass(frozen=True)
+class Adaptive:
+    lr: float | torch.Tensor
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float = 0.0
+    decoupled: bool = False  # AdamW: w *= 1 - lr*wd before the update; else L2 (g += wd*w)
+    amsgrad: bool = False
+    maximize: bool = False
+    form: int = FORM_TORCH
+    partial: float = 0.5
+    clip_mode: int = CLIP_NONE
+    clip_lo: float = 0.0
+    clip_hi: float = float("inf")
+    final_lr: float = 0.0  # AdaBound: final_lr * lr / base_lr
+    gamma: float = 0.0
+
+
+@dataclass(frozen=True)
+class SGD:
+    lr: float | torch.Tensor
+    momentum: float = 0.0
+    dampening: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    maximize: bool = False
+
+
+@dataclass(frozen=True)
+class MAS:
+    lr: float | torch.Tensor
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    dampening: float = 0.0
+    nesterov: bool = False
+    adam_w: float = 0.5
+    sgd_w: float = 0.5
+    variant: str = "sum"
+    maximize: bool = False
+
+
+@dataclass(frozen=True)
+class NDAdam:
+    lr: float | torch.Tensor
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float = 0.0
+    maximize: bool = False
+
+
+@dataclass
+class SwatsArgs:
+    """What the adaptive kernels need for SWATS, one entry per tensor of the call.
+
+    phase[t] (int32) selects the branch on the device; sgd_lr[t] (float64) is (1-b1)*Lambda scaled by the LR
+    change since the switch; partials[t] (float64, shape [T, 2]) receives <p, g> and <p, p> of the Adam step.
+    """
+    momentum_buffers: list[torch.Tensor]
+    phase: torch.Tensor
+    sgd_lr: torch.Tensor
+    partials: torch.Tensor
+    nesterov: bool = False

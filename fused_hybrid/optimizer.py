@@ -1,0 +1,280 @@
+"""``HybridOptimizer``: the one torch.optim.Optimizer behind every fused_hybrid optimizer.
+
+A step: validate the gradients, create missing state, group each param group's tensors by (device, dtype) once
+and cache that plan, hand each bucket to its backend (one call per bucket; the fused backends make one pass
+over memory per call), and for SWATS run the device-side switch test on the partial sums the kernels wrote.
+Nothing here reads a device value on the fused paths: lr, step, phase and found_inf stay on the device.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from copy import deepcopy
+from itertools import chain
+
+import torch
+
+from . import rules
+from . import swats as sw
+from .backends import check_name, resolve
+from .hyper import SwatsArgs
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class _Bucket:
+    """The tensors of one group that share a device and dtype and have gradients this step."""
+    __slots__ = ("device", "params", "idx", "states", "flat_idx")
+
+    def __init__(self, device):
+        self.device = device
+        self.params, self.idx, self.states = [], [], []
+        self.flat_idx = None
+
+
+class HybridOptimizer(torch.optim.Optimizer):
+    """An optimizer whose parameter groups each follow a rule (``"adam"``, ``"sgd"``, ``"swats"``, ...).
+
+    ``rule`` is the default for groups that do not name one, so
+    ``HybridOptimizer([{"params": body, "rule": "adam"}, {"params": head, "rule": "sgd", "lr": 0.1}])``
+    trains the body with Adam and the head with SGD in one optimizer (seed 003, section IV.A). Keyword
+    arguments are defaults for every group whose rule has that hyperparameter.
+    """
+
+    _step_supports_amp_scaling = True  # GradScaler hands us grad_scale / found_inf; kernels unscale and skip
+
+    def __init__(self, params, rule: str = "adam", *, backend: str = "auto", granularity: str = "global",
+                 **defaults):
+        check_name(backend)
+        if granularity not in sw.GRANULARITIES:
+            raise ValueError(f"Invalid granularity: {granularity!r}; choose one of {sw.GRANULARITIES}")
+        if rule not in rules.DEFAULTS:
+            raise ValueError(f"Invalid rule: {rule!r}; choose one of {sorted(rules.DEFAULTS)}")
+        self._rule = rule
+        self.granularity = granularity
+        self._plans: dict[int, tuple] = {}
+        self._swats_layout = None
+        self._fresh_buffers: set = set()
+        # Explicit keyword arguments apply to every group whose rule has that hyperparameter; torch's own
+        # ``defaults`` only holds the keys all rules share, so no group collects keys foreign to its rule.
+        self._kwargs = {**defaults, "backend": backend}
+        super().__init__(params, {k: self._kwargs.get(k, v) for k, v in rules.COMMON.items()})
+
+    # -- groups ---------------------------------------------------------------------------------------------------
+
+    def add_param_group(self, param_group: dict) -> None:
+        if isinstance(param_group, dict):
+            param_group = dict(param_group)
+            rules.fill_defaults(param_group, self._rule, self._kwargs)
+            check_name(param_group["backend"])
+            rules.validate(param_group)
+        super().add_param_group(param_group)
+        for p in self.param_groups[-1]["params"]:
+            if p.is_complex():
+                raise ValueError("complex parameters are not supported by fused_hybrid yet; "
+                                 "pass torch.view_as_real(p) views instead")
+            if p.dtype not in _FLOAT_DTYPES:
+                raise ValueError(f"unsupported parameter dtype {p.dtype}; fused_hybrid takes {_FLOAT_DTYPES}")
+        self._invalidate()
+
+    def _invalidate(self) -> None:
+        self._plans = {}
+        self._swats_layout = None
+
+    # -- step -----------------------------------------------------------------------------------------------------
+
+    def _plan(self, gi: int, group: dict) -> list[_Bucket]:
+        """Buckets for group ``gi``: cached while the same parameters have gradients and the hyperparameters
+        that decide which state exists (momentum on/off, amsgrad) are unchanged."""
+        params = group["params"]
+        key = (tuple(p.grad is not None for p in params), group.get("momentum", 0) != 0,
+               bool(group.get("amsgrad")), bool(group.get("amsbound")), group["rule"])
+        cached = self._plans.get(gi)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        buckets: dict[tuple, _Bucket] = {}
+        for j, p in enumerate(params):
+            if not key[0][j]:
+                continue
+            st = self.state[p]
+            if rules.ensure_state(p, st, group):
+                self._fresh_buffers.add(p)
+            b = buckets.setdefault((p.device, p.dtype), _Bucket(p.device))
+            b.params.append(p)
+            b.idx.append(j)
+            b.states.append(st)
+        plan = list(buckets.values())
+        self._plans[gi] = (key, plan)
+        return plan
+
+    @staticmethod
+    def _grads(bucket: _Bucket) -> list[torch.Tensor]:
+        grads = [p.grad for p in bucket.params]
+        for g in grads:
+            if g.is_sparse:
+                raise RuntimeError("fused_hybrid does not support sparse gradients; use torch.optim.SparseAdam")
+        return grads
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        swats_calls = []
+        for gi, group in enumerate(self.param_groups):
+            plan = self._plan(gi, group)
+            if not plan:
+                continue
+            rule = group["rule"]
+            family = rules.FAMILY[rule]
+            hp = rules.record(group)
+            for b in plan:
+                be = resolve(group["backend"], b.device, family)
+                grads = self._grads(b)
+                gs = None if grad_scale is None else grad_scale.to(b.device)
+                fi = None if found_inf is None else found_inf.to(b.device)
+                st = b.states
+                if family == "adaptive":
+                    maxs = [s["max_exp_avg_sq"] for s in st] if hp.amsgrad else []
+                    swats_args = None
+                    if rule == "swats":
+                        swats_args = self._swats_args(gi, b, group)
+                        swats_calls.append((b, swats_args))
+                    be.adaptive(b.params, grads, [s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st], maxs,
+                                [s["step"] for s in st], hp, gs, fi, swats_args)
+                elif family == "sgd":
+                    bufs = [s.get("momentum_buffer") for s in st]
+                    # torch.optim.SGD's first step takes buf = g (no dampening); a buffer is fresh until its
+                    # first step call (a GradScaler-skipped first step also uses it up: documented).
+                    firsts = [p in self._fresh_buffers for p in b.params]
+                    be.sgd(b.params, grads, bufs, firsts, hp, gs, fi)
+                    if self._fresh_buffers:
+                        self._fresh_buffers.difference_update(b.params)
+                elif family == "mas":
+                    be.mas(b.params, grads, [s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st],
+                           [s.get("momentum_buffer") for s in st], [s["step"] for s in st], hp, gs, fi)
+                else:
+                    axes = [rules.ndadam_axes(p, group) for p in b.params]
+                    be.ndadam(b.params, grads, [s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st],
+                              [s["step"] for s in st], axes, hp, gs, fi)
+        if swats_calls:
+            self._swats_finalize(swats_calls, found_inf)
+        return loss
+
+    # -- SWATS ----------------------------------------------------------------------------------------------------
+
+    def _layout(self) -> sw.Layout:
+        if self._swats_layout is None:
+            first = next(p for g in self.param_groups if g["rule"] == "swats" for p in g["params"])
+            lay = sw.Layout(self.param_groups, self.granularity, first.device)
+            st = self.state.get(sw.STATE_KEY)
+            if st is None:
+                st = lay.new_state()
+            elif st["granularity"] != self.granularity:
+                raise ValueError(f"SWATS state was made with granularity {st['granularity']!r}, "
+                                 f"this optimizer uses {self.granularity!r}")
+            elif st["T"] != lay.T or st["phase"].device != lay.device:
+                st = lay.extend_state(st)
+            self.state[sw.STATE_KEY] = st
+            self._swats_layout = lay
+            self._swats_step_cache = None
+        return self._swats_layout
+
+    def _swats_args(self, gi: int, b: _Bucket, group: dict) -> SwatsArgs:
+        lay = self._layout()
+        if self._swats_step_cache is None:
+            st = self.state[sw.STATE_KEY]
+            vecs = lay.group_vectors(self.param_groups)
+            self._swats_step_cache = (vecs,) + sw.per_tensor_args(lay, st, vecs)
+        _, phase, sgd_lr = self._swats_step_cache
+        if b.flat_idx is None:
+            t0 = next(t0 for g, t0, _ in lay.groups if g == gi)
+            b.flat_idx = torch.tensor([t0 + j for j in b.idx], dtype=torch.long, device=lay.device)
+        idx = b.flat_idx
+        return SwatsArgs(momentum_buffers=[s["momentum_buffer"] for s in b.states],
+                         phase=phase[idx].to(b.device), sgd_lr=sgd_lr[idx].to(b.device),
+                         partials=torch.zeros(len(b.params), 2, dtype=torch.float64, device=b.device),
+                         nesterov=group["nesterov"])
+
+    def _swats_finalize(self, calls, found_inf) -> None:
+        lay = self._layout()
+        st = self.state[sw.STATE_KEY]
+        vecs = self._swats_step_cache[0]
+        partials = torch.zeros(lay.T, 2, dtype=torch.float64, device=lay.device)
+        stepped = torch.zeros(lay.T, dtype=torch.float64, device=lay.device)
+        for b, args in calls:
+            partials.index_copy_(0, b.flat_idx, args.partials.to(lay.device))
+            stepped.index_fill_(0, b.flat_idx, 1.0)
+        seg_active = lay.segment_sum(stepped) > 0
+        sw.finalize(lay, st, vecs, partials, seg_active, found_inf)
+        self._swats_step_cache = None
+
+    def switch_info(self) -> list[dict]:
+        """SWATS: one dict per switch segment (``granularity``): ``switched``, ``switch_step`` (the segment's step
+        count at the switch, or None), ``sgd_lr`` (Lambda, or None), plus ``step``, ``gamma``, ``lam``. Syncs."""
+        if not any(g["rule"] == "swats" for g in self.param_groups):
+            return []
+        self._layout()
+        return sw.info(self.state[sw.STATE_KEY])
+
+    # -- checkpoints ----------------------------------------------------------------------------------------------
+
+    def state_dict(self):
+        sd = super().state_dict()
+        sd["fused_hybrid"] = {"granularity": self.granularity}
+        return sd
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load a checkpoint of this optimizer, or of torch.optim's Adam/AdamW/SGD. State is kept in float32
+        (float64 for float64 params) whatever the parameter dtype, so bf16/fp16 training resumes bitwise
+        (torch.optim's own loader would cast it to the parameter dtype)."""
+        saved_groups = state_dict.get("param_groups")
+        saved_state = state_dict.get("state")
+        if saved_groups is None or saved_state is None:
+            raise ValueError("not an optimizer state_dict: it needs 'state' and 'param_groups'")
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"loaded state dict has {len(saved_groups)} parameter groups, "
+                             f"this optimizer has {len(self.param_groups)}")
+        for i, (g, sg) in enumerate(zip(self.param_groups, saved_groups)):
+            if len(g["params"]) != len(sg["params"]):
+                raise ValueError(f"parameter group {i} has {len(g['params'])} parameters, "
+                                 f"the loaded one {len(sg['params'])}")
+        meta = state_dict.get("fused_hybrid", {})
+        if meta.get("granularity", self.granularity) != self.granularity:
+            raise ValueError(f"checkpoint was saved with granularity {meta['granularity']!r}, "
+                             f"this optimizer uses {self.granularity!r}")
+        id_map = dict(zip(chain.from_iterable(g["params"] for g in saved_groups),
+                          chain.from_iterable(g["params"] for g in self.param_groups)))
+        new_groups = []
+        for g, sg in zip(self.param_groups, saved_groups):
+            ng = {**g}
+            for key, value in deepcopy(sg).items():
+                if key != "params" and (key in g or key in rules.COMMON):
+                    ng[key] = value
+            rules.validate(ng)
+            new_groups.append(ng)
+        new_state = defaultdict(dict)
+        for key, value in saved_state.items():
+            if key in id_map:
+                p = id_map[key]
+                new_state[p] = {k: self._cast_state(p, k, v) for k, v in value.items()}
+            elif key == sw.STATE_KEY:
+                new_state[key] = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in value.items()}
+            else:
+                raise ValueError(f"loaded state dict has state for an unknown parameter id {key!r}")
+        self.param_groups[:] = new_groups
+        self.state = new_state
+        self._fresh_buffers = set()
+        self._invalidate()
+
+    @staticmethod
+    def _cast_state(p: torch.Tensor, key: str, value):
+        if not isinstance(value, torch.Tensor):
+            return value
+        if key == "step":
+            return value.to(dtype=torch.float32, device=p.device).clone()
+        if value.is_floating_point():
+            return value.to(dtype=rules.state_dtype(p), device=p.device).clone()
+        return value.to(device=p.device).clone()

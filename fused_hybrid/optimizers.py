@@ -1,0 +1,124 @@
+"""The public optimizers: thin constructors over ``HybridOptimizer`` with torch.optim's keyword names.
+
+Each takes ``backend="auto" | "reference" | "cpu" | "triton" | "cuda"``. Keyword arguments torch.optim has but
+that choose an implementation (``foreach``, ``fused``) are accepted and ignored: the backend decides.
+"""
+from __future__ import annotations
+
+import math
+
+from .optimizer import HybridOptimizer
+
+
+class Adam(HybridOptimizer):
+    """torch.optim.Adam, same trajectory (Kingma & Ba 2015; AMSGrad: Reddi et al. 2018)."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
+                 maximize=False, decoupled_weight_decay=False, backend="auto", **torch_kwargs):
+        super().__init__(params, "adam", backend=backend, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=decoupled_weight_decay,
+                         **torch_kwargs)
+
+
+class AdamW(HybridOptimizer):
+    """torch.optim.AdamW: decoupled weight decay, w *= 1 - lr*wd before the Adam update (Loshchilov & Hutter)."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
+                 maximize=False, backend="auto", **torch_kwargs):
+        super().__init__(params, "adamw", backend=backend, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         amsgrad=amsgrad, maximize=maximize, **torch_kwargs)
+
+
+class SGD(HybridOptimizer):
+    """torch.optim.SGD: momentum, dampening, Nesterov, L2 weight decay, maximize."""
+
+    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, *,
+                 maximize=False, backend="auto", **torch_kwargs):
+        super().__init__(params, "sgd", backend=backend, lr=lr, momentum=momentum, dampening=dampening,
+                         weight_decay=weight_decay, nesterov=nesterov, maximize=maximize, **torch_kwargs)
+
+
+class Padam(HybridOptimizer):
+    """Padam (Chen et al., Algorithm 1, in the form of the official uclaml/Padam code):
+    w -= lr*sqrt(bc2)/bc1 * m / (sqrt(vmax) + eps)^(2*partial). eps sits inside the power, so the effective
+    floor of the denominator is eps^(2*partial) (1e-2 at partial=1/8). partial=0.5 is AMSGrad with eps outside
+    the square root; partial -> 0 approaches SGD with momentum (up to the 1-b1 factor)."""
+
+    def __init__(self, params, lr=0.1, betas=(0.9, 0.999), partial=0.125, eps=1e-8, weight_decay=0.0,
+                 amsgrad=True, *, maximize=False, backend="auto", **torch_kwargs):
+        super().__init__(params, "padam", backend=backend, lr=lr, betas=betas, partial=partial, eps=eps,
+                         weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize, **torch_kwargs)
+
+
+class AdamClip(HybridOptimizer):
+    """Adam-Clip(lower, upper) (Keskar & Socher 2017, section 2): Adam's per-coordinate step size
+    lr*sqrt(bc2)/bc1/(sqrt(v)+eps) clipped to [lower*sgd_lr, upper*sgd_lr]. Adam-Clip(1, 1) is SGD with
+    averaged momentum; the paper's variants are (1, inf) and (0, 1)."""
+
+    def __init__(self, params, lr=1e-3, sgd_lr=None, lower=1.0, upper=math.inf, betas=(0.9, 0.999), eps=1e-8,
+                 weight_decay=0.0, amsgrad=False, *, maximize=False, backend="auto", **torch_kwargs):
+        super().__init__(params, "adamclip", backend=backend, lr=lr, sgd_lr=sgd_lr, lower=lower, upper=upper,
+                         betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
+                         **torch_kwargs)
+
+
+class AdaBound(HybridOptimizer):
+    """AdaBound / AMSBound (Luo et al. 2019): Adam's step size clipped to bounds that converge to
+    final_lr * lr / base_lr (base_lr: the group's lr at construction, saved in the state_dict)."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), final_lr=0.1, gamma=1e-3, eps=1e-8, weight_decay=0.0,
+                 amsbound=False, *, maximize=False, backend="auto", **torch_kwargs):
+        super().__init__(params, "adabound", backend=backend, lr=lr, betas=betas, final_lr=final_lr, gamma=gamma,
+                         eps=eps, weight_decay=weight_decay, amsbound=amsbound, maximize=maximize, **torch_kwargs)
+
+
+class SWATS(HybridOptimizer):
+    """SWATS (Keskar & Socher 2017, Algorithm 1): Adam until the projected SGD learning rate settles, then SGD
+    with momentum b1 and learning rate (1-b1)*Lambda. See ``fused_hybrid.swats`` for the switch test, and the
+    README for why the default test is relative (switch_rtol=1e-3) rather than the paper's |.| < 1e-9.
+
+    granularity: "global" (the paper: one test over all parameters), "group" or "tensor".
+    ``switch_info()`` reports each segment's switch step and Lambda.
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-9, weight_decay=0.0, amsgrad=False,
+                 nesterov=False, *, granularity="global", switch_rtol=1e-3, switch_atol=0.0, maximize=False,
+                 backend="auto", **torch_kwargs):
+        super().__init__(params, "swats", backend=backend, granularity=granularity, lr=lr, betas=betas, eps=eps,
+                         weight_decay=weight_decay, amsgrad=amsgrad, nesterov=nesterov, switch_rtol=switch_rtol,
+                         switch_atol=switch_atol, maximize=maximize, **torch_kwargs)
+
+
+class MAS(HybridOptimizer):
+    """MAS, mixing Adam and SGD (Landro, Gallo, La Grassa 2020; seed 003):
+    w -= (sgd_w*lr + adam_w*lr/bc1) * (sgd_w*d_sgd + adam_w*d_adam), and the per-layer variants "correction",
+    "normalized", "vector" (see ``reference.mas_update``). adam_w / sgd_w are group hyperparameters: change
+    them between steps to schedule the mix."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum=0.0,
+                 dampening=0.0, nesterov=False, adam_w=0.5, sgd_w=0.5, variant="sum", *, maximize=False,
+                 backend="auto", **torch_kwargs):
+        super().__init__(params, "mas", backend=backend, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         momentum=momentum, dampening=dampening, nesterov=nesterov, adam_w=adam_w, sgd_w=sgd_w,
+                         variant=variant, maximize=maximize, **torch_kwargs)
+
+
+class NDAdam(HybridOptimizer):
+    """ND-Adam (Zhang 2017, Algorithm 1): per weight vector, the radial part of the gradient is projected out,
+    the second moment is one scalar per vector, and the vector is renormalized after each step. By default every
+    parameter with dim >= 2 is a set of weight vectors along dim 0; 1-D parameters get Adam. ``vec_axes`` (per
+    group) names the dims one vector spans."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, vec_axes=None, *,
+                 maximize=False, backend="auto", **torch_kwargs):
+        super().__init__(params, "ndadam", backend=backend, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         vec_axes=vec_axes, maximize=maximize, **torch_kwargs)
+
+
+class Hybrid(HybridOptimizer):
+    """One optimizer whose param groups each name their ``rule`` (the layer-wise split of seed 003, IV.A):
+    ``Hybrid([{"params": body, "rule": "adam"}, {"params": head, "rule": "sgd", "lr": 0.1, "momentum": 0.9}])``.
+    ``rule`` is the default for groups that name none."""
+
+    def __init__(self, params, rule="adam", *, backend="auto", granularity="global", **defaults):
+        super().__init__(params, rule, backend=backend, granularity=granularity, **defaults)

@@ -1,0 +1,167 @@
+"""SWATS's switch from Adam to SGD (Keskar & Socher 2017, Algorithm 1), decided on the device.
+
+The kernels (any backend) write, per tensor, the partial sums <p, g> and <p, p> of the Adam step p. This module
+sums them per *segment* (the set of tensors that switch together), runs the paper's test and keeps the result
+in device tensors, so a step never waits for the host:
+
+    gamma = p^T p / -p^T g                       (only where p^T g != 0; otherwise lam is kept, line 22)
+    lam   = b2*lam + (1-b2)*gamma ;  Lambda_k = lam / (1 - b2^k)
+    switch when k > 1, Lambda_k > 0 and |Lambda_k - gamma| < switch_atol + switch_rtol*|Lambda_k|
+
+Segments by ``granularity``: "global" (the paper: all SWATS parameters of the optimizer), "group" (each param
+group), "tensor" (each parameter). All sums are float64 over a fixed order (a padded gather, no atomics), so
+the switch step is reproducible bit for bit.
+
+After the switch the SGD step is (1-b1) * Lambda * buf. LR schedulers keep working: the step size is scaled by
+lr_now / lr_at_switch of the tensor's group (``lr_ref`` records the lr at the switch, per tensor).
+"""
+from __future__ import annotations
+
+import torch
+
+from .hyper import PHASE_ADAM, PHASE_SGD
+
+GRANULARITIES = ("global", "group", "tensor")
+STATE_KEY = "swats"
+_SEG_KEYS = ("phase", "lam", "Lambda", "switch_step", "seg_step", "gamma")
+
+
+class Layout:
+    """Which segment each SWATS tensor belongs to. Tensors are numbered in (group, param) order over the groups
+    whose rule is "swats"; ``groups`` lists (group index, first flat index, count)."""
+
+    def __init__(self, param_groups: list[dict], granularity: str, device: torch.device):
+        self.granularity = granularity
+        self.device = device
+        self.groups = []
+        seg_of = []
+        t = 0
+        for gi, group in enumerate(param_groups):
+            if group["rule"] != "swats":
+                continue
+            n = len(group["params"])
+            self.groups.append((gi, t, n))
+            for j in range(n):
+                seg_of.append({"global": 0, "group": len(self.groups) - 1, "tensor": t + j}[granularity])
+            t += n
+        self.T = t
+        self.S = (max(seg_of) + 1) if seg_of else 0
+        self.seg_of = torch.tensor(seg_of, dtype=torch.long, device=device)
+        # Padded member table: row s lists segment s's tensors, padded with T (an extra zero slot).
+        members = [[] for _ in range(self.S)]
+        for i, s in enumerate(seg_of):
+            members[s].append(i)
+        width = max((len(m) for m in members), default=0)
+        self.members = torch.tensor([m + [t] * (width - len(m)) for m in members], dtype=torch.long,
+                                    device=device).reshape(self.S, width)
+        # First group of each segment: where its b2 and tolerances come from.
+        first_group = []
+        for s in range(self.S):
+            i = members[s][0]
+            first_group.append(next(gi for gi, t0, n in self.groups if t0 <= i < t0 + n))
+        self.first_group = first_group
+        self._vec_cache = (None, None)
+
+    def segment_sum(self, per_tensor: torch.Tensor) -> torch.Tensor:
+        """Sum a [T] float64 vector per segment, in a fixed order."""
+        padded = torch.cat([per_tensor, per_tensor.new_zeros(1)])
+        return padded[self.members].sum(dim=1)
+
+    def new_state(self) -> dict:
+        z = lambda dt: torch.zeros(self.S, dtype=dt, device=self.device)  # noqa: E731
+        return {"granularity": self.granularity, "T": self.T, "phase": z(torch.int32), "lam": z(torch.float64),
+                "Lambda": z(torch.float64), "switch_step": z(torch.int64), "seg_step": z(torch.int64),
+                "gamma": z(torch.float64), "lr_ref": torch.zeros(self.T, dtype=torch.float64, device=self.device)}
+
+    def extend_state(self, st: dict) -> dict:
+        """Grow a state made for fewer tensors (after ``add_param_group``): new segments start in the Adam phase."""
+        new = self.new_state()
+        for key in _SEG_KEYS:
+            n = min(st[key].numel(), self.S)
+            new[key][:n] = st[key][:n].to(self.device)
+        n = min(st["lr_ref"].numel(), self.T)
+        new["lr_ref"][:n] = st["lr_ref"][:n].to(self.device)
+        return new
+
+    def group_vectors(self, param_groups: list[dict]) -> dict[str, torch.Tensor]:
+        """Per-tensor lr and 1-b1, per-segment b2 and tolerances, as device vectors; cached while the groups'
+        values stay the same. A tensor lr is used as is (no host read)."""
+        key = []
+        for gi, _, _ in self.groups:
+            g = param_groups[gi]
+            lr = g["lr"]
+            key.append((id(lr) if isinstance(lr, torch.Tensor) else lr, tuple(float(b) for b in g["betas"]),
+                        g["switch_rtol"], g["switch_atol"]))
+        key = tuple(key)
+        cached_key, vecs = self._vec_cache
+        if cached_key == key and not any(isinstance(param_groups[gi]["lr"], torch.Tensor) for gi, _, _ in self.groups):
+            return vecs
+        f64 = dict(dtype=torch.float64, device=self.device)
+        lrs = []
+        for gi, _, n in self.groups:
+            lr = param_groups[gi]["lr"]
+            lr_t = lr.detach().to(**f64).reshape(1) if isinstance(lr, torch.Tensor) else torch.tensor([lr], **f64)
+            lrs.append(lr_t.expand(n))
+        omb1 = [torch.full((n,), 1.0 - float(param_groups[gi]["betas"][0]), **f64) for gi, _, n in self.groups]
+        segg = [param_groups[gi] for gi in self.first_group]
+        vecs = {
+            "lr": torch.cat(lrs) if lrs else torch.zeros(0, **f64),
+            "one_minus_b1": torch.cat(omb1) if omb1 else torch.zeros(0, **f64),
+            "b2": torch.tensor([float(g["betas"][1]) for g in segg], **f64),
+            "rtol": torch.tensor([float(g["switch_rtol"]) for g in segg], **f64),
+            "atol": torch.tensor([float(g["switch_atol"]) for g in segg], **f64),
+        }
+        self._vec_cache = (key, vecs)
+        return vecs
+
+
+def per_tensor_args(layout: Layout, st: dict, vecs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """phase[t] and the SGD-phase step size (1-b1)*Lambda*lr_now/lr_at_switch for every SWATS tensor."""
+    seg = layout.seg_of
+    phase = st["phase"][seg]
+    in_sgd = phase == PHASE_SGD
+    ratio = torch.where(in_sgd, vecs["lr"] / torch.where(in_sgd, st["lr_ref"], 1.0), 0.0)
+    sgd_lr = vecs["one_minus_b1"] * st["Lambda"][seg] * ratio
+    return phase, sgd_lr
+
+
+def finalize(layout: Layout, st: dict, vecs: dict, partials: torch.Tensor, seg_active: torch.Tensor,
+             found_inf: torch.Tensor | None) -> None:
+    """Run the switch test of Algorithm 1 for every segment, in place on the device state ``st``.
+
+    ``partials`` is [T, 2] float64 (<p,g>, <p,p>; zero for tensors that were not stepped), ``seg_active`` says
+    which segments had any gradient this step. A step skipped by GradScaler (found_inf) changes nothing.
+    """
+    active = seg_active
+    if found_inf is not None:
+        active = active & (found_inf.to(layout.device).reshape(()) == 0)
+    s_pg = layout.segment_sum(partials[:, 0])
+    s_pp = layout.segment_sum(partials[:, 1])
+    st["seg_step"] += active.to(torch.int64)
+    k = st["seg_step"]
+    valid = active & (st["phase"] == PHASE_ADAM) & (s_pg != 0)
+    gamma = s_pp / torch.where(s_pg != 0, -s_pg, 1.0)
+    b2 = vecs["b2"]
+    lam = torch.where(valid, b2 * st["lam"] + (1 - b2) * gamma, st["lam"])
+    lam_k = lam / (1 - torch.pow(b2, k.to(torch.float64)))
+    switch = valid & (k > 1) & (lam_k > 0) & ((lam_k - gamma).abs() < vecs["atol"] + vecs["rtol"] * lam_k.abs())
+    st["lam"].copy_(lam)
+    st["gamma"].copy_(torch.where(valid, gamma, st["gamma"]))
+    st["phase"].copy_(torch.where(switch, PHASE_SGD, st["phase"]).to(torch.int32))
+    st["Lambda"].copy_(torch.where(switch, lam_k, st["Lambda"]))
+    st["switch_step"].copy_(torch.where(switch, k, st["switch_step"]))
+    st["lr_ref"].copy_(torch.where(switch[layout.seg_of], vecs["lr"], st["lr_ref"]))
+
+
+def info(st: dict) -> list[dict]:
+    """One dict per segment: switched, switch_step, sgd_lr (Lambda), plus the step count and the last gamma
+    and bias-corrected lam (for plots). Reads device tensors, so it syncs."""
+    out = []
+    phase, Lam, sw, ks, gam, lam = (st[k].tolist() for k in ("phase", "Lambda", "switch_step", "seg_step", "gamma",
+                                                              "lam"))
+    for s in range(len(phase)):
+        switched = phase[s] == PHASE_SGD
+        out.append({"switched": switched, "switch_step": int(sw[s]) if switched else None,
+                    "sgd_lr": float(Lam[s]) if switched else None, "step": int(ks[s]), "gamma": float(gam[s]),
+                    "lam": float(lam[s])})
+    return out
