@@ -21,6 +21,31 @@ TORCH_LIBRARY(fused_hybrid, m) {
       "sgd_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, int[] firsts, float lr, "
       "Tensor? lr_tensor, float momentum, float dampening, bool nesterov, float weight_decay, bool maximize, "
       "Tensor? grad_scale, Tensor? found_inf) -> ()");
+  // The adaptive family (Adam/AdamW/AMSGrad, Padam, Adam-Clip, AdaBound, SWATS); arguments mirror
+  // fused_hybrid.hyper.Adaptive and SwatsArgs. steps are advanced by one unless found_inf is set. For SWATS,
+  // swats_phase (int32 [T]) picks each tensor's branch on the device, swats_sgd_lr (float64 [T]) is the SGD-phase
+  // step size and swats_partials (float64 [T, 2]) receives <p, g> and <p, p> of the Adam step (zeros in the SGD
+  // phase); swats_momentum_buffers is empty when SWATS is off.
+  m.def(
+      "adaptive_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+      "Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] steps, float lr, Tensor? lr_tensor, float beta1, float beta2, "
+      "float eps, float weight_decay, bool decoupled, bool amsgrad, bool maximize, int form, float partial, "
+      "int clip_mode, float clip_lo, float clip_hi, float final_lr, float gamma, Tensor? grad_scale, "
+      "Tensor? found_inf, Tensor(f!)[] swats_momentum_buffers, Tensor? swats_phase, Tensor? swats_sgd_lr, "
+      "Tensor(g!)? swats_partials, bool swats_nesterov) -> ()");
+  // MAS; variant: 0 sum, 1 correction, 2 normalized, 3 vector (fused_hybrid.rules.MAS_VARIANTS order).
+  // momentum_buffers is empty when momentum == 0.
+  m.def(
+      "mas_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+      "Tensor(d!)[] momentum_buffers, Tensor(e!)[] steps, float lr, Tensor? lr_tensor, float beta1, float beta2, "
+      "float eps, float weight_decay, float momentum, float dampening, bool nesterov, float adam_w, float sgd_w, "
+      "int variant, bool maximize, Tensor? grad_scale, Tensor? found_inf) -> ()");
+  // ND-Adam; each tensor is rows of row_lens[t] contiguous elements (one weight vector per row; exp_avg_sqs[t]
+  // holds one value per row); row_lens[t] == 0 means plain Adam (1-D parameters).
+  m.def(
+      "ndadam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+      "Tensor(d!)[] steps, int[] row_lens, float lr, Tensor? lr_tensor, float beta1, float beta2, float eps, "
+      "float weight_decay, bool maximize, Tensor? grad_scale, Tensor? found_inf) -> ()");
 }
 
 // An empty Python module, so that `import fused_hybrid._C` loads this library and runs the registrations above.
