@@ -176,7 +176,7 @@ def ndadam_vector_step(w32: torch.Tensor, m: torch.Tensor, v: torch.Tensor, g: t
     v = b2 v + (1-b2) <g,g> ; w -= lr*sqrt(bc2)/bc1 * m/(sqrt(v)+eps) ; w /= ||w||.
     """
     if k == 1:
-        w32.div_(w32.norm(dim=axes, keepdim=True))
+        w32.div_(torch.linalg.vector_norm(w32, dim=axes, keepdim=True))
     if weight_decay != 0:
         g = g.add(w32, alpha=weight_decay)
     g = g - (g * w32).sum(dim=axes, keepdim=True) * w32
@@ -185,4 +185,4 @@ def ndadam_vector_step(w32: torch.Tensor, m: torch.Tensor, v: torch.Tensor, g: t
     bc1 = 1 - beta1 ** k
     bc2 = 1 - beta2 ** k
     w32.sub_(m / (v.sqrt() + eps) * (lr * math.sqrt(bc2) / bc1))
-    w32.div_(w32.norm(dim=axes, keepdim=True))
+    w32.div_(torch.linalg.vector_norm(w32, dim=axes, keepdim=True))
