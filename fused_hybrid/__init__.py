@@ -4,7 +4,7 @@ Drop-in torch.optim optimizers (Adam, AdamW, SGD) and the hybrid rules that brid
 Padam, Adam-Clip, AdaBound, MAS, ND-Adam, and per-group rules (``Hybrid``). ``backends()`` says which
 implementations can run here.
 """
-from . import _ext
+from . import _ext, _meta
 from .backends import BackendUnavailableError, backends
 from .optimizer import HybridOptimizer
 from .optimizers import MAS, SGD, SWATS, AdaBound, Adam, AdamClip, AdamW, Hybrid, NDAdam, Padam
@@ -12,3 +12,5 @@ from .optimizers import MAS, SGD, SWATS, AdaBound, Adam, AdamClip, AdamW, Hybrid
 __all__ = ["Adam", "AdamW", "SGD", "Padam", "AdamClip", "AdaBound", "SWATS", "MAS", "NDAdam", "Hybrid",
            "HybridOptimizer", "backends", "BackendUnavailableError"]
 __version__ = "0.1.0"
+
+_meta.register()
