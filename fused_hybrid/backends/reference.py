@@ -33,27 +33,30 @@ def _inv_scale(grad_scale):
     return None if grad_scale is None else 1.0 / float(grad_scale.item())
 
 
-def _compute(p: torch.Tensor) -> tuple[torch.Tensor, torch.dtype]:
-    dt = torch.float64 if p.dtype == torch.float64 else torch.float32
-    return (p if p.dtype == dt else p.to(dt)), dt
-
-
-def _write_back(p: torch.Tensor, w: torch.Tensor) -> None:
-    if w is not p:
-        p.copy_(w)
+def _tensors(params, grads, steps, hp, grad_scale):
+    """Yield (i, w, g, k) per tensor: w the parameter in its compute dtype (float32, or float64 for float64
+    params; the param itself when it already is), g the effective gradient, k the step count after this step's
+    increment (None without steps). w is written back to the parameter once the caller's loop body has run."""
+    inv = _inv_scale(grad_scale)
+    for i, (p, grad) in enumerate(zip(params, grads)):
+        k = None
+        if steps is not None:
+            steps[i] += 1
+            k = int(steps[i].item())
+        dt = torch.float64 if p.dtype == torch.float64 else torch.float32
+        w = p if p.dtype == dt else p.to(dt)
+        yield i, w, R.effective_grad(grad, dt, hp.maximize, inv), k
+        if w is not p:
+            p.copy_(w)
 
 
 def adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, grad_scale=None, found_inf=None,
              swats=None):
     if _skip(found_inf):
         return
-    inv = _inv_scale(grad_scale)
     lr = float(hp.lr)
-    for i, (p, grad, m, v, step) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, steps)):
-        step += 1
-        k = int(step.item())
-        w, dt = _compute(p)
-        g = R.effective_grad(grad, dt, hp.maximize, inv)
+    for i, w, g, k in _tensors(params, grads, steps, hp, grad_scale):
+        m, v = exp_avgs[i], exp_avg_sqs[i]
         if hp.weight_decay != 0:
             if hp.decoupled:
                 w.mul_(1 - lr * hp.weight_decay)
@@ -62,16 +65,13 @@ def adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, g
         if swats is not None and int(swats.phase[i].item()) == PHASE_SGD:
             R.swats_sgd_phase(w, swats.momentum_buffers[i], g, hp.beta1, float(swats.sgd_lr[i]), swats.nesterov)
             swats.partials[i].zero_()
-            _write_back(p, w)
             continue
         R.adam_moments(m, v, g, hp.beta1, hp.beta2)
         v_used = R.amsgrad_max(max_exp_avg_sqs[i], v) if hp.amsgrad else v
         if hp.form == FORM_TORCH:
             step_p = R.adam_step_torch_form(w, m, v_used, lr, hp.eps, k, hp.beta1, hp.beta2)
             if swats is not None:
-                s_pg, s_pp = R.swats_projection(step_p, g)
-                swats.partials[i, 0] = s_pg
-                swats.partials[i, 1] = s_pp
+                swats.partials[i, 0], swats.partials[i, 1] = R.swats_projection(step_p, g)
         else:
             clip = None
             if hp.clip_mode == CLIP_CONST:
@@ -79,60 +79,45 @@ def adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, g
             elif hp.clip_mode == CLIP_ADABOUND:
                 clip = R.adabound_bounds(hp.final_lr, hp.gamma, k)
             R.adam_step_paper_form(w, m, v_used, lr, hp.eps, k, hp.beta1, hp.beta2, hp.partial, clip)
-        _write_back(p, w)
 
 
 def sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=None):
     if _skip(found_inf):
         return
-    inv = _inv_scale(grad_scale)
     lr = float(hp.lr)
-    for p, grad, buf, first in zip(params, grads, momentum_buffers, firsts):
-        w, dt = _compute(p)
-        g = R.effective_grad(grad, dt, hp.maximize, inv)
+    for i, w, g, _ in _tensors(params, grads, None, hp, grad_scale):
         if hp.weight_decay != 0:
             g.add_(w, alpha=hp.weight_decay)
-        d = R.sgd_direction(buf, g, hp.momentum, hp.dampening, hp.nesterov, first)
+        d = R.sgd_direction(momentum_buffers[i], g, hp.momentum, hp.dampening, hp.nesterov, firsts[i])
         w.add_(d, alpha=-lr)
-        _write_back(p, w)
 
 
 def mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale=None, found_inf=None):
     if _skip(found_inf):
         return
-    inv = _inv_scale(grad_scale)
     lr = float(hp.lr)
-    for p, grad, m, v, buf, step in zip(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps):
-        step += 1
-        k = int(step.item())
-        w, dt = _compute(p)
-        d = R.effective_grad(grad, dt, hp.maximize, inv)
+    for i, w, d, k in _tensors(params, grads, steps, hp, grad_scale):
         if hp.weight_decay != 0:
             d.add_(w, alpha=hp.weight_decay)
-        d_a, eta_a, d_s = R.mas_steps(m, v, buf, d, lr, hp.beta1, hp.beta2, hp.eps, k, hp.momentum,
-                                      hp.dampening, hp.nesterov)
+        d_a, eta_a, d_s = R.mas_steps(exp_avgs[i], exp_avg_sqs[i], momentum_buffers[i], d, lr, hp.beta1, hp.beta2,
+                                      hp.eps, k, hp.momentum, hp.dampening, hp.nesterov)
         w.add_(R.mas_update(d_a, eta_a, d_s, lr, hp.adam_w, hp.sgd_w, hp.variant))
-        _write_back(p, w)
 
 
 def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=None, found_inf=None):
     if _skip(found_inf):
         return
-    inv = _inv_scale(grad_scale)
     lr = float(hp.lr)
-    for p, grad, m, v, step, ax in zip(params, grads, exp_avgs, exp_avg_sqs, steps, axes):
-        step += 1
-        k = int(step.item())
-        w, dt = _compute(p)
-        g = R.effective_grad(grad, dt, hp.maximize, inv)
-        if ax:
-            R.ndadam_vector_step(w, m, v, g, tuple(ax), lr, hp.beta1, hp.beta2, hp.eps, k, hp.weight_decay)
+    for i, w, g, k in _tensors(params, grads, steps, hp, grad_scale):
+        m, v = exp_avgs[i], exp_avg_sqs[i]
+        if axes[i]:
+            R.ndadam_vector_step(w, m, v, g, tuple(axes[i]), lr, hp.beta1, hp.beta2, hp.eps, k, hp.weight_decay)
         else:  # biases and other 1-D parameters: plain Adam (ND-Adam's reference code does the same)
             if hp.weight_decay != 0:
                 g.add_(w, alpha=hp.weight_decay)
             R.adam_moments(m, v, g, hp.beta1, hp.beta2)
             R.adam_step_torch_form(w, m, v, lr, hp.eps, k, hp.beta1, hp.beta2)
-        _write_back(p, w)
+
 
 RULES = frozenset({"adaptive", "sgd", "mas", "ndadam"})
 
