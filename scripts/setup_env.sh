@@ -28,4 +28,7 @@ start=$(date +%s)
   | grep -v -E "^WARNING: Location|is ignored: it is neither" || true)
 python -c "import fused_hybrid" || { echo "fused_hybrid failed to install" >&2; exit 1; }
 echo "== build took $(( $(date +%s) - start )) s"
-(cd /tmp && python -c "import fused_hybrid as fh; [print(f'   {k}: {v}') for k, v in fh.backends().items()]")
+(cd /tmp && python -c "
+import fused_hybrid as fh
+print('   extension loaded:', fh._ext.loaded(), '| CUDA kernels compiled in:', fh._ext.has_cuda_kernels())
+for k, v in fh.backends().items(): print(f'   {k}: {v}')")

@@ -56,7 +56,9 @@ def backends() -> dict[str, str]:
     for name in NAMES:
         mod = _module(name)
         devs = [d for d in ("cpu", "cuda") if mod.available(torch.device(d))]
-        if devs:
+        if name == "reference":
+            out[name] = f"available on any device; rules: {', '.join(sorted(mod.RULES))}"
+        elif devs:
             out[name] = f"available on {', '.join(devs)}; rules: {', '.join(sorted(mod.RULES))}"
         else:
             out[name] = f"unavailable: {mod.why_unavailable(torch.device('cuda' if name in ('cuda', 'triton') else 'cpu'))}"
