@@ -43,7 +43,7 @@ class HybridOptimizer(torch.optim.Optimizer):
     _step_supports_amp_scaling = True  # GradScaler hands us grad_scale / found_inf; kernels unscale and skip
 
     def __init__(self, params, rule: str = "adam", *, backend: str = "auto", granularity: str = "global",
-                 **defaults):
+                 process_group=None, **defaults):
         check_name(backend)
         if granularity not in sw.GRANULARITIES:
             raise ValueError(f"Invalid granularity: {granularity!r}; choose one of {sw.GRANULARITIES}")
@@ -51,6 +51,9 @@ class HybridOptimizer(torch.optim.Optimizer):
             raise ValueError(f"Invalid rule: {rule!r}; choose one of {sorted(rules.DEFAULTS)}")
         self._rule = rule
         self.granularity = granularity
+        # SWATS with sharded parameters: the switch test's sums are all-reduced over this group (None: this
+        # process holds the whole model, as under DDP, whose replicas compute identical sums).
+        self.process_group = process_group
         self._plans: dict[int, tuple] = {}
         self._swats_layout = None
         self._fresh_buffers: set = set()
@@ -207,8 +210,8 @@ class HybridOptimizer(torch.optim.Optimizer):
         for b, args in calls:
             partials.index_copy_(0, b.flat_idx, args.partials.to(lay.device))
             stepped.index_fill_(0, b.flat_idx, 1.0)
-        seg_active = lay.segment_sum(stepped) > 0
-        sw.finalize(lay, st, vecs, partials, seg_active, found_inf)
+        totals = sw.segment_totals(lay, partials, stepped, self.process_group)
+        sw.finalize(lay, st, vecs, totals, found_inf)
         self._swats_step_cache = None
 
     def switch_info(self) -> list[dict]:

@@ -78,13 +78,16 @@ class SWATS(HybridOptimizer):
     README for why the default test is relative (switch_rtol=1e-3) rather than the paper's |.| < 1e-9.
 
     granularity: "global" (the paper: one test over all parameters), "group" or "tensor".
+    process_group: with sharded parameters (FSDP2, ZeRO: each rank holds part of the model), the switch test's
+    sums are all-reduced over it so all ranks switch together; leave None under DDP (replicas agree already).
     ``switch_info()`` reports each segment's switch step and Lambda.
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-9, weight_decay=0.0, amsgrad=False,
                  nesterov=False, *, granularity="global", switch_rtol=1e-3, switch_atol=0.0, maximize=False,
-                 backend="auto", **torch_kwargs):
-        super().__init__(params, "swats", backend=backend, granularity=granularity, lr=lr, betas=betas, eps=eps,
+                 backend="auto", process_group=None, **torch_kwargs):
+        super().__init__(params, "swats", backend=backend, granularity=granularity, process_group=process_group,
+                         lr=lr, betas=betas, eps=eps,
                          weight_decay=weight_decay, amsgrad=amsgrad, nesterov=nesterov, switch_rtol=switch_rtol,
                          switch_atol=switch_atol, maximize=maximize, **torch_kwargs)
 
@@ -120,5 +123,7 @@ class Hybrid(HybridOptimizer):
     ``Hybrid([{"params": body, "rule": "adam"}, {"params": head, "rule": "sgd", "lr": 0.1, "momentum": 0.9}])``.
     ``rule`` is the default for groups that name none."""
 
-    def __init__(self, params, rule="adam", *, backend="auto", granularity="global", **defaults):
-        super().__init__(params, rule, backend=backend, granularity=granularity, **defaults)
+    def __init__(self, params, rule="adam", *, backend="auto", granularity="global", process_group=None,
+                 **defaults):
+        super().__init__(params, rule, backend=backend, granularity=granularity, process_group=process_group,
+                         **defaults)

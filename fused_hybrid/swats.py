@@ -125,18 +125,29 @@ def per_tensor_args(layout: Layout, st: dict, vecs: dict) -> tuple[torch.Tensor,
     return phase, sgd_lr
 
 
-def finalize(layout: Layout, st: dict, vecs: dict, partials: torch.Tensor, seg_active: torch.Tensor,
-             found_inf: torch.Tensor | None) -> None:
+def segment_totals(layout: Layout, partials: torch.Tensor, stepped: torch.Tensor, process_group=None):
+    """Per segment: <p,g>, <p,p> and whether any tensor stepped ([S, 3] float64). With a process group
+    (sharded parameters: FSDP2, ZeRO), the totals are summed over its ranks, so every rank runs the test on the
+    whole model's sums and switches at the same step with the same Lambda. The all-reduce is asynchronous with
+    respect to the host on GPU backends (NCCL), so it adds no host sync."""
+    totals = torch.stack([layout.segment_sum(partials[:, 0]), layout.segment_sum(partials[:, 1]),
+                          layout.segment_sum(stepped)], dim=1)
+    if process_group is not None:
+        import torch.distributed as dist
+        dist.all_reduce(totals, op=dist.ReduceOp.SUM, group=process_group)
+    return totals
+
+
+def finalize(layout: Layout, st: dict, vecs: dict, totals: torch.Tensor, found_inf: torch.Tensor | None) -> None:
     """Run the switch test of Algorithm 1 for every segment, in place on the device state ``st``.
 
-    ``partials`` is [T, 2] float64 (<p,g>, <p,p>; zero for tensors that were not stepped), ``seg_active`` says
-    which segments had any gradient this step. A step skipped by GradScaler (found_inf) changes nothing.
+    ``totals`` comes from ``segment_totals``: per segment <p,g>, <p,p> and how many tensors stepped (a segment
+    with none is left alone). A step skipped by GradScaler (found_inf) changes nothing.
     """
-    active = seg_active
+    s_pg, s_pp = totals[:, 0], totals[:, 1]
+    active = totals[:, 2] > 0
     if found_inf is not None:
         active = active & (found_inf.to(layout.device).reshape(()) == 0)
-    s_pg = layout.segment_sum(partials[:, 0])
-    s_pp = layout.segment_sum(partials[:, 1])
     st["seg_step"] += active.to(torch.int64)
     k = st["seg_step"]
     valid = active & (st["phase"] == PHASE_ADAM) & (s_pg != 0)
