@@ -23,10 +23,11 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 class _Bucket:
     """The tensors of one group that share a device and dtype and have gradients this step."""
-    __slots__ = ("device", "params", "idx", "states", "flat_idx")
+    __slots__ = ("device", "params", "idx", "states", "flat_idx", "backend")
 
-    def __init__(self, device):
+    def __init__(self, device, backend):
         self.device = device
+        self.backend = backend  # the backend module, resolved once per plan
         self.params, self.idx, self.states = [], [], []
         self.flat_idx = None
 
@@ -90,7 +91,7 @@ class HybridOptimizer(torch.optim.Optimizer):
         that decide which state exists (momentum on/off, amsgrad) are unchanged."""
         params = group["params"]
         key = (tuple(p.grad is not None for p in params), group.get("momentum", 0) != 0,
-               bool(group.get("amsgrad")), bool(group.get("amsbound")), group["rule"])
+               bool(group.get("amsgrad")), bool(group.get("amsbound")), group["rule"], group["backend"])
         cached = self._plans.get(gi)
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -101,7 +102,10 @@ class HybridOptimizer(torch.optim.Optimizer):
             st = self.state[p]
             if rules.ensure_state(p, st, group):
                 self._fresh_buffers.add(p)
-            b = buckets.setdefault((p.device, p.dtype), _Bucket(p.device))
+            b = buckets.get((p.device, p.dtype))
+            if b is None:
+                be = resolve(group["backend"], p.device, rules.FAMILY[group["rule"]])
+                b = buckets[(p.device, p.dtype)] = _Bucket(p.device, be)
             b.params.append(p)
             b.idx.append(j)
             b.states.append(st)
@@ -134,7 +138,7 @@ class HybridOptimizer(torch.optim.Optimizer):
             family = rules.FAMILY[rule]
             hp = rules.record(group)
             for b in plan:
-                be = resolve(group["backend"], b.device, family)
+                be = b.backend
                 grads = self._grads(b)
                 gs = None if grad_scale is None else grad_scale.to(b.device)
                 fi = None if found_inf is None else found_inf.to(b.device)

@@ -21,10 +21,22 @@ class BackendUnavailableError(RuntimeError):
     """A backend was asked for by name and cannot serve this device, dtype or rule."""
 
 
+_LOADED: dict = {}
+
+
 def _module(name: str):
-    if name not in NAMES:
-        raise ValueError(f"unknown backend {name!r}; choose one of {('auto',) + NAMES}")
-    return importlib.import_module(f"{__name__}.{name}")
+    """The backend module, imported on first use (the triton one imports triton) and then looked up in a dict,
+    which torch.compile can trace where it cannot trace an import."""
+    mod = _LOADED.get(name)
+    if mod is None:
+        if name not in NAMES:
+            raise ValueError(f"unknown backend {name!r}; choose one of {('auto',) + NAMES}")
+        mod = _LOADED[name] = importlib.import_module(f"{__name__}.{name}")
+    return mod
+
+
+for _name in ("reference", "cpu", "cuda"):  # cheap to import; triton waits until it is asked for
+    _module(_name)
 
 
 def check_name(name: str) -> None:
