@@ -93,13 +93,14 @@ def test_backends_reports_every_backend():
 
 # -- torch.optim behaviour ---------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("backend", ["reference", "auto"])
 @pytest.mark.parametrize("cls,kwargs", ALL, ids=IDS)
-def test_every_rule_trains_a_small_model(cls, kwargs):
+def test_every_rule_trains_a_small_model(cls, kwargs, backend):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
     x = torch.randn(128, 8)
     y = torch.sin(x[:, :1]) + 0.5 * x[:, 1:2]
-    opt = cls(model.parameters(), **{"lr": 1e-2, **kwargs})
+    opt = cls(model.parameters(), backend=backend, **{"lr": 1e-2, **kwargs})
     losses = []
     for _ in range(150):
         def closure():
