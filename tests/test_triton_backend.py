@@ -1,0 +1,347 @@
+"""backend="triton" against backend="reference", through the public optimizers.
+
+Without a CUDA device these run under Triton's interpreter on CPU tensors (conftest sets TRITON_INTERPRET=1);
+the interpreter is slow, so tensors are small and the chunk size is shrunk (``small_chunks``) so that small
+tensors still span several chunks: full chunks take the unmasked path, the last one the masked path, and the
+per-chunk partials of SWATS / MAS are summed across chunks.
+"""
+import math
+
+import pytest
+import torch
+
+import fused_hybrid as fh
+from fused_hybrid.backends import triton as tb
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.skipif(not tb.available(torch.device(DEVICE)),
+                                reason=f"triton backend unavailable: {tb.why_unavailable(torch.device(DEVICE))}")
+
+# 1, 3, 17: tails only; 4097: two full chunks and a 1-element tail; 0: an empty tensor (no chunk, but its step
+# advances); 9001: the "larger" one (its partial chunk is not the first).
+SIZES = (1, 3, 17, 4097, 0, 9001)
+STEPS = 3
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+    if DEVICE == "cpu":
+        monkeypatch.setattr(tb, "INTERP_BLOCK", 512)
+        monkeypatch.setattr(tb, "INTERP_CHUNK", 2048)
+
+
+def _params(sizes, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(*((n,) if isinstance(n, int) else n), generator=g, dtype=torch.float64)
+            .to(device=DEVICE, dtype=dtype).requires_grad_() for n in sizes]
+
+
+def _run(cls, backend, kw, dtype=torch.float32, sizes=SIZES, steps=STEPS, groups=None, hook=None):
+    """``steps`` steps of ``cls`` on fresh params with seeded random gradients (never zeros)."""
+    ps = _params(sizes, dtype)
+    opt = cls(groups(ps) if groups else ps, backend=backend, **kw)
+    g = torch.Generator().manual_seed(1234)
+    for k in range(steps):
+        for p in ps:
+            p.grad = torch.randn(p.shape, generator=g, dtype=torch.float64).to(device=DEVICE, dtype=dtype)
+        if hook:
+            hook(opt, k)
+        opt.step()
+    return ps, opt
+
+
+def _tol(dtype):
+    # float32: a few ulps per step (torch's CPU kernels use FMAs, the interpreter does not; the GPU contracts).
+    return {torch.float32: dict(rtol=1e-6, atol=1e-6), torch.float64: dict(rtol=1e-12, atol=1e-12),
+            torch.bfloat16: dict(rtol=1.6e-2, atol=1e-2), torch.float16: dict(rtol=2e-3, atol=2e-3)}[dtype]
+
+
+def _compare(a, b, dtype):
+    pa, oa = a
+    pb, ob = b
+    for x, y in zip(pa, pb):
+        torch.testing.assert_close(y.detach().float().cpu(), x.detach().float().cpu(), **_tol(dtype))
+    # State too (same keys, same values), steps exactly.
+    for x, y in zip(pa, pb):
+        sa, sb = oa.state[x], ob.state[y]
+        assert set(sa) == set(sb)
+        for key in sa:
+            if key == "step":
+                assert float(sa[key]) == float(sb[key])
+            elif isinstance(sa[key], torch.Tensor):
+                tol = _tol(dtype if dtype == torch.float64 else torch.float32)
+                if dtype in (torch.bfloat16, torch.float16):
+                    tol = dict(rtol=2e-2, atol=2e-2)
+                torch.testing.assert_close(sb[key].cpu(), sa[key].cpu(), **tol)
+
+
+CASES = [
+    (fh.Adam, {}),
+    (fh.Adam, dict(lr=1e-2, amsgrad=True, weight_decay=0.1, maximize=True)),
+    (fh.Adam, dict(betas=(0.3, 0.9), eps=1e-3)),  # 1-b1 >= 0.5: torch's other lerp branch
+    (fh.AdamW, dict(lr=1e-2, weight_decay=0.1)),
+    (fh.AdamW, dict(amsgrad=True, maximize=True)),
+    (fh.SGD, dict(lr=0.1)),
+    (fh.SGD, dict(lr=0.1, momentum=0.9, dampening=0.2, weight_decay=0.01)),
+    (fh.SGD, dict(lr=0.1, momentum=0.9, nesterov=True, maximize=True)),
+    (fh.Padam, {}),
+    (fh.Padam, dict(partial=0.5, amsgrad=False, weight_decay=0.1)),
+    (fh.Padam, dict(partial=0.3, maximize=True)),
+    (fh.AdamClip, dict(sgd_lr=0.1, lower=0.5, upper=2.0)),
+    (fh.AdamClip, dict(sgd_lr=0.1, lower=1.0, upper=math.inf, amsgrad=True)),
+    (fh.AdaBound, {}),
+    (fh.AdaBound, dict(amsbound=True, gamma=0.0, weight_decay=0.01)),  # gamma*k = 0: upper bound inf
+    (fh.SWATS, dict(lr=1e-2)),
+    (fh.SWATS, dict(lr=1e-2, amsgrad=True, weight_decay=0.1, nesterov=True, maximize=True)),
+    (fh.MAS, {}),
+    (fh.MAS, dict(momentum=0.9, nesterov=True, weight_decay=0.1, adam_w=0.7, sgd_w=0.3)),
+    (fh.MAS, dict(variant="correction", momentum=0.5)),
+    (fh.MAS, dict(variant="normalized", maximize=True)),
+    (fh.MAS, dict(variant="vector", momentum=0.9, dampening=0.1, weight_decay=0.01)),
+]
+
+
+def _id(case):
+    cls, kw = case
+    return cls.__name__ + "-" + "-".join(f"{k}={v}" for k, v in kw.items())
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
+def test_matches_reference_fp32(case):
+    cls, kw = case
+    _compare(_run(cls, "reference", kw), _run(cls, "triton", kw), torch.float32)
+
+
+ND_SHAPES = ((5,), (7, 3), (4, 3, 2, 2), (3, 1500), (0, 4), (1,), (2, 5, 3))
+
+
+@pytest.mark.parametrize("kw", [{}, dict(weight_decay=0.1, maximize=True, lr=1e-2)])
+def test_ndadam_matches_reference(kw):
+    _compare(_run(fh.NDAdam, "reference", kw, sizes=ND_SHAPES), _run(fh.NDAdam, "triton", kw, sizes=ND_SHAPES),
+             torch.float32)
+
+
+def test_ndadam_vec_axes_inner():
+    """Vectors along a middle dim (inner stride > 1)."""
+    sizes = ((3, 4, 5), (2, 6, 7))
+    groups = lambda ps: [{"params": ps, "vec_axes": [1]}]  # noqa: E731
+    _compare(_run(fh.NDAdam, "reference", {}, sizes=sizes, groups=groups),
+             _run(fh.NDAdam, "triton", {}, sizes=sizes, groups=groups), torch.float32)
+
+
+LOW = [(fh.Adam, {}), (fh.SGD, dict(lr=0.1, momentum=0.9)), (fh.Padam, {}), (fh.AdaBound, {}),
+       (fh.SWATS, dict(lr=1e-2)), (fh.MAS, dict(variant="normalized", momentum=0.9)), (fh.NDAdam, {})]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("case", LOW, ids=[_id(c) for c in LOW])
+def test_other_dtypes(case, dtype):
+    cls, kw = case
+    sizes = ND_SHAPES if cls is fh.NDAdam else (1, 17, 4097, 0)
+    _compare(_run(cls, "reference", kw, dtype, sizes=sizes, steps=2),
+             _run(cls, "triton", kw, dtype, sizes=sizes, steps=2), dtype)
+
+
+def test_many_mixed_tensors_and_groups():
+    g = torch.Generator().manual_seed(7)
+    sizes = [int(s) for s in torch.randint(0, 300, (40,), generator=g)] + [0, 1, 2049]
+    groups = lambda ps: [{"params": ps[::2]}, {"params": ps[1::2], "lr": 3e-3, "weight_decay": 0.1}]  # noqa: E731
+    for cls, kw in [(fh.Adam, {}), (fh.SGD, dict(momentum=0.9))]:
+        _compare(_run(cls, "reference", kw, sizes=sizes, groups=groups, steps=2),
+                 _run(cls, "triton", kw, sizes=sizes, groups=groups, steps=2), torch.float32)
+
+
+def test_misaligned_params():
+    """Pointers that are not 16-byte aligned take the kernels' unhinted path."""
+    def run(backend):
+        base = torch.randn(4 * 4097 + 1, generator=torch.Generator().manual_seed(3), device=DEVICE)
+        ps = [torch.nn.Parameter(base[1:4098]), torch.nn.Parameter(base[4099:4099 + 17])]
+        assert ps[0].data_ptr() % 16 != 0
+        opt = fh.Adam(ps, lr=1e-2, backend=backend)
+        for k in range(2):
+            for p in ps:
+                p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(k), device=DEVICE)
+            opt.step()
+        return ps
+    for x, y in zip(run("reference"), run("triton")):
+        torch.testing.assert_close(y.detach(), x.detach(), **_tol(torch.float32))
+
+
+def test_tensor_lr_grad_scale_found_inf():
+    """lr as a 0-dim tensor changed between steps, GradScaler's grad_scale, and a found_inf step that changes
+    nothing at all (steps included)."""
+    def hook(opt, k):
+        opt.param_groups[0]["lr"].fill_(1e-2 * (k + 1))
+        opt.grad_scale = torch.tensor(4.0, device=DEVICE)
+        for p in opt.param_groups[0]["params"]:
+            p.grad.mul_(4.0)
+        opt.found_inf = torch.tensor([1.0 if k == 1 else 0.0], device=DEVICE)
+
+    for cls, kw in [(fh.Adam, dict(amsgrad=True)), (fh.SGD, dict(momentum=0.9)), (fh.SWATS, {}),
+                    (fh.MAS, dict(variant="vector", momentum=0.9)), (fh.NDAdam, {})]:
+        sizes = ND_SHAPES if cls is fh.NDAdam else SIZES
+        groups = lambda ps: [{"params": ps, "lr": torch.tensor(1e-2, device=DEVICE)}]  # noqa: E731
+        a = _run(cls, "reference", kw, sizes=sizes, groups=groups, hook=hook)
+        b = _run(cls, "triton", kw, sizes=sizes, groups=groups, hook=hook)
+        _compare(a, b, torch.float32)
+        if cls is not fh.SGD:
+            assert all(float(b[1].state[p]["step"]) == STEPS - 1 for p in b[0])
+
+
+def test_poisoned_outputs_are_overwritten():
+    """Whatever an output holds before the call, the kernels overwrite it: SWATS's partials, a fresh SGD
+    momentum buffer (torch: buf = g on the first step)."""
+    from fused_hybrid import hyper as H
+    from fused_hybrid.backends import reference as rb
+
+    def call(be):
+        ps = _params(SIZES, torch.float32, seed=5)
+        gen = torch.Generator().manual_seed(6)
+        rnd = lambda p: torch.randn(p.shape, generator=gen).to(DEVICE)  # noqa: E731
+        gs = [rnd(p) for p in ps]
+        T = len(ps)
+        st = [dict(m=rnd(p), v=rnd(p).abs(), s=torch.tensor(2.0, device=DEVICE), b=rnd(p)) for p in ps]
+        sw = H.SwatsArgs(momentum_buffers=[s["b"] for s in st], phase=torch.zeros(T, dtype=torch.int32),
+                         sgd_lr=torch.zeros(T, dtype=torch.float64),
+                         partials=torch.full((T, 2), float("nan"), dtype=torch.float64), nesterov=False)
+        sw.phase[1] = 1
+        sw.sgd_lr[1] = 0.05
+        hp = H.Adaptive(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8)
+        with torch.no_grad():
+            be.adaptive([p.detach() for p in ps], gs, [s["m"] for s in st], [s["v"] for s in st], [],
+                        [s["s"] for s in st], hp, None, None, sw)
+        bufs = [torch.full_like(p, float("nan")) for p in ps]
+        with torch.no_grad():
+            be.sgd([p.detach() for p in ps], gs, bufs, [True] * T, H.SGD(lr=0.1, momentum=0.9), None, None)
+        return ps, sw.partials, bufs, st
+
+    pa, qa, ba, sa = call(rb)
+    pb, qb, bb, sb = call(tb)
+    assert not qb.isnan().any()
+    torch.testing.assert_close(qb, qa, rtol=1e-6, atol=1e-9)  # p differs from the reference by ulps
+    assert float(qb[1].abs().sum()) == 0.0  # the SGD-phase tensor reports no partials
+    for x, y in zip(pa + ba, pb + bb):
+        torch.testing.assert_close(y.detach(), x.detach(), **_tol(torch.float32))
+    assert [float(s["s"]) for s in sb] == [3.0] * len(SIZES)
+
+
+def _count_launches(monkeypatch, cls, kw, sizes):
+    calls = []
+    real = tb._launch
+
+    def counting(kernel, grid, *a, **k):
+        calls.append(kernel)
+        return real(kernel, grid, *a, **k)
+
+    monkeypatch.setattr(tb, "_launch", counting)
+    ps = _params(sizes, torch.float32)
+    opt = cls(ps, backend="triton", **kw)
+    for p in ps:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    calls.clear()
+    opt.step()
+    monkeypatch.setattr(tb, "_launch", real)
+    return len(calls)
+
+
+@pytest.mark.parametrize("cls,kw,expected", [
+    (fh.Adam, {}, 2), (fh.SGD, dict(momentum=0.9), 1), (fh.Padam, {}, 2), (fh.SWATS, {}, 2), (fh.MAS, {}, 2),
+    (fh.MAS, dict(variant="correction"), 3), (fh.NDAdam, {}, 4)])
+def test_launches_independent_of_tensor_count(monkeypatch, cls, kw, expected):
+    """update + finalize per bucket (MAS's reducing variants: + apply pass; ND-Adam: its 1-D tensors' Adam
+    launches + the row kernel + its finalize), whether the bucket holds 2 tensors or 40."""
+    few = [(3,), (5, 4)]
+    many = [(3,), (5, 4)] + [(1 + i % 7,) if i % 2 else (2, 1 + i % 5) for i in range(38)]
+    n_few = _count_launches(monkeypatch, cls, kw, few)
+    n_many = _count_launches(monkeypatch, cls, kw, many)
+    assert n_few == n_many == expected
+
+
+def _swats_problem(backend, granularity, steps=30):
+    """Least squares, grads from the params (so the trajectories feed back), until SWATS switches."""
+    g = torch.Generator().manual_seed(11)
+    A = torch.randn(64, 20, generator=g, device=DEVICE)
+    y = torch.randn(64, generator=g, device=DEVICE)
+    w1 = torch.nn.Parameter(torch.randn(20, 3, generator=g, device=DEVICE) * 0.1)
+    w2 = torch.nn.Parameter(torch.randn(3, generator=g, device=DEVICE) * 0.1)
+    opt = fh.SWATS([w1, w2], lr=3e-2, switch_rtol=0.05, granularity=granularity, backend=backend)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = ((A @ w1 @ w2 - y) ** 2).mean()
+        loss.backward()
+        opt.step()
+    return [w1, w2], opt.switch_info()
+
+
+@pytest.mark.parametrize("granularity", ["global", "tensor"])
+def test_swats_same_switch_as_reference(granularity):
+    pa, ia = _swats_problem("reference", granularity)
+    pb, ib = _swats_problem("triton", granularity)
+    assert any(s["switched"] for s in ia), ia  # the problem must exercise the switch and the SGD phase
+    for sa, sb in zip(ia, ib):
+        assert sa["switched"] == sb["switched"]
+        assert sa["switch_step"] == sb["switch_step"]
+        if sa["switched"]:
+            assert sb["sgd_lr"] == pytest.approx(sa["sgd_lr"], rel=1e-5)
+    for x, y in zip(pa, pb):
+        torch.testing.assert_close(y.detach(), x.detach(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", [(fh.Adam, dict(amsgrad=True)), (fh.SWATS, dict(lr=1e-2)),
+                                  (fh.MAS, dict(variant="vector", momentum=0.9)), (fh.NDAdam, {})],
+                         ids=["adam", "swats", "mas-vector", "ndadam"])
+def test_bitwise_repeatable(case):
+    cls, kw = case
+    sizes = ND_SHAPES if cls is fh.NDAdam else SIZES
+    a = _run(cls, "triton", kw, sizes=sizes)
+    b = _run(cls, "triton", kw, sizes=sizes)
+    for x, y in zip(a[0], b[0]):
+        assert torch.equal(x, y)
+    if cls is fh.SWATS:
+        sa, sb = a[1].state["swats"], b[1].state["swats"]
+        for key in ("lam", "gamma", "Lambda"):
+            assert torch.equal(sa[key], sb[key])
+
+
+def test_tables_cached_by_pointer():
+    tb._CACHE.clear()
+    ps, opt = _run(fh.Adam, "triton", {}, steps=1)
+    n = len(tb._CACHE)
+    for p in ps:
+        p.grad.normal_()  # same grad tensors, same pointers
+    opt.step()
+    assert len(tb._CACHE) == n
+    for p in ps:
+        p.grad = p.grad.clone()  # new grad storage: the table is rebuilt
+    opt.step()
+    assert len(tb._CACHE) == n + 1
+
+
+def test_hyperparameters_are_runtime_arguments():
+    """Changing lr (or any hyperparameter) must not recompile: none of them is a tl.constexpr."""
+    import inspect
+
+    import triton.language as tl
+
+    from fused_hybrid.triton_kernels import adaptive, mas, ndadam, sgd
+    hyper = {"lr", "beta1", "beta2", "eps", "wd", "partial2", "clip_lo", "clip_hi", "final_lr", "gamma",
+             "momentum", "dampening", "adam_w", "sgd_w"}
+    for kern in (adaptive.adaptive_kernel, sgd.sgd_kernel, mas.mas_kernel, ndadam.ndadam_kernel):
+        fn = getattr(kern, "fn", kern)  # the Python function (JITFunction, or InterpretedFunction)
+        names = set()
+        for name, par in inspect.signature(fn).parameters.items():
+            if name in hyper:
+                names.add(name)
+                assert par.annotation is tl.float64, (fn.__name__, name, par.annotation)
+        assert "lr" in names
+
+
+def test_unavailable_without_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert not tb.available(torch.device("cpu"))
+    assert "TRITON_INTERPRET" in tb.why_unavailable(torch.device("cpu"))
+    p = torch.nn.Parameter(torch.randn(3))
+    p.grad = torch.randn(3)
+    with pytest.raises(fh.BackendUnavailableError, match="TRITON_INTERPRET"):
+        fh.Adam([p], backend="triton").step()

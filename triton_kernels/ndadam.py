@@ -1,0 +1,140 @@
+"""ND-Adam (Zhang 2017, Algorithm 1) in Triton: the row-wise kernel for tensors of weight vectors.
+
+A tensor is viewed as [outer, L, inner] with its weight vectors along L (the vector axes must be consecutive
+dims; the default, all dims but 0, gives inner = 1 and contiguous rows). One program takes ROWS vectors of one
+tensor and walks their L elements in BLOCK_L columns several times, because each stage needs a full-vector
+reduction of the previous one: ||w|| (first step), <g,w>, then m and <g,g>, then the new w and its norm, then
+the renormalized store. The parameter is written once, at the end (bf16/fp16 params round once, as in the
+reference). Row sums accumulate in float64. 1-D tensors take the adaptive kernel (plain Adam).
+Arithmetic as fused_hybrid/reference.py (ndadam_vector_step).
+"""
+import triton
+import triton.language as tl
+
+from .common import chunk_header, div_ieee, effective_grad, f64, inv_scale, lerp, load_lr, pow_int, skip_step, \
+    sqrt_ieee, table_ptr
+
+L_P = tl.constexpr(0)
+L_G = tl.constexpr(1)
+L_M = tl.constexpr(2)
+L_V = tl.constexpr(3)
+L_STEP = tl.constexpr(4)
+N_LISTS = 5
+META_W = 6  # numel, chunk begin, chunk end, flag, L (vector length), inner stride
+
+
+@triton.jit
+def nd_project(g, w, gw):
+    """Remove the radial part of the gradient: g - <g,w> w (||w|| = 1)."""
+    return g - gw * w
+
+
+@triton.jit
+def nd_new_w(w, m, v, eps, step):
+    """w - lr*sqrt(bc2)/bc1 * m / (sqrt(v) + eps), v one scalar per vector (broadcast along the row)."""
+    return w - div_ieee(m, sqrt_ieee(v) + eps) * step
+
+
+@triton.jit
+def _load_wg(pp, gp, offs, mask, inv, scale_w, wd, C: tl.constexpr, HAS_SCALE: tl.constexpr,
+             MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr):
+    """w (normalized on the first step: scale_w = 1/||w|| as a division, else 1) and the weight-decayed
+    gradient."""
+    w = tl.load(pp + offs, mask=mask, other=0.0).to(C)
+    w = div_ieee(w, scale_w)
+    g = effective_grad(tl.load(gp + offs, mask=mask, other=0.0), inv, C, HAS_SCALE, MAXIMIZE)
+    if HAS_WD:
+        g = g + wd * w
+    return w, g
+
+
+@triton.jit(do_not_specialize=["T"])  # the tensor count: one compile whatever it is
+def ndadam_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr,
+                  lr: tl.float64, beta1: tl.float64, beta2: tl.float64, eps: tl.float64, wd: tl.float64,
+                  P: tl.constexpr, C: tl.constexpr, LR_TENSOR: tl.constexpr, HAS_SCALE: tl.constexpr,
+                  HAS_FOUND_INF: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr,
+                  ROWS: tl.constexpr, BLOCK_L: tl.constexpr):
+    pid = tl.program_id(0)
+    t, r0, n = chunk_header(chunks, meta, pid, 6, ROWS)
+    if not skip_step(found_ptr, HAS_FOUND_INF):
+        L = tl.load(meta + t * 6 + 4)
+        inner = tl.load(meta + t * 6 + 5)
+        nrows = n // L
+        pp = table_ptr(ptrs, L_P, t, T, P, False)
+        gp = table_ptr(ptrs, L_G, t, T, P, False)
+        mp = table_ptr(ptrs, L_M, t, T, C, False)
+        vp = table_ptr(ptrs, L_V, t, T, C, False)
+        stp = table_ptr(ptrs, L_STEP, t, T, tl.float32, False)
+        k = tl.load(stp).to(tl.float64) + 1.0
+        lr64 = load_lr(lr, lr_ptr, LR_TENSOR)
+        b1 = f64(beta1)
+        b2 = f64(beta2)
+        bc1 = 1.0 - pow_int(b1, k)
+        bc2 = 1.0 - pow_int(b2, k)
+        inv = inv_scale(scale_ptr, HAS_SCALE)
+        wd_c = f64(wd).to(C)
+        omb1 = (1.0 - b1).to(C)
+        b2_c = b2.to(C)
+        omb2 = (1.0 - b2).to(C)
+        eps_c = f64(eps).to(C)
+        step = (lr64 * sqrt_ieee(bc2) / bc1).to(C)
+
+        rows = r0 + tl.arange(0, ROWS)
+        rmask = rows < nrows
+        base = (rows // inner) * (L * inner) + rows % inner
+        cols0 = tl.arange(0, BLOCK_L)
+        one = tl.full([ROWS], 1.0, C)
+
+        # Stage 1 (first step only): ||w|| per vector; the paper normalizes at initialization.
+        scale_w = one
+        if k == 1.0:
+            ww = tl.zeros([ROWS], tl.float64)
+            for j0 in range(0, L, BLOCK_L):
+                cols = j0 + cols0
+                offs = base[:, None] + cols[None, :] * inner
+                mask = rmask[:, None] & (cols < L)[None, :]
+                w0 = tl.load(pp + offs, mask=mask, other=0.0).to(C).to(tl.float64)
+                ww += tl.sum(w0 * w0, axis=1)
+            scale_w = sqrt_ieee(ww).to(C)
+            scale_w = tl.where(rmask, scale_w, 1.0)
+        # Stage 2: <g, w>.
+        acc = tl.zeros([ROWS], tl.float64)
+        for j0 in range(0, L, BLOCK_L):
+            cols = j0 + cols0
+            offs = base[:, None] + cols[None, :] * inner
+            mask = rmask[:, None] & (cols < L)[None, :]
+            w, g = _load_wg(pp, gp, offs, mask, inv, scale_w[:, None], wd_c, C, HAS_SCALE, MAXIMIZE, HAS_WD)
+            acc += tl.sum((g * w).to(tl.float64), axis=1)
+        gw = acc.to(C)
+        # Stage 3: project, first moment, <g, g>; then the per-vector second moment.
+        acc = tl.zeros([ROWS], tl.float64)
+        for j0 in range(0, L, BLOCK_L):
+            cols = j0 + cols0
+            offs = base[:, None] + cols[None, :] * inner
+            mask = rmask[:, None] & (cols < L)[None, :]
+            w, g = _load_wg(pp, gp, offs, mask, inv, scale_w[:, None], wd_c, C, HAS_SCALE, MAXIMIZE, HAS_WD)
+            g = nd_project(g, w, gw[:, None])
+            m = lerp(tl.load(mp + offs, mask=mask, other=0.0), g, omb1)
+            tl.store(mp + offs, m, mask=mask)
+            acc += tl.sum((g * g).to(tl.float64), axis=1)
+        v = tl.load(vp + rows, mask=rmask, other=0.0)
+        v = v * b2_c + omb2 * acc.to(C)
+        tl.store(vp + rows, v, mask=rmask)
+        # Stage 4: the new w's norm; stage 5: the renormalized store.
+        acc = tl.zeros([ROWS], tl.float64)
+        for j0 in range(0, L, BLOCK_L):
+            cols = j0 + cols0
+            offs = base[:, None] + cols[None, :] * inner
+            mask = rmask[:, None] & (cols < L)[None, :]
+            w = div_ieee(tl.load(pp + offs, mask=mask, other=0.0).to(C), scale_w[:, None])
+            w = nd_new_w(w, tl.load(mp + offs, mask=mask, other=0.0), v[:, None], eps_c, step)
+            w64 = w.to(tl.float64)
+            acc += tl.sum(w64 * w64, axis=1)
+        norm = tl.where(rmask, sqrt_ieee(acc).to(C), 1.0)
+        for j0 in range(0, L, BLOCK_L):
+            cols = j0 + cols0
+            offs = base[:, None] + cols[None, :] * inner
+            mask = rmask[:, None] & (cols < L)[None, :]
+            w = div_ieee(tl.load(pp + offs, mask=mask, other=0.0).to(C), scale_w[:, None])
+            w = nd_new_w(w, tl.load(mp + offs, mask=mask, other=0.0), v[:, None], eps_c, step)
+            tl.store(pp + offs, div_ieee(w, norm[:, None]).to(P), mask=mask)
