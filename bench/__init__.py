@@ -1,0 +1,1 @@
+"""fused_hybrid microbenchmarks: `python -m bench --help`."""

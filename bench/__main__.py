@@ -1,0 +1,65 @@
+"""``python -m bench``: time opt.step() of fused_hybrid vs torch.optim and peer libraries.
+
+    python -m bench                      # every rule, backend and shape set on the device present
+    python -m bench --quick              # CI smoke: tiny shapes, few rounds (< 1 minute on 2 cores)
+    python -m bench --shapes resnet18,one_big --rules adam,sgd,swats --backends reference,cpu --threads 2
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import cases as C, runner, shapes as S
+
+
+def _csv(s: str) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny shapes (sizes / 16), 1 warm-up, 3 rounds, 1 thread")
+    ap.add_argument("--shapes", type=_csv, default=None, help=f"comma list from {','.join(S.SHAPE_SETS)}")
+    ap.add_argument("--rules", type=_csv, default=None, help=f"comma list from {','.join(C.RULES)}")
+    ap.add_argument("--backends", type=_csv, default=None,
+                    help="fused_hybrid backends to try (default: every one available on the device)")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU; default: torch's, 1 with --quick)")
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--warmup", type=int, default=None)
+    ap.add_argument("--scale", type=float, default=None, help="divide the shape sets' sizes by this")
+    ap.add_argument("--no-torch", action="store_true", help="skip the torch.optim baselines")
+    ap.add_argument("--no-peers", action="store_true", help="skip the peer libraries")
+    ap.add_argument("--mem-budget-gb", type=float, default=None,
+                    help="optimizer state held at once (default: half the free memory); more cases run in batches")
+    ap.add_argument("--out", default=None, help="results folder (default bench/results); '' writes nothing")
+    return ap.parse_args(argv)
+
+
+def config_from_args(a: argparse.Namespace) -> runner.Config:
+    cfg = runner.quick_config() if a.quick else runner.Config()
+    if a.shapes:
+        cfg.shapes = a.shapes
+    if a.rules:
+        cfg.rules = a.rules
+    cfg.backends = a.backends
+    if a.threads is not None:
+        cfg.threads = a.threads
+    cfg.device = a.device
+    for k in ("rounds", "warmup", "scale"):
+        if getattr(a, k) is not None:
+            setattr(cfg, k, getattr(a, k))
+    cfg.torch_impls = not a.no_torch
+    cfg.peers = not a.no_peers
+    cfg.mem_budget_gb = a.mem_budget_gb
+    cfg.out_dir = a.out
+    return cfg
+
+
+def main(argv=None) -> dict:
+    return runner.run(config_from_args(parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,100 @@
+"""The bytes model: how many bytes one optimizer step must move per parameter element, at the least.
+
+This is the one place the benchmark's effective GB/s comes from. A step that reads and writes each operand
+exactly once, with float32 params, grads and state, moves (4 bytes each):
+
+| rule (bench key)                | reads            | writes        | B/element |
+| ------------------------------- | ---------------- | ------------- | --------- |
+| sgd, momentum 0                 | p, g             | p             | 12        |
+| sgd, momentum != 0              | p, g, buf        | p, buf        | 20        |
+| adam, adamw                     | p, g, m, v       | p, m, v       | 28        |
+| amsgrad (adam amsgrad=True)     | p, g, m, v, vmax | p, m, v, vmax | 36        |
+| padam (official: amsgrad=True)  | p, g, m, v, vmax | p, m, v, vmax | 36        |
+| padam amsgrad=False             | as adam          |               | 28        |
+| adamclip, adabound              | as adam          |               | 28        |
+| adabound amsbound=True          | as amsgrad       |               | 36        |
+| swats, Adam phase               | as adam; <p,g>, <p,p> are reduced in the same pass | | 28 |
+| swats, SGD phase                | p, g, buf        | p, buf        | 20        |
+| mas, momentum 0                 | p, g, m, v       | p, m, v       | 28        |
+| mas, momentum != 0              | p, g, m, v, buf  | p, m, v, buf  | 36        |
+| ndadam, weight vectors (dim>=2) | p, g, m          | p, m          | 20        |
+| ndadam, 1-D params (Adam)       | as adam          |               | 28        |
+
+ND-Adam's second moment is one scalar per weight vector (negligible); its per-vector reductions (<g,w>,
+<g,g>, ||w||) need the row twice, which costs no extra DRAM traffic only when a row stays on chip (one
+program per row): the model counts that ideal. MAS variants other than "sum" need per-tensor reductions of
+both directions before the update; a two-pass implementation reads p, g, m, v, buf again: the model still
+counts the one-pass minimum, so their GB/s reads as "effective".
+
+Reductions, step counters and scalars are not counted. For other parameter dtypes, p and g take their own
+size and the state stays float32 (fused_hybrid keeps float32 state for fp16/bf16 params).
+"""
+from __future__ import annotations
+
+import math
+
+F32 = 4
+
+# Per rule: (param-sized operands read besides p and g, operands written besides p), all float32 state.
+# Written as state counts so the dtype rule above is applied in one function.
+_STATE = {
+    "sgd": 0,            # + buf when momentum != 0
+    "sgd_momentum": 1,
+    "adam": 2,
+    "adamw": 2,
+    "amsgrad": 3,
+    "padam": 3,          # amsgrad=True, the official default
+    "padam_noams": 2,
+    "adamclip": 2,
+    "adabound": 2,
+    "amsbound": 3,
+    "swats": 2,          # Adam phase
+    "swats_sgd": 1,      # SGD phase
+    "mas": 2,            # momentum 0 (MAS's default)
+    "mas_momentum": 3,
+    "ndadam_vec": 1,     # m only; v is per vector
+}
+
+
+def state_operands(rule: str, opts: dict | None = None) -> int:
+    """Number of param-sized float32 state tensors a step reads and writes for ``rule`` with ``opts``."""
+    opts = opts or {}
+    if rule == "sgd":
+        return _STATE["sgd_momentum"] if opts.get("momentum", 0) else _STATE["sgd"]
+    if rule == "adam" and opts.get("amsgrad"):
+        return _STATE["amsgrad"]
+    if rule == "padam" and not opts.get("amsgrad", True):
+        return _STATE["padam_noams"]
+    if rule == "adabound" and opts.get("amsbound"):
+        return _STATE["amsbound"]
+    if rule == "swats" and opts.get("phase") == "sgd":
+        return _STATE["swats_sgd"]
+    if rule == "mas" and opts.get("momentum", 0):
+        return _STATE["mas_momentum"]
+    if rule in ("adam", "adamw", "amsgrad", "padam", "adamclip", "adabound", "swats", "mas"):
+        return _STATE[rule]
+    raise KeyError(f"no bytes model for rule {rule!r}")
+
+
+def bytes_per_element(rule: str, opts: dict | None = None, param_bytes: int = F32) -> int:
+    """Bytes one step moves per element: p read+write, g read, each state tensor read+write."""
+    if rule == "ndadam":
+        raise ValueError("ndadam depends on the shapes: use step_bytes()")
+    return 3 * param_bytes + 2 * F32 * state_operands(rule, opts)
+
+
+def step_bytes(rule: str, shapes, opts: dict | None = None, param_bytes: int = F32) -> int:
+    """Bytes one step over tensors of ``shapes`` must move."""
+    if rule != "ndadam":
+        return bytes_per_element(rule, opts, param_bytes) * sum(math.prod(s) for s in shapes)
+    total = 0
+    for s in shapes:
+        n = math.prod(s)
+        per = 3 * param_bytes + 2 * F32 * (_STATE["ndadam_vec"] if len(s) >= 2 else _STATE["adam"])
+        total += per * n
+    return total
+
+
+# The copy/axpy reference kernels of the same run.
+AXPY_BYTES_PER_ELEMENT = 3 * F32   # a += s*b: read a, read b, write a
+COPY_BYTES_PER_ELEMENT = 2 * F32   # dst.copy_(src)
