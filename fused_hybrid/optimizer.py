@@ -220,11 +220,11 @@ class HybridOptimizer(torch.optim.Optimizer):
 
     def switch_info(self) -> list[dict]:
         """SWATS: one dict per switch segment (``granularity``): ``switched``, ``switch_step`` (the segment's step
-        count at the switch, or None), ``sgd_lr`` (Lambda, or None), plus ``step``, ``gamma``, ``lam``. Syncs."""
+        count at the switch, or None), ``sgd_lr`` (Lambda, or None), plus ``step``, ``gamma``, ``lam`` and ``lambda_k`` (see ``swats.info``). Syncs."""
         if not any(g["rule"] == "swats" for g in self.param_groups):
             return []
-        self._layout()
-        return sw.info(self.state[sw.STATE_KEY])
+        lay = self._layout()
+        return sw.info(self.state[sw.STATE_KEY], [float(self.param_groups[g]["betas"][1]) for g in lay.first_group])
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
 

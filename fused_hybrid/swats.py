@@ -164,15 +164,17 @@ def finalize(layout: Layout, st: dict, vecs: dict, totals: torch.Tensor, found_i
     st["lr_ref"].copy_(torch.where(switch[layout.seg_of], vecs["lr"], st["lr_ref"]))
 
 
-def info(st: dict) -> list[dict]:
-    """One dict per segment: switched, switch_step, sgd_lr (Lambda), plus the step count and the last gamma
-    and bias-corrected lam (for plots). Reads device tensors, so it syncs."""
+def info(st: dict, beta2: list[float]) -> list[dict]:
+    """One dict per segment: switched, switch_step, sgd_lr (Lambda at the switch), plus the segment's step count,
+    the last gamma_k, the raw moving average lam_k and its bias-corrected value lam_k/(1-b2^k) (the Lambda_k the
+    test compares with gamma_k), for plots. Reads device tensors, so it syncs."""
     out = []
     phase, Lam, sw, ks, gam, lam = (st[k].tolist() for k in ("phase", "Lambda", "switch_step", "seg_step", "gamma",
                                                               "lam"))
     for s in range(len(phase)):
         switched = phase[s] == PHASE_SGD
+        bc2 = 1.0 - beta2[s] ** ks[s]
         out.append({"switched": switched, "switch_step": int(sw[s]) if switched else None,
                     "sgd_lr": float(Lam[s]) if switched else None, "step": int(ks[s]), "gamma": float(gam[s]),
-                    "lam": float(lam[s])})
+                    "lam": float(lam[s]), "lambda_k": float(lam[s]) / bc2 if bc2 > 0 else None})
     return out
