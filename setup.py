@@ -52,7 +52,9 @@ def _extensions():
                            "set CUDA_HOME")
     with_cuda = torch.version.cuda is not None and cuda_root is not None if force is None else force == "1"
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-    cxx = ["-O3", "-std=c++20", "-fopenmp", "-Wall", "-Wno-unused-function"]
+    # -fno-math-errno / -fno-trapping-math change no result; they let GCC vectorize sqrt and the if-converted
+    # branches of the rules (a scalar sqrt call per element otherwise, for errno's sake).
+    cxx = ["-O3", "-std=c++20", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-Wall", "-Wno-unused-function"]
     if os.environ.get("FUSED_HYBRID_NATIVE") == "1":
         cxx.append("-march=native")
     define_macros = [("TORCH_EXTENSION_NAME", "_C")]
@@ -63,8 +65,12 @@ def _extensions():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         define_macros.append(("FUSED_HYBRID_WITH_CUDA", "1"))
-        nvcc = ["-O3", "-std=c++20", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr",
-                "-Xcompiler", "-Wall", "-Werror", "all-warnings"]
+        # No --use_fast_math: it turns sqrt and division into approximations, and the kernels must agree with
+        # torch.optim / the reference to a few ulps. -Werror all-warnings: nvcc's own diagnostics are errors;
+        # -Xcompiler -Wall -Werror: so are the host compiler's for our .cu files. -Xptxas -v prints registers and
+        # spills of every kernel in the build log (issue 8).
+        nvcc = ["-O3", "-std=c++20", "-lineinfo", "--expt-relaxed-constexpr", "-Xcompiler", "-Wall",
+                "-Xcompiler", "-Werror", "-Werror", "all-warnings", "-Xptxas", "-v"]
         ext = cpp_extension.CUDAExtension("fused_hybrid._C", sources, include_dirs=include,
                                           define_macros=define_macros,
                                           extra_compile_args={"cxx": cxx, "nvcc": nvcc},

@@ -14,6 +14,8 @@ void check_lists(const char* op, at::TensorList params, at::TensorList grads,
                 " params");
   }
   for (const auto i : c10::irange(params.size())) {
+    prefetch_meta(params, i + kMetaAhead);
+    prefetch_meta(grads, i + kMetaAhead);
     const auto& p = params[i];
     const auto& g = grads[i];
     TORCH_CHECK(p.device().is_cpu() && g.device().is_cpu(), op, ": the cpu backend takes CPU tensors");
@@ -24,6 +26,21 @@ void check_lists(const char* op, at::TensorList params, at::TensorList grads,
                 " differs from its param's ", p.scalar_type());
     TORCH_CHECK(p.scalar_type() == params[0].scalar_type(), op, ": all params of one call share a dtype");
   }
+}
+
+std::vector<double> advance_steps(const char* op, at::TensorList steps, size_t n) {
+  TORCH_CHECK(steps.size() == n, op, ": ", steps.size(), " step tensors for ", n, " params");
+  std::vector<double> k(n);
+  for (const auto i : c10::irange(n)) {
+    prefetch_meta(steps, i + kMetaAhead);
+    const auto& s = steps[i];
+    TORCH_CHECK(s.device().is_cpu() && s.scalar_type() == at::kFloat && s.numel() == 1, op, ": step ", i,
+                " must be a one-element float32 CPU tensor");
+    float* p = s.data_ptr<float>();
+    *p = *p + 1.0f;  // float32 arithmetic, like torch.optim's `step += 1` on a float32 tensor
+    k[i] = static_cast<double>(*p);
+  }
+  return k;
 }
 
 double inv_scale(const std::optional<at::Tensor>& grad_scale) {

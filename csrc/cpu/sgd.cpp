@@ -2,6 +2,9 @@
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
+#include <vector>
+
+#include "adaptive_kernel.h"  // signed_inv
 #include "fused_hybrid/rules.h"
 #include "multi_tensor.h"
 
@@ -9,19 +12,41 @@ namespace fused_hybrid {
 namespace cpu {
 namespace {
 
-template <typename scalar_t, typename opmath_t>
-void sgd_chunk(scalar_t* __restrict__ w, const scalar_t* __restrict__ g, opmath_t* __restrict__ buf, int64_t n,
-               opmath_t lr, opmath_t momentum, opmath_t dampening, opmath_t wd, opmath_t inv, bool nesterov,
-               bool maximize, bool first) {
-#pragma omp simd
+// One chunk. Every flag is a template parameter (GCC does not vectorize a select on a runtime bool), and
+// maximize travels as the sign of inv (see signed_inv).
+template <typename scalar_t, typename opmath_t, bool MOM, bool WD, bool NESTEROV, bool FIRST>
+FH_CPU_CLONES void sgd_chunk(scalar_t* __restrict__ w, const scalar_t* __restrict__ g, opmath_t* __restrict__ buf,
+                             int64_t n, opmath_t lr, opmath_t momentum, opmath_t one_minus_dampening, opmath_t wd,
+                             opmath_t inv) {
   for (int64_t i = 0; i < n; ++i) {
-    opmath_t wi = static_cast<opmath_t>(w[i]);
-    opmath_t gi = rules::effective_grad(static_cast<opmath_t>(g[i]), inv, maximize);
-    if (wd != opmath_t(0)) gi = gi + wd * wi;
+    const opmath_t wi = static_cast<opmath_t>(w[i]);
+    opmath_t gi = rules::effective_grad(static_cast<opmath_t>(g[i]), inv, false);
+    if constexpr (WD) gi = rules::l2_weight_decay(gi, wi, wd);
     opmath_t d = gi;
-    if (buf != nullptr) d = rules::sgd_direction(gi, buf[i], momentum, dampening, nesterov, first);
-    w[i] = static_cast<scalar_t>(wi + (-lr) * d);
+    if constexpr (MOM) d = rules::sgd_direction_exact(gi, buf[i], momentum, one_minus_dampening, NESTEROV, FIRST);
+    w[i] = static_cast<scalar_t>(rules::sgd_step(wi, d, lr));
   }
+}
+
+template <typename scalar_t, typename opmath_t>
+using SgdFn = void (*)(scalar_t*, const scalar_t*, opmath_t*, int64_t, opmath_t, opmath_t, opmath_t, opmath_t,
+                       opmath_t);
+
+template <typename scalar_t, typename opmath_t, bool WD>
+SgdFn<scalar_t, opmath_t> pick_sgd_wd(bool mom, bool nesterov, bool first) {
+  if (!mom) return &sgd_chunk<scalar_t, opmath_t, false, WD, false, false>;
+  if (first) {
+    return nesterov ? &sgd_chunk<scalar_t, opmath_t, true, WD, true, true>
+                    : &sgd_chunk<scalar_t, opmath_t, true, WD, false, true>;
+  }
+  return nesterov ? &sgd_chunk<scalar_t, opmath_t, true, WD, true, false>
+                  : &sgd_chunk<scalar_t, opmath_t, true, WD, false, false>;
+}
+
+template <typename scalar_t, typename opmath_t>
+SgdFn<scalar_t, opmath_t> pick_sgd(bool mom, bool wd, bool nesterov, bool first) {
+  return wd ? pick_sgd_wd<scalar_t, opmath_t, true>(mom, nesterov, first)
+            : pick_sgd_wd<scalar_t, opmath_t, false>(mom, nesterov, first);
 }
 
 void sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, at::IntArrayRef firsts,
@@ -47,12 +72,24 @@ void sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_b
                     c10::CppTypeToScalarType<opmath_t>::value, " tensor like its param");
       }
     }
+    std::vector<scalar_t*> pw(params.size());
+    std::vector<const scalar_t*> pg(params.size());
+    std::vector<opmath_t*> pbuf(params.size(), nullptr);
+    for (const auto i : c10::irange(params.size())) {
+      for (const auto l : {params, grads, momentum_buffers}) prefetch_meta(l, i + kMetaAhead);
+      pw[i] = data_as<scalar_t>(params[i]);
+      pg[i] = data_as<scalar_t>(grads[i]);
+      if (has_momentum) pbuf[i] = data_as<opmath_t>(momentum_buffers[i]);
+    }
+    const bool wd = weight_decay != 0.0;
+    const SgdFn<scalar_t, opmath_t> fns[2] = {pick_sgd<scalar_t, opmath_t>(has_momentum, wd, nesterov, false),
+                                              pick_sgd<scalar_t, opmath_t>(has_momentum, wd, nesterov, true)};
+    const opmath_t inv_o = signed_inv<opmath_t>(inv, maximize);
     for_each_chunk(chunks, [&](const Chunk& c) {
-      opmath_t* buf = has_momentum ? momentum_buffers[c.tensor].data_ptr<opmath_t>() + c.begin : nullptr;
-      sgd_chunk<scalar_t, opmath_t>(params[c.tensor].data_ptr<scalar_t>() + c.begin,
-                                    grads[c.tensor].data_ptr<scalar_t>() + c.begin, buf, c.end - c.begin,
-                                    opmath_t(lrv), opmath_t(momentum), opmath_t(dampening), opmath_t(weight_decay),
-                                    opmath_t(inv), nesterov, maximize, firsts[c.tensor] != 0);
+      const int64_t t = c.tensor, b = c.begin;
+      fns[firsts[t] != 0 ? 1 : 0](pw[t] + b, pg[t] + b, has_momentum ? pbuf[t] + b : nullptr, c.end - b,
+                                  opmath_t(lrv), opmath_t(momentum), opmath_t(1.0 - dampening), opmath_t(weight_decay),
+                                  inv_o);
     });
   });
 }

@@ -10,6 +10,10 @@
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define FH_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+// Always inlined on the host too: the CPU loops only vectorize once the rule is inlined, and in a translation
+// unit with many instantiations GCC's unit-growth limits otherwise leave a call per element.
+#define FH_HD inline __attribute__((always_inline))
 #else
 #define FH_HD inline
 #endif
@@ -24,14 +28,19 @@ enum Phase : int { kPhaseAdam = 0, kPhaseSgd = 1 };
 template <typename T>
 FH_HD T fh_sqrt(T x) { return std::sqrt(x); }
 template <typename T>
-FH_HD T fh_max(T a, T b) { return a > b ? a : (b != b ? b : a); }  // NaN-propagating like torch.maximum
+FH_HD T fh_max(T a, T b) { return a > b ? a : (a != a ? a : b); }  // NaN-propagating like torch.maximum
+// |x| as a compare-and-select, which vectorizes as a mask (and means the same for -0 and NaN in a compare).
+template <typename T>
+FH_HD T fh_abs(T x) { return x < T(0) ? -x : x; }
 template <typename T>
 FH_HD T fh_clamp(T x, T lo, T hi) { return x < lo ? lo : (x > hi ? hi : x); }
 
 // torch.lerp's formula (aten/src/ATen/native/Lerp.h), which torch.optim.Adam uses for the first moment.
+// |weight| < 0.5 is torch's `weight < 0.5 && weight > -0.5` as one comparison: GCC cannot vectorize a select on
+// the && of two comparisons.
 template <typename T>
 FH_HD T lerp(T self, T end, T weight) {
-  return (weight < T(0.5) && weight > T(-0.5)) ? self + weight * (end - self) : end - (end - self) * (T(1) - weight);
+  return fh_abs(weight) < T(0.5) ? self + weight * (end - self) : end - (end - self) * (T(1) - weight);
 }
 
 // The gradient the rules see: unscaled (GradScaler's 1/scale, 1 without a scaler), negated for maximize.
@@ -44,10 +53,29 @@ FH_HD T effective_grad(T g, T inv_scale, bool maximize) {
 // ---- SGD family -----------------------------------------------------------------------------------------------
 
 // torch.optim.SGD: buf = g on the first step, else momentum*buf + (1-dampening)*g; Nesterov: g + momentum*buf.
+// The direction from an already updated momentum buffer (Nesterov: g + momentum*buf, else buf). MAS's
+// reducing variants recompute it in their second pass.
+template <typename T>
+FH_HD T sgd_direction_from_buffer(T g, T buf, T momentum, bool nesterov) {
+  return nesterov ? g + momentum * buf : buf;
+}
+
+// As sgd_direction, with 1 - dampening computed by the caller in double (see OneMinus).
+template <typename T>
+FH_HD T sgd_direction_exact(T g, T& buf, T momentum, T one_minus_dampening, bool nesterov, bool first) {
+  buf = first ? g : buf * momentum + one_minus_dampening * g;
+  return sgd_direction_from_buffer(g, buf, momentum, nesterov);
+}
+
 template <typename T>
 FH_HD T sgd_direction(T g, T& buf, T momentum, T dampening, bool nesterov, bool first) {
-  buf = first ? g : buf * momentum + (T(1) - dampening) * g;
-  return nesterov ? g + momentum * buf : buf;
+  return sgd_direction_exact(g, buf, momentum, T(1) - dampening, nesterov, first);
+}
+
+// The plain SGD step w - lr*d, written w + (-lr)*d as torch's add_(d, alpha=-lr) computes it.
+template <typename T>
+FH_HD T sgd_step(T w, T d, T lr) {
+  return w + (-lr) * d;
 }
 
 // SWATS SGD phase (Keskar & Socher, Alg. 1 lines 5-6): v = b1*v + g; w -= (1-b1)*Lambda*v, where
@@ -73,11 +101,27 @@ struct AdaptiveScalars {
   bool decoupled, amsgrad;
 };
 
+// The scalars of the form 1 - x that torch.optim and the Python reference compute in double and round once:
+// 1 - float(beta) is not float(1 - beta) (1 - float(0.999) is 1.3e-5 relative away from float(0.001)), so the
+// *_exact functions take them from the caller, who computes them in double. The functions without the suffix
+// keep their signatures and compute them in T.
+template <typename T>
+struct OneMinus {
+  T beta1;         // 1 - beta1
+  T beta2;         // 1 - beta2
+  T lr_wd;         // 1 - lr*weight_decay (decoupled weight decay)
+};
+
 // Adam-family moments (Kingma & Ba, Alg. 1), in torch.optim's order of operations.
 template <typename T>
+FH_HD void adam_moments_exact(T& m, T& v, T g, T beta2, T one_minus_beta1, T one_minus_beta2) {
+  m = lerp(m, g, one_minus_beta1);
+  v = v * beta2 + one_minus_beta2 * g * g;
+}
+
+template <typename T>
 FH_HD void adam_moments(T& m, T& v, T g, T beta1, T beta2) {
-  m = lerp(m, g, T(1) - beta1);
-  v = v * beta2 + (T(1) - beta2) * g * g;
+  adam_moments_exact(m, v, g, beta2, T(1) - beta1, T(1) - beta2);
 }
 
 // x^(2p) for Padam's partial power, with exact nested square roots for p = 1/2, 1/4, 1/8.
@@ -89,15 +133,35 @@ FH_HD T partial_power(T x, T p) {
   return std::exp2(T(2) * p * std::log2(x));
 }
 
-// One adaptive step on one element. Returns p, the change applied to w (SWATS projects it on g).
-// g is the effective gradient; L2 weight decay is added to it here (it is then the g of SWATS's p^T g).
+// L2 weight decay folded into the gradient: g + wd*w.
 template <typename T>
-FH_HD T adaptive_update(T& w, T& g, T& m, T& v, T& vmax, const AdaptiveScalars<T>& a) {
-  if (a.weight_decay != T(0)) {
-    if (a.decoupled) w = w * (T(1) - a.lr * a.weight_decay);
-    else g = g + a.weight_decay * w;
+FH_HD T l2_weight_decay(T g, T w, T weight_decay) {
+  return g + weight_decay * w;
+}
+
+// The adaptive family's weight decay, applied before the phase branch of SWATS: decoupled (AdamW) shrinks w
+// by decay = 1 - lr*wd (from the caller, see OneMinus), L2 adds wd*w to g.
+template <typename T>
+FH_HD void adaptive_weight_decay_exact(T& w, T& g, T weight_decay, T decay, bool decoupled) {
+  if (weight_decay != T(0)) {
+    if (decoupled) w = w * decay;
+    else g = l2_weight_decay(g, w, weight_decay);
   }
-  adam_moments(m, v, g, a.beta1, a.beta2);
+}
+
+// As adaptive_weight_decay_exact with decay = 1 - lr*wd computed in T.
+template <typename T>
+FH_HD void adaptive_weight_decay(T& w, T& g, T lr, T weight_decay, bool decoupled) {
+  adaptive_weight_decay_exact(w, g, weight_decay, T(1) - lr * weight_decay, decoupled);
+}
+
+// One adaptive step on one element, with the 1 - x scalars from the caller (see OneMinus). Returns p, the change
+// applied to w (SWATS projects it on g). g is the effective gradient; L2 weight decay is added to it here (it is
+// then the g of SWATS's p^T g).
+template <typename T>
+FH_HD T adaptive_update_exact(T& w, T& g, T& m, T& v, T& vmax, const AdaptiveScalars<T>& a, const OneMinus<T>& om) {
+  adaptive_weight_decay_exact(w, g, a.weight_decay, om.lr_wd, a.decoupled);
+  adam_moments_exact(m, v, g, a.beta2, om.beta1, om.beta2);
   T vv = v;
   if (a.amsgrad) {
     vmax = fh_max(vmax, v);
@@ -117,19 +181,118 @@ FH_HD T adaptive_update(T& w, T& g, T& m, T& v, T& vmax, const AdaptiveScalars<T
   return p;
 }
 
+// One adaptive step on one element. Returns p, the change applied to w (SWATS projects it on g).
+// g is the effective gradient; L2 weight decay is added to it here (it is then the g of SWATS's p^T g).
+template <typename T>
+FH_HD T adaptive_update(T& w, T& g, T& m, T& v, T& vmax, const AdaptiveScalars<T>& a) {
+  const OneMinus<T> om{T(1) - a.beta1, T(1) - a.beta2, T(1) - a.lr * a.weight_decay};
+  return adaptive_update_exact(w, g, m, v, vmax, a, om);
+}
+
 // ---- MAS (Landro, Gallo, La Grassa 2020) ----------------------------------------------------------------------
 
-// Adam's normalized direction d_a = m / (sqrt(v)/sqrt(bc2) + eps) after the moment update.
+// Adam's normalized direction m / (sqrt(v)/sqrt(bc2) + eps) from already updated moments (MAS's reducing
+// variants recompute it in their second pass).
+template <typename T>
+FH_HD T adam_direction(T m, T v, T bc2_sqrt, T eps) {
+  return m / (fh_sqrt(v) / bc2_sqrt + eps);
+}
+
+// Adam's normalized direction d_a = m / (sqrt(v)/sqrt(bc2) + eps) after the moment update (1 - beta from the
+// caller, see OneMinus).
+template <typename T>
+FH_HD T mas_adam_direction_exact(T& m, T& v, T d, T beta2, T one_minus_beta1, T one_minus_beta2, T bc2_sqrt, T eps) {
+  adam_moments_exact(m, v, d, beta2, one_minus_beta1, one_minus_beta2);
+  return adam_direction(m, v, bc2_sqrt, eps);
+}
+
 template <typename T>
 FH_HD T mas_adam_direction(T& m, T& v, T d, T beta1, T beta2, T bc2_sqrt, T eps) {
-  adam_moments(m, v, d, beta1, beta2);
-  return m / (fh_sqrt(v) / bc2_sqrt + eps);
+  return mas_adam_direction_exact(m, v, d, beta2, T(1) - beta1, T(1) - beta2, bc2_sqrt, eps);
+}
+
+// The "sum" variant with its step size coef = sgd_w*lr + adam_w*eta_a from the caller (computed in double):
+// w -= coef * (sgd_w*d_s + adam_w*d_a).
+template <typename T>
+FH_HD void mas_sum_update_exact(T& w, T d_a, T d_s, T adam_w, T sgd_w, T coef) {
+  w = w + (d_s * sgd_w + d_a * adam_w) * (-coef);
 }
 
 // The "sum" variant: w -= (sgd_w*lr + adam_w*eta_a) * (sgd_w*d_s + adam_w*d_a).
 template <typename T>
 FH_HD void mas_sum_update(T& w, T d_a, T d_s, T lr, T eta_a, T adam_w, T sgd_w) {
-  w = w + (d_s * sgd_w + d_a * adam_w) * (-(sgd_w * lr + adam_w * eta_a));
+  mas_sum_update_exact(w, d_a, d_s, adam_w, sgd_w, sgd_w * lr + adam_w * eta_a);
+}
+
+// The reducing MAS variants (seed 003, III.B; reference.mas_update), applied once the per-tensor sums are known.
+// "correction" and "normalized" take one direction d with its step size c (w += d * -c: the Adam step
+// (d_a, eta_a) or the SGD step (d_s, lr) for correction, (d_s, ||eta_a d_a|| / ||d_s||) for normalized).
+template <typename T>
+FH_HD void mas_single_update(T& w, T d, T c) {
+  w = w + d * (-c);
+}
+
+// "vector": w -= adam_w*eta_a*d_a + sgd_w*ratio*d_s, with ca = adam_w*eta_a and cs = sgd_w*ratio.
+template <typename T>
+FH_HD void mas_vector_update(T& w, T d_a, T d_s, T ca, T cs) {
+  w = w + (-(d_a * ca + d_s * cs));
+}
+
+// ---- Reductions -----------------------------------------------------------------------------------------------
+
+// One term of a float64 inner product (SWATS's <p,g>, <p,p>; MAS's <d_a,d_s>, norms; ND-Adam's row sums).
+// Partial sums are always accumulated in double, whatever T, so their order is the only source of rounding.
+template <typename T>
+FH_HD double dot_term(T a, T b) {
+  return static_cast<double>(a) * static_cast<double>(b);
+}
+
+// ---- ND-Adam (Zhang 2017, Algorithm 1; reference.ndadam_vector_step) ------------------------------------------
+
+// w / ||w||: the first-step normalization and the renormalization after each step.
+template <typename T>
+FH_HD T ndadam_normalize(T w, T norm) {
+  return w / norm;
+}
+
+// The gradient with its radial part removed: g - <g, w> w (w has unit norm).
+template <typename T>
+FH_HD T ndadam_project(T g, T dot_gw, T w) {
+  return g - dot_gw * w;
+}
+
+// The vector's first moment: m = b1*m + (1-b1)*g in torch's lerp form (1 - b1 from the caller, see OneMinus).
+template <typename T>
+FH_HD void ndadam_first_moment_exact(T& m, T g, T one_minus_beta1) {
+  m = lerp(m, g, one_minus_beta1);
+}
+
+template <typename T>
+FH_HD void ndadam_first_moment(T& m, T g, T beta1) {
+  ndadam_first_moment_exact(m, g, T(1) - beta1);
+}
+
+// The vector's second moment, one scalar per vector: v = b2*v + (1-b2)*<g, g> (1 - b2 from the caller).
+template <typename T>
+FH_HD T ndadam_second_moment_exact(T v, T gg, T beta2, T one_minus_beta2) {
+  return v * beta2 + one_minus_beta2 * gg;
+}
+
+template <typename T>
+FH_HD T ndadam_second_moment(T v, T gg, T beta2) {
+  return ndadam_second_moment_exact(v, gg, beta2, T(1) - beta2);
+}
+
+// The per-vector denominator sqrt(v) + eps.
+template <typename T>
+FH_HD T ndadam_denominator(T v, T eps) {
+  return fh_sqrt(v) + eps;
+}
+
+// The descent step of one element: w - (m / denom) * step_size, step_size = lr*sqrt(bc2)/bc1.
+template <typename T>
+FH_HD T ndadam_descent(T w, T m, T denom, T step_size) {
+  return w - (m / denom) * step_size;
 }
 
 }  // namespace rules

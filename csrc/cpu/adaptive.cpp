@@ -1,0 +1,175 @@
+// The adaptive family on the CPU: Adam / AdamW / AMSGrad (torch form), Padam (paper form, partial power),
+// Adam-Clip and AdaBound (paper form with clip bounds) and SWATS (per-tensor phase; the Adam phase writes the
+// partial sums <p,g>, <p,p> that fused_hybrid/swats.py turns into the switch test).
+//
+// One parallel region per call over fixed-size chunks of all tensors. The per-tensor scalars (bias
+// corrections, AdaBound's bounds at the tensor's own step k) are computed on the host in double before the
+// region, as the reference does. SWATS partials: one slot per chunk, summed per tensor in chunk order after the
+// region, so they are bitwise identical for any thread count.
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "adaptive_kernel.h"
+#include "fused_hybrid/rules.h"
+#include "multi_tensor.h"
+
+namespace fused_hybrid {
+namespace cpu {
+namespace {
+
+// SWATS's SGD phase (Alg. 1 lines 5-6) on one chunk, after the adaptive family's weight decay.
+template <typename scalar_t, typename opmath_t, int WD, bool NESTEROV>
+FH_CPU_CLONES void swats_sgd_chunk(scalar_t* __restrict__ w, const scalar_t* __restrict__ g,
+                                   opmath_t* __restrict__ buf, int64_t n, opmath_t decay, opmath_t weight_decay,
+                                   opmath_t inv, opmath_t beta1, opmath_t sgd_lr) {
+  const opmath_t wd = WD == kWdNone ? opmath_t(0) : weight_decay;
+  for (int64_t i = 0; i < n; ++i) {
+    opmath_t wi = static_cast<opmath_t>(w[i]);
+    opmath_t gi = rules::effective_grad(static_cast<opmath_t>(g[i]), inv, false);  // inv: see signed_inv
+    rules::adaptive_weight_decay_exact(wi, gi, wd, decay, WD == kWdDecoupled);
+    rules::swats_sgd_phase(wi, gi, buf[i], beta1, sgd_lr, NESTEROV);
+    w[i] = static_cast<scalar_t>(wi);
+  }
+}
+
+template <typename scalar_t, typename opmath_t>
+using SwatsSgdFn = void (*)(scalar_t*, const scalar_t*, opmath_t*, int64_t, opmath_t, opmath_t, opmath_t, opmath_t,
+                            opmath_t);
+
+template <typename scalar_t, typename opmath_t, bool NESTEROV>
+SwatsSgdFn<scalar_t, opmath_t> pick_swats_sgd_wd(int wd) {
+  switch (wd) {
+    case kWdNone: return &swats_sgd_chunk<scalar_t, opmath_t, kWdNone, NESTEROV>;
+    case kWdL2: return &swats_sgd_chunk<scalar_t, opmath_t, kWdL2, NESTEROV>;
+    default: return &swats_sgd_chunk<scalar_t, opmath_t, kWdDecoupled, NESTEROV>;
+  }
+}
+
+template <typename scalar_t, typename opmath_t>
+SwatsSgdFn<scalar_t, opmath_t> pick_swats_sgd(int wd, bool nesterov) {
+  return nesterov ? pick_swats_sgd_wd<scalar_t, opmath_t, true>(wd) : pick_swats_sgd_wd<scalar_t, opmath_t, false>(wd);
+}
+
+void adaptive_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+               at::TensorList max_exp_avg_sqs, at::TensorList steps, double lr,
+               const std::optional<at::Tensor>& lr_tensor, double beta1, double beta2, double eps,
+               double weight_decay, bool decoupled, bool amsgrad, bool maximize, int64_t form, double partial,
+               int64_t clip_mode, double clip_lo, double clip_hi, double final_lr, double gamma,
+               const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf_t,
+               at::TensorList swats_momentum_buffers, const std::optional<at::Tensor>& swats_phase,
+               const std::optional<at::Tensor>& swats_sgd_lr, const std::optional<at::Tensor>& swats_partials,
+               bool swats_nesterov) {
+  static constexpr const char* op = "fused_hybrid::adaptive_";
+  const size_t T = params.size();
+  check_lists(op, params, grads, {exp_avgs, exp_avg_sqs});
+  TORCH_CHECK(!amsgrad || max_exp_avg_sqs.size() == T, op, ": amsgrad needs one max_exp_avg_sq per param");
+  TORCH_CHECK(form == rules::kFormTorch || form == rules::kFormPaper, op, ": unknown form ", form);
+  TORCH_CHECK(clip_mode == rules::kClipNone || clip_mode == rules::kClipConst || clip_mode == rules::kClipAdaBound,
+              op, ": unknown clip_mode ", clip_mode);
+  TORCH_CHECK(form == rules::kFormPaper || clip_mode == rules::kClipNone, op, ": clip bounds need the paper form");
+  const bool swats = !swats_momentum_buffers.empty();
+  if (swats) {
+    TORCH_CHECK(swats_momentum_buffers.size() == T, op, ": SWATS needs one momentum buffer per param");
+    TORCH_CHECK(swats_phase.has_value() && swats_sgd_lr.has_value() && swats_partials.has_value(), op,
+                ": SWATS needs swats_phase, swats_sgd_lr and swats_partials");
+    const auto n = static_cast<int64_t>(T);
+    TORCH_CHECK(swats_phase->device().is_cpu() && swats_phase->scalar_type() == at::kInt &&
+                    swats_phase->is_contiguous() && swats_phase->numel() == n,
+                op, ": swats_phase must be a contiguous int32 CPU tensor with one entry per param");
+    TORCH_CHECK(swats_sgd_lr->device().is_cpu() && swats_sgd_lr->scalar_type() == at::kDouble &&
+                    swats_sgd_lr->is_contiguous() && swats_sgd_lr->numel() == n,
+                op, ": swats_sgd_lr must be a contiguous float64 CPU tensor with one entry per param");
+    TORCH_CHECK(swats_partials->device().is_cpu() && swats_partials->scalar_type() == at::kDouble &&
+                    swats_partials->is_contiguous() && swats_partials->numel() == 2 * n,
+                op, ": swats_partials must be a contiguous float64 CPU tensor of shape [T, 2]");
+  }
+  if (T == 0 || found_inf(found_inf_t)) return;  // GradScaler found inf/NaN: nothing changes, steps included
+  const std::vector<double> ks = advance_steps(op, steps, T);
+  const double inv = inv_scale(grad_scale);
+  const double lrv = lr_value(lr, lr_tensor);
+  const auto chunks = make_chunks(params);
+  const int kind = adaptive_kind(form, partial);
+  const int wd_mode = weight_decay == 0.0 ? kWdNone : (decoupled ? kWdDecoupled : kWdL2);
+  std::vector<double> part(swats ? 2 * chunks.size() : 0, 0.0);
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fused_hybrid_adaptive", [&] {
+    using opmath_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    const auto state_dtype = c10::CppTypeToScalarType<opmath_t>::value;
+    auto same_numel = [&](size_t i) { return params[i].numel(); };
+    check_state(op, "exp_avg", exp_avgs, state_dtype, same_numel);
+    check_state(op, "exp_avg_sq", exp_avg_sqs, state_dtype, same_numel);
+    if (amsgrad) check_state(op, "max_exp_avg_sq", max_exp_avg_sqs, state_dtype, same_numel);
+    if (swats) check_state(op, "SWATS momentum buffer", swats_momentum_buffers, state_dtype, same_numel);
+
+    // Per-tensor pointers and scalars, gathered once so the parallel region touches no Tensor objects.
+    std::vector<scalar_t*> pw(T);
+    std::vector<const scalar_t*> pg(T);
+    std::vector<opmath_t*> pm(T), pv(T), pvmax(T, nullptr), pbuf(T, nullptr);
+    std::vector<rules::AdaptiveScalars<opmath_t>> sc(T);
+    const int32_t* phase = swats ? swats_phase->data_ptr<int32_t>() : nullptr;
+    const double* sgd_lr = swats ? swats_sgd_lr->data_ptr<double>() : nullptr;
+    for (size_t t = 0; t < T; ++t) {
+      for (const auto l : {params, grads, exp_avgs, exp_avg_sqs}) prefetch_meta(l, t + kMetaAhead);
+      pw[t] = data_as<scalar_t>(params[t]);
+      pg[t] = data_as<scalar_t>(grads[t]);
+      pm[t] = data_as<opmath_t>(exp_avgs[t]);
+      pv[t] = data_as<opmath_t>(exp_avg_sqs[t]);
+      if (amsgrad) pvmax[t] = data_as<opmath_t>(max_exp_avg_sqs[t]);
+      if (swats) pbuf[t] = data_as<opmath_t>(swats_momentum_buffers[t]);
+      const double k = ks[t];
+      if (t > 0 && k == ks[t - 1]) {  // the usual case: every tensor at the same step, so no pow() again
+        sc[t] = sc[t - 1];
+        continue;
+      }
+      auto a = torch_form_scalars<opmath_t>(lrv, beta1, beta2, eps, weight_decay, k);
+      a.decoupled = decoupled;
+      a.amsgrad = amsgrad;
+      if (form == rules::kFormPaper) {
+        const double bc1 = 1.0 - std::pow(beta1, k);
+        const double bc2 = 1.0 - std::pow(beta2, k);
+        a.form = rules::kFormPaper;
+        a.step_size = opmath_t(lrv * std::sqrt(bc2) / bc1);
+        a.partial = opmath_t(partial);
+        double lo = 0.0, hi = std::numeric_limits<double>::infinity();  // no clip: see adaptive_chunk
+        if (clip_mode == rules::kClipConst) {
+          lo = clip_lo;
+          hi = clip_hi;
+        } else if (clip_mode == rules::kClipAdaBound) {  // reference.adabound_bounds at this tensor's k
+          lo = final_lr * (1.0 - 1.0 / (gamma * k + 1.0));
+          hi = gamma * k > 0.0 ? final_lr * (1.0 + 1.0 / (gamma * k)) : std::numeric_limits<double>::infinity();
+        }
+        a.clip = rules::kClipConst;
+        a.clip_lo = opmath_t(lo);
+        a.clip_hi = opmath_t(hi);
+      }
+      sc[t] = a;
+    }
+    const auto adam_fn = pick_adaptive<scalar_t, opmath_t>(kind, amsgrad, wd_mode, swats);
+    const auto sgd_fn = pick_swats_sgd<scalar_t, opmath_t>(wd_mode, swats_nesterov);
+    const opmath_t inv_o = signed_inv<opmath_t>(inv, maximize);
+    const auto om = one_minus<opmath_t>(beta1, beta2, lrv, weight_decay);
+    for_each_chunk(chunks, [&](const Chunk& c) {
+      const int64_t t = c.tensor, b = c.begin, n = c.end - c.begin;
+      const size_t ci = static_cast<size_t>(&c - chunks.data());
+      if (swats && phase[t] == rules::kPhaseSgd) {
+        sgd_fn(pw[t] + b, pg[t] + b, pbuf[t] + b, n, om.lr_wd, sc[t].weight_decay, inv_o, sc[t].beta1,
+               opmath_t(sgd_lr[t]));
+        return;  // its partial slots stay zero
+      }
+      adam_fn(pw[t] + b, pg[t] + b, pm[t] + b, pv[t] + b, amsgrad ? pvmax[t] + b : nullptr, n, sc[t], om, inv_o,
+              swats ? part.data() + 2 * ci : nullptr);
+    });
+  });
+  if (swats) sum_partials(chunks, part, 2, swats_partials->data_ptr<double>(), static_cast<int64_t>(T));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fused_hybrid, CPU, m) { m.impl("adaptive_", &adaptive_); }
+
+}  // namespace cpu
+}  // namespace fused_hybrid
