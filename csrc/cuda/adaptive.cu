@@ -1,0 +1,256 @@
+// The adaptive family on CUDA: Adam / AdamW / AMSGrad (torch form), Padam's partial power, Adam-Clip and
+// AdaBound's clip bounds (paper form), and SWATS: each tensor's phase is read on the device; the Adam phase writes
+// per-chunk partials of <p, g> and <p, p> (float64) to slots, and the post-step kernel sums each tensor's slots
+// in a fixed order into swats_partials (no float atomics). Launches per call: the main kernel (one launch per
+// 2048 chunks / per table of tensors) plus the post-step kernel (step += 1, SWATS sums).
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/irange.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+#include "fused_hybrid/rules.h"
+#include "multi_tensor_apply.cuh"
+
+namespace fused_hybrid {
+namespace cuda {
+namespace {
+
+// Hyperparameters of one call (per-step scalars are derived on the device from each tensor's step count).
+struct AdaptiveArgs {
+  DeviceScalar lr, grad_scale, found_inf;
+  double beta1, beta2, eps, weight_decay, partial, clip_lo, clip_hi, final_lr, gamma;
+  int form, clip;
+  bool decoupled, maximize, swats_nesterov;
+  const int32_t* swats_phase;  // [T] (op tensor index), or nullptr without SWATS
+  const double* swats_sgd_lr;  // [T]
+  double* slots;               // [total chunks, 2]: this chunk's <p, g>, <p, p>
+};
+
+// The per-step scalars of fused_hybrid/reference.py (computed in double, rounded to the compute type once, as
+// torch does with Python-float scalars).
+// The 1 - x scalars, computed in double and rounded once (rules::OneMinus).
+template <typename O>
+__device__ __forceinline__ rules::OneMinus<O> one_minus(const AdaptiveArgs& a, double lr) {
+  return {static_cast<O>(1.0 - a.beta1), static_cast<O>(1.0 - a.beta2), static_cast<O>(1.0 - lr * a.weight_decay)};
+}
+
+template <typename O>
+__device__ __forceinline__ rules::AdaptiveScalars<O> adaptive_scalars(const AdaptiveArgs& a, double lr, double k) {
+  rules::AdaptiveScalars<O> s;
+  const double bc1 = 1.0 - pow_step(a.beta1, k);
+  const double bc2 = 1.0 - pow_step(a.beta2, k);
+  s.lr = static_cast<O>(lr);
+  s.beta1 = static_cast<O>(a.beta1);
+  s.beta2 = static_cast<O>(a.beta2);
+  s.eps = static_cast<O>(a.eps);
+  s.weight_decay = static_cast<O>(a.weight_decay);
+  s.form = a.form;
+  s.clip = a.clip;
+  s.decoupled = a.decoupled;
+  s.amsgrad = false;  // set by the functor
+  s.partial = static_cast<O>(a.partial);
+  s.bc2_sqrt = static_cast<O>(::sqrt(bc2));
+  s.clip_lo = O(0);
+  s.clip_hi = O(0);
+  if (a.form == rules::kFormTorch) {
+    s.step_size = static_cast<O>(lr / bc1);
+  } else {
+    s.step_size = static_cast<O>(lr * ::sqrt(bc2) / bc1);
+    if (a.clip == rules::kClipConst) {
+      s.clip_lo = static_cast<O>(a.clip_lo);
+      s.clip_hi = static_cast<O>(a.clip_hi);
+    } else if (a.clip == rules::kClipAdaBound) {  // reference.adabound_bounds
+      const double gk = a.gamma * k;
+      s.clip_lo = static_cast<O>(a.final_lr * (1.0 - 1.0 / (gk + 1.0)));
+      s.clip_hi = static_cast<O>(gk > 0.0 ? a.final_lr * (1.0 + 1.0 / gk) : static_cast<double>(INFINITY));
+    }
+  }
+  return s;
+}
+
+// Lists: 0 params, 1 grads, 2 exp_avgs, 3 exp_avg_sqs, 4 max_exp_avg_sqs, 5 SWATS momentum buffers; aux: steps.
+template <typename P, typename O, bool kAmsgrad, bool kSwats>
+struct AdaptiveFunctor {
+  AdaptiveArgs a;
+
+  __device__ __forceinline__ void operator()(const TensorListMeta<6>& meta) const {
+    if (a.found_inf.get() != 0.0) return;
+    const int t = meta.block_tensor[blockIdx.x];
+    const int64_t start = static_cast<int64_t>(meta.block_chunk[blockIdx.x]) * meta.chunk_size;
+    const int64_t n = std::min(meta.chunk_size, meta.numel[t] - start);
+    P* w = static_cast<P*>(meta.addresses[0][t]) + start;
+    const P* g = static_cast<const P*>(meta.addresses[1][t]) + start;
+    const O inv = static_cast<O>(1.0 / a.grad_scale.get());
+    const double lr = a.lr.get();
+    const bool maximize = a.maximize;
+    const int64_t slot = meta.slot_base + blockIdx.x;
+    if constexpr (kSwats) {
+      const int32_t ti = meta.tensor_index[t];
+      if (a.swats_phase[ti] == rules::kPhaseSgd) {
+        O* const st[1] = {static_cast<O*>(meta.addresses[5][t]) + start};
+        const O sgd_lr = static_cast<O>(a.swats_sgd_lr[ti]);
+        const O wd = static_cast<O>(a.weight_decay), b1 = static_cast<O>(a.beta1);
+        const O decay = one_minus<O>(a, lr).lr_wd;
+        const bool decoupled = a.decoupled, nesterov = a.swats_nesterov;
+        chunk_elementwise<1>(w, g, st, n, [&](O& wv, O gv, O(&s)[1]) FH_INLINE_LAMBDA {
+          O gi = rules::effective_grad(gv, inv, maximize);
+          rules::adaptive_weight_decay_exact(wv, gi, wd, decay, decoupled);
+          rules::swats_sgd_phase(wv, gi, s[0], b1, sgd_lr, nesterov);
+        });
+        if (threadIdx.x == 0) {
+          a.slots[2 * slot] = 0.0;
+          a.slots[2 * slot + 1] = 0.0;
+        }
+        return;
+      }
+    }
+    const float k = *static_cast<const float*>(meta.aux[t]) + 1.0f;  // this step's count (post-step writes it)
+    rules::AdaptiveScalars<O> sc = adaptive_scalars<O>(a, lr, static_cast<double>(k));
+    sc.amsgrad = kAmsgrad;
+    const rules::OneMinus<O> om = one_minus<O>(a, lr);
+    constexpr int S = kAmsgrad ? 3 : 2;
+    O* const st[3] = {static_cast<O*>(meta.addresses[2][t]) + start, static_cast<O*>(meta.addresses[3][t]) + start,
+                      kAmsgrad ? static_cast<O*>(meta.addresses[4][t]) + start : nullptr};
+    double pg = 0.0, pp = 0.0;
+    const bool reduce = kSwats && sc.form == rules::kFormTorch;  // reference: partials in the torch form only
+    chunk_elementwise<S>(w, g, st, n, [&](O& wv, O gv, O(&s)[S]) FH_INLINE_LAMBDA {
+      O gi = rules::effective_grad(gv, inv, maximize);
+      O vmax_unused = O(0);
+      O& vmax = kAmsgrad ? s[kAmsgrad ? 2 : 0] : vmax_unused;
+      const O p = rules::adaptive_update_exact(wv, gi, s[0], s[1], vmax, sc, om);
+      if constexpr (kSwats) {
+        if (reduce) {
+          pg += rules::dot_term(p, gi);
+          pp += rules::dot_term(p, p);
+        }
+      }
+    });
+    if constexpr (kSwats) {
+      pg = block_sum(pg);
+      pp = block_sum(pp);
+      if (threadIdx.x == 0) {
+        a.slots[2 * slot] = pg;
+        a.slots[2 * slot + 1] = pp;
+      }
+    }
+  }
+};
+
+void adaptive_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+               at::TensorList max_exp_avg_sqs, at::TensorList steps, double lr,
+               const std::optional<at::Tensor>& lr_tensor, double beta1, double beta2, double eps,
+               double weight_decay, bool decoupled, bool amsgrad, bool maximize, int64_t form, double partial,
+               int64_t clip_mode, double clip_lo, double clip_hi, double final_lr, double gamma,
+               const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+               at::TensorList swats_momentum_buffers, const std::optional<at::Tensor>& swats_phase,
+               const std::optional<at::Tensor>& swats_sgd_lr, const std::optional<at::Tensor>& swats_partials,
+               bool swats_nesterov) {
+  const char* op = "fused_hybrid::adaptive_";
+  const bool swats = !swats_momentum_buffers.empty();
+  check_lists(op, params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}}, true);
+  if (amsgrad) check_lists(op, params, grads, {{"max_exp_avg_sqs", max_exp_avg_sqs}}, true);
+  if (swats) check_lists(op, params, grads, {{"swats_momentum_buffers", swats_momentum_buffers}}, true);
+  TORCH_CHECK(steps.size() == params.size(), op, ": steps needs one tensor per param");
+  TORCH_CHECK(form == rules::kFormTorch || form == rules::kFormPaper, op, ": unknown form ", form);
+  TORCH_CHECK(clip_mode >= rules::kClipNone && clip_mode <= rules::kClipAdaBound, op, ": unknown clip_mode ",
+              clip_mode);
+  if (params.empty()) return;
+  const auto dev = params[0].device();
+  const int64_t T = static_cast<int64_t>(params.size());
+  for (const auto i : c10::irange(params.size())) {
+    TORCH_CHECK(steps[i].device() == dev && steps[i].scalar_type() == at::kFloat && steps[i].numel() == 1, op,
+                ": steps[", i, "] must be a one-element float32 tensor on ", dev, " (capturable state)");
+  }
+  if (swats) {
+    TORCH_CHECK(swats_phase.has_value() && swats_sgd_lr.has_value() && swats_partials.has_value(), op,
+                ": SWATS needs swats_phase, swats_sgd_lr and swats_partials");
+    TORCH_CHECK(swats_phase->device() == dev && swats_phase->scalar_type() == at::kInt &&
+                    swats_phase->is_contiguous() && swats_phase->numel() == T,
+                op, ": swats_phase must be a contiguous int32 [T] tensor on ", dev);
+    TORCH_CHECK(swats_sgd_lr->device() == dev && swats_sgd_lr->scalar_type() == at::kDouble &&
+                    swats_sgd_lr->is_contiguous() && swats_sgd_lr->numel() == T,
+                op, ": swats_sgd_lr must be a contiguous float64 [T] tensor on ", dev);
+    TORCH_CHECK(swats_partials->device() == dev && swats_partials->scalar_type() == at::kDouble &&
+                    swats_partials->is_contiguous() && swats_partials->numel() == 2 * T,
+                op, ": swats_partials must be a contiguous float64 [T, 2] tensor on ", dev);
+  }
+  const c10::cuda::CUDAGuard guard(dev);
+  std::vector<at::Tensor> keep;
+  AdaptiveArgs a;
+  a.lr = device_scalar(lr_tensor, lr, dev, keep);
+  a.grad_scale = device_scalar(grad_scale, 1.0, dev, keep);
+  a.found_inf = device_scalar(found_inf, 0.0, dev, keep);
+  a.beta1 = beta1;
+  a.beta2 = beta2;
+  a.eps = eps;
+  a.weight_decay = weight_decay;
+  a.partial = partial;
+  a.clip_lo = clip_lo;
+  a.clip_hi = clip_hi;
+  a.final_lr = final_lr;
+  a.gamma = gamma;
+  a.form = static_cast<int>(form);
+  a.clip = static_cast<int>(clip_mode);
+  a.decoupled = decoupled;
+  a.maximize = maximize;
+  a.swats_nesterov = swats_nesterov;
+  a.swats_phase = swats ? swats_phase->data_ptr<int32_t>() : nullptr;
+  a.swats_sgd_lr = swats ? swats_sgd_lr->data_ptr<double>() : nullptr;
+  a.slots = nullptr;
+
+  std::vector<std::vector<at::Tensor>> lists(6);
+  std::vector<int64_t> numels;
+  std::vector<void*> aux;
+  std::vector<at::Tensor> step_list;
+  for (const auto i : c10::irange(params.size())) {
+    lists[0].push_back(params[i]);
+    lists[1].push_back(grads[i]);
+    lists[2].push_back(exp_avgs[i]);
+    lists[3].push_back(exp_avg_sqs[i]);
+    lists[4].push_back(amsgrad ? max_exp_avg_sqs[i] : at::Tensor());
+    lists[5].push_back(swats ? swats_momentum_buffers[i] : at::Tensor());
+    numels.push_back(params[i].numel());
+    aux.push_back(steps[i].data_ptr());
+    step_list.push_back(steps[i]);
+  }
+  const int64_t chunk = plan::pick_chunk_size(numels, plan::kMaxBlocks);
+  std::vector<int64_t> chunks, slot_begin;
+  int64_t total = 0;
+  for (const int64_t n : numels) {
+    slot_begin.push_back(total);
+    chunks.push_back(plan::num_chunks(n, chunk));
+    total += chunks.back();
+  }
+  at::Tensor slots;
+  if (swats) {
+    slots = at::empty({std::max<int64_t>(total, 1), 2}, params[0].options().dtype(at::kDouble));
+    a.slots = slots.data_ptr<double>();
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fused_hybrid_adaptive_cuda",
+                                  [&] {
+                                    using O = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+                                    auto launch = [&](auto f) {
+                                      f.a = a;
+                                      multi_tensor_apply<6>(lists, chunks, chunk, aux, {}, f);
+                                    };
+                                    if (swats) {
+                                      if (amsgrad) launch(AdaptiveFunctor<scalar_t, O, true, true>{});
+                                      else launch(AdaptiveFunctor<scalar_t, O, false, true>{});
+                                    } else {
+                                      if (amsgrad) launch(AdaptiveFunctor<scalar_t, O, true, false>{});
+                                      else launch(AdaptiveFunctor<scalar_t, O, false, false>{});
+                                    }
+                                  });
+  launch_post_step(step_list, a.found_inf, slots, swats ? slot_begin : std::vector<int64_t>{},
+                   swats ? chunks : std::vector<int64_t>{}, swats ? swats_partials->data_ptr<double>() : nullptr,
+                   nullptr);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fused_hybrid, CUDA, m) { m.impl("adaptive_", &adaptive_); }
+
+}  // namespace cuda
+}  // namespace fused_hybrid

@@ -1,0 +1,121 @@
+// Host helpers shared by the CUDA ops (checks, device scalars) and the post-step kernel (step counts, fixed-order
+// sums of the per-chunk reduction slots).
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+#include <c10/util/irange.h>
+
+#include "multi_tensor_apply.cuh"
+
+namespace fused_hybrid {
+namespace cuda {
+
+DeviceScalar device_scalar(const std::optional<at::Tensor>& t, double fallback, const at::Device& device,
+                           std::vector<at::Tensor>& keep_alive) {
+  if (!t.has_value() || !t->defined()) return {nullptr, fallback, false};
+  TORCH_CHECK(t->numel() == 1, "fused_hybrid: a scalar tensor argument must have one element");
+  if (t->device().is_cpu()) return {nullptr, t->item<double>(), false};  // host memory: no device sync
+  TORCH_CHECK(t->device() == device, "fused_hybrid: a scalar tensor is on ", t->device(), ", the params on ",
+              device);
+  at::Tensor x = *t;
+  if (x.scalar_type() != at::kFloat && x.scalar_type() != at::kDouble) x = x.to(at::kFloat);  // async on device
+  keep_alive.push_back(x);
+  return {x.data_ptr(), 0.0, x.scalar_type() == at::kDouble};
+}
+
+void check_lists(const char* op, at::TensorList params, at::TensorList grads,
+                 std::initializer_list<std::pair<const char*, at::TensorList>> states, bool states_like_params) {
+  TORCH_CHECK(params.size() == grads.size(), op, ": ", params.size(), " params but ", grads.size(), " grads");
+  TORCH_CHECK(params.size() < (size_t(1) << 31), op, ": too many tensors");
+  for (const auto& s : states) {
+    TORCH_CHECK(s.second.size() == params.size(), op, ": ", s.first, " has ", s.second.size(), " tensors for ",
+                params.size(), " params");
+  }
+  if (params.empty()) return;
+  const auto device = params[0].device();
+  const auto dtype = params[0].scalar_type();
+  const auto state_dtype = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  for (const auto i : c10::irange(params.size())) {
+    const auto& p = params[i];
+    const auto& g = grads[i];
+    TORCH_CHECK(p.device() == device && g.device() == device, op,
+                ": the cuda backend takes tensors on one CUDA device (tensor ", i, ")");
+    TORCH_CHECK(g.layout() == at::kStrided, op, ": sparse gradients are not supported");
+    TORCH_CHECK(p.is_contiguous() && g.is_contiguous(), op, ": params and grads must be contiguous (tensor ", i, ")");
+    TORCH_CHECK(g.numel() == p.numel(), op, ": grad ", i, " has ", g.numel(), " elements, its param ", p.numel());
+    TORCH_CHECK(p.scalar_type() == dtype && g.scalar_type() == dtype, op,
+                ": all params and grads of one call share a dtype (tensor ", i, ")");
+    for (const auto& s : states) {
+      const auto& x = s.second[i];
+      TORCH_CHECK(x.device() == device && x.is_contiguous() && x.scalar_type() == state_dtype, op, ": ", s.first,
+                  "[", i, "] must be a contiguous ", state_dtype, " tensor on ", device);
+      if (states_like_params) {
+        TORCH_CHECK(x.numel() == p.numel(), op, ": ", s.first, "[", i, "] has ", x.numel(), " elements, its param ",
+                    p.numel());
+      }
+    }
+  }
+}
+
+namespace {
+
+constexpr int kPostMax = 1024;
+
+struct PostTable {
+  float* step[kPostMax];
+  int64_t slot_begin[kPostMax];
+  int32_t nslots[kPostMax];     // a tensor has fewer than 2^31 chunks
+  int32_t out_index[kPostMax];
+  int n;
+  int width;
+  const double* slots;
+  double* partials;
+  DeviceScalar found_inf;
+};
+static_assert(sizeof(PostTable) <= 32764, "post-step table exceeds the kernel parameter limit");
+
+__global__ void post_step_kernel(const __grid_constant__ PostTable tab) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= tab.n) return;
+  const bool skip = tab.found_inf.get() != 0.0;
+  if (tab.step[i] != nullptr && !skip) *tab.step[i] += 1.0f;
+  if (tab.partials != nullptr) {
+    for (int w = 0; w < tab.width; ++w) {
+      double s = 0.0;
+      if (!skip) {
+        const double* p = tab.slots + tab.slot_begin[i] * tab.width + w;
+        for (int64_t j = 0; j < tab.nslots[i]; ++j) s += p[j * tab.width];  // fixed order: reproducible
+      }
+      tab.partials[static_cast<int64_t>(tab.out_index[i]) * tab.width + w] = s;
+    }
+  }
+}
+
+}  // namespace
+
+void launch_post_step(const std::vector<at::Tensor>& steps, const DeviceScalar& found_inf, const at::Tensor& slots,
+                      const std::vector<int64_t>& slot_begin, const std::vector<int64_t>& nslots, double* partials,
+                      const std::vector<int64_t>* tensor_ids, int width) {
+  const int64_t n = static_cast<int64_t>(std::max(steps.size(), nslots.size()));
+  if (n == 0) return;
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  PostTable tab;
+  tab.width = width;
+  tab.slots = slots.defined() ? slots.data_ptr<double>() : nullptr;
+  tab.partials = partials;
+  tab.found_inf = found_inf;
+  for (int64_t b = 0; b < n; b += kPostMax) {
+    tab.n = static_cast<int>(std::min<int64_t>(kPostMax, n - b));
+    for (int i = 0; i < tab.n; ++i) {
+      const int64_t t = b + i;
+      tab.step[i] = steps.empty() ? nullptr : steps[t].data_ptr<float>();
+      tab.slot_begin[i] = slot_begin.empty() ? 0 : slot_begin[t];
+      tab.nslots[i] = static_cast<int32_t>(nslots.empty() ? 0 : nslots[t]);
+      tab.out_index[i] = static_cast<int32_t>(tensor_ids ? (*tensor_ids)[t] : t);
+    }
+    post_step_kernel<<<(tab.n + 127) / 128, 128, 0, stream>>>(tab);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+}  // namespace cuda
+}  // namespace fused_hybrid

@@ -1,0 +1,225 @@
+// MAS on CUDA (Landro, Gallo, La Grassa 2020; reference.mas_steps / mas_update; csrc/cpu/mas.cpp does the same
+// passes on the CPU).
+//   "sum": one pass (main kernel) + the post-step kernel (step += 1).
+//   "correction", "normalized", "vector": pass 1 updates m, v and the momentum buffer and writes per-chunk float64
+//   partials of <d_a, d_s>, <d_a, d_a>, <d_s, d_s> to slots; a post kernel sums each tensor's slots in a fixed
+//   order; pass 2 reads the sums on the device, derives the tensor's coefficients (in double, as the reference)
+//   and applies the update; the post-step kernel advances the steps. 4 launches, no host sync, no atomics.
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/irange.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+#include "fused_hybrid/rules.h"
+#include "multi_tensor_apply.cuh"
+
+namespace fused_hybrid {
+namespace cuda {
+namespace {
+
+enum Variant : int { kSum = 0, kCorrection = 1, kNormalized = 2, kVector = 3 };
+enum Mode : int { kModeSum = 0, kModeReduce = 1, kModeApply = 2 };
+
+struct MasArgs {
+  DeviceScalar lr, grad_scale, found_inf;
+  double beta1, beta2, eps, weight_decay, momentum, dampening, adam_w, sgd_w;
+  int variant;
+  bool nesterov, maximize;
+  double* slots;       // pass 1: [chunks, 3]
+  const double* sums;  // pass 2: [T, 3] per-tensor totals
+};
+
+// Lists: 0 params, 1 grads, 2 exp_avgs, 3 exp_avg_sqs, 4 momentum buffers; aux: steps.
+template <typename P, typename O, int kMode, bool kMom>
+struct MasFunctor {
+  MasArgs a;
+
+  __device__ __forceinline__ void operator()(const TensorListMeta<5>& meta) const {
+    if (a.found_inf.get() != 0.0) return;
+    const int t = meta.block_tensor[blockIdx.x];
+    const int64_t start = static_cast<int64_t>(meta.block_chunk[blockIdx.x]) * meta.chunk_size;
+    const int64_t n = std::min(meta.chunk_size, meta.numel[t] - start);
+    P* w = static_cast<P*>(meta.addresses[0][t]) + start;
+    const P* g = static_cast<const P*>(meta.addresses[1][t]) + start;
+    O* m = static_cast<O*>(meta.addresses[2][t]) + start;
+    O* v = static_cast<O*>(meta.addresses[3][t]) + start;
+    O* buf = kMom ? static_cast<O*>(meta.addresses[4][t]) + start : nullptr;
+    const O inv = static_cast<O>(1.0 / a.grad_scale.get());
+    const double lrd = a.lr.get();
+    const double k = static_cast<double>(*static_cast<const float*>(meta.aux[t]) + 1.0f);
+    const double bc1 = 1.0 - pow_step(a.beta1, k);
+    const double bc2 = 1.0 - pow_step(a.beta2, k);
+    const double eta = lrd / bc1;
+    const O lr = static_cast<O>(lrd), eta_a = static_cast<O>(eta), bc2_sqrt = static_cast<O>(::sqrt(bc2));
+    const O beta2 = static_cast<O>(a.beta2), eps = static_cast<O>(a.eps);
+    const O wd = static_cast<O>(a.weight_decay), momentum = static_cast<O>(a.momentum);
+    const O adam_w = static_cast<O>(a.adam_w), sgd_w = static_cast<O>(a.sgd_w);
+    // The 1 - x scalars and the sum variant's step size in double, rounded once (rules::OneMinus).
+    const O om_b1 = static_cast<O>(1.0 - a.beta1), om_b2 = static_cast<O>(1.0 - a.beta2);
+    const O om_damp = static_cast<O>(1.0 - a.dampening);
+    const O coef = static_cast<O>(a.sgd_w * lrd + a.adam_w * eta);
+    const bool nesterov = a.nesterov, maximize = a.maximize, first = k == 1.0;
+    const bool has_wd = wd != O(0);
+    auto direction = [&](O wv, O gv) FH_INLINE_LAMBDA {
+      O d = rules::effective_grad(gv, inv, maximize);
+      if (has_wd) d = rules::l2_weight_decay(d, wv, wd);
+      return d;
+    };
+    constexpr int S = kMom ? 3 : 2;
+    O* const st[3] = {m, v, buf};
+    if constexpr (kMode == kModeSum || kMode == kModeReduce) {
+      double s_as = 0.0, s_aa = 0.0, s_ss = 0.0;
+      auto elem = [&](O& wv, O gv, O(&s)[S]) FH_INLINE_LAMBDA {
+        const O d = direction(wv, gv);
+        const O d_a = rules::mas_adam_direction_exact(s[0], s[1], d, beta2, om_b1, om_b2, bc2_sqrt, eps);
+        O d_s = d;
+        if constexpr (kMom) d_s = rules::sgd_direction_exact(d, s[kMom ? 2 : 0], momentum, om_damp, nesterov, first);
+        if constexpr (kMode == kModeSum) {
+          rules::mas_sum_update_exact(wv, d_a, d_s, adam_w, sgd_w, coef);
+        } else {
+          s_as += rules::dot_term(d_a, d_s);
+          s_aa += rules::dot_term(d_a, d_a);
+          s_ss += rules::dot_term(d_s, d_s);
+        }
+      };
+      if constexpr (kMode == kModeSum) {
+        chunk_elementwise<S>(w, g, st, n, elem);
+      } else {
+        chunk_elementwise<S, false, true>(w, g, st, n, elem);
+        s_as = block_sum(s_as);
+        s_aa = block_sum(s_aa);
+        s_ss = block_sum(s_ss);
+        if (threadIdx.x == 0) {
+          const int64_t slot = meta.slot_base + blockIdx.x;
+          a.slots[3 * slot] = s_as;
+          a.slots[3 * slot + 1] = s_aa;
+          a.slots[3 * slot + 2] = s_ss;
+        }
+      }
+    } else {
+      // The tensor's coefficients from its sums, in double (reference.mas_update; zero SGD norm: ratio 0).
+      const int64_t ti = meta.tensor_index[t];
+      const double dot = a.sums[3 * ti], norm_a = eta * ::sqrt(a.sums[3 * ti + 1]);
+      const double norm_s = ::sqrt(a.sums[3 * ti + 2]);
+      const double ratio = norm_s > 0.0 ? norm_a / norm_s : 0.0;
+      if (a.variant == kCorrection && dot < 0.0) {  // the Adam step where the directions disagree
+        chunk_elementwise<2, true, false>(w, g, st, n, [&](O& wv, O, O(&s)[2]) FH_INLINE_LAMBDA {
+          rules::mas_single_update(wv, rules::adam_direction(s[0], s[1], bc2_sqrt, eps), eta_a);
+        });
+      } else if (a.variant == kCorrection || a.variant == kNormalized) {  // the SGD step, scaled
+        const O c_s = a.variant == kCorrection ? lr : static_cast<O>(ratio);
+        O* const sb[1] = {buf};
+        auto elem_s = [&](O& wv, O gv, O(&s)[1]) FH_INLINE_LAMBDA {
+          const O d = direction(wv, gv);
+          O d_s = d;
+          if constexpr (kMom) d_s = rules::sgd_direction_from_buffer(d, s[0], momentum, nesterov);
+          rules::mas_single_update(wv, d_s, c_s);
+        };
+        chunk_elementwise<kMom ? 1 : 0, true, false>(w, g, sb, n, elem_s);
+      } else {  // vector
+        const O c_a = static_cast<O>(a.adam_w * eta), c_s = static_cast<O>(a.sgd_w * ratio);
+        chunk_elementwise<S, true, false>(w, g, st, n, [&](O& wv, O gv, O(&s)[S]) FH_INLINE_LAMBDA {
+          const O d = direction(wv, gv);
+          O d_s = d;
+          if constexpr (kMom) d_s = rules::sgd_direction_from_buffer(d, s[kMom ? 2 : 0], momentum, nesterov);
+          rules::mas_vector_update(wv, rules::adam_direction(s[0], s[1], bc2_sqrt, eps), d_s, c_a, c_s);
+        });
+      }
+    }
+  }
+};
+
+void mas_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+          at::TensorList momentum_buffers, at::TensorList steps, double lr, const std::optional<at::Tensor>& lr_tensor,
+          double beta1, double beta2, double eps, double weight_decay, double momentum, double dampening,
+          bool nesterov, double adam_w, double sgd_w, int64_t variant, bool maximize,
+          const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+  const char* op = "fused_hybrid::mas_";
+  const bool mom = momentum != 0.0;
+  check_lists(op, params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}}, true);
+  if (mom) check_lists(op, params, grads, {{"momentum_buffers", momentum_buffers}}, true);
+  TORCH_CHECK(steps.size() == params.size(), op, ": steps needs one tensor per param");
+  TORCH_CHECK(variant >= kSum && variant <= kVector, op, ": unknown variant ", variant);
+  if (params.empty()) return;
+  const auto dev = params[0].device();
+  for (const auto i : c10::irange(params.size())) {
+    TORCH_CHECK(steps[i].device() == dev && steps[i].scalar_type() == at::kFloat && steps[i].numel() == 1, op,
+                ": steps[", i, "] must be a one-element float32 tensor on ", dev, " (capturable state)");
+  }
+  const c10::cuda::CUDAGuard guard(dev);
+  std::vector<at::Tensor> keep;
+  MasArgs a;
+  a.lr = device_scalar(lr_tensor, lr, dev, keep);
+  a.grad_scale = device_scalar(grad_scale, 1.0, dev, keep);
+  a.found_inf = device_scalar(found_inf, 0.0, dev, keep);
+  a.beta1 = beta1;
+  a.beta2 = beta2;
+  a.eps = eps;
+  a.weight_decay = weight_decay;
+  a.momentum = momentum;
+  a.dampening = dampening;
+  a.adam_w = adam_w;
+  a.sgd_w = sgd_w;
+  a.variant = static_cast<int>(variant);
+  a.nesterov = nesterov;
+  a.maximize = maximize;
+  a.slots = nullptr;
+  a.sums = nullptr;
+
+  std::vector<std::vector<at::Tensor>> lists(5);
+  std::vector<int64_t> numels;
+  std::vector<void*> aux;
+  std::vector<at::Tensor> step_list;
+  for (const auto i : c10::irange(params.size())) {
+    lists[0].push_back(params[i]);
+    lists[1].push_back(grads[i]);
+    lists[2].push_back(exp_avgs[i]);
+    lists[3].push_back(exp_avg_sqs[i]);
+    lists[4].push_back(mom ? momentum_buffers[i] : at::Tensor());
+    numels.push_back(params[i].numel());
+    aux.push_back(steps[i].data_ptr());
+    step_list.push_back(steps[i]);
+  }
+  const int64_t chunk = plan::pick_chunk_size(numels, plan::kMaxBlocks);
+  std::vector<int64_t> chunks, slot_begin;
+  int64_t total = 0;
+  for (const int64_t n : numels) {
+    slot_begin.push_back(total);
+    chunks.push_back(plan::num_chunks(n, chunk));
+    total += chunks.back();
+  }
+  const auto dtype = params[0].scalar_type();
+  auto run = [&](auto mode_tag) {
+    constexpr int kMode = decltype(mode_tag)::value;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fused_hybrid_mas_cuda", [&] {
+      using O = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+      auto launch = [&](auto f) {
+        f.a = a;
+        multi_tensor_apply<5>(lists, chunks, chunk, aux, {}, f);
+      };
+      if (mom) launch(MasFunctor<scalar_t, O, kMode, true>{});
+      else launch(MasFunctor<scalar_t, O, kMode, false>{});
+    });
+  };
+  if (variant == kSum) {
+    run(std::integral_constant<int, kModeSum>{});
+  } else {
+    const at::Tensor slots = at::empty({std::max<int64_t>(total, 1), 3}, params[0].options().dtype(at::kDouble));
+    const at::Tensor sums = at::empty({static_cast<int64_t>(params.size()), 3}, slots.options());
+    a.slots = slots.data_ptr<double>();
+    run(std::integral_constant<int, kModeReduce>{});
+    launch_post_step({}, a.found_inf, slots, slot_begin, chunks, sums.data_ptr<double>(), nullptr, 3);
+    a.sums = sums.data_ptr<double>();
+    run(std::integral_constant<int, kModeApply>{});
+  }
+  launch_post_step(step_list, a.found_inf, at::Tensor(), {}, {}, nullptr, nullptr);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fused_hybrid, CUDA, m) { m.impl("mas_", &mas_); }
+
+}  // namespace cuda
+}  // namespace fused_hybrid

@@ -1,0 +1,230 @@
+// ND-Adam on CUDA (Zhang 2017, Algorithm 1; reference.ndadam_vector_step; csrc/cpu/ndadam.cpp on the CPU).
+//
+// A tensor with row_len L > 0 is numel/L weight vectors of L contiguous elements (the Python backend makes the
+// vector dims trailing); exp_avg_sq holds one value per vector. Each vector needs three reductions in sequence
+// (<g,w>, <g,g> of the projected gradient, ||w|| after the step; a fourth, ||w||, on the first step), so the unit
+// of work is a row: rows of at least 2048 elements get a whole block each, shorter rows a warp each, several rows
+// per block (launch_plan.h: rows_per_chunk). The passes re-read the row (from L1/L2) rather than keep it in
+// registers, and recompute the intermediate w in float32 from the original (no scratch, bf16/fp16 params round
+// once at the end as in the reference). Sums are float64 in a fixed order. Tensors with row_len 0 (biases) get
+// torch-form Adam with L2 weight decay in the same launch (flat chunks). Launches: the main kernel + post-step;
+// a tensor with more than 2048 long rows (e.g. a [50000, 4096] weight) needs ceil(rows / 2048) launches (known
+// limitation: a block could loop over several long rows). The row passes use scalar (coalesced) accesses.
+#include <ATen/Dispatch.h>
+#include <c10/util/irange.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+#include "fused_hybrid/rules.h"
+#include "multi_tensor_apply.cuh"
+
+namespace fused_hybrid {
+namespace cuda {
+namespace {
+
+struct NdArgs {
+  DeviceScalar lr, grad_scale, found_inf;
+  double beta1, beta2, eps, weight_decay;
+  bool maximize;
+};
+
+template <typename O>
+struct NdScalars {
+  O inv, beta2, one_minus_beta1, one_minus_beta2, eps, wd, step_size;  // 1 - x in double, rounded once
+  bool first, maximize, has_wd;
+};
+
+// One row of L elements, processed by `lanes` threads (lane = 0..lanes-1) that reduce with `red` (a warp or the
+// whole block; every lane gets the sum).
+template <typename P, typename O, typename Red>
+__device__ __forceinline__ void ndadam_row(P* __restrict__ w, const P* __restrict__ g, O* __restrict__ m, O* v,
+                                           int64_t L, int lane, int lanes, const NdScalars<O>& s, const Red& red) {
+  const O v_old = *v;
+  O norm0 = O(1);
+  if (s.first) {  // the paper normalizes at initialization; we do it on the first step
+    double ss = 0.0;
+    for (int64_t i = lane; i < L; i += lanes) {
+      const O x = static_cast<O>(w[i]);
+      ss += rules::dot_term(x, x);
+    }
+    norm0 = static_cast<O>(::sqrt(red(ss)));
+  }
+  auto x_at = [&](int64_t i) FH_INLINE_LAMBDA {
+    const O x = static_cast<O>(w[i]);
+    return s.first ? rules::ndadam_normalize(x, norm0) : x;
+  };
+  auto g_at = [&](int64_t i, O x) FH_INLINE_LAMBDA {
+    O gi = rules::effective_grad(static_cast<O>(g[i]), s.inv, s.maximize);
+    if (s.has_wd) gi = rules::l2_weight_decay(gi, x, s.wd);
+    return gi;
+  };
+  double gw = 0.0;
+  for (int64_t i = lane; i < L; i += lanes) {
+    const O x = x_at(i);
+    gw += rules::dot_term(g_at(i, x), x);
+  }
+  const O dot = static_cast<O>(red(gw));
+  double gg = 0.0;
+  for (int64_t i = lane; i < L; i += lanes) {
+    const O x = x_at(i);
+    const O gp = rules::ndadam_project(g_at(i, x), dot, x);
+    O mi = m[i];
+    rules::ndadam_first_moment_exact(mi, gp, s.one_minus_beta1);
+    m[i] = mi;
+    gg += rules::dot_term(gp, gp);
+  }
+  const O vr = rules::ndadam_second_moment_exact(v_old, static_cast<O>(red(gg)), s.beta2, s.one_minus_beta2);
+  const O denom = rules::ndadam_denominator(vr, s.eps);
+  double ww = 0.0;
+  for (int64_t i = lane; i < L; i += lanes) {  // m[i] was written by this thread
+    const O x = rules::ndadam_descent(x_at(i), m[i], denom, s.step_size);
+    ww += rules::dot_term(x, x);
+  }
+  const O norm = static_cast<O>(::sqrt(red(ww)));  // every lane has read v and w before anyone writes them
+  for (int64_t i = lane; i < L; i += lanes) {
+    const O x = rules::ndadam_descent(x_at(i), m[i], denom, s.step_size);
+    w[i] = static_cast<P>(rules::ndadam_normalize(x, norm));
+  }
+  if (lane == 0) *v = vr;
+}
+
+// Lists: 0 params, 1 grads, 2 exp_avgs, 3 exp_avg_sqs; aux: steps; info: row_len (0: plain Adam, flat chunks).
+template <typename P, typename O>
+struct NdAdamFunctor {
+  NdArgs a;
+
+  __device__ __forceinline__ void operator()(const TensorListMeta<4>& meta) const {
+    if (a.found_inf.get() != 0.0) return;
+    const int t = meta.block_tensor[blockIdx.x];
+    const int64_t chunk = meta.block_chunk[blockIdx.x];
+    const int64_t L = meta.info[t];
+    P* w = static_cast<P*>(meta.addresses[0][t]);
+    const P* g = static_cast<const P*>(meta.addresses[1][t]);
+    O* m = static_cast<O*>(meta.addresses[2][t]);
+    O* v = static_cast<O*>(meta.addresses[3][t]);
+    const double lr = a.lr.get();
+    const double k = static_cast<double>(*static_cast<const float*>(meta.aux[t]) + 1.0f);
+    const double bc1 = 1.0 - pow_step(a.beta1, k);
+    const double bc2 = 1.0 - pow_step(a.beta2, k);
+    const O inv = static_cast<O>(1.0 / a.grad_scale.get());
+    const bool maximize = a.maximize;
+    if (L == 0) {  // plain Adam (reference.adam_step_torch_form with L2 weight decay)
+      rules::AdaptiveScalars<O> sc;
+      sc.lr = static_cast<O>(lr);
+      sc.beta1 = static_cast<O>(a.beta1);
+      sc.beta2 = static_cast<O>(a.beta2);
+      sc.eps = static_cast<O>(a.eps);
+      sc.weight_decay = static_cast<O>(a.weight_decay);
+      sc.step_size = static_cast<O>(lr / bc1);
+      sc.bc2_sqrt = static_cast<O>(::sqrt(bc2));
+      sc.partial = O(0.5);
+      sc.clip_lo = O(0);
+      sc.clip_hi = O(0);
+      sc.form = rules::kFormTorch;
+      sc.clip = rules::kClipNone;
+      sc.decoupled = false;
+      sc.amsgrad = false;
+      const rules::OneMinus<O> om{static_cast<O>(1.0 - a.beta1), static_cast<O>(1.0 - a.beta2), O(1)};
+      const int64_t start = chunk * meta.chunk_size;
+      const int64_t n = std::min(meta.chunk_size, meta.numel[t] - start);
+      O* const st[2] = {m + start, v + start};
+      chunk_elementwise<2>(w + start, g + start, st, n, [&](O& wv, O gv, O(&s)[2]) FH_INLINE_LAMBDA {
+        O gi = rules::effective_grad(gv, inv, maximize);
+        O unused = O(0);
+        rules::adaptive_update_exact(wv, gi, s[0], s[1], unused, sc, om);
+      });
+      return;
+    }
+    NdScalars<O> s;
+    s.inv = inv;
+    s.beta2 = static_cast<O>(a.beta2);
+    s.one_minus_beta1 = static_cast<O>(1.0 - a.beta1);
+    s.one_minus_beta2 = static_cast<O>(1.0 - a.beta2);
+    s.eps = static_cast<O>(a.eps);
+    s.wd = static_cast<O>(a.weight_decay);
+    s.has_wd = a.weight_decay != 0.0;
+    s.step_size = static_cast<O>(lr * ::sqrt(bc2) / bc1);
+    s.first = k == 1.0;
+    s.maximize = maximize;
+    const int64_t rows = meta.numel[t] / L;
+    const int64_t rpc = plan::rows_per_chunk(L);
+    if (rpc == 1) {  // a long row: the whole block
+      const int64_t r = chunk;
+      ndadam_row(w + r * L, g + r * L, m + r * L, v + r, L, threadIdx.x, blockDim.x, s,
+                 [](double x) FH_INLINE_LAMBDA { return block_sum(x); });
+    } else {  // short rows: a warp each
+      const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+      const int64_t r1 = std::min(rows, (chunk + 1) * rpc);
+      for (int64_t r = chunk * rpc + warp; r < r1; r += warps) {
+        ndadam_row(w + r * L, g + r * L, m + r * L, v + r, L, lane, 32, s,
+                   [](double x) FH_INLINE_LAMBDA { return warp_sum(x); });
+      }
+    }
+  }
+};
+
+void ndadam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+             at::TensorList steps, at::IntArrayRef row_lens, double lr, const std::optional<at::Tensor>& lr_tensor,
+             double beta1, double beta2, double eps, double weight_decay, bool maximize,
+             const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+  const char* op = "fused_hybrid::ndadam_";
+  check_lists(op, params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}}, false);
+  TORCH_CHECK(steps.size() == params.size(), op, ": steps needs one tensor per param");
+  TORCH_CHECK(row_lens.size() == params.size(), op, ": row_lens needs one entry per param");
+  if (params.empty()) return;
+  const auto dev = params[0].device();
+  std::vector<int64_t> flat_numels;
+  for (const auto i : c10::irange(params.size())) {
+    const int64_t n = params[i].numel(), L = row_lens[i];
+    TORCH_CHECK(steps[i].device() == dev && steps[i].scalar_type() == at::kFloat && steps[i].numel() == 1, op,
+                ": steps[", i, "] must be a one-element float32 tensor on ", dev, " (capturable state)");
+    TORCH_CHECK(L >= 0 && (L == 0 || n % L == 0), op, ": row_lens[", i, "] = ", L, " does not divide ", n);
+    TORCH_CHECK(exp_avgs[i].numel() == n, op, ": exp_avgs[", i, "] must have the param's size");
+    TORCH_CHECK(exp_avg_sqs[i].numel() == (L == 0 ? n : n / L), op, ": exp_avg_sqs[", i, "] must have ",
+                L == 0 ? n : n / L, " elements");
+    if (L == 0) flat_numels.push_back(n);
+  }
+  const c10::cuda::CUDAGuard guard(dev);
+  std::vector<at::Tensor> keep;
+  NdArgs a;
+  a.lr = device_scalar(lr_tensor, lr, dev, keep);
+  a.grad_scale = device_scalar(grad_scale, 1.0, dev, keep);
+  a.found_inf = device_scalar(found_inf, 0.0, dev, keep);
+  a.beta1 = beta1;
+  a.beta2 = beta2;
+  a.eps = eps;
+  a.weight_decay = weight_decay;
+  a.maximize = maximize;
+
+  const int64_t chunk = plan::pick_chunk_size(flat_numels, plan::kMaxBlocks);
+  std::vector<std::vector<at::Tensor>> lists(4);
+  std::vector<int64_t> chunks, info;
+  std::vector<void*> aux;
+  std::vector<at::Tensor> step_list;
+  for (const auto i : c10::irange(params.size())) {
+    lists[0].push_back(params[i]);
+    lists[1].push_back(grads[i]);
+    lists[2].push_back(exp_avgs[i]);
+    lists[3].push_back(exp_avg_sqs[i]);
+    const int64_t n = params[i].numel(), L = row_lens[i];
+    chunks.push_back(L == 0 ? plan::num_chunks(n, chunk) : plan::num_chunks(n / L, plan::rows_per_chunk(L)));
+    info.push_back(L);
+    aux.push_back(steps[i].data_ptr());
+    step_list.push_back(steps[i]);
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fused_hybrid_ndadam_cuda", [&] {
+    using O = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    NdAdamFunctor<scalar_t, O> f;
+    f.a = a;
+    multi_tensor_apply<4>(lists, chunks, chunk, aux, info, f);
+  });
+  launch_post_step(step_list, a.found_inf, at::Tensor(), {}, {}, nullptr, nullptr);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fused_hybrid, CUDA, m) { m.impl("ndadam_", &ndadam_); }
+
+}  // namespace cuda
+}  // namespace fused_hybrid

@@ -1,0 +1,99 @@
+// The SGD family on CUDA: torch.optim.SGD (momentum, dampening, Nesterov, weight decay, maximize), one
+// multi-tensor launch per call (two when some buffers are on their first step and others are not).
+#include <ATen/Dispatch.h>
+#include <c10/util/irange.h>
+#include <torch/library.h>
+
+#include "fused_hybrid/rules.h"
+#include "multi_tensor_apply.cuh"
+
+namespace fused_hybrid {
+namespace cuda {
+namespace {
+
+// Lists: 0 params, 1 grads, 2 momentum buffers.
+template <typename P, typename O, bool kMomentum>
+struct SgdFunctor {
+  DeviceScalar lr, grad_scale, found_inf;
+  O momentum, one_minus_dampening, weight_decay;  // 1 - dampening rounded once from double (rules::OneMinus)
+  bool nesterov, maximize, first;
+
+  __device__ __forceinline__ void operator()(const TensorListMeta<3>& meta) const {
+    if (found_inf.get() != 0.0) return;
+    const int t = meta.block_tensor[blockIdx.x];
+    const int64_t start = static_cast<int64_t>(meta.block_chunk[blockIdx.x]) * meta.chunk_size;
+    const int64_t n = std::min(meta.chunk_size, meta.numel[t] - start);
+    P* w = static_cast<P*>(meta.addresses[0][t]) + start;
+    const P* g = static_cast<const P*>(meta.addresses[1][t]) + start;
+    O* const st[1] = {kMomentum ? static_cast<O*>(meta.addresses[2][t]) + start : nullptr};
+    const O lrv = static_cast<O>(lr.get());
+    const O inv = static_cast<O>(1.0 / grad_scale.get());
+    chunk_elementwise<kMomentum ? 1 : 0>(w, g, st, n, [&](O& wv, O gv, O(&s)[1]) FH_INLINE_LAMBDA {
+      O gi = rules::effective_grad(gv, inv, maximize);
+      if (weight_decay != O(0)) gi = rules::l2_weight_decay(gi, wv, weight_decay);
+      O d = gi;
+      if constexpr (kMomentum) d = rules::sgd_direction_exact(gi, s[0], momentum, one_minus_dampening, nesterov, first);
+      wv = rules::sgd_step(wv, d, lrv);
+    });
+  }
+};
+
+void sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, at::IntArrayRef firsts,
+          double lr, const std::optional<at::Tensor>& lr_tensor, double momentum, double dampening, bool nesterov,
+          double weight_decay, bool maximize, const std::optional<at::Tensor>& grad_scale,
+          const std::optional<at::Tensor>& found_inf) {
+  const char* op = "fused_hybrid::sgd_";
+  const bool has_momentum = momentum != 0.0;
+  if (has_momentum) check_lists(op, params, grads, {{"momentum_buffers", momentum_buffers}}, true);
+  else check_lists(op, params, grads, {}, true);
+  TORCH_CHECK(firsts.size() == params.size(), op, ": firsts needs one flag per param");
+  if (params.empty()) return;
+  const c10::cuda::CUDAGuard guard(params[0].device());
+  std::vector<at::Tensor> keep;
+  const auto dev = params[0].device();
+  const DeviceScalar lr_s = device_scalar(lr_tensor, lr, dev, keep);
+  const DeviceScalar gs = device_scalar(grad_scale, 1.0, dev, keep);
+  const DeviceScalar fi = device_scalar(found_inf, 0.0, dev, keep);
+  // Buffers on their first step (buf = g) and the others go to separate launches: `first` is a kernel constant.
+  for (const bool first : {true, false}) {
+    std::vector<std::vector<at::Tensor>> lists(3);
+    std::vector<int64_t> numels, ids;
+    for (const auto i : c10::irange(params.size())) {
+      if (has_momentum && (firsts[i] != 0) != first) continue;
+      lists[0].push_back(params[i]);
+      lists[1].push_back(grads[i]);
+      lists[2].push_back(has_momentum ? momentum_buffers[i] : at::Tensor());
+      numels.push_back(params[i].numel());
+      ids.push_back(static_cast<int64_t>(i));
+    }
+    if (numels.empty()) continue;
+    const int64_t chunk = plan::pick_chunk_size(numels, plan::kMaxBlocks);
+    std::vector<int64_t> chunks;
+    for (const int64_t n : numels) chunks.push_back(plan::num_chunks(n, chunk));
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fused_hybrid_sgd_cuda", [&] {
+      using O = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+      auto launch = [&](auto f) {
+        f.lr = lr_s;
+        f.grad_scale = gs;
+        f.found_inf = fi;
+        f.momentum = static_cast<O>(momentum);
+        f.one_minus_dampening = static_cast<O>(1.0 - dampening);
+        f.weight_decay = static_cast<O>(weight_decay);
+        f.nesterov = nesterov;
+        f.maximize = maximize;
+        f.first = first;
+        multi_tensor_apply<3>(lists, chunks, chunk, {}, {}, f, &ids);
+      };
+      if (has_momentum) launch(SgdFunctor<scalar_t, O, true>{});
+      else launch(SgdFunctor<scalar_t, O, false>{});
+    });
+    if (!has_momentum) break;  // without momentum `first` changes nothing: one launch for all tensors
+  }
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fused_hybrid, CUDA, m) { m.impl("sgd_", &sgd_); }
+
+}  // namespace cuda
+}  // namespace fused_hybrid

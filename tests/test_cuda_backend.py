@@ -1,0 +1,316 @@
+"""backend="cuda" (the extension's multi-tensor-apply kernels, csrc/cuda) against backend="reference".
+
+The matrix needs a CUDA device and is skipped without one ('needs a CUDA device'); what can be checked without a
+GPU is checked here too: that an extension built with CUDA really contains the CUDA kernels.
+"""
+import math
+
+import pytest
+import torch
+
+import fused_hybrid as fh
+from fused_hybrid import _ext
+from fused_hybrid.backends import cuda as cb
+
+OPS = ("sgd_", "adaptive_", "mas_", "ndadam_")
+
+# ------------------------------------------------------------------------------------------------------------------
+# Without a GPU
+
+
+def test_backend_module_contract():
+    assert cb.NAME == "cuda"
+    assert cb.RULES <= {"sgd", "adaptive", "mas", "ndadam"}
+    assert not cb.available(torch.device("cpu"))
+    assert "CUDA tensors only" in cb.why_unavailable(torch.device("cpu"))
+    if not torch.cuda.is_available():
+        assert not cb.available(torch.device("cuda"))
+        assert cb.why_unavailable(torch.device("cuda"))
+
+
+@pytest.mark.skipif(not _ext.loaded(), reason="the C++ extension is not built")
+def test_cuda_kernels_registered_when_built_with_cuda():
+    """An extension built with CUDA must carry a CUDA kernel for every op; one built without must carry none
+    (and then says so). Runs without a GPU: dispatcher registration is host-side."""
+    has = [torch._C._dispatch_has_kernel_for_dispatch_key(f"fused_hybrid::{op}", "CUDA") for op in OPS]
+    if _ext.has_cuda_kernels():
+        assert all(has), dict(zip(OPS, has))
+        for fam in ("sgd", "adaptive", "mas", "ndadam"):
+            assert fam in cb.RULES
+    else:
+        assert not any(has), dict(zip(OPS, has))
+        assert "without its CUDA kernels" in cb.why_unavailable(torch.device("cuda")) or \
+            not torch.cuda.is_available()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# On a GPU
+
+DEVICE = "cuda"
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+needs_backend = pytest.mark.skipif(not (torch.cuda.is_available() and cb.available(torch.device("cuda"))),
+                                   reason="needs a CUDA device and the extension built with its CUDA kernels")
+
+# 1, 3, 17: tails only; 4097: one vector part and a 1-element tail; 0: empty; 70001: two chunks of 65536.
+SIZES = (1, 3, 17, 4097, 0, 70001)
+STEPS = 3
+
+
+def _params(sizes, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(*((n,) if isinstance(n, int) else n), generator=g, dtype=torch.float64)
+            .to(device=DEVICE, dtype=dtype).requires_grad_() for n in sizes]
+
+
+def _run(cls, backend, kw, dtype=torch.float32, sizes=SIZES, steps=STEPS, groups=None, hook=None):
+    ps = _params(sizes, dtype)
+    opt = cls(groups(ps) if groups else ps, backend=backend, **kw)
+    g = torch.Generator().manual_seed(1234)
+    for k in range(steps):
+        for p in ps:
+            p.grad = torch.randn(p.shape, generator=g, dtype=torch.float64).to(device=DEVICE, dtype=dtype)
+        if hook:
+            hook(opt, k)
+        opt.step()
+    return ps, opt
+
+
+def _tol(dtype):
+    return {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-12, atol=1e-12),
+            torch.bfloat16: dict(rtol=1.6e-2, atol=1e-2), torch.float16: dict(rtol=2e-3, atol=2e-3)}[dtype]
+
+
+def _compare(a, b, dtype):
+    pa, oa = a
+    pb, ob = b
+    for x, y in zip(pa, pb):
+        torch.testing.assert_close(y.detach().float().cpu(), x.detach().float().cpu(), **_tol(dtype))
+    for x, y in zip(pa, pb):
+        sa, sb = oa.state[x], ob.state[y]
+        assert set(sa) == set(sb)
+        for key in sa:
+            if key == "step":
+                assert float(sa[key]) == float(sb[key])
+            elif isinstance(sa[key], torch.Tensor):
+                tol = _tol(dtype if dtype == torch.float64 else torch.float32)
+                if dtype in (torch.bfloat16, torch.float16):
+                    tol = dict(rtol=2e-2, atol=2e-2)
+                torch.testing.assert_close(sb[key].cpu(), sa[key].cpu(), **tol)
+
+
+CASES = [
+    (fh.Adam, {}),
+    (fh.Adam, dict(lr=1e-2, amsgrad=True, weight_decay=0.1, maximize=True)),
+    (fh.Adam, dict(betas=(0.3, 0.9), eps=1e-3)),
+    (fh.AdamW, dict(lr=1e-2, weight_decay=0.1)),
+    (fh.AdamW, dict(amsgrad=True, maximize=True)),
+    (fh.SGD, dict(lr=0.1)),
+    (fh.SGD, dict(lr=0.1, momentum=0.9, dampening=0.2, weight_decay=0.01)),
+    (fh.SGD, dict(lr=0.1, momentum=0.9, nesterov=True, maximize=True)),
+    (fh.Padam, {}),
+    (fh.Padam, dict(partial=0.5, amsgrad=False, weight_decay=0.1)),
+    (fh.Padam, dict(partial=0.3, maximize=True)),
+    (fh.AdamClip, dict(sgd_lr=0.1, lower=0.5, upper=2.0)),
+    (fh.AdamClip, dict(sgd_lr=0.1, lower=1.0, upper=math.inf, amsgrad=True)),
+    (fh.AdaBound, {}),
+    (fh.AdaBound, dict(amsbound=True, gamma=0.0, weight_decay=0.01)),
+    (fh.SWATS, dict(lr=1e-2)),
+    (fh.SWATS, dict(lr=1e-2, amsgrad=True, weight_decay=0.1, nesterov=True, maximize=True)),
+    (fh.MAS, {}),
+    (fh.MAS, dict(momentum=0.9, nesterov=True, weight_decay=0.1, adam_w=0.7, sgd_w=0.3)),
+    (fh.MAS, dict(variant="correction", momentum=0.5)),
+    (fh.MAS, dict(variant="normalized", maximize=True)),
+    (fh.MAS, dict(variant="vector", momentum=0.9, dampening=0.1, weight_decay=0.01)),
+]
+
+
+def _id(case):
+    cls, kw = case
+    return cls.__name__ + "-" + "-".join(f"{k}={v}" for k, v in kw.items())
+
+
+@needs_backend
+@pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
+def test_matches_reference_fp32(case):
+    cls, kw = case
+    _compare(_run(cls, "reference", kw), _run(cls, "cuda", kw), torch.float32)
+
+
+ND_SHAPES = ((5,), (7, 3), (4, 3, 2, 2), (3, 1500), (2, 5000), (0, 4), (1,), (2, 5, 3))
+
+
+@needs_backend
+@pytest.mark.parametrize("kw", [{}, dict(weight_decay=0.1, maximize=True, lr=1e-2)])
+def test_ndadam_matches_reference(kw):
+    _compare(_run(fh.NDAdam, "reference", kw, sizes=ND_SHAPES), _run(fh.NDAdam, "cuda", kw, sizes=ND_SHAPES),
+             torch.float32)
+
+
+@needs_backend
+def test_ndadam_vec_axes_inner():
+    sizes = ((3, 4, 5), (2, 6, 7))
+    groups = lambda ps: [{"params": ps, "vec_axes": [1]}]  # noqa: E731
+    _compare(_run(fh.NDAdam, "reference", {}, sizes=sizes, groups=groups),
+             _run(fh.NDAdam, "cuda", {}, sizes=sizes, groups=groups), torch.float32)
+
+
+LOW = [(fh.Adam, {}), (fh.SGD, dict(lr=0.1, momentum=0.9)), (fh.Padam, {}), (fh.AdaBound, {}),
+       (fh.SWATS, dict(lr=1e-2)), (fh.MAS, dict(variant="normalized", momentum=0.9)), (fh.NDAdam, {})]
+
+
+@needs_backend
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("case", LOW, ids=[_id(c) for c in LOW])
+def test_other_dtypes(case, dtype):
+    cls, kw = case
+    sizes = ND_SHAPES if cls is fh.NDAdam else (1, 17, 4097, 0, 70001)
+    _compare(_run(cls, "reference", kw, dtype, sizes=sizes, steps=2),
+             _run(cls, "cuda", kw, dtype, sizes=sizes, steps=2), dtype)
+
+
+@needs_backend
+def test_many_tensors_span_several_launches():
+    """More tensors than one argument table holds (277 for the adaptive op's 6 lists), and mixed sizes."""
+    g = torch.Generator().manual_seed(7)
+    sizes = [int(s) for s in torch.randint(0, 300, (700,), generator=g)] + [0, 1, 2049, 140000]
+    groups = lambda ps: [{"params": ps[::2]}, {"params": ps[1::2], "lr": 3e-3, "weight_decay": 0.1}]  # noqa: E731
+    for cls, kw in [(fh.Adam, {}), (fh.SGD, dict(momentum=0.9)), (fh.SWATS, dict(lr=1e-2)),
+                    (fh.MAS, dict(variant="vector"))]:
+        _compare(_run(cls, "reference", kw, sizes=sizes, groups=groups, steps=2),
+                 _run(cls, "cuda", kw, sizes=sizes, groups=groups, steps=2), torch.float32)
+
+
+@needs_backend
+def test_misaligned_params():
+    """Pointers that are not 16-byte aligned take the scalar path."""
+    def run(backend):
+        base = torch.randn(4 * 4097 + 1, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+        ps = [torch.nn.Parameter(base[1:4098]), torch.nn.Parameter(base[4099:4099 + 17])]
+        assert ps[0].data_ptr() % 16 != 0
+        opt = fh.Adam(ps, lr=1e-2, backend=backend)
+        for k in range(2):
+            for p in ps:
+                p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(k)).to(DEVICE)
+            opt.step()
+        return ps
+    for x, y in zip(run("reference"), run("cuda")):
+        torch.testing.assert_close(y.detach(), x.detach(), **_tol(torch.float32))
+
+
+@needs_backend
+def test_tensor_lr_grad_scale_found_inf():
+    """lr as a device tensor changed between steps, GradScaler's grad_scale, and a found_inf step that changes
+    nothing at all (steps included)."""
+    def hook(opt, k):
+        opt.param_groups[0]["lr"].fill_(1e-2 * (k + 1))
+        opt.grad_scale = torch.tensor(4.0, device=DEVICE)
+        for p in opt.param_groups[0]["params"]:
+            p.grad.mul_(4.0)
+        opt.found_inf = torch.tensor([1.0 if k == 1 else 0.0], device=DEVICE)
+
+    for cls, kw in [(fh.Adam, dict(amsgrad=True)), (fh.SGD, dict(momentum=0.9)), (fh.SWATS, {}),
+                    (fh.MAS, dict(variant="vector", momentum=0.9)), (fh.NDAdam, {})]:
+        sizes = ND_SHAPES if cls is fh.NDAdam else SIZES
+        groups = lambda ps: [{"params": ps, "lr": torch.tensor(1e-2, device=DEVICE)}]  # noqa: E731
+        a = _run(cls, "reference", kw, sizes=sizes, groups=groups, hook=hook)
+        b = _run(cls, "cuda", kw, sizes=sizes, groups=groups, hook=hook)
+        _compare(a, b, torch.float32)
+        if cls is not fh.SGD:
+            assert all(float(b[1].state[p]["step"]) == STEPS - 1 for p in b[0])
+
+
+@needs_backend
+def test_swats_partials_reproducible_and_match_reference():
+    """<p,g>, <p,p> from per-chunk slots summed in a fixed order: identical run to run, close to float64 torch."""
+    from fused_hybrid import hyper as H
+    from fused_hybrid.backends import reference as rb
+
+    def call(be):
+        ps = _params((1, 4097, 300001), torch.float32, seed=5)
+        gen = torch.Generator().manual_seed(6)
+        gs = [torch.randn(p.shape, generator=gen).to(DEVICE) for p in ps]
+        ms = [torch.randn(p.shape, generator=gen).to(DEVICE) for p in ps]
+        vs = [torch.rand(p.shape, generator=gen).to(DEVICE) for p in ps]
+        steps = [torch.tensor(3.0, device=DEVICE) for _ in ps]
+        sw = H.SwatsArgs(momentum_buffers=[torch.zeros_like(p) for p in ps],
+                         phase=torch.zeros(len(ps), dtype=torch.int32, device=DEVICE),
+                         sgd_lr=torch.zeros(len(ps), dtype=torch.float64, device=DEVICE),
+                         partials=torch.full((len(ps), 2), float("nan"), dtype=torch.float64, device=DEVICE))
+        hp = H.Adaptive(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8)
+        with torch.no_grad():
+            be.adaptive([p.detach() for p in ps], gs, ms, vs, [], steps, hp, None, None, sw)
+        return sw.partials.cpu()
+    a, b, r = call(cb), call(cb), call(rb)
+    assert torch.equal(a, b)
+    torch.testing.assert_close(a, r, rtol=1e-6, atol=1e-12)
+
+
+@needs_backend
+def test_cuda_graph_capture_matches_eager():
+    """A capturable step (lr, steps, grad_scale, found_inf on the device) captured in a CUDA graph and replayed
+    equals eager steps."""
+    for cls, kw in [(fh.Adam, dict(amsgrad=True)), (fh.SWATS, dict(lr=1e-2)), (fh.SGD, dict(momentum=0.9)),
+                    (fh.MAS, dict(variant="vector")), (fh.NDAdam, {})]:
+        sizes = ND_SHAPES[:4] if cls is fh.NDAdam else (17, 4097, 70001)
+        grads = [[torch.randn(*((n,) if isinstance(n, int) else n), device=DEVICE) for n in sizes]
+                 for _ in range(4)]
+
+        def make():
+            ps = _params(sizes, torch.float32)
+            opt = cls([{"params": ps, "lr": torch.tensor(kw.get("lr", 1e-3), device=DEVICE)}], backend="cuda",
+                      **{k: v for k, v in kw.items() if k != "lr"})
+            for p, g in zip(ps, grads[0]):
+                p.grad = g.clone()
+            opt.step()  # warm-up: creates the state outside the graph
+            return ps, opt
+
+        pe, oe = make()
+        for k in (1, 2, 3):
+            for p, g in zip(pe, grads[k]):
+                p.grad.copy_(g)
+            oe.step()
+        pg, og = make()
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                og.step()
+        torch.cuda.current_stream().wait_stream(s)
+        for k in (1, 2, 3):
+            for p, g in zip(pg, grads[k]):
+                p.grad.copy_(g)
+            graph.replay()
+        torch.cuda.synchronize()
+        for x, y in zip(pe, pg):
+            torch.testing.assert_close(y.detach(), x.detach(), rtol=0, atol=0)
+
+
+@needs_backend
+def test_grad_scaler_skips_inf_step():
+    model = torch.nn.Linear(64, 32).to(DEVICE)
+    opt = fh.Adam(model.parameters(), lr=1e-2, backend="cuda")
+    scaler = torch.amp.GradScaler("cuda")
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = model(torch.randn(8, 64, device=DEVICE)).sum()
+    scaler.scale(loss).backward()
+    next(model.parameters()).grad[0, 0] = float("inf")
+    scaler.step(opt)
+    scaler.update()
+    for p, b in zip(model.parameters(), before):
+        assert torch.equal(p.detach(), b)
+        assert float(opt.state[p].get("step", 0)) == 0
+
+
+@needs_backend
+@pytest.mark.slow
+def test_tensor_over_2_pow_31_elements():
+    """64-bit indexing: SGD on a 2^31 + 5 element float16 tensor (4 GiB + grads)."""
+    n = 2**31 + 5
+    try:
+        p = torch.zeros(n, dtype=torch.float16, device=DEVICE, requires_grad=True)
+        p.grad = torch.ones(n, dtype=torch.float16, device=DEVICE)
+    except torch.OutOfMemoryError:
+        pytest.skip("not enough GPU memory")
+    fh.SGD([p], lr=0.5, backend="cuda").step()
+    assert float(p[0]) == -0.5 and float(p[-1]) == -0.5 and float(p[2**31 + 1]) == -0.5

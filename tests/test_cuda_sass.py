@@ -1,0 +1,129 @@
+"""GPU performance evidence without a GPU (issue 8, CUDA half): disassemble the built extension's CUDA kernels
+with cuobjdump and check that the float32 multi-tensor kernels keep 128-bit global loads/stores on their aligned
+path (LDG.E.128 / STG.E.128: one per operand list), use no local memory (no spills), and fit their argument
+tables in the kernel parameter space. Runs wherever the installed extension was built with its CUDA kernels and
+a cuobjdump is found (the toolkit's, or the one in Triton's wheel); skipped otherwise.
+"""
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from fused_hybrid import _ext
+
+
+def _cuobjdump():
+    cands = [os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "cuobjdump"),
+             "/usr/local/cuda/bin/cuobjdump", shutil.which("cuobjdump")]
+    try:
+        import triton
+        cands.append(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump"))
+    except ImportError:
+        pass
+    return next((c for c in cands if c and os.path.isfile(c) and os.access(c, os.X_OK)), None)
+
+
+CUOBJDUMP = _cuobjdump()
+pytestmark = [
+    pytest.mark.skipif(not _ext.has_cuda_kernels(), reason="the extension was built without its CUDA kernels"),
+    pytest.mark.skipif(CUOBJDUMP is None, reason="no cuobjdump (CUDA toolkit or Triton wheel) found"),
+]
+
+
+def _demangle(names):
+    out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True, check=True).stdout
+    return out.splitlines()
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    """{short name: dict(reg, stack, local, const, ops={opcode: count})} for every kernel of every arch."""
+    so = _ext._C.__file__
+    res = subprocess.run([CUOBJDUMP, "-res-usage", so], capture_output=True, text=True, check=True).stdout
+    sass = subprocess.run([CUOBJDUMP, "-sass", so], capture_output=True, text=True, check=True).stdout
+    usage = {m.group(1): dict(reg=int(m.group(2)), stack=int(m.group(3)), local=int(m.group(4)),
+                              const=int(m.group(5)))
+             for m in re.finditer(r"Function (\S+):\s*\n\s*REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+) "
+                                  r"CONSTANT\[0\]:(\d+)", res)}
+    arch = None
+    out = {}
+    for part in re.split(r"\n(?=\s*(?:arch = |\s*Function : ))", sass):
+        m = re.match(r"\s*arch = (\w+)", part)
+        if m:
+            arch = m.group(1)
+            continue
+        m = re.match(r"\s*Function : (\S+)", part)
+        if not m:
+            continue
+        name = m.group(1)
+        ops = {}
+        for op in re.findall(r"\b((?:LDG|STG|LDL|STL)(?:\.[A-Z0-9]+)*)\b", part):
+            ops[op] = ops.get(op, 0) + 1
+        out[(arch, name)] = dict(usage.get(name, {}), ops=ops)
+    names = sorted({n for _, n in out})
+    short = {}
+    for n, d in zip(names, _demangle(names)):
+        m = re.search(r"(\w+Functor)<([^>]*)>", d)
+        short[n] = (m.group(1) + "<" + re.sub(r"c10::|\(anonymous namespace\)::|\s", "", m.group(2)) + ">") if m \
+            else re.search(r"(\w+)\(", d).group(1)
+    return {(arch, short[n]): v for (arch, n), v in out.items()}
+
+
+def _count(ops, prefix, wide):
+    return sum(v for k, v in ops.items() if k.startswith(prefix) and (".128" in k) == wide)
+
+
+# float32 kernels: 128-bit loads / stores of the aligned loop (one per operand list read / written).
+ALIGNED_FP32 = {
+    "SgdFunctor<float,float,false>": (2, 1),        # w, g -> w
+    "SgdFunctor<float,float,true>": (3, 2),         # w, g, buf -> w, buf
+    "AdaptiveFunctor<float,float,false,false>": (4, 3),  # w, g, m, v -> w, m, v
+    "AdaptiveFunctor<float,float,true,false>": (5, 4),   # + vmax
+    "AdaptiveFunctor<float,float,false,true>": (4 + 3, 3 + 2),  # SWATS: Adam phase + SGD phase (w, g, buf)
+    "AdaptiveFunctor<float,float,true,true>": (5 + 3, 4 + 2),
+    "MasFunctor<float,float,0,false>": (4, 3),
+    "MasFunctor<float,float,0,true>": (5, 4),
+}
+# Known exceptions to "no local memory", measured on sm_90 with CUDA 13.0: 4-16 bytes saved and restored around
+# the out-of-line slow paths of IEEE float division / sqrt (div.rn / sqrt.rn call a subroutine for denormals and
+# special values; torch's own fused Adam has the same calls) in four 16-bit / float64 instantiations. No float32
+# kernel spills. The bound keeps any growth visible.
+SPILL_ALLOWED = {"AdaptiveFunctor<BFloat16,float,false,true>": 16, "AdaptiveFunctor<Half,float,false,true>": 16,
+                 "MasFunctor<BFloat16,float,2,true>": 16, "MasFunctor<double,double,2,false>": 16}
+
+
+def test_every_rule_has_kernels(kernels):
+    names = {n for _, n in kernels}
+    for fam in ("SgdFunctor", "AdaptiveFunctor", "MasFunctor", "NdAdamFunctor"):
+        for dt in ("float,float", "double,double", "Half,float", "BFloat16,float"):
+            assert any(n.startswith(f"{fam}<{dt}") for n in names), (fam, dt)
+    assert "post_step_kernel" in names
+
+
+def test_fp32_aligned_paths_use_128_bit_accesses(kernels):
+    for (arch, name), k in kernels.items():
+        if name in ALIGNED_FP32:
+            want_ld, want_st = ALIGNED_FP32[name]
+            assert _count(k["ops"], "LDG", True) == want_ld, (arch, name, k["ops"])
+            assert _count(k["ops"], "STG", True) == want_st, (arch, name, k["ops"])
+    assert any(n in ALIGNED_FP32 for _, n in kernels)
+
+
+def test_no_spills(kernels):
+    for (arch, name), k in kernels.items():
+        assert k.get("local", 0) == 0, (arch, name, k)
+        if name in SPILL_ALLOWED:
+            assert k.get("stack", 0) <= SPILL_ALLOWED[name], (arch, name, k)
+            continue
+        assert k.get("stack", 0) == 0, (arch, name, k)
+        assert _count(k["ops"], "LDL", False) + _count(k["ops"], "STL", False) == 0, (arch, name)
+        if "<float,float" in name:
+            assert k.get("stack", 0) == 0
+
+
+def test_argument_tables_fit(kernels):
+    for (arch, name), k in kernels.items():
+        # CONSTANT[0] holds the parameters after the driver's reserved bank prefix (0x210 bytes on sm_70+).
+        assert k.get("const", 0) <= 32764 + 0x210, (arch, name, k.get("const"))
