@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from copy import deepcopy
-from itertools import chain
+import operator
+from itertools import chain, repeat
 
 import torch
 
@@ -22,14 +23,40 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 class _Bucket:
-    """The tensors of one group that share a device and dtype and have gradients this step."""
-    __slots__ = ("device", "params", "idx", "states", "flat_idx", "backend")
+    """The tensors of one group that share a device and dtype and have gradients this step, with their state
+    lists built once (state tensors keep their identity until a checkpoint is loaded, which drops every plan)."""
+    __slots__ = ("device", "params", "idx", "states", "flat_idx", "backend", "whole", "_lists")
 
     def __init__(self, device, backend):
         self.device = device
         self.backend = backend  # the backend module, resolved once per plan
         self.params, self.idx, self.states = [], [], []
         self.flat_idx = None
+        self.whole = False  # the group's only bucket, holding all its params in order: its grads are the group's
+        self._lists = {}
+
+    def state_list(self, key: str) -> list:
+        lst = self._lists.get(key)
+        if lst is None:
+            lst = self._lists[key] = [s.get(key) for s in self.states]
+        return lst
+
+
+_GRAD = operator.attrgetter("grad")
+
+
+def _grads_of(params: list) -> list:
+    """Every param's .grad. The map/attrgetter form is C-level (2000 params: ~0.17 ms against ~0.3 ms for a
+    list comprehension); torch.compile cannot trace attrgetter, so it gets the comprehension."""
+    if torch.compiler.is_compiling():
+        return [p.grad for p in params]
+    return list(map(_GRAD, params))
+
+
+def _none_missing(grads: list) -> bool:
+    if torch.compiler.is_compiling():
+        return all(g is not None for g in grads)
+    return not any(map(operator.is_, grads, repeat(None)))
 
 
 class HybridOptimizer(torch.optim.Optimizer):
@@ -86,19 +113,22 @@ class HybridOptimizer(torch.optim.Optimizer):
 
     # -- step -----------------------------------------------------------------------------------------------------
 
-    def _plan(self, gi: int, group: dict) -> list[_Bucket]:
+    def _plan(self, gi: int, group: dict, grads: list) -> list[_Bucket]:
         """Buckets for group ``gi``: cached while the same parameters have gradients and the hyperparameters
-        that decide which state exists (momentum on/off, amsgrad) are unchanged."""
-        params = group["params"]
-        key = (tuple(p.grad is not None for p in params), group.get("momentum", 0) != 0,
+        that decide which state exists (momentum on/off, amsgrad) are unchanged. This runs every step for every
+        group, so the common case (every param has a gradient) costs one C-level scan of ``grads``."""
+        every = _none_missing(grads)
+        key = (True if every else tuple(g is not None for g in grads), group.get("momentum", 0) != 0,
                bool(group.get("amsgrad")), bool(group.get("amsbound")), group["rule"], group["backend"])
         cached = self._plans.get(gi)
         if cached is not None and cached[0] == key:
             return cached[1]
         buckets: dict[tuple, _Bucket] = {}
-        for j, p in enumerate(params):
-            if not key[0][j]:
+        for j, (p, g) in enumerate(zip(group["params"], grads)):
+            if g is None:
                 continue
+            if g.is_sparse:
+                raise RuntimeError("fused_hybrid does not support sparse gradients; use torch.optim.SparseAdam")
             st = self.state[p]
             if rules.ensure_state(p, st, group):
                 self._fresh_buffers.add(p)
@@ -110,16 +140,10 @@ class HybridOptimizer(torch.optim.Optimizer):
             b.idx.append(j)
             b.states.append(st)
         plan = list(buckets.values())
+        if len(plan) == 1 and every:
+            plan[0].whole = True
         self._plans[gi] = (key, plan)
         return plan
-
-    @staticmethod
-    def _grads(bucket: _Bucket) -> list[torch.Tensor]:
-        grads = [p.grad for p in bucket.params]
-        for g in grads:
-            if g.is_sparse:
-                raise RuntimeError("fused_hybrid does not support sparse gradients; use torch.optim.SparseAdam")
-        return grads
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -131,7 +155,8 @@ class HybridOptimizer(torch.optim.Optimizer):
         found_inf = getattr(self, "found_inf", None)
         swats_calls = []
         for gi, group in enumerate(self.param_groups):
-            plan = self._plan(gi, group)
+            all_grads = _grads_of(group["params"])
+            plan = self._plan(gi, group, all_grads)
             if not plan:
                 continue
             rule = group["rule"]
@@ -139,33 +164,31 @@ class HybridOptimizer(torch.optim.Optimizer):
             hp = rules.record(group)
             for b in plan:
                 be = b.backend
-                grads = self._grads(b)
+                grads = all_grads if b.whole else [all_grads[j] for j in b.idx]
                 gs = None if grad_scale is None else grad_scale.to(b.device)
                 fi = None if found_inf is None else found_inf.to(b.device)
-                st = b.states
+                lst = b.state_list
                 if family == "adaptive":
-                    maxs = [s["max_exp_avg_sq"] for s in st] if hp.amsgrad else []
                     swats_args = None
                     if rule == "swats":
                         swats_args = self._swats_args(gi, b, group)
                         swats_calls.append((b, swats_args))
-                    be.adaptive(b.params, grads, [s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st], maxs,
-                                [s["step"] for s in st], hp, gs, fi, swats_args)
+                    be.adaptive(b.params, grads, lst("exp_avg"), lst("exp_avg_sq"),
+                                lst("max_exp_avg_sq") if hp.amsgrad else [], lst("step"), hp, gs, fi, swats_args)
                 elif family == "sgd":
-                    bufs = [s.get("momentum_buffer") for s in st]
                     # torch.optim.SGD's first step takes buf = g (no dampening); a buffer is fresh until its
                     # first step call (a GradScaler-skipped first step also uses it up: documented).
-                    firsts = [p in self._fresh_buffers for p in b.params]
-                    be.sgd(b.params, grads, bufs, firsts, hp, gs, fi)
+                    firsts = [p in self._fresh_buffers for p in b.params] if self._fresh_buffers else \
+                        [False] * len(b.params)
+                    be.sgd(b.params, grads, lst("momentum_buffer"), firsts, hp, gs, fi)
                     if self._fresh_buffers:
                         self._fresh_buffers.difference_update(b.params)
                 elif family == "mas":
-                    be.mas(b.params, grads, [s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st],
-                           [s.get("momentum_buffer") for s in st], [s["step"] for s in st], hp, gs, fi)
+                    be.mas(b.params, grads, lst("exp_avg"), lst("exp_avg_sq"), lst("momentum_buffer"), lst("step"),
+                           hp, gs, fi)
                 else:
                     axes = [rules.ndadam_axes(p, group) for p in b.params]
-                    be.ndadam(b.params, grads, [s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st],
-                              [s["step"] for s in st], axes, hp, gs, fi)
+                    be.ndadam(b.params, grads, lst("exp_avg"), lst("exp_avg_sq"), lst("step"), axes, hp, gs, fi)
         if swats_calls:
             self._swats_finalize(swats_calls, found_inf)
         return loss
@@ -200,7 +223,7 @@ class HybridOptimizer(torch.optim.Optimizer):
             t0 = next(t0 for g, t0, _ in lay.groups if g == gi)
             b.flat_idx = torch.tensor([t0 + j for j in b.idx], dtype=torch.long, device=lay.device)
         idx = b.flat_idx
-        return SwatsArgs(momentum_buffers=[s["momentum_buffer"] for s in b.states],
+        return SwatsArgs(momentum_buffers=b.state_list("momentum_buffer"),
                          phase=phase[idx].to(b.device), sgd_lr=sgd_lr[idx].to(b.device),
                          partials=torch.zeros(len(b.params), 2, dtype=torch.float64, device=b.device),
                          nesterov=group["nesterov"])

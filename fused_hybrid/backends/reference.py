@@ -39,6 +39,8 @@ def _tensors(params, grads, steps, hp, grad_scale):
     increment (None without steps). w is written back to the parameter once the caller's loop body has run."""
     inv = _inv_scale(grad_scale)
     for i, (p, grad) in enumerate(zip(params, grads)):
+        if grad.is_sparse:
+            raise RuntimeError("fused_hybrid does not support sparse gradients; use torch.optim.SparseAdam")
         k = None
         if steps is not None:
             steps[i] += 1
