@@ -12,6 +12,18 @@ import sys
 from . import cases as C, runner, shapes as S
 
 
+def _warn_if_source_tree() -> None:
+    """`python -m bench` from the repository root imports the source tree's fused_hybrid first; after a regular
+    (non-editable) install that copy has no compiled extension, and the table would show the reference backend
+    only. Say so instead of printing misleading numbers."""
+    import fused_hybrid
+    from fused_hybrid import _ext
+    if not _ext.loaded():
+        print(f"WARNING: fused_hybrid was imported from {fused_hybrid.__file__} without its C++ extension "
+              f"({_ext.LOAD_ERROR}). Run `bash scripts/bench.sh`, or install with `pip install --no-build-isolation "
+              f"-e .`, so the fused backends are measured.", file=sys.stderr)
+
+
 def _csv(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
 
@@ -62,4 +74,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    _warn_if_source_tree()
     main(sys.argv[1:])

@@ -19,7 +19,7 @@ pytest.importorskip("pytest_benchmark", reason="pytest-benchmark is not installe
 
 _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
+    sys.path.append(_ROOT)  # after site-packages: the installed fused_hybrid wins over the source tree
 
 import torch  # noqa: E402
 

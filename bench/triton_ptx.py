@@ -211,7 +211,10 @@ def record(names: list[str]) -> list[dict]:
             "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
             "print('@@' + json.dumps(m._record(%r)))" % (os.path.abspath(__file__), names))
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
+    # Not cwd=ROOT: `python -c` puts the cwd first on sys.path, and the source tree's fused_hybrid (no extension,
+    # no triton_kernels subpackage) would shadow the installed one.
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       cwd=tempfile.gettempdir())
     if r.returncode != 0:
         raise RuntimeError(r.stderr[-4000:])
     line = next(x for x in r.stdout.splitlines() if x.startswith("@@"))

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
 if str(HERE.parent) not in sys.path:  # run from a checkout without installing: find fused_hybrid beside us
-    sys.path.insert(0, str(HERE.parent))
+    sys.path.append(str(HERE.parent))  # last, so an installed fused_hybrid (with its extension) wins
 
 import fused_hybrid as fh  # noqa: E402
 

@@ -25,13 +25,14 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 class _Bucket:
     """The tensors of one group that share a device and dtype and have gradients this step, with their state
     lists built once (state tensors keep their identity until a checkpoint is loaded, which drops every plan)."""
-    __slots__ = ("device", "params", "idx", "states", "flat_idx", "backend", "whole", "_lists")
+    __slots__ = ("device", "params", "idx", "states", "flat_idx", "backend", "whole", "_lists", "covers_all")
 
     def __init__(self, device, backend):
         self.device = device
         self.backend = backend  # the backend module, resolved once per plan
         self.params, self.idx, self.states = [], [], []
         self.flat_idx = None
+        self.covers_all = False  # SWATS: this bucket is every SWATS tensor, in layout order, on the layout's device
         self.whole = False  # the group's only bucket, holding all its params in order: its grads are the group's
         self._lists = {}
 
@@ -221,10 +222,12 @@ class HybridOptimizer(torch.optim.Optimizer):
         _, phase, sgd_lr = self._swats_step_cache
         if b.flat_idx is None:
             t0 = next(t0 for g, t0, _ in lay.groups if g == gi)
-            b.flat_idx = torch.tensor([t0 + j for j in b.idx], dtype=torch.long, device=lay.device)
-        idx = b.flat_idx
-        return SwatsArgs(momentum_buffers=b.state_list("momentum_buffer"),
-                         phase=phase[idx].to(b.device), sgd_lr=sgd_lr[idx].to(b.device),
+            flat = [t0 + j for j in b.idx]
+            b.flat_idx = torch.tensor(flat, dtype=torch.long, device=lay.device)
+            b.covers_all = flat == list(range(lay.T)) and b.device == lay.device
+        if not b.covers_all:  # the common single-bucket case needs no gathers
+            phase, sgd_lr = phase[b.flat_idx].to(b.device), sgd_lr[b.flat_idx].to(b.device)
+        return SwatsArgs(momentum_buffers=b.state_list("momentum_buffer"), phase=phase, sgd_lr=sgd_lr,
                          partials=torch.zeros(len(b.params), 2, dtype=torch.float64, device=b.device),
                          nesterov=group["nesterov"])
 
@@ -232,18 +235,23 @@ class HybridOptimizer(torch.optim.Optimizer):
         lay = self._layout()
         st = self.state[sw.STATE_KEY]
         vecs = self._swats_step_cache[0]
-        partials = torch.zeros(lay.T, 2, dtype=torch.float64, device=lay.device)
-        stepped = torch.zeros(lay.T, dtype=torch.float64, device=lay.device)
-        for b, args in calls:
-            partials.index_copy_(0, b.flat_idx, args.partials.to(lay.device))
-            stepped.index_fill_(0, b.flat_idx, 1.0)
+        if len(calls) == 1 and calls[0][0].covers_all:
+            partials = calls[0][1].partials
+            stepped = torch.ones(lay.T, dtype=torch.float64, device=lay.device)
+        else:
+            partials = torch.zeros(lay.T, 2, dtype=torch.float64, device=lay.device)
+            stepped = torch.zeros(lay.T, dtype=torch.float64, device=lay.device)
+            for b, args in calls:
+                partials.index_copy_(0, b.flat_idx, args.partials.to(lay.device))
+                stepped.index_fill_(0, b.flat_idx, 1.0)
         totals = sw.segment_totals(lay, partials, stepped, self.process_group)
         sw.finalize(lay, st, vecs, totals, found_inf)
         self._swats_step_cache = None
 
     def switch_info(self) -> list[dict]:
         """SWATS: one dict per switch segment (``granularity``): ``switched``, ``switch_step`` (the segment's step
-        count at the switch, or None), ``sgd_lr`` (Lambda, or None), plus ``step``, ``gamma``, ``lam`` and ``lambda_k`` (see ``swats.info``). Syncs."""
+        count at the switch, or None), ``sgd_lr`` (Lambda, or None), plus ``step``, ``gamma``, ``lam`` and
+        ``lambda_k`` (see ``swats.info``). Syncs."""
         if not any(g["rule"] == "swats" for g in self.param_groups):
             return []
         lay = self._layout()

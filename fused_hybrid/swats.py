@@ -63,8 +63,8 @@ class Layout:
         self._vec_cache = (None, None)
 
     def segment_sum(self, per_tensor: torch.Tensor) -> torch.Tensor:
-        """Sum a [T] float64 vector per segment, in a fixed order."""
-        padded = torch.cat([per_tensor, per_tensor.new_zeros(1)])
+        """Sum a [T] or [T, C] float64 tensor per segment ([S] or [S, C]), in a fixed order."""
+        padded = torch.cat([per_tensor, per_tensor.new_zeros((1,) + per_tensor.shape[1:])])
         return padded[self.members].sum(dim=1)
 
     def new_state(self) -> dict:
@@ -130,8 +130,7 @@ def segment_totals(layout: Layout, partials: torch.Tensor, stepped: torch.Tensor
     (sharded parameters: FSDP2, ZeRO), the totals are summed over its ranks, so every rank runs the test on the
     whole model's sums and switches at the same step with the same Lambda. The all-reduce is asynchronous with
     respect to the host on GPU backends (NCCL), so it adds no host sync."""
-    totals = torch.stack([layout.segment_sum(partials[:, 0]), layout.segment_sum(partials[:, 1]),
-                          layout.segment_sum(stepped)], dim=1)
+    totals = layout.segment_sum(torch.cat([partials, stepped[:, None]], dim=1))
     if process_group is not None:
         import torch.distributed as dist
         dist.all_reduce(totals, op=dist.ReduceOp.SUM, group=process_group)

@@ -8,7 +8,7 @@ import pytest
 
 _ROOT = str(Path(__file__).resolve().parent.parent)  # bench/ lives at the repository root, beside tests/
 if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
+    sys.path.append(_ROOT)  # after site-packages: the installed fused_hybrid wins over the source tree
 
 bench_main = pytest.importorskip("bench.__main__", reason="bench/ is not importable from this checkout")
 
