@@ -133,10 +133,15 @@ class HybridOptimizer(torch.optim.Optimizer):
             st = self.state[p]
             if rules.ensure_state(p, st, group):
                 self._fresh_buffers.add(p)
-            b = buckets.get((p.device, p.dtype))
+            # The fused kernels update params in place through their data pointers, so they take contiguous
+            # params only; "auto" gives a non-contiguous one (a transposed view made a Parameter, say) to the
+            # reference backend, a named fused backend refuses it with a clear error.
+            dense = p.is_contiguous()
+            bkey = (p.device, p.dtype, dense)
+            b = buckets.get(bkey)
             if b is None:
-                be = resolve(group["backend"], p.device, rules.FAMILY[group["rule"]])
-                b = buckets[(p.device, p.dtype)] = _Bucket(p.device, be)
+                name = group["backend"] if dense or group["backend"] != "auto" else "reference"
+                b = buckets[bkey] = _Bucket(p.device, resolve(name, p.device, rules.FAMILY[group["rule"]]))
             b.params.append(p)
             b.idx.append(j)
             b.states.append(st)
@@ -293,10 +298,12 @@ class HybridOptimizer(torch.optim.Optimizer):
                     ng[key] = value
             rules.validate(ng)
             new_groups.append(ng)
+        param_group_of = {id(p): g for g in new_groups for p in g["params"]}
         new_state = defaultdict(dict)
         for key, value in saved_state.items():
             if key in id_map:
                 p = id_map[key]
+                self._check_saved_state(p, value, param_group_of[id(p)], key)
                 new_state[p] = {k: self._cast_state(p, k, v) for k, v in value.items()}
             elif key == sw.STATE_KEY:
                 new_state[key] = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in value.items()}
@@ -306,6 +313,24 @@ class HybridOptimizer(torch.optim.Optimizer):
         self.state = new_state
         self._fresh_buffers = set()
         self._invalidate()
+
+    @staticmethod
+    def _check_saved_state(p: torch.Tensor, saved: dict, group: dict, pid) -> None:
+        """Refuse, before anything is changed, a checkpoint whose state cannot belong to ``p``: a per-element
+        state tensor of another shape (a checkpoint of another model), or a step that is not a scalar. Missing
+        keys are fine: the step creates them (a torch.optim.Adam checkpoint has no SWATS momentum buffer)."""
+        for k, v in saved.items():
+            if not isinstance(v, torch.Tensor):
+                continue
+            if k == "step":
+                if v.numel() != 1:
+                    raise ValueError(f"state of parameter {pid}: 'step' has {v.numel()} elements, expected 1")
+                continue
+            if k == "exp_avg_sq" and group["rule"] == "ndadam":
+                continue  # one value per weight vector
+            if k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer") and v.shape != p.shape:
+                raise ValueError(f"state of parameter {pid}: {k!r} has shape {tuple(v.shape)}, the parameter "
+                                 f"{tuple(p.shape)} (a checkpoint of another model?)")
 
     @staticmethod
     def _cast_state(p: torch.Tensor, key: str, value):
