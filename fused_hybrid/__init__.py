@@ -4,7 +4,7 @@ Drop-in torch.optim optimizers (Adam, AdamW, SGD) and the hybrid rules that brid
 Padam, Adam-Clip, AdaBound, MAS, ND-Adam, and per-group rules (``Hybrid``). ``backends()`` says which
 implementations can run here.
 """
-from . import _ext, _meta
+from . import _ext, _meta  # noqa: F401  (fh._ext says whether the extension loaded)
 from .backends import BackendUnavailableError, backends
 from .optimizer import HybridOptimizer
 from .optimizers import MAS, SGD, SWATS, AdaBound, Adam, AdamClip, AdamW, Hybrid, NDAdam, Padam

@@ -5,12 +5,12 @@ the interpreter is slow, so tensors are small and the chunk size is shrunk (``sm
 tensors still span several chunks: full chunks take the unmasked path, the last one the masked path, and the
 per-chunk partials of SWATS / MAS are summed across chunks.
 """
-import math
 
 import pytest
 import torch
 
 import fused_hybrid as fh
+from backend_matrix import CASES, Matrix, case_id
 from fused_hybrid.backends import triton as tb
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -30,80 +30,8 @@ def small_chunks(monkeypatch):
         monkeypatch.setattr(tb, "INTERP_CHUNK", 2048)
 
 
-def _params(sizes, dtype, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(*((n,) if isinstance(n, int) else n), generator=g, dtype=torch.float64)
-            .to(device=DEVICE, dtype=dtype).requires_grad_() for n in sizes]
-
-
-def _run(cls, backend, kw, dtype=torch.float32, sizes=SIZES, steps=STEPS, groups=None, hook=None):
-    """``steps`` steps of ``cls`` on fresh params with seeded random gradients (never zeros)."""
-    ps = _params(sizes, dtype)
-    opt = cls(groups(ps) if groups else ps, backend=backend, **kw)
-    g = torch.Generator().manual_seed(1234)
-    for k in range(steps):
-        for p in ps:
-            p.grad = torch.randn(p.shape, generator=g, dtype=torch.float64).to(device=DEVICE, dtype=dtype)
-        if hook:
-            hook(opt, k)
-        opt.step()
-    return ps, opt
-
-
-def _tol(dtype):
-    # float32: a few ulps per step (torch's CPU kernels use FMAs, the interpreter does not; the GPU contracts).
-    return {torch.float32: dict(rtol=1e-6, atol=1e-6), torch.float64: dict(rtol=1e-12, atol=1e-12),
-            torch.bfloat16: dict(rtol=1.6e-2, atol=1e-2), torch.float16: dict(rtol=2e-3, atol=2e-3)}[dtype]
-
-
-def _compare(a, b, dtype):
-    pa, oa = a
-    pb, ob = b
-    for x, y in zip(pa, pb):
-        torch.testing.assert_close(y.detach().float().cpu(), x.detach().float().cpu(), **_tol(dtype))
-    # State too (same keys, same values), steps exactly.
-    for x, y in zip(pa, pb):
-        sa, sb = oa.state[x], ob.state[y]
-        assert set(sa) == set(sb)
-        for key in sa:
-            if key == "step":
-                assert float(sa[key]) == float(sb[key])
-            elif isinstance(sa[key], torch.Tensor):
-                tol = _tol(dtype if dtype == torch.float64 else torch.float32)
-                if dtype in (torch.bfloat16, torch.float16):
-                    tol = dict(rtol=2e-2, atol=2e-2)
-                torch.testing.assert_close(sb[key].cpu(), sa[key].cpu(), **tol)
-
-
-CASES = [
-    (fh.Adam, {}),
-    (fh.Adam, dict(lr=1e-2, amsgrad=True, weight_decay=0.1, maximize=True)),
-    (fh.Adam, dict(betas=(0.3, 0.9), eps=1e-3)),  # 1-b1 >= 0.5: torch's other lerp branch
-    (fh.AdamW, dict(lr=1e-2, weight_decay=0.1)),
-    (fh.AdamW, dict(amsgrad=True, maximize=True)),
-    (fh.SGD, dict(lr=0.1)),
-    (fh.SGD, dict(lr=0.1, momentum=0.9, dampening=0.2, weight_decay=0.01)),
-    (fh.SGD, dict(lr=0.1, momentum=0.9, nesterov=True, maximize=True)),
-    (fh.Padam, {}),
-    (fh.Padam, dict(partial=0.5, amsgrad=False, weight_decay=0.1)),
-    (fh.Padam, dict(partial=0.3, maximize=True)),
-    (fh.AdamClip, dict(sgd_lr=0.1, lower=0.5, upper=2.0)),
-    (fh.AdamClip, dict(sgd_lr=0.1, lower=1.0, upper=math.inf, amsgrad=True)),
-    (fh.AdaBound, {}),
-    (fh.AdaBound, dict(amsbound=True, gamma=0.0, weight_decay=0.01)),  # gamma*k = 0: upper bound inf
-    (fh.SWATS, dict(lr=1e-2)),
-    (fh.SWATS, dict(lr=1e-2, amsgrad=True, weight_decay=0.1, nesterov=True, maximize=True)),
-    (fh.MAS, {}),
-    (fh.MAS, dict(momentum=0.9, nesterov=True, weight_decay=0.1, adam_w=0.7, sgd_w=0.3)),
-    (fh.MAS, dict(variant="correction", momentum=0.5)),
-    (fh.MAS, dict(variant="normalized", maximize=True)),
-    (fh.MAS, dict(variant="vector", momentum=0.9, dampening=0.1, weight_decay=0.01)),
-]
-
-
-def _id(case):
-    cls, kw = case
-    return cls.__name__ + "-" + "-".join(f"{k}={v}" for k, v in kw.items())
+_M = Matrix(DEVICE, SIZES, STEPS, f32=dict(rtol=1e-6, atol=1e-6))
+_params, _run, _tol, _compare, _id = _M.params, _M.run, _M.tol, _M.compare, case_id
 
 
 @pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
