@@ -5,8 +5,9 @@
 CPU kernels are always built. CUDA kernels are built when torch has CUDA and a CUDA toolkit is found
 (FUSED_HYBRID_BUILD_CUDA=0/1 forces either way). The toolkit root is CUDA_HOME if set, else /usr/local/cuda, else
 the root above the real nvcc: torch derives it from the nvcc on PATH, which is wrong when that nvcc is a wrapper
-script (as on our machines) and then linking fails with -lcudart. With no GPU present the target archs come from
-TORCH_CUDA_ARCH_LIST (default "8.0;9.0"). FUSED_HYBRID_SKIP_EXTENSION=1 installs the pure-Python package only.
+script (as on our machines) and then linking fails with -lcudart. The target archs come from TORCH_CUDA_ARCH_LIST;
+unset, torch builds for the GPU present, and with no GPU we default to "8.0;9.0".
+FUSED_HYBRID_SKIP_EXTENSION=1 installs the pure-Python package only.
 """
 import glob
 import os
@@ -62,7 +63,9 @@ def _extensions():
     if with_cuda:
         os.environ["CUDA_HOME"] = cuda_root
         cpp_extension.CUDA_HOME = cuda_root  # torch read CUDA_HOME at import; correct it before building
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        if "TORCH_CUDA_ARCH_LIST" not in os.environ and not torch.cuda.is_available():
+            # With a GPU present torch builds for that GPU's arch; without one it would guess, so say what we want.
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         define_macros.append(("FUSED_HYBRID_WITH_CUDA", "1"))
         # No --use_fast_math: it turns sqrt and division into approximations, and the kernels must agree with
