@@ -70,7 +70,13 @@ def config_from_args(a: argparse.Namespace) -> runner.Config:
 
 
 def main(argv=None) -> dict:
-    return runner.run(config_from_args(parse_args(argv)))
+    args = parse_args(argv)
+    res = runner.run(config_from_args(args))
+    if not args.quick:
+        # What the same rules must cost on an H100 / H200 (bytes model + launch counts): predictions, labelled so.
+        from . import gpu_model
+        gpu_model.main(["--shapes", "resnet18,gpt_1b"])
+    return res
 
 
 if __name__ == "__main__":

@@ -1,0 +1,133 @@
+"""Predicted GPU step times, from the bytes model and the launch counts (issue 8): what a step must cost on an
+H100 or H200 if it runs at the device's copy bandwidth, for the shapes users train.
+
+    python -m bench.gpu_model                # ResNet-18 and a 1.1B-parameter transformer, every rule
+    python -m bench.gpu_model --shapes gpt2
+
+predicted ms = bytes the step must move / copy bandwidth + launches * per-launch cost. The bandwidths are the
+devices' copy bandwidths the issues quote (H100 ~3.0 TB/s, H200 ~4.3 TB/s); the per-launch cost (launch plus the
+tail of a memory-bound kernel, 4 us) is an assumption, stated so it can be checked against a measurement. These
+are predictions, not measurements: no GPU has run these kernels yet.
+
+Launch counts per bucket (one device, one dtype, one param group) and step, per backend:
+- triton: one update launch over a chunk table of every tensor, plus one finalize launch that advances the step
+  counts and sums per-chunk partials (SGD has neither, so 1); MAS's reducing variants add their apply pass (3);
+  ND-Adam runs its row kernel and finalize, plus Adam's two for 1-D tensors. ``tests/test_triton_backend.py``
+  counts the real launches against ``triton_launches``.
+- cuda (ND-Adam not modelled: it launches per row-size class): multi-tensor apply splits the tensors into launches by its argument-table limits
+  (``torch.ops.fused_hybrid.plan_launches``, the kernels' own planner) per pass, plus one post-step launch (step
+  counts, partial sums) for every family but SGD; MAS's reducing variants make two passes, each with a post-step.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+from . import bytes_model as B
+from . import shapes as S
+
+DEVICES = {"H100": 3.0e12, "H200": 4.3e12}  # copy bandwidth, bytes/s
+LAUNCH_S = 4e-6
+
+RULES = {  # bench key: (bytes-model rule, options, CUDA tensor lists per element pass)
+    "adam": ("adam", {}, 4),
+    "amsgrad": ("adam", {"amsgrad": True}, 5),
+    "adamw": ("adamw", {}, 4),
+    "sgd": ("sgd", {"momentum": 0.9}, 3),
+    "padam": ("padam", {}, 5),
+    "adamclip": ("adamclip", {}, 4),
+    "adabound": ("adabound", {}, 4),
+    "swats": ("swats", {}, 5),  # p, g, m, v and the (untouched in the Adam phase) momentum buffer
+    "mas": ("mas", {}, 4),
+    "mas_vector": ("mas", {"variant": "vector"}, 4),
+    "ndadam": ("ndadam", {}, 3),
+}
+
+
+def triton_launches(rule: str, opts: dict | None = None, shapes=()) -> int:
+    """Launches of one Triton step over one bucket (see the module docstring)."""
+    opts = opts or {}
+    if rule == "sgd":
+        return 1
+    if rule == "mas" and opts.get("variant", "sum") != "sum":
+        return 3
+    if rule == "ndadam":
+        has_vectors = any(len(s) >= 2 for s in shapes)
+        has_flat = any(len(s) < 2 for s in shapes)
+        return 2 * has_vectors + 2 * has_flat
+    return 2
+
+
+def cuda_launches(rule: str, opts: dict | None, shapes, depth: int) -> int | None:
+    """Launches of one CUDA step over one bucket, from the kernels' own launch planner (None when the extension
+    is not built here)."""
+    try:
+        import torch
+
+        import fused_hybrid  # noqa: F401  (loads the extension, which registers plan_launches)
+        plan = torch.ops.fused_hybrid.plan_launches
+    except (ImportError, AttributeError, RuntimeError):
+        return None
+    if rule == "ndadam":
+        return None  # a warp or block per weight vector, not multi-tensor apply: not modelled yet
+    numels = [math.prod(s) for s in shapes]
+    flat = list(plan(numels, 0, depth, 0, 0))
+    main = flat[1]  # plan::encode: [chunk_size, number of launches, ...]
+    opts = opts or {}
+    if rule == "sgd":
+        return main
+    if rule == "mas" and opts.get("variant", "sum") != "sum":
+        return 2 * main + 2
+    return main + 1
+
+
+def predict(key: str, shapes, device: str) -> dict:
+    rule, opts, depth = RULES[key]
+    nbytes = B.step_bytes(rule, shapes, opts if rule != "mas" else {})
+    out = {"rule": key, "bytes": nbytes, "triton_launches": triton_launches(rule, opts, shapes),
+           "cuda_launches": cuda_launches(rule, opts, shapes, depth)}
+    bw = DEVICES[device]
+    for be in ("triton", "cuda"):
+        n = out[f"{be}_launches"]
+        out[f"{be}_ms"] = None if n is None else 1e3 * (nbytes / bw + n * LAUNCH_S)
+    return out
+
+
+def gpt_1b():
+    """A 1.1B-parameter GPT-style transformer: d=2048, 20 layers, vocabulary 50257, context 2048 (tied head)."""
+    d, layers, vocab, ctx = 2048, 20, 50257, 2048
+    shapes = [(vocab, d), (ctx, d)]
+    for _ in range(layers):
+        shapes += [(d,), (d,), (3 * d, d), (3 * d,), (d, d), (d,), (d,), (d,), (4 * d, d), (4 * d,), (d, 4 * d), (d,)]
+    return shapes + [(d,), (d,)]
+
+
+SHAPES = {"resnet18": S.SHAPE_SETS["resnet18"], "gpt2": S.SHAPE_SETS["gpt2"], "gpt_1b": gpt_1b}
+
+
+def main(argv=None) -> list[dict]:
+    ap = argparse.ArgumentParser(prog="python -m bench.gpu_model", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shapes", default="resnet18,gpt_1b")
+    a = ap.parse_args(argv)
+    rows = []
+    for name in a.shapes.split(","):
+        shapes = SHAPES[name]()
+        n = sum(math.prod(s) for s in shapes)
+        print(f"\n== {name}: {len(shapes)} tensors, {n / 1e6:,.1f}M params, fp32; PREDICTED ms/step "
+              f"(bytes / copy bandwidth + launches x {LAUNCH_S * 1e6:.0f} us) ==")
+        print(f"{'rule':<11} {'B/el':>5} {'launches triton/cuda':>21} " +
+              " ".join(f"{d + ' triton':>12} {d + ' cuda':>10}" for d in DEVICES))
+        for key in RULES:
+            per = {d: predict(key, shapes, d) for d in DEVICES}
+            p0 = per["H100"]
+            cl = "?" if p0["cuda_launches"] is None else str(p0["cuda_launches"])
+            cells = " ".join(f"{per[d]['triton_ms']:>12.3f} " +
+                             (f"{per[d]['cuda_ms']:>10.3f}" if per[d]["cuda_ms"] is not None else f"{'?':>10}")
+                             for d in DEVICES)
+            print(f"{key:<11} {p0['bytes'] / n:>5.1f} {str(p0['triton_launches']) + ' / ' + cl:>21} {cells}")
+            rows.append({"shapes": name, **{d: per[d] for d in DEVICES}})
+    return rows
+
+
+if __name__ == "__main__":
+    main()
