@@ -182,14 +182,10 @@ void mas_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, 
     aux.push_back(steps[i].data_ptr());
     step_list.push_back(steps[i]);
   }
-  const int64_t chunk = plan::pick_chunk_size(numels, plan::kMaxBlocks);
-  std::vector<int64_t> chunks, slot_begin;
-  int64_t total = 0;
-  for (const int64_t n : numels) {
-    slot_begin.push_back(total);
-    chunks.push_back(plan::num_chunks(n, chunk));
-    total += chunks.back();
-  }
+  const plan::ChunkGrid grid = plan::chunk_grid(numels, plan::kMaxBlocks);
+  const int64_t chunk = grid.chunk_size, total = grid.slots;
+  const std::vector<int64_t>& chunks = grid.chunks;
+  const std::vector<int64_t>& slot_begin = grid.slot_begin;
   const auto dtype = params[0].scalar_type();
   auto run = [&](auto mode_tag) {
     constexpr int kMode = decltype(mode_tag)::value;

@@ -94,6 +94,25 @@ constexpr int64_t rows_per_chunk(int64_t row_len, int64_t target = 8192, int64_t
 // The flat encoding returned by the debug op fused_hybrid::plan_launches:
 // [chunk_size, num_launches, then per launch: slot_base, num_tensors, num_blocks, tensors...,
 //  (block_tensor, block_chunk) per block...].
+// The chunk grid of one call: the chunk size picked for these tensors, each tensor's chunk count, and where
+// its per-chunk reduction slots begin in one flat slot array (total slots: `slots`).
+struct ChunkGrid {
+  int64_t chunk_size = 0;
+  std::vector<int64_t> chunks, slot_begin;
+  int64_t slots = 0;
+};
+
+inline ChunkGrid chunk_grid(const std::vector<int64_t>& numels, int64_t max_blocks) {
+  ChunkGrid g;
+  g.chunk_size = pick_chunk_size(numels, max_blocks);
+  for (const int64_t n : numels) {
+    g.slot_begin.push_back(g.slots);
+    g.chunks.push_back(num_chunks(n, g.chunk_size));
+    g.slots += g.chunks.back();
+  }
+  return g;
+}
+
 inline std::vector<int64_t> encode(int64_t chunk_size, const std::vector<Launch>& launches) {
   std::vector<int64_t> e{chunk_size, static_cast<int64_t>(launches.size())};
   for (const auto& l : launches) {
