@@ -72,3 +72,59 @@ def test_without_the_process_group_shards_decide_differently():
     part = [_initial()[i].clone().requires_grad_() for i in index]
     info, _ = _train(part, index)
     assert (info["switch_step"], info["sgd_lr"]) != (ref_info["switch_step"], ref_info["sgd_lr"])
+
+
+def _ddp_worker(rank, world, init_file, result_file):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        opt = fh.SWATS(ddp.parameters(), lr=1e-2, switch_rtol=RTOL)  # replicas agree: no process_group needed
+        x, y = _ddp_data()
+        half = 32 // world  # each replica takes its half of the step's 32-sample batch
+        for step in range(STEPS):
+            idx = _ddp_batch(step)
+            xb, yb = x[idx][rank * half:(rank + 1) * half], y[idx][rank * half:(rank + 1) * half]
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(ddp(xb), yb).backward()
+            opt.step()
+        torch.save({"info": opt.switch_info()[0], "params": [p.detach() for p in model.parameters()]},
+                   f"{result_file}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def _ddp_data():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(256, 6, generator=g, dtype=torch.float64)
+    return x, torch.sin(x[:, :1]) + 0.3 * x[:, 1:2] + 0.1 * torch.randn(256, 1, generator=g, dtype=torch.float64)
+
+
+def _ddp_batch(step):
+    return torch.randperm(256, generator=torch.Generator().manual_seed(step))[:32]
+
+
+def test_ddp_replicas_switch_together_like_one_process(tmp_path):
+    """Under DDP every replica sees the averaged gradient, so the replicas' switch tests agree without any
+    communication, and match one process training on the whole batch."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
+    opt = fh.SWATS(model.parameters(), lr=1e-2, switch_rtol=RTOL)
+    x, y = _ddp_data()
+    for step in range(STEPS):
+        idx = _ddp_batch(step)
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x[idx]), y[idx]).backward()
+        opt.step()
+    ref = opt.switch_info()[0]
+    assert ref["switched"], "the problem must switch within the run"
+
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "out")), nprocs=2, join=True)
+    res = [torch.load(f"{tmp_path / 'out'}.{r}", weights_only=False) for r in range(2)]
+    assert res[0]["info"] == res[1]["info"]
+    assert all(torch.equal(a, b) for a, b in zip(res[0]["params"], res[1]["params"]))
+    assert res[0]["info"]["switch_step"] == ref["switch_step"]
+    assert res[0]["info"]["sgd_lr"] == pytest.approx(ref["sgd_lr"], rel=1e-9)
+    for a, b in zip(res[0]["params"], model.parameters()):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-9, atol=1e-12)
