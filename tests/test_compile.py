@@ -10,6 +10,15 @@ CPU_FUSED = fh.backends()["cpu"].startswith("available")
 CASES = [
     (fh.SGD, dict(lr=0.1, momentum=0.9)),
     (fh.SGD, dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)),
+    (fh.Adam, dict(lr=1e-2, amsgrad=True)),
+    (fh.AdamW, dict(lr=1e-2)),
+    (fh.Padam, dict(lr=1e-2)),
+    (fh.AdamClip, dict(lr=1e-2, sgd_lr=0.1)),
+    (fh.AdaBound, dict(lr=1e-2)),
+    (fh.SWATS, dict(lr=1e-2, switch_rtol=0.05)),
+    (fh.MAS, dict(lr=1e-2, momentum=0.9)),
+    (fh.MAS, dict(lr=1e-2, variant="vector")),
+    (fh.NDAdam, dict(lr=1e-2)),
 ]
 
 
@@ -26,3 +35,5 @@ def test_compiled_step_matches_eager(cls, kwargs):
         step()
         o2.step()
     assert all(torch.equal(x, y) for x, y in zip(a, b))
+    if cls is fh.SWATS:
+        assert o1.switch_info() == o2.switch_info()

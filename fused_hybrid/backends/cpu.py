@@ -71,7 +71,7 @@ def ndadam_layout(p: torch.Tensor, axes) -> tuple[int, list[int] | None]:
     if not axes:
         return 0, None
     ax = sorted(set(int(a) for a in axes))
-    row_len = math.prod(p.shape[a] for a in ax)
+    row_len = math.prod([p.shape[a] for a in ax])
     if ax == list(range(p.dim() - len(ax), p.dim())):
         return row_len, None
     return row_len, [d for d in range(p.dim()) if d not in ax] + ax
@@ -86,7 +86,7 @@ def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=Non
         row_lens.append(row_len)
         if perm is not None:
             views = [t.permute(perm) for t in (params[i], exp_avgs[i], exp_avg_sqs[i])]
-            ps[i], ms[i], vs[i] = (v.contiguous() for v in views)
+            ps[i], ms[i], vs[i] = [v.contiguous() for v in views]
             gs[i] = grads[i].permute(perm).contiguous()
             copies.append((views, (ps[i], ms[i], vs[i])))
     torch.ops.fused_hybrid.ndadam_(ps, gs, ms, vs, steps, row_lens, lr, lr_t, hp.beta1, hp.beta2, hp.eps,
