@@ -55,6 +55,30 @@ class Matrix:
                         tol = dict(rtol=2e-2, atol=2e-2)
                     torch.testing.assert_close(sb[key].cpu(), sa[key].cpu(), **tol)
 
+    def check_scaler_protocol(self, backend, sizes, nd_shapes):
+        """lr as a 0-dim device tensor changed between steps, GradScaler's grad_scale, and a found_inf step that
+        changes nothing at all (steps included), for one rule of each family against the reference."""
+        dev = self.device
+
+        def hook(opt, k):
+            opt.param_groups[0]["lr"].fill_(1e-2 * (k + 1))
+            opt.grad_scale = torch.tensor(4.0, device=dev)
+            for p in opt.param_groups[0]["params"]:
+                p.grad.mul_(4.0)
+            opt.found_inf = torch.tensor([1.0 if k == 1 else 0.0], device=dev)
+
+        def groups(ps):
+            return [{"params": ps, "lr": torch.tensor(1e-2, device=dev)}]
+
+        for cls, kw in [(fh.Adam, dict(amsgrad=True)), (fh.SGD, dict(momentum=0.9)), (fh.SWATS, {}),
+                        (fh.MAS, dict(variant="vector", momentum=0.9)), (fh.NDAdam, {})]:
+            shapes = nd_shapes if cls is fh.NDAdam else sizes
+            a = self.run(cls, "reference", kw, sizes=shapes, groups=groups, hook=hook)
+            b = self.run(cls, backend, kw, sizes=shapes, groups=groups, hook=hook)
+            self.compare(a, b, torch.float32)
+            if cls is not fh.SGD:
+                assert all(float(b[1].state[p]["step"]) == self.steps - 1 for p in b[0])
+
 
 CASES = [
     (fh.Adam, {}),

@@ -102,24 +102,7 @@ def test_misaligned_params():
 
 
 def test_tensor_lr_grad_scale_found_inf():
-    """lr as a 0-dim tensor changed between steps, GradScaler's grad_scale, and a found_inf step that changes
-    nothing at all (steps included)."""
-    def hook(opt, k):
-        opt.param_groups[0]["lr"].fill_(1e-2 * (k + 1))
-        opt.grad_scale = torch.tensor(4.0, device=DEVICE)
-        for p in opt.param_groups[0]["params"]:
-            p.grad.mul_(4.0)
-        opt.found_inf = torch.tensor([1.0 if k == 1 else 0.0], device=DEVICE)
-
-    for cls, kw in [(fh.Adam, dict(amsgrad=True)), (fh.SGD, dict(momentum=0.9)), (fh.SWATS, {}),
-                    (fh.MAS, dict(variant="vector", momentum=0.9)), (fh.NDAdam, {})]:
-        sizes = ND_SHAPES if cls is fh.NDAdam else SIZES
-        groups = lambda ps: [{"params": ps, "lr": torch.tensor(1e-2, device=DEVICE)}]  # noqa: E731
-        a = _run(cls, "reference", kw, sizes=sizes, groups=groups, hook=hook)
-        b = _run(cls, "triton", kw, sizes=sizes, groups=groups, hook=hook)
-        _compare(a, b, torch.float32)
-        if cls is not fh.SGD:
-            assert all(float(b[1].state[p]["step"]) == STEPS - 1 for p in b[0])
+    _M.check_scaler_protocol("triton", SIZES, ND_SHAPES)
 
 
 def test_poisoned_outputs_are_overwritten():
