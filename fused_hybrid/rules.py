@@ -186,15 +186,10 @@ def ensure_state(p: torch.Tensor, state: dict, group: dict) -> bool:
     return created_buffer
 
 
-def lr_value(group: dict):
-    """The lr as the backends take it: a float, or the group's 0-dim tensor (capturable paths read it on device)."""
-    return group["lr"]
-
-
 def record(group: dict):
     """The per-step hyperparameter record of ``group`` (see ``hyper``)."""
     rule = group["rule"]
-    lr = lr_value(group)
+    lr = group["lr"]  # a float, or the group's 0-dim tensor as is: the fused kernels read it on the device
     if rule == "sgd":
         return H.SGD(lr=lr, momentum=group["momentum"], dampening=group["dampening"], nesterov=group["nesterov"],
                      weight_decay=group["weight_decay"], maximize=group["maximize"])

@@ -86,15 +86,12 @@ class Layout:
     def group_vectors(self, param_groups: list[dict]) -> dict[str, torch.Tensor]:
         """Per-tensor lr and 1-b1, per-segment b2 and tolerances, as device vectors; cached while the groups'
         values stay the same. A tensor lr is used as is (no host read)."""
-        key = []
-        for gi, _, _ in self.groups:
-            g = param_groups[gi]
-            lr = g["lr"]
-            key.append((id(lr) if isinstance(lr, torch.Tensor) else lr, tuple(float(b) for b in g["betas"]),
-                        g["switch_rtol"], g["switch_atol"]))
-        key = tuple(key)
+        # A tensor lr may change in place between steps, so with one the vectors are rebuilt every step.
+        key = tuple((g["lr"], tuple(float(b) for b in g["betas"]), g["switch_rtol"], g["switch_atol"])
+                    for g in (param_groups[gi] for gi, _, _ in self.groups))
+        tensor_lr = any(isinstance(k[0], torch.Tensor) for k in key)
         cached_key, vecs = self._vec_cache
-        if cached_key == key and not any(isinstance(param_groups[gi]["lr"], torch.Tensor) for gi, _, _ in self.groups):
+        if not tensor_lr and cached_key == key:
             return vecs
         f64 = dict(dtype=torch.float64, device=self.device)
         lrs = []
@@ -111,7 +108,7 @@ class Layout:
             "rtol": torch.tensor([float(g["switch_rtol"]) for g in segg], **f64),
             "atol": torch.tensor([float(g["switch_atol"]) for g in segg], **f64),
         }
-        self._vec_cache = (key, vecs)
+        self._vec_cache = (None if tensor_lr else key, vecs)
         return vecs
 
 
