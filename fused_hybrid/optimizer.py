@@ -25,7 +25,7 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 class _Bucket:
     """The tensors of one group that share a device and dtype and have gradients this step, with their state
     lists built once (state tensors keep their identity until a checkpoint is loaded, which drops every plan)."""
-    __slots__ = ("device", "params", "idx", "states", "flat_idx", "backend", "whole", "_lists", "covers_all")
+    __slots__ = ("device", "params", "idx", "states", "flat_idx", "backend", "whole", "_lists", "covers_all", "cache")
 
     def __init__(self, device, backend):
         self.device = device
@@ -35,6 +35,7 @@ class _Bucket:
         self.covers_all = False  # SWATS: this bucket is every SWATS tensor, in layout order, on the layout's device
         self.whole = False  # the group's only bucket, holding all its params in order: its grads are the group's
         self._lists = {}
+        self.cache = {}  # the backend's own per-bucket data (the cpu backend's TensorTable), dropped with the plan
 
     def state_list(self, key: str) -> list:
         lst = self._lists.get(key)
@@ -180,21 +181,23 @@ class HybridOptimizer(torch.optim.Optimizer):
                         swats_args = self._swats_args(gi, b, group)
                         swats_calls.append((b, swats_args))
                     be.adaptive(b.params, grads, lst("exp_avg"), lst("exp_avg_sq"),
-                                lst("max_exp_avg_sq") if hp.amsgrad else [], lst("step"), hp, gs, fi, swats_args)
+                                lst("max_exp_avg_sq") if hp.amsgrad else [], lst("step"), hp, gs, fi, swats_args,
+                                cache=b.cache)
                 elif family == "sgd":
                     # torch.optim.SGD's first step takes buf = g (no dampening); a buffer is fresh until its
                     # first step call (a GradScaler-skipped first step also uses it up: documented).
                     firsts = [p in self._fresh_buffers for p in b.params] if self._fresh_buffers else \
                         [False] * len(b.params)
-                    be.sgd(b.params, grads, lst("momentum_buffer"), firsts, hp, gs, fi)
+                    be.sgd(b.params, grads, lst("momentum_buffer"), firsts, hp, gs, fi, cache=b.cache)
                     if self._fresh_buffers:
                         self._fresh_buffers.difference_update(b.params)
                 elif family == "mas":
                     be.mas(b.params, grads, lst("exp_avg"), lst("exp_avg_sq"), lst("momentum_buffer"), lst("step"),
-                           hp, gs, fi)
+                           hp, gs, fi, cache=b.cache)
                 else:
                     axes = [rules.ndadam_axes(p, group) for p in b.params]
-                    be.ndadam(b.params, grads, lst("exp_avg"), lst("exp_avg_sq"), lst("step"), axes, hp, gs, fi)
+                    be.ndadam(b.params, grads, lst("exp_avg"), lst("exp_avg_sq"), lst("step"), axes, hp, gs, fi,
+                              cache=b.cache)
         if swats_calls:
             self._swats_finalize(swats_calls, found_inf)
         return loss

@@ -8,6 +8,7 @@ step with the same Lambda, and the raw ops overwriting poisoned outputs.
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -296,8 +297,8 @@ def test_adaptive_op_overwrites_poisoned_partials():
     steps = [torch.zeros(()) for _ in shapes]
     phase = torch.tensor([0, 0, 0, 1], dtype=torch.int32)
     partials = torch.full((4, 2), float("nan"), dtype=torch.float64)
-    torch.ops.fused_hybrid.adaptive_(ps, gs, z(), z(), [], steps, 1e-3, None, 0.9, 0.999, 1e-8, 0.0, False, False,
-                                     False, 0, 0.5, 0, 0.0, math.inf, 0.0, 0.0, None, None, z(), phase,
+    torch.ops.fused_hybrid.adaptive_(ps, gs, z(), z(), [], steps, z(), 1e-3, None, 0.9, 0.999, 1e-8, 0.0, False,
+                                     False, False, 0, 0.5, 0, 0.0, math.inf, 0.0, 0.0, None, None, phase,
                                      torch.full((4,), 0.01, dtype=torch.float64), partials, False)
     assert not partials.isnan().any()
     assert partials[1].eq(0).all() and partials[3].eq(0).all()  # empty tensor; SGD phase
@@ -318,3 +319,67 @@ def test_cpu_backend_serves_every_family():
     from fused_hybrid.backends import resolve
     for fam in cpu_backend.RULES:
         assert resolve("auto", torch.device("cpu"), fam) is cpu_backend
+
+
+TABLE_CONFIGS = [("Adam", dict(amsgrad=True)), ("SGD", dict(momentum=0.9)), ("SGD", {}), ("SWATS", {}),
+                 ("MAS", dict(momentum=0.9, variant="vector")), ("NDAdam", {}), ("NDAdam", dict(vec_axes=[0, 1]))]
+
+
+@pytest.mark.parametrize("cfg", TABLE_CONFIGS, ids=[_id(c) for c in TABLE_CONFIGS])
+def test_table_and_list_entry_points_agree(cfg):
+    """Eager steps pass params and state in a cached TensorTable (the <family>_table_ ops); without a bucket cache
+    the backend passes lists (the ops torch.compile traces). Both must give bitwise identical results, and the
+    eager optimizer must really have taken the table path (except ND-Adam's permuted copies, which cannot)."""
+    name, kw = cfg
+    pt, pl = _params(MIXED, torch.float32)
+    opt_t, opt_l = _make(name, pt, "cpu", kw), _make(name, pl, "cpu", kw)
+    for k in range(1, 4):
+        _grads([pt, pl], k)
+        opt_t.step()
+        for _, plan in opt_l._plans.values():
+            for b in plan:
+                b.cache = None  # the backend's list path
+        opt_l.step()
+    for a, b in zip(pt, pl):
+        assert torch.equal(a, b)
+    for p, q in zip(pt, pl):
+        for key, v in opt_t.state[p].items():
+            assert torch.equal(v, opt_l.state[q][key]), key
+    tables = [e[1] for _, plan in opt_t._plans.values() for b in plan for e in b.cache.values()]
+    if kw.get("vec_axes"):
+        assert not tables
+    else:
+        assert tables and all(isinstance(t, torch.ScriptObject) for t in tables)
+
+
+def test_table_op_rejects_a_table_of_the_wrong_shape():
+    p, g = torch.zeros(3), torch.ones(3)
+    op = torch.ops.fused_hybrid.sgd_table_
+    args = ([False], 0.1, None, 0.0, 0.0, False, 0.0, False, None, None)
+    with pytest.raises(RuntimeError, match="needs a TensorTable of 2 lists"):
+        op(torch.classes.fused_hybrid.TensorTable([[p]]), [g], *args)
+    with pytest.raises(RuntimeError, match="1 params but 2 grads"):
+        op(torch.classes.fused_hybrid.TensorTable([[p], []]), [g, g], *args)
+    op(torch.classes.fused_hybrid.TensorTable([[p], []]), [g], *args)
+    assert torch.equal(p, torch.full((3,), -0.1))
+
+
+def test_table_follows_replaced_state_lists():
+    """A checkpoint load replaces every state tensor: the next step must use the new ones, not the table's."""
+    (pa, pb) = _params([(5,), (7, 3)], torch.float32)
+    opt_a, opt_b = fh.Adam(pa, backend="cpu"), fh.Adam(pb, backend="cpu")
+    for k in range(1, 3):
+        _grads([pa, pb], k)
+        opt_a.step()
+        opt_b.step()
+    sd = copy.deepcopy(opt_a.state_dict())
+    opt_a.step()  # opt_a moves on; loading its earlier state into it must rewind its state
+    opt_a.load_state_dict(sd)
+    with torch.no_grad():
+        for x, y in zip(pa, pb):
+            x.copy_(y)
+    _grads([pa, pb], 3)
+    opt_a.step()
+    opt_b.step()
+    for x, y in zip(pa, pb):
+        assert torch.equal(x, y)

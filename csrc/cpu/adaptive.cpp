@@ -16,6 +16,7 @@
 #include "adaptive_kernel.h"
 #include "fused_hybrid/rules.h"
 #include "multi_tensor.h"
+#include "tensor_table.h"
 
 namespace fused_hybrid {
 namespace cpu {
@@ -55,12 +56,12 @@ SwatsSgdFn<scalar_t, opmath_t> pick_swats_sgd(int wd, bool nesterov) {
 }
 
 void adaptive_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
-               at::TensorList max_exp_avg_sqs, at::TensorList steps, double lr,
+               at::TensorList max_exp_avg_sqs, at::TensorList steps, at::TensorList swats_momentum_buffers, double lr,
                const std::optional<at::Tensor>& lr_tensor, double beta1, double beta2, double eps,
                double weight_decay, bool decoupled, bool amsgrad, bool maximize, int64_t form, double partial,
                int64_t clip_mode, double clip_lo, double clip_hi, double final_lr, double gamma,
                const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf_t,
-               at::TensorList swats_momentum_buffers, const std::optional<at::Tensor>& swats_phase,
+               const std::optional<at::Tensor>& swats_phase,
                const std::optional<at::Tensor>& swats_sgd_lr, const std::optional<at::Tensor>& swats_partials,
                bool swats_nesterov) {
   static constexpr const char* op = "fused_hybrid::adaptive_";
@@ -169,7 +170,10 @@ void adaptive_(at::TensorList params, at::TensorList grads, at::TensorList exp_a
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fused_hybrid, CPU, m) { m.impl("adaptive_", &adaptive_); }
+TORCH_LIBRARY_IMPL(fused_hybrid, CPU, m) {
+  m.impl("adaptive_", &adaptive_);
+  impl_table_op<5, &adaptive_>(m, "adaptive_table_");
+}
 
 }  // namespace cpu
 }  // namespace fused_hybrid

@@ -21,6 +21,7 @@
 #include "adaptive_kernel.h"  // signed_inv
 #include "fused_hybrid/rules.h"
 #include "multi_tensor.h"
+#include "tensor_table.h"
 
 namespace fused_hybrid {
 namespace cpu {
@@ -238,7 +239,10 @@ void mas_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, 
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fused_hybrid, CPU, m) { m.impl("mas_", &mas_); }
+TORCH_LIBRARY_IMPL(fused_hybrid, CPU, m) {
+  m.impl("mas_", &mas_);
+  impl_table_op<4, &mas_>(m, "mas_table_");
+}
 
 }  // namespace cpu
 }  // namespace fused_hybrid

@@ -17,6 +17,7 @@
 #include "adaptive_kernel.h"
 #include "fused_hybrid/rules.h"
 #include "multi_tensor.h"
+#include "tensor_table.h"
 
 namespace fused_hybrid {
 namespace cpu {
@@ -183,7 +184,10 @@ void ndadam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avg
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fused_hybrid, CPU, m) { m.impl("ndadam_", &ndadam_); }
+TORCH_LIBRARY_IMPL(fused_hybrid, CPU, m) {
+  m.impl("ndadam_", &ndadam_);
+  impl_table_op<3, &ndadam_>(m, "ndadam_table_");
+}
 
 }  // namespace cpu
 }  // namespace fused_hybrid

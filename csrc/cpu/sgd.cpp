@@ -7,6 +7,7 @@
 #include "adaptive_kernel.h"  // signed_inv
 #include "fused_hybrid/rules.h"
 #include "multi_tensor.h"
+#include "tensor_table.h"
 
 namespace fused_hybrid {
 namespace cpu {
@@ -57,7 +58,8 @@ void sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_b
   check_lists("fused_hybrid::sgd_", params, grads, {});
   TORCH_CHECK(!has_momentum || momentum_buffers.size() == params.size(),
               "fused_hybrid::sgd_: momentum needs one buffer per param");
-  TORCH_CHECK(firsts.size() == params.size(), "fused_hybrid::sgd_: firsts needs one flag per param");
+  TORCH_CHECK(firsts.empty() || firsts.size() == params.size(),
+              "fused_hybrid::sgd_: firsts needs one flag per param (or none: no buffer is fresh)");
   if (params.empty() || found_inf(found_inf_t)) return;
   const double inv = inv_scale(grad_scale);
   const double lrv = lr_value(lr, lr_tensor);
@@ -65,12 +67,8 @@ void sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_b
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fused_hybrid_sgd", [&] {
     using opmath_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     if (has_momentum) {
-      for (const auto i : c10::irange(params.size())) {
-        TORCH_CHECK(momentum_buffers[i].scalar_type() == c10::CppTypeToScalarType<opmath_t>::value &&
-                        momentum_buffers[i].is_contiguous() && momentum_buffers[i].numel() == params[i].numel(),
-                    "fused_hybrid::sgd_: momentum buffer ", i, " must be a contiguous ",
-                    c10::CppTypeToScalarType<opmath_t>::value, " tensor like its param");
-      }
+      check_state("fused_hybrid::sgd_", "momentum buffer", momentum_buffers, c10::CppTypeToScalarType<opmath_t>::value,
+                  [&](size_t i) { return params[i].numel(); });
     }
     std::vector<scalar_t*> pw(params.size());
     std::vector<const scalar_t*> pg(params.size());
@@ -87,7 +85,7 @@ void sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_b
     const opmath_t inv_o = signed_inv<opmath_t>(inv, maximize);
     for_each_chunk(chunks, [&](const Chunk& c) {
       const int64_t t = c.tensor, b = c.begin;
-      fns[firsts[t] != 0 ? 1 : 0](pw[t] + b, pg[t] + b, has_momentum ? pbuf[t] + b : nullptr, c.end - b,
+      fns[!firsts.empty() && firsts[t] != 0 ? 1 : 0](pw[t] + b, pg[t] + b, has_momentum ? pbuf[t] + b : nullptr, c.end - b,
                                   opmath_t(lrv), opmath_t(momentum), opmath_t(1.0 - dampening), opmath_t(weight_decay),
                                   inv_o);
     });
@@ -96,7 +94,10 @@ void sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_b
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fused_hybrid, CPU, m) { m.impl("sgd_", &sgd_); }
+TORCH_LIBRARY_IMPL(fused_hybrid, CPU, m) {
+  m.impl("sgd_", &sgd_);
+  impl_table_op<1, &sgd_>(m, "sgd_table_");
+}
 
 }  // namespace cpu
 }  // namespace fused_hybrid

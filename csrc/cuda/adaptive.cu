@@ -139,12 +139,12 @@ struct AdaptiveFunctor {
 };
 
 void adaptive_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
-               at::TensorList max_exp_avg_sqs, at::TensorList steps, double lr,
+               at::TensorList max_exp_avg_sqs, at::TensorList steps, at::TensorList swats_momentum_buffers, double lr,
                const std::optional<at::Tensor>& lr_tensor, double beta1, double beta2, double eps,
                double weight_decay, bool decoupled, bool amsgrad, bool maximize, int64_t form, double partial,
                int64_t clip_mode, double clip_lo, double clip_hi, double final_lr, double gamma,
                const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
-               at::TensorList swats_momentum_buffers, const std::optional<at::Tensor>& swats_phase,
+               const std::optional<at::Tensor>& swats_phase,
                const std::optional<at::Tensor>& swats_sgd_lr, const std::optional<at::Tensor>& swats_partials,
                bool swats_nesterov) {
   const char* op = "fused_hybrid::adaptive_";

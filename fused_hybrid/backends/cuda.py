@@ -43,7 +43,7 @@ def _lr(hp):
     return (0.0, hp.lr) if isinstance(hp.lr, torch.Tensor) else (float(hp.lr), None)
 
 
-def sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=None):
+def sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=None, cache=None):
     lr, lr_t = _lr(hp)
     bufs = momentum_buffers if hp.momentum != 0 else []
     torch.ops.fused_hybrid.sgd_(params, grads, bufs, [int(bool(f)) for f in firsts], lr, lr_t, hp.momentum,
@@ -51,22 +51,24 @@ def sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=
 
 
 def adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, grad_scale=None, found_inf=None,
-             swats=None):
+             swats=None, cache=None):
     lr, lr_t = _lr(hp)
     maxs = max_exp_avg_sqs if hp.amsgrad else []
     if swats is not None:
         # The kernels read phase as int32 and sgd_lr as float64 (no-ops when they already are).
-        sw = (swats.momentum_buffers, swats.phase.to(torch.int32).contiguous(),
-              swats.sgd_lr.to(torch.float64).contiguous(), swats.partials, swats.nesterov)
+        bufs, sw = swats.momentum_buffers, (swats.phase.to(torch.int32).contiguous(),
+                                            swats.sgd_lr.to(torch.float64).contiguous(), swats.partials,
+                                            swats.nesterov)
     else:
-        sw = ([], None, None, None, False)
+        bufs, sw = [], (None, None, None, False)
     torch.ops.fused_hybrid.adaptive_(
-        params, grads, exp_avgs, exp_avg_sqs, maxs, steps, lr, lr_t, hp.beta1, hp.beta2, hp.eps, hp.weight_decay,
-        hp.decoupled, hp.amsgrad, hp.maximize, hp.form, hp.partial, hp.clip_mode, hp.clip_lo, hp.clip_hi,
-        hp.final_lr, hp.gamma, grad_scale, found_inf, *sw)
+        params, grads, exp_avgs, exp_avg_sqs, maxs, steps, bufs, lr, lr_t, hp.beta1, hp.beta2, hp.eps,
+        hp.weight_decay, hp.decoupled, hp.amsgrad, hp.maximize, hp.form, hp.partial, hp.clip_mode, hp.clip_lo,
+        hp.clip_hi, hp.final_lr, hp.gamma, grad_scale, found_inf, *sw)
 
 
-def mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale=None, found_inf=None):
+def mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale=None, found_inf=None,
+        cache=None):
     lr, lr_t = _lr(hp)
     bufs = momentum_buffers if hp.momentum != 0 else []
     torch.ops.fused_hybrid.mas_(params, grads, exp_avgs, exp_avg_sqs, bufs, steps, lr, lr_t, hp.beta1, hp.beta2,
@@ -82,7 +84,7 @@ def _trailing(p: torch.Tensor, axes) -> list[int] | None:
     return [d for d in range(p.dim()) if d not in axes] + axes
 
 
-def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=None, found_inf=None):
+def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=None, found_inf=None, cache=None):
     lr, lr_t = _lr(hp)
     ps, gs, ms, vs, row_lens, copies = [], [], [], [], [], []
     for p, g, m, v, ax in zip(params, grads, exp_avgs, exp_avg_sqs, axes):

@@ -2,12 +2,14 @@
 
 Every backend module exposes the same four functions with the same arguments:
 
-    adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, grad_scale, found_inf, swats)
-    sgd(params, grads, momentum_buffers, firsts, hp, grad_scale, found_inf)
-    mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale, found_inf)
-    ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale, found_inf)
+    adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, grad_scale, found_inf, swats, cache)
+    sgd(params, grads, momentum_buffers, firsts, hp, grad_scale, found_inf, cache)
+    mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale, found_inf, cache)
+    ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale, found_inf, cache)
 
-All lists share one device and parameter dtype. ``steps`` are 0-dim float32 tensors advanced by one unless
+All lists share one device and parameter dtype. ``cache`` is a dict the caller keeps per bucket of tensors (the
+same params and state lists) for as long as that bucket lives; a backend may keep derived data there (the cpu
+backend keeps its TensorTable) and must work without one (None). ``steps`` are 0-dim float32 tensors advanced by one unless
 ``found_inf`` is set, in which case nothing changes at all. This backend may sync with the host (it reads
 ``found_inf`` and the SWATS phase); the fused ones must not.
 """
@@ -53,7 +55,7 @@ def _tensors(params, grads, steps, hp, grad_scale):
 
 
 def adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, grad_scale=None, found_inf=None,
-             swats=None):
+             swats=None, cache=None):
     if _skip(found_inf):
         return
     lr = float(hp.lr)
@@ -83,7 +85,7 @@ def adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, g
             R.adam_step_paper_form(w, m, v_used, lr, hp.eps, k, hp.beta1, hp.beta2, hp.partial, clip)
 
 
-def sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=None):
+def sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=None, cache=None):
     if _skip(found_inf):
         return
     lr = float(hp.lr)
@@ -94,7 +96,8 @@ def sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=
         w.add_(d, alpha=-lr)
 
 
-def mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale=None, found_inf=None):
+def mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale=None, found_inf=None,
+        cache=None):
     if _skip(found_inf):
         return
     lr = float(hp.lr)
@@ -106,7 +109,7 @@ def mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_
         w.add_(R.mas_update(d_a, eta_a, d_s, lr, hp.adam_w, hp.sgd_w, hp.variant))
 
 
-def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=None, found_inf=None):
+def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=None, found_inf=None, cache=None):
     if _skip(found_inf):
         return
     lr = float(hp.lr)

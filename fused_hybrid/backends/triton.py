@@ -189,7 +189,7 @@ def _finalize(tab, found_inf, step_list, partials_in=None, out=None, np_=0, npp=
 # Rule families (API: backends/reference.py)
 
 def adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, grad_scale=None, found_inf=None,
-             swats=None):
+             swats=None, cache=None):
     if not params:
         return
     grads = _check(params, grads)
@@ -228,7 +228,7 @@ def _adaptive_launch(tab, dev, hp, grad_scale, found_inf, swats, dtype, BLOCK, C
         _finalize(tab, found_inf, _ka.L_STEP)
 
 
-def sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=None):
+def sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=None, cache=None):
     if not params:
         return
     grads = _check(params, grads)
@@ -250,7 +250,8 @@ def sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=
             MOMENTUM=use_mom, NESTEROV=bool(hp.nesterov), ALIGNED=tab.aligned, BLOCK=BLOCK, CHUNK=CHUNK, **opts)
 
 
-def mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale=None, found_inf=None):
+def mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale=None, found_inf=None,
+        cache=None):
     if not params:
         return
     grads = _check(params, grads)
@@ -299,7 +300,7 @@ def _vector_view(p: torch.Tensor, axes) -> tuple[int, int]:
     return L, inner
 
 
-def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=None, found_inf=None):
+def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=None, found_inf=None, cache=None):
     if not params:
         return
     grads = _check(params, grads)
