@@ -16,12 +16,24 @@ def _fake(*args, **kwargs):
     return None
 
 
+def _swats_args(seg_of, phase, Lambda, lr_ref, lr, one_minus_b1):
+    return seg_of.new_empty(seg_of.shape, dtype=phase.dtype), seg_of.new_empty(seg_of.shape, dtype=Lambda.dtype)
+
+
+def _swats_totals(partials, stepped, seg_of, S):
+    return partials.new_empty((S, 3))
+
+
+FAKES = {**{op: _fake for op in OPS}, "swats_args": _swats_args, "swats_totals": _swats_totals,
+         "swats_finalize_": _fake}
+
+
 def register() -> None:
     if not _ext.loaded():
         return
-    for op in OPS:
+    for op, fake in FAKES.items():
         try:
-            torch.library.register_fake(f"fused_hybrid::{op}")(_fake)
+            torch.library.register_fake(f"fused_hybrid::{op}")(fake)
         except RuntimeError as exc:  # registered already (module reloaded)
             if "already" not in str(exc):
                 raise

@@ -14,7 +14,7 @@ from itertools import chain, repeat
 
 import torch
 
-from . import rules
+from . import _ext, rules
 from . import swats as sw
 from .backends import check_name, resolve
 from .hyper import SwatsArgs
@@ -207,7 +207,11 @@ class HybridOptimizer(torch.optim.Optimizer):
     def _layout(self) -> sw.Layout:
         if self._swats_layout is None:
             first = next(p for g in self.param_groups if g["rule"] == "swats" for p in g["params"])
-            lay = sw.Layout(self.param_groups, self.granularity, first.device)
+            # The switch test's bookkeeping runs as C++ ops when the SWATS tensors are on a fused CPU backend; the
+            # reference backend keeps the plain-PyTorch version (swats.py), which is also the GPU paths'.
+            fused = _ext.loaded() and all(g["backend"] != "reference" for g in self.param_groups
+                                          if g["rule"] == "swats")
+            lay = sw.Layout(self.param_groups, self.granularity, first.device, fused=fused)
             st = self.state.get(sw.STATE_KEY)
             if st is None:
                 st = lay.new_state()
@@ -244,8 +248,7 @@ class HybridOptimizer(torch.optim.Optimizer):
         st = self.state[sw.STATE_KEY]
         vecs = self._swats_step_cache[0]
         if len(calls) == 1 and calls[0][0].covers_all:
-            partials = calls[0][1].partials
-            stepped = torch.ones(lay.T, dtype=torch.float64, device=lay.device)
+            partials, stepped = calls[0][1].partials, None  # every tensor stepped
         else:
             partials = torch.zeros(lay.T, 2, dtype=torch.float64, device=lay.device)
             stepped = torch.zeros(lay.T, dtype=torch.float64, device=lay.device)

@@ -30,9 +30,12 @@ class Layout:
     """Which segment each SWATS tensor belongs to. Tensors are numbered in (group, param) order over the groups
     whose rule is "swats"; ``groups`` lists (group index, first flat index, count)."""
 
-    def __init__(self, param_groups: list[dict], granularity: str, device: torch.device):
+    def __init__(self, param_groups: list[dict], granularity: str, device: torch.device, fused: bool = False):
         self.granularity = granularity
         self.device = device
+        # The C++ ops (csrc/cpu/swats.cpp) run the bookkeeping below on CPU tensors in 3 calls instead of ~70
+        # tensor ops; the optimizer asks for them when a fused backend steps the SWATS tensors.
+        self.fused = fused and device.type == "cpu"
         self.groups = []
         seg_of = []
         t = 0
@@ -114,6 +117,9 @@ class Layout:
 
 def per_tensor_args(layout: Layout, st: dict, vecs: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """phase[t] and the SGD-phase step size (1-b1)*Lambda*lr_now/lr_at_switch for every SWATS tensor."""
+    if layout.fused:
+        return torch.ops.fused_hybrid.swats_args(layout.seg_of, st["phase"], st["Lambda"], st["lr_ref"], vecs["lr"],
+                                                 vecs["one_minus_b1"])
     seg = layout.seg_of
     phase = st["phase"][seg]
     in_sgd = phase == PHASE_SGD
@@ -122,12 +128,18 @@ def per_tensor_args(layout: Layout, st: dict, vecs: dict) -> tuple[torch.Tensor,
     return phase, sgd_lr
 
 
-def segment_totals(layout: Layout, partials: torch.Tensor, stepped: torch.Tensor, process_group=None):
-    """Per segment: <p,g>, <p,p> and whether any tensor stepped ([S, 3] float64). With a process group
+def segment_totals(layout: Layout, partials: torch.Tensor, stepped: torch.Tensor | None, process_group=None):
+    """Per segment: <p,g>, <p,p> and how many tensors stepped ([S, 3] float64); ``stepped`` flags the tensors that
+    stepped (float64 [T]), None when all did. With a process group
     (sharded parameters: FSDP2, ZeRO), the totals are summed over its ranks, so every rank runs the test on the
     whole model's sums and switches at the same step with the same Lambda. The all-reduce is asynchronous with
     respect to the host on GPU backends (NCCL), so it adds no host sync."""
-    totals = layout.segment_sum(torch.cat([partials, stepped[:, None]], dim=1))
+    if layout.fused:
+        totals = torch.ops.fused_hybrid.swats_totals(partials, stepped, layout.seg_of, layout.S)
+    else:
+        if stepped is None:
+            stepped = partials.new_ones(layout.T)
+        totals = layout.segment_sum(torch.cat([partials, stepped[:, None]], dim=1))
     if process_group is not None:
         import torch.distributed as dist
         dist.all_reduce(totals, op=dist.ReduceOp.SUM, group=process_group)
@@ -140,6 +152,11 @@ def finalize(layout: Layout, st: dict, vecs: dict, totals: torch.Tensor, found_i
     ``totals`` comes from ``segment_totals``: per segment <p,g>, <p,p> and how many tensors stepped (a segment
     with none is left alone). A step skipped by GradScaler (found_inf) changes nothing.
     """
+    if layout.fused:
+        torch.ops.fused_hybrid.swats_finalize_(totals, layout.seg_of, st["phase"], st["lam"], st["Lambda"],
+                                               st["switch_step"], st["seg_step"], st["gamma"], st["lr_ref"],
+                                               vecs["lr"], vecs["b2"], vecs["rtol"], vecs["atol"], found_inf)
+        return
     s_pg, s_pp = totals[:, 0], totals[:, 1]
     active = totals[:, 2] > 0
     if found_inf is not None:

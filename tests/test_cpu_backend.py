@@ -383,3 +383,56 @@ def test_table_follows_replaced_state_lists():
     opt_b.step()
     for x, y in zip(pa, pb):
         assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("granularity", ["global", "group", "tensor"])
+def test_swats_bookkeeping_ops_match_swats_py(granularity):
+    """csrc/cpu/swats.cpp (per-tensor args, segment totals, switch test) against the torch-op version in swats.py on
+    random partial sums, with tensors that did not step, GradScaler skips and an lr change after some switches:
+    same phases and switch steps, same Lambda up to the summation order."""
+    from fused_hybrid import swats as sw
+    groups = [dict(rule="swats", params=[torch.zeros(2) for _ in range(3)], lr=0.1, betas=(0.9, 0.99),
+                   switch_rtol=0.05, switch_atol=0.0),
+              dict(rule="adam", params=[torch.zeros(1)]),
+              dict(rule="swats", params=[torch.zeros(2) for _ in range(2)], lr=0.05, betas=(0.8, 0.9),
+                   switch_rtol=0.02, switch_atol=1e-3)]
+    lays = [sw.Layout(groups, granularity, torch.device("cpu"), fused=f) for f in (True, False)]
+    assert lays[0].fused and not lays[1].fused
+    sts = [lay.new_state() for lay in lays]
+    gen = torch.Generator().manual_seed(5)
+    T = lays[0].T
+    switched_any = False
+    for k in range(1, 40):
+        if k == 25:
+            groups[0]["lr"] = 0.03  # a scheduler step after some switches: lr_ref keeps the lr at the switch
+        target = torch.rand(T, generator=gen, dtype=torch.float64) + 0.5
+        pg = -(torch.rand(T, generator=gen, dtype=torch.float64) + 0.1)
+        noise = 1 + 0.3 * torch.randn(T, generator=gen, dtype=torch.float64) / k
+        partials = torch.stack([pg, -pg * target * noise], dim=1)
+        stepped = None if k % 4 else (torch.rand(T, generator=gen) > 0.3).double()
+        found_inf = torch.tensor(float(k % 9 == 0))
+        outs = []
+        for lay, st in zip(lays, sts):
+            vecs = lay.group_vectors(groups)
+            phase, sgd_lr = sw.per_tensor_args(lay, st, vecs)
+            part = torch.where(phase[:, None] == 1, 0.0, partials)
+            totals = sw.segment_totals(lay, part, stepped)
+            sw.finalize(lay, st, vecs, totals, found_inf)
+            outs.append((phase, sgd_lr, totals))
+        (pf, lf, tf), (pt, lt, tt) = outs
+        assert torch.equal(pf, pt) and torch.allclose(lf, lt, rtol=1e-12, atol=0)
+        assert torch.allclose(tf, tt, rtol=1e-12, atol=1e-300)
+        for key in ("phase", "switch_step", "seg_step"):
+            assert torch.equal(sts[0][key], sts[1][key]), (k, key)
+        for key in ("lam", "Lambda", "gamma", "lr_ref"):
+            assert torch.allclose(sts[0][key], sts[1][key], rtol=1e-12, atol=0), (k, key)
+        switched_any |= bool(sts[0]["phase"].any())
+    assert switched_any, "the partial sums were built to switch some segment"
+
+
+def test_swats_bookkeeping_ops_reject_bad_input():
+    seg = torch.tensor([0, 1, 5])
+    with pytest.raises(RuntimeError, match="is not a segment of 2"):
+        torch.ops.fused_hybrid.swats_totals(torch.zeros(3, 2, dtype=torch.float64), None, seg, 2)
+    with pytest.raises(RuntimeError, match="partials must be a contiguous CPU Double tensor of 4 elements"):
+        torch.ops.fused_hybrid.swats_totals(torch.zeros(3, 2, dtype=torch.float64), None, torch.tensor([0, 1]), 2)

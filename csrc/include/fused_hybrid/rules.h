@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define FH_HD __host__ __device__ __forceinline__
@@ -85,6 +86,36 @@ FH_HD void swats_sgd_phase(T& w, T g, T& buf, T beta1, T sgd_lr, bool nesterov) 
   buf = buf * beta1 + g;
   const T d = nesterov ? g + beta1 * buf : buf;
   w = w + (-sgd_lr) * d;
+}
+
+// SWATS switch test for one segment after an Adam-phase step (Keskar & Socher, Alg. 1 lines 11-22), in double,
+// in the order of operations of fused_hybrid/swats.py's finalize (the reference the GPU paths run as torch ops):
+//   gamma = <p,p> / -<p,g> (only where <p,g> != 0; otherwise lam is kept, line 22)
+//   lam = b2*lam + (1-b2)*gamma;  Lambda_k = lam / (1 - b2^k)
+//   switch when k > 1, Lambda_k > 0 and |Lambda_k - gamma| < atol + rtol*|Lambda_k|.
+// `active`: some tensor of the segment stepped (and GradScaler found no inf); an inactive segment is untouched.
+// Returns true when the segment switches now.
+struct SwatsSegment {
+  int32_t phase;
+  double lam, Lambda, gamma;
+  int64_t switch_step, seg_step;
+};
+
+FH_HD bool swats_switch_test(SwatsSegment& s, bool active, double s_pg, double s_pp, double b2, double rtol,
+                             double atol) {
+  if (!active) return false;
+  s.seg_step += 1;
+  if (s.phase != kPhaseAdam || s_pg == 0.0) return false;
+  const double gamma = s_pp / -s_pg;
+  s.lam = b2 * s.lam + (1 - b2) * gamma;
+  s.gamma = gamma;
+  const int64_t k = s.seg_step;
+  const double lam_k = s.lam / (1 - std::pow(b2, static_cast<double>(k)));
+  if (!(k > 1 && lam_k > 0 && fh_abs(lam_k - gamma) < atol + rtol * fh_abs(lam_k))) return false;
+  s.phase = kPhaseSgd;
+  s.Lambda = lam_k;
+  s.switch_step = k;
+  return true;
 }
 
 // ---- Adaptive family ------------------------------------------------------------------------------------------
