@@ -21,14 +21,28 @@ from .hyper import SwatsArgs
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
+try:  # DTensor parameters (FSDP2's fully_shard, tensor parallelism)
+    from torch.distributed.tensor import DTensor
+except ImportError:  # torch built without distributed
+    DTensor = ()
+
+
+def _local(t):
+    """A DTensor's local shard, a plain tensor that shares its storage; anything else as it is."""
+    return t._local_tensor if isinstance(t, DTensor) else t
+
 
 class _Bucket:
     """The tensors of one group that share a device and dtype and have gradients this step, with their state
     lists built once (state tensors keep their identity until a checkpoint is loaded, which drops every plan)."""
-    __slots__ = ("device", "params", "idx", "states", "flat_idx", "backend", "whole", "_lists", "covers_all", "cache")
+    __slots__ = ("device", "params", "idx", "states", "flat_idx", "backend", "whole", "_lists", "covers_all", "cache",
+                 "dtensor")
 
-    def __init__(self, device, backend):
+    def __init__(self, device, backend, dtensor=False):
         self.device = device
+        # DTensor params (FSDP2): params, grads and state go to the kernels as their local shards, so each rank
+        # steps its own shard; SWATS's sums over shards are completed by the optimizer's process_group.
+        self.dtensor = dtensor
         self.backend = backend  # the backend module, resolved once per plan
         self.params, self.idx, self.states = [], [], []
         self.flat_idx = None
@@ -132,25 +146,41 @@ class HybridOptimizer(torch.optim.Optimizer):
             if g.is_sparse:
                 raise RuntimeError("fused_hybrid does not support sparse gradients; use torch.optim.SparseAdam")
             st = self.state[p]
+            dtensor = isinstance(p, DTensor)
+            if dtensor:
+                self._check_dtensor(p, g, group)
+            lp = _local(p)
             if rules.ensure_state(p, st, group):
-                self._fresh_buffers.add(p)
+                self._fresh_buffers.add(lp)
             # The fused kernels update params in place through their data pointers, so they take contiguous
             # params only; "auto" gives a non-contiguous one (a transposed view made a Parameter, say) to the
             # reference backend, a named fused backend refuses it with a clear error.
-            dense = p.is_contiguous()
-            bkey = (p.device, p.dtype, dense)
+            dense = lp.is_contiguous()
+            bkey = (lp.device, lp.dtype, dense, dtensor)
             b = buckets.get(bkey)
             if b is None:
                 name = group["backend"] if dense or group["backend"] != "auto" else "reference"
-                b = buckets[bkey] = _Bucket(p.device, resolve(name, p.device, rules.FAMILY[group["rule"]]))
-            b.params.append(p)
+                b = buckets[bkey] = _Bucket(lp.device, resolve(name, lp.device, rules.FAMILY[group["rule"]]),
+                                            dtensor)
+            b.params.append(lp)
             b.idx.append(j)
-            b.states.append(st)
+            # State tensors keep their identity while the plan lives, so their local shards can be taken once.
+            b.states.append({k: _local(v) for k, v in st.items()} if dtensor else st)
         plan = list(buckets.values())
         if len(plan) == 1 and every:
             plan[0].whole = True
         self._plans[gi] = (key, plan)
         return plan
+
+    @staticmethod
+    def _check_dtensor(p, g, group) -> None:
+        if group["rule"] == "ndadam":
+            raise ValueError("ND-Adam does not support DTensor (sharded) parameters yet: its weight vectors would "
+                             "need whole rows on every rank")
+        if not isinstance(g, DTensor) or g.placements != p.placements or g.device_mesh != p.device_mesh:
+            raise ValueError(f"a DTensor parameter with placements {p.placements} has a gradient with "
+                             f"{getattr(g, 'placements', 'no placements (a plain tensor)')}: the kernels step local "
+                             f"shards, which must line up")
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -172,6 +202,8 @@ class HybridOptimizer(torch.optim.Optimizer):
             for b in plan:
                 be = b.backend
                 grads = all_grads if b.whole else [all_grads[j] for j in b.idx]
+                if b.dtensor:
+                    grads = [_local(g) for g in grads]
                 gs = None if grad_scale is None else grad_scale.to(b.device)
                 fi = None if found_inf is None else found_inf.to(b.device)
                 lst = b.state_list

@@ -165,7 +165,11 @@ def ensure_state(p: torch.Tensor, state: dict, group: dict) -> bool:
     created now (SGD's first step takes buf = g)."""
     rule = group["rule"]
     dt = state_dtype(p)
-    zeros = lambda shape=p.shape: torch.zeros(shape, dtype=dt, device=p.device)  # noqa: E731
+    def zeros(shape=None):
+        if shape is None:  # like p: a DTensor param (FSDP2) gets DTensor state with its placements, as in torch.optim
+            return torch.zeros_like(p, dtype=dt, memory_format=torch.contiguous_format)
+        return torch.zeros(shape, dtype=dt, device=p.device)
+
     created_buffer = False
     if rule != "sgd":
         if "step" not in state:

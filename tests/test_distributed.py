@@ -1,5 +1,6 @@
-"""SWATS's global switch with the model spread over 2 processes (gloo, CPU): every rank must switch at the same
-step with the same Lambda as one process holding the whole model."""
+"""Parameters spread over 2 processes (gloo, CPU): ZeRO-style sharding with SWATS's process_group, DDP replicas and
+FSDP2's fully_shard (DTensor parameters). Every rank must step like one process holding the whole model, and
+SWATS must switch at the same step with the same Lambda."""
 import pytest
 import torch
 import torch.distributed as dist
@@ -128,3 +129,83 @@ def test_ddp_replicas_switch_together_like_one_process(tmp_path):
     assert res[0]["info"]["sgd_lr"] == pytest.approx(ref["sgd_lr"], rel=1e-9)
     for a, b in zip(res[0]["params"], model.parameters()):
         torch.testing.assert_close(a, b.detach(), rtol=1e-9, atol=1e-12)
+
+
+# FSDP2: fully_shard makes every parameter a DTensor sharded on dim 0 (7 rows over 2 ranks: 4 + 3, uneven on
+# purpose). Each rank steps its local shards; SWATS's sums over shards are completed by the process group.
+FSDP_CASES = {"adam": (fh.Adam, dict(lr=1e-2, amsgrad=True, weight_decay=0.01)),
+              "sgd": (fh.SGD, dict(lr=5e-2, momentum=0.9, nesterov=True)),
+              "swats": (fh.SWATS, dict(lr=1e-2, switch_rtol=RTOL)),
+              "mas": (fh.MAS, dict(lr=1e-2, momentum=0.9))}
+
+
+def _fsdp_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 7), torch.nn.Tanh(), torch.nn.Linear(7, 1)).double()
+
+
+def _fsdp_train(model, name, process_group=None):
+    cls, kw = FSDP_CASES[name]
+    opt = cls(model.parameters(), process_group=process_group, **kw) if name == "swats" else \
+        cls(model.parameters(), **kw)
+    x, y = _ddp_data()
+    for step in range(STEPS):
+        idx = _ddp_batch(step)
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x[idx]), y[idx]).backward()
+        opt.step()
+    return opt
+
+
+def _fsdp_worker(rank, world, init_file, result_file):
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        out = {}
+        for name in FSDP_CASES:
+            model = _fsdp_model()
+            for layer in model:
+                if isinstance(layer, torch.nn.Linear):
+                    fully_shard(layer)
+            fully_shard(model)
+            assert all(isinstance(p, DTensor) for p in model.parameters())
+            opt = _fsdp_train(model, name, dist.group.WORLD)  # every rank sees the whole batch
+            st = opt.state[next(iter(model.parameters()))]
+            out[name] = {"params": [p.full_tensor() for p in model.parameters()],
+                         "info": opt.switch_info()[0] if name == "swats" else None,
+                         "state_is_dtensor": isinstance(st.get("exp_avg", st.get("momentum_buffer")), DTensor)}
+        model = _fsdp_model()
+        fully_shard(model)
+        opt = fh.NDAdam(model.parameters())
+        model(torch.ones(2, 6, dtype=torch.float64)).sum().backward()
+        try:
+            opt.step()
+        except ValueError as exc:
+            out["ndadam_error"] = str(exc)
+        torch.save(out, f"{result_file}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp2_sharded_params_step_like_one_process(tmp_path):
+    """fully_shard (DTensor params and grads, uneven shards): every rule steps each rank's shard like one process
+    stepping the whole model, keeps DTensor state as torch.optim does, and SWATS switches at the same step."""
+    refs = {}
+    for name in FSDP_CASES:
+        model = _fsdp_model()
+        opt = _fsdp_train(model, name)
+        refs[name] = ([p.detach() for p in model.parameters()], opt.switch_info()[0] if name == "swats" else None)
+    assert refs["swats"][1]["switched"], "the problem must switch within the run"
+    mp.spawn(_fsdp_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "out")), nprocs=2, join=True)
+    for rank in range(2):
+        res = torch.load(f"{tmp_path / 'out'}.{rank}", weights_only=False)
+        for name, (params, info) in refs.items():
+            assert res[name]["state_is_dtensor"], name
+            for a, b in zip(res[name]["params"], params):
+                torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=name)
+            if info is not None:
+                assert res[name]["info"]["switch_step"] == info["switch_step"]
+                assert res[name]["info"]["sgd_lr"] == pytest.approx(info["sgd_lr"], rel=1e-9)
+        assert "ND-Adam does not support DTensor" in res.get("ndadam_error", ""), "ND-Adam must refuse shards"
+
