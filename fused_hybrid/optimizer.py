@@ -19,7 +19,7 @@ from . import swats as sw
 from .backends import check_name, resolve
 from .hyper import SwatsArgs
 
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128)
 
 try:  # DTensor parameters (FSDP2's fully_shard, tensor parallelism)
     from torch.distributed.tensor import DTensor
@@ -32,17 +32,25 @@ def _local(t):
     return t._local_tensor if isinstance(t, DTensor) else t
 
 
+def _real(t):
+    """What the kernels step for a tensor: its local shard, as a real view when complex (torch.optim steps complex
+    params as view_as_real too: real and imaginary parts are independent coordinates)."""
+    t = _local(t)
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
 class _Bucket:
     """The tensors of one group that share a device and dtype and have gradients this step, with their state
     lists built once (state tensors keep their identity until a checkpoint is loaded, which drops every plan)."""
     __slots__ = ("device", "params", "idx", "states", "flat_idx", "backend", "whole", "_lists", "covers_all", "cache",
-                 "dtensor")
+                 "viewed")
 
-    def __init__(self, device, backend, dtensor=False):
+    def __init__(self, device, backend, viewed=False):
         self.device = device
-        # DTensor params (FSDP2): params, grads and state go to the kernels as their local shards, so each rank
-        # steps its own shard; SWATS's sums over shards are completed by the optimizer's process_group.
-        self.dtensor = dtensor
+        # DTensor params (FSDP2) and complex ones: params, grads and state go to the kernels as ``_real`` views
+        # (local shards, real views), so each rank steps its own shard; SWATS's sums over shards are completed by
+        # the optimizer's process_group, and over complex params they are real inner products Re<p, g>.
+        self.viewed = viewed
         self.backend = backend  # the backend module, resolved once per plan
         self.params, self.idx, self.states = [], [], []
         self.flat_idx = None
@@ -116,9 +124,9 @@ class HybridOptimizer(torch.optim.Optimizer):
             rules.validate(param_group)
         super().add_param_group(param_group)
         for p in self.param_groups[-1]["params"]:
-            if p.is_complex():
-                raise ValueError("complex parameters are not supported by fused_hybrid yet; "
-                                 "pass torch.view_as_real(p) views instead")
+            if p.is_complex() and self.param_groups[-1]["rule"] == "ndadam":
+                raise ValueError("ND-Adam does not take complex parameters: the norm of a complex weight vector is "
+                                 "not a per-row real norm of its view; pass torch.view_as_real(p) to decide")
             if p.dtype not in _FLOAT_DTYPES:
                 raise ValueError(f"unsupported parameter dtype {p.dtype}; fused_hybrid takes {_FLOAT_DTYPES}")
         self._invalidate()
@@ -149,23 +157,24 @@ class HybridOptimizer(torch.optim.Optimizer):
             dtensor = isinstance(p, DTensor)
             if dtensor:
                 self._check_dtensor(p, g, group)
-            lp = _local(p)
+            viewed = dtensor or p.is_complex()
+            lp = _real(p)
             if rules.ensure_state(p, st, group):
                 self._fresh_buffers.add(lp)
             # The fused kernels update params in place through their data pointers, so they take contiguous
             # params only; "auto" gives a non-contiguous one (a transposed view made a Parameter, say) to the
             # reference backend, a named fused backend refuses it with a clear error.
             dense = lp.is_contiguous()
-            bkey = (lp.device, lp.dtype, dense, dtensor)
+            bkey = (lp.device, lp.dtype, dense, viewed)
             b = buckets.get(bkey)
             if b is None:
                 name = group["backend"] if dense or group["backend"] != "auto" else "reference"
                 b = buckets[bkey] = _Bucket(lp.device, resolve(name, lp.device, rules.FAMILY[group["rule"]]),
-                                            dtensor)
+                                            viewed)
             b.params.append(lp)
             b.idx.append(j)
-            # State tensors keep their identity while the plan lives, so their local shards can be taken once.
-            b.states.append({k: _local(v) for k, v in st.items()} if dtensor else st)
+            # State tensors keep their identity while the plan lives, so their views can be taken once.
+            b.states.append({k: _real(v) for k, v in st.items()} if viewed else st)
         plan = list(buckets.values())
         if len(plan) == 1 and every:
             plan[0].whole = True
@@ -202,8 +211,8 @@ class HybridOptimizer(torch.optim.Optimizer):
             for b in plan:
                 be = b.backend
                 grads = all_grads if b.whole else [all_grads[j] for j in b.idx]
-                if b.dtensor:
-                    grads = [_local(g) for g in grads]
+                if b.viewed:
+                    grads = [_real(g) for g in grads]
                 gs = None if grad_scale is None else grad_scale.to(b.device)
                 fi = None if found_inf is None else found_inf.to(b.device)
                 lst = b.state_list

@@ -141,8 +141,11 @@ def fill_defaults(group: dict, rule: str, optimizer_defaults: dict) -> None:
 
 
 def state_dtype(p: torch.Tensor) -> torch.dtype:
-    """Optimizer state is float32 for float32/16/bf16 parameters, float64 for float64 ones."""
-    return torch.float64 if p.dtype == torch.float64 else torch.float32
+    """Optimizer state is float32 for float32/16/bf16 parameters, float64 for float64 ones; complex parameters keep
+    complex state of their own dtype, as in torch.optim (the kernels see its real view)."""
+    if p.dtype in (torch.float64, torch.complex64, torch.complex128):
+        return p.dtype
+    return torch.float32
 
 
 def ndadam_axes(p: torch.Tensor, group: dict) -> tuple[int, ...]:

@@ -60,7 +60,9 @@ def test_invalid_group_values_and_unknown_keys():
 
 def test_unsupported_parameters_and_sparse_grads():
     with pytest.raises(ValueError, match="complex"):
-        fh.Adam([torch.zeros(3, dtype=torch.complex64, requires_grad=True)])
+        fh.NDAdam([torch.zeros(3, 2, dtype=torch.complex64, requires_grad=True)])
+    with pytest.raises(ValueError, match="dtype"):
+        fh.Adam([torch.zeros(3, dtype=torch.complex32)])
     with pytest.raises(ValueError, match="dtype"):
         fh.SGD([torch.zeros(3, dtype=torch.int64)])
     p = torch.zeros(4, requires_grad=True)

@@ -148,3 +148,26 @@ def test_checkpoint_of_another_model_is_refused_before_loading():
     with pytest.raises(ValueError, match="shape"):
         target.load_state_dict(sd)
     assert target.param_groups[0]["lr"] == 0.5 and len(target.state) == 0  # nothing half-loaded
+
+
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+def test_complex_swats_is_swats_on_the_real_view(backend):
+    """SWATS on complex params: the switch test's sums are real inner products Re<p, g> over the real views, so a
+    complex run equals, bit for bit, a run on torch.view_as_real copies of the same params."""
+    gen = torch.Generator().manual_seed(2)
+    base = [torch.randn(s, generator=gen, dtype=torch.complex64) for s in [(6, 2), (5,)]]
+    cplx = [b.clone().requires_grad_() for b in base]
+    real = [torch.view_as_real(b).clone().requires_grad_() for b in base]
+    oc = fh.SWATS(cplx, lr=1e-2, switch_rtol=0.3, backend=backend)
+    orl = fh.SWATS(real, lr=1e-2, switch_rtol=0.3, backend=backend)
+    for k in range(30):
+        for pc, pr in zip(cplx, real):
+            g = pc.detach() * (1 + 0.2j) + 0.01 * torch.randn(pc.shape, generator=torch.Generator().manual_seed(k),
+                                                               dtype=torch.complex64)
+            pc.grad, pr.grad = g, torch.view_as_real(g).clone()
+        oc.step()
+        orl.step()
+    assert oc.switch_info() == orl.switch_info()
+    assert oc.switch_info()[0]["switched"], "built to switch"
+    for pc, pr in zip(cplx, real):
+        assert torch.equal(torch.view_as_real(pc.detach()), pr.detach())
