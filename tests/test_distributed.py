@@ -106,18 +106,23 @@ def _ddp_batch(step):
     return torch.randperm(256, generator=torch.Generator().manual_seed(step))[:32]
 
 
-def test_ddp_replicas_switch_together_like_one_process(tmp_path):
-    """Under DDP every replica sees the averaged gradient, so the replicas' switch tests agree without any
-    communication, and match one process training on the whole batch."""
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
-    opt = fh.SWATS(model.parameters(), lr=1e-2, switch_rtol=RTOL)
+def _train_on_batches(model, opt):
+    """STEPS steps of mse on the steps' whole 32-sample batches (one process, or every FSDP2 rank alike)."""
     x, y = _ddp_data()
     for step in range(STEPS):
         idx = _ddp_batch(step)
         opt.zero_grad()
         torch.nn.functional.mse_loss(model(x[idx]), y[idx]).backward()
         opt.step()
+    return opt
+
+
+def test_ddp_replicas_switch_together_like_one_process(tmp_path):
+    """Under DDP every replica sees the averaged gradient, so the replicas' switch tests agree without any
+    communication, and match one process training on the whole batch."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
+    opt = _train_on_batches(model, fh.SWATS(model.parameters(), lr=1e-2, switch_rtol=RTOL))
     ref = opt.switch_info()[0]
     assert ref["switched"], "the problem must switch within the run"
 
@@ -148,13 +153,7 @@ def _fsdp_train(model, name, process_group=None):
     cls, kw = FSDP_CASES[name]
     opt = cls(model.parameters(), process_group=process_group, **kw) if name == "swats" else \
         cls(model.parameters(), **kw)
-    x, y = _ddp_data()
-    for step in range(STEPS):
-        idx = _ddp_batch(step)
-        opt.zero_grad()
-        torch.nn.functional.mse_loss(model(x[idx]), y[idx]).backward()
-        opt.step()
-    return opt
+    return _train_on_batches(model, opt)
 
 
 def _fsdp_worker(rank, world, init_file, result_file):

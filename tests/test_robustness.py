@@ -171,3 +171,23 @@ def test_complex_swats_is_swats_on_the_real_view(backend):
     assert oc.switch_info()[0]["switched"], "built to switch"
     for pc, pr in zip(cplx, real):
         assert torch.equal(torch.view_as_real(pc.detach()), pr.detach())
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("cls,kw", [(fh.Adam, dict(amsgrad=True)), (fh.SGD, dict(lr=0.1, momentum=0.9)),
+                                    (fh.SWATS, {}), (fh.MAS, dict(variant="vector")), (fh.NDAdam, {})], ids=str)
+def test_non_contiguous_grads_are_read_in_their_own_layout(backend, cls, kw):
+    """A transposed or strided gradient (params contiguous) is read element by element as its own layout says,
+    like the reference reading a contiguous copy of it."""
+    base = [torch.randn(4, 6), torch.randn(5), torch.randn(3)]
+    pa, pr = ([b.clone().requires_grad_() for b in base] for _ in range(2))
+    oa, orf = cls(pa, backend=backend, **kw), cls(pr, backend="reference", **kw)
+    for k in range(3):
+        gen = torch.Generator().manual_seed(k)
+        gs = [torch.randn(6, 4, generator=gen).t(), torch.randn(10, generator=gen)[::2], torch.randn(3, generator=gen)]
+        assert not gs[0].is_contiguous() and not gs[1].is_contiguous()
+        for p, q, g in zip(pa, pr, gs):
+            p.grad, q.grad = g, g.contiguous()
+        oa.step()
+        orf.step()
+    assert max_rel_err(pa, pr) < 1e-5

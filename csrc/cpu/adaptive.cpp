@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "adaptive_kernel.h"
+#include "fused_hybrid/contiguous_grads.h"
 #include "fused_hybrid/rules.h"
 #include "multi_tensor.h"
 #include "tensor_table.h"
@@ -55,7 +56,7 @@ SwatsSgdFn<scalar_t, opmath_t> pick_swats_sgd(int wd, bool nesterov) {
   return nesterov ? pick_swats_sgd_wd<scalar_t, opmath_t, true>(wd) : pick_swats_sgd_wd<scalar_t, opmath_t, false>(wd);
 }
 
-void adaptive_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+void adaptive_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
                at::TensorList max_exp_avg_sqs, at::TensorList steps, at::TensorList swats_momentum_buffers, double lr,
                const std::optional<at::Tensor>& lr_tensor, double beta1, double beta2, double eps,
                double weight_decay, bool decoupled, bool amsgrad, bool maximize, int64_t form, double partial,
@@ -64,6 +65,8 @@ void adaptive_(at::TensorList params, at::TensorList grads, at::TensorList exp_a
                const std::optional<at::Tensor>& swats_phase,
                const std::optional<at::Tensor>& swats_sgd_lr, const std::optional<at::Tensor>& swats_partials,
                bool swats_nesterov) {
+  const ContiguousGrads contiguous(grads_in);
+  const at::TensorList grads = contiguous.list();
   static constexpr const char* op = "fused_hybrid::adaptive_";
   const size_t T = params.size();
   check_lists(op, params, grads, {exp_avgs, exp_avg_sqs});

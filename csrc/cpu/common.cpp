@@ -20,7 +20,7 @@ void check_lists(const char* op, at::TensorList params, at::TensorList grads,
     const auto& g = grads[i];
     TORCH_CHECK(p.device().is_cpu() && g.device().is_cpu(), op, ": the cpu backend takes CPU tensors");
     TORCH_CHECK(g.layout() == at::kStrided, op, ": sparse gradients are not supported");
-    TORCH_CHECK(p.is_contiguous() && g.is_contiguous(), op, ": params and grads must be contiguous (tensor ", i, ")");
+    TORCH_CHECK(p.is_contiguous(), op, ": params must be contiguous (tensor ", i, ")");
     TORCH_CHECK(g.numel() == p.numel(), op, ": grad ", i, " has ", g.numel(), " elements, its param ", p.numel());
     TORCH_CHECK(g.scalar_type() == p.scalar_type(), op, ": grad ", i, " dtype ", g.scalar_type(),
                 " differs from its param's ", p.scalar_type());

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "adaptive_kernel.h"  // signed_inv
+#include "fused_hybrid/contiguous_grads.h"
 #include "fused_hybrid/rules.h"
 #include "multi_tensor.h"
 #include "tensor_table.h"
@@ -124,12 +125,14 @@ MasFn<scalar_t, opmath_t> pick_mas(bool mom, bool wd, bool nesterov, bool first)
 
 enum MasVariant : int64_t { kSum = 0, kCorrection = 1, kNormalized = 2, kVector = 3 };
 
-void mas_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+void mas_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
           at::TensorList momentum_buffers, at::TensorList steps, double lr,
           const std::optional<at::Tensor>& lr_tensor, double beta1, double beta2, double eps, double weight_decay,
           double momentum, double dampening, bool nesterov, double adam_w, double sgd_w, int64_t variant,
           bool maximize, const std::optional<at::Tensor>& grad_scale,
           const std::optional<at::Tensor>& found_inf_t) {
+  const ContiguousGrads contiguous(grads_in);
+  const at::TensorList grads = contiguous.list();
   static constexpr const char* op = "fused_hybrid::mas_";
   const size_t T = params.size();
   const bool mom = momentum != 0.0;

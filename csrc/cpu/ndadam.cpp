@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "adaptive_kernel.h"
+#include "fused_hybrid/contiguous_grads.h"
 #include "fused_hybrid/rules.h"
 #include "multi_tensor.h"
 #include "tensor_table.h"
@@ -95,10 +96,12 @@ struct Work {
   int64_t tensor, begin, end;  // rows for vector tensors, elements for plain-Adam ones
 };
 
-void ndadam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+void ndadam_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
              at::TensorList steps, at::IntArrayRef row_lens, double lr, const std::optional<at::Tensor>& lr_tensor,
              double beta1, double beta2, double eps, double weight_decay, bool maximize,
              const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf_t) {
+  const ContiguousGrads contiguous(grads_in);
+  const at::TensorList grads = contiguous.list();
   static constexpr const char* op = "fused_hybrid::ndadam_";
   const size_t T = params.size();
   check_lists(op, params, grads, {exp_avgs, exp_avg_sqs});

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "adaptive_kernel.h"  // signed_inv
+#include "fused_hybrid/contiguous_grads.h"
 #include "fused_hybrid/rules.h"
 #include "multi_tensor.h"
 #include "tensor_table.h"
@@ -50,10 +51,12 @@ SgdFn<scalar_t, opmath_t> pick_sgd(bool mom, bool wd, bool nesterov, bool first)
             : pick_sgd_wd<scalar_t, opmath_t, false>(mom, nesterov, first);
 }
 
-void sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, at::IntArrayRef firsts,
+void sgd_(at::TensorList params, at::TensorList grads_in, at::TensorList momentum_buffers, at::IntArrayRef firsts,
           double lr, const std::optional<at::Tensor>& lr_tensor, double momentum, double dampening, bool nesterov,
           double weight_decay, bool maximize, const std::optional<at::Tensor>& grad_scale,
           const std::optional<at::Tensor>& found_inf_t) {
+  const ContiguousGrads contiguous(grads_in);
+  const at::TensorList grads = contiguous.list();
   const bool has_momentum = momentum != 0.0;
   check_lists("fused_hybrid::sgd_", params, grads, {});
   TORCH_CHECK(!has_momentum || momentum_buffers.size() == params.size(),

@@ -10,6 +10,7 @@
 
 #include <cmath>
 
+#include "fused_hybrid/contiguous_grads.h"
 #include "fused_hybrid/rules.h"
 #include "multi_tensor_apply.cuh"
 
@@ -18,8 +19,7 @@ namespace cuda {
 namespace {
 
 // Hyperparameters of one call (per-step scalars are derived on the device from each tensor's step count).
-struct AdaptiveArgs {
-  DeviceScalar lr, grad_scale, found_inf;
+struct AdaptiveArgs : StepScalars {
   double beta1, beta2, eps, weight_decay, partial, clip_lo, clip_hi, final_lr, gamma;
   int form, clip;
   bool decoupled, maximize, swats_nesterov;
@@ -138,7 +138,7 @@ struct AdaptiveFunctor {
   }
 };
 
-void adaptive_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+void adaptive_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
                at::TensorList max_exp_avg_sqs, at::TensorList steps, at::TensorList swats_momentum_buffers, double lr,
                const std::optional<at::Tensor>& lr_tensor, double beta1, double beta2, double eps,
                double weight_decay, bool decoupled, bool amsgrad, bool maximize, int64_t form, double partial,
@@ -147,6 +147,8 @@ void adaptive_(at::TensorList params, at::TensorList grads, at::TensorList exp_a
                const std::optional<at::Tensor>& swats_phase,
                const std::optional<at::Tensor>& swats_sgd_lr, const std::optional<at::Tensor>& swats_partials,
                bool swats_nesterov) {
+  const ContiguousGrads contiguous(grads_in);
+  const at::TensorList grads = contiguous.list();
   const char* op = "fused_hybrid::adaptive_";
   const bool swats = !swats_momentum_buffers.empty();
   check_lists(op, params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}}, true);
@@ -179,9 +181,7 @@ void adaptive_(at::TensorList params, at::TensorList grads, at::TensorList exp_a
   const c10::cuda::CUDAGuard guard(dev);
   std::vector<at::Tensor> keep;
   AdaptiveArgs a;
-  a.lr = device_scalar(lr_tensor, lr, dev, keep);
-  a.grad_scale = device_scalar(grad_scale, 1.0, dev, keep);
-  a.found_inf = device_scalar(found_inf, 0.0, dev, keep);
+  static_cast<StepScalars&>(a) = step_scalars(lr_tensor, lr, grad_scale, found_inf, dev, keep);
   a.beta1 = beta1;
   a.beta2 = beta2;
   a.eps = eps;
@@ -200,21 +200,12 @@ void adaptive_(at::TensorList params, at::TensorList grads, at::TensorList exp_a
   a.swats_sgd_lr = swats ? swats_sgd_lr->data_ptr<double>() : nullptr;
   a.slots = nullptr;
 
-  std::vector<std::vector<at::Tensor>> lists(6);
+  Operands ops = gather_operands(params, grads,
+                                 {exp_avgs, exp_avg_sqs, amsgrad ? max_exp_avg_sqs : at::TensorList(),
+                                  swats ? swats_momentum_buffers : at::TensorList()},
+                                 steps);
   std::vector<int64_t> numels;
-  std::vector<void*> aux;
-  std::vector<at::Tensor> step_list;
-  for (const auto i : c10::irange(params.size())) {
-    lists[0].push_back(params[i]);
-    lists[1].push_back(grads[i]);
-    lists[2].push_back(exp_avgs[i]);
-    lists[3].push_back(exp_avg_sqs[i]);
-    lists[4].push_back(amsgrad ? max_exp_avg_sqs[i] : at::Tensor());
-    lists[5].push_back(swats ? swats_momentum_buffers[i] : at::Tensor());
-    numels.push_back(params[i].numel());
-    aux.push_back(steps[i].data_ptr());
-    step_list.push_back(steps[i]);
-  }
+  for (const auto& p : params) numels.push_back(p.numel());
   const plan::ChunkGrid grid = plan::chunk_grid(numels, plan::kMaxBlocks);
   const int64_t chunk = grid.chunk_size, total = grid.slots;
   const std::vector<int64_t>& chunks = grid.chunks;
@@ -229,7 +220,7 @@ void adaptive_(at::TensorList params, at::TensorList grads, at::TensorList exp_a
                                     using O = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
                                     auto launch = [&](auto f) {
                                       f.a = a;
-                                      multi_tensor_apply<6>(lists, chunks, chunk, aux, {}, f);
+                                      multi_tensor_apply<6>(ops.lists, chunks, chunk, ops.step_ptrs, {}, f);
                                     };
                                     if (swats) {
                                       if (amsgrad) launch(AdaptiveFunctor<scalar_t, O, true, true>{});
@@ -239,7 +230,7 @@ void adaptive_(at::TensorList params, at::TensorList grads, at::TensorList exp_a
                                       else launch(AdaptiveFunctor<scalar_t, O, false, false>{});
                                     }
                                   });
-  launch_post_step(step_list, a.found_inf, slots, swats ? slot_begin : std::vector<int64_t>{},
+  launch_post_step(ops.steps, a.found_inf, slots, swats ? slot_begin : std::vector<int64_t>{},
                    swats ? chunks : std::vector<int64_t>{}, swats ? swats_partials->data_ptr<double>() : nullptr,
                    nullptr);
 }

@@ -22,6 +22,28 @@ DeviceScalar device_scalar(const std::optional<at::Tensor>& t, double fallback, 
   return {x.data_ptr(), 0.0, x.scalar_type() == at::kDouble};
 }
 
+StepScalars step_scalars(const std::optional<at::Tensor>& lr_tensor, double lr,
+                         const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+                         const at::Device& device, std::vector<at::Tensor>& keep_alive) {
+  return {device_scalar(lr_tensor, lr, device, keep_alive), device_scalar(grad_scale, 1.0, device, keep_alive),
+          device_scalar(found_inf, 0.0, device, keep_alive)};
+}
+
+Operands gather_operands(at::TensorList params, at::TensorList grads, std::initializer_list<at::TensorList> states,
+                         at::TensorList steps) {
+  Operands o;
+  o.lists.resize(2 + states.size());
+  for (const auto i : c10::irange(params.size())) {
+    o.lists[0].push_back(params[i]);
+    o.lists[1].push_back(grads[i]);
+    size_t j = 2;
+    for (const auto& s : states) o.lists[j++].push_back(s.empty() ? at::Tensor() : s[i]);
+    o.step_ptrs.push_back(steps[i].data_ptr());
+    o.steps.push_back(steps[i]);
+  }
+  return o;
+}
+
 void check_lists(const char* op, at::TensorList params, at::TensorList grads,
                  std::initializer_list<std::pair<const char*, at::TensorList>> states, bool states_like_params) {
   TORCH_CHECK(params.size() == grads.size(), op, ": ", params.size(), " params but ", grads.size(), " grads");
@@ -40,7 +62,7 @@ void check_lists(const char* op, at::TensorList params, at::TensorList grads,
     TORCH_CHECK(p.device() == device && g.device() == device, op,
                 ": the cuda backend takes tensors on one CUDA device (tensor ", i, ")");
     TORCH_CHECK(g.layout() == at::kStrided, op, ": sparse gradients are not supported");
-    TORCH_CHECK(p.is_contiguous() && g.is_contiguous(), op, ": params and grads must be contiguous (tensor ", i, ")");
+    TORCH_CHECK(p.is_contiguous(), op, ": params must be contiguous (tensor ", i, ")");
     TORCH_CHECK(g.numel() == p.numel(), op, ": grad ", i, " has ", g.numel(), " elements, its param ", p.numel());
     TORCH_CHECK(p.scalar_type() == dtype && g.scalar_type() == dtype, op,
                 ": all params and grads of one call share a dtype (tensor ", i, ")");

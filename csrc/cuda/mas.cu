@@ -12,6 +12,7 @@
 
 #include <cmath>
 
+#include "fused_hybrid/contiguous_grads.h"
 #include "fused_hybrid/rules.h"
 #include "multi_tensor_apply.cuh"
 
@@ -22,8 +23,7 @@ namespace {
 enum Variant : int { kSum = 0, kCorrection = 1, kNormalized = 2, kVector = 3 };
 enum Mode : int { kModeSum = 0, kModeReduce = 1, kModeApply = 2 };
 
-struct MasArgs {
-  DeviceScalar lr, grad_scale, found_inf;
+struct MasArgs : StepScalars {
   double beta1, beta2, eps, weight_decay, momentum, dampening, adam_w, sgd_w;
   int variant;
   bool nesterov, maximize;
@@ -131,11 +131,13 @@ struct MasFunctor {
   }
 };
 
-void mas_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+void mas_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
           at::TensorList momentum_buffers, at::TensorList steps, double lr, const std::optional<at::Tensor>& lr_tensor,
           double beta1, double beta2, double eps, double weight_decay, double momentum, double dampening,
           bool nesterov, double adam_w, double sgd_w, int64_t variant, bool maximize,
           const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+  const ContiguousGrads contiguous(grads_in);
+  const at::TensorList grads = contiguous.list();
   const char* op = "fused_hybrid::mas_";
   const bool mom = momentum != 0.0;
   check_lists(op, params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}}, true);
@@ -151,9 +153,7 @@ void mas_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, 
   const c10::cuda::CUDAGuard guard(dev);
   std::vector<at::Tensor> keep;
   MasArgs a;
-  a.lr = device_scalar(lr_tensor, lr, dev, keep);
-  a.grad_scale = device_scalar(grad_scale, 1.0, dev, keep);
-  a.found_inf = device_scalar(found_inf, 0.0, dev, keep);
+  static_cast<StepScalars&>(a) = step_scalars(lr_tensor, lr, grad_scale, found_inf, dev, keep);
   a.beta1 = beta1;
   a.beta2 = beta2;
   a.eps = eps;
@@ -168,20 +168,10 @@ void mas_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, 
   a.slots = nullptr;
   a.sums = nullptr;
 
-  std::vector<std::vector<at::Tensor>> lists(5);
+  Operands ops = gather_operands(params, grads,
+                                 {exp_avgs, exp_avg_sqs, mom ? momentum_buffers : at::TensorList()}, steps);
   std::vector<int64_t> numels;
-  std::vector<void*> aux;
-  std::vector<at::Tensor> step_list;
-  for (const auto i : c10::irange(params.size())) {
-    lists[0].push_back(params[i]);
-    lists[1].push_back(grads[i]);
-    lists[2].push_back(exp_avgs[i]);
-    lists[3].push_back(exp_avg_sqs[i]);
-    lists[4].push_back(mom ? momentum_buffers[i] : at::Tensor());
-    numels.push_back(params[i].numel());
-    aux.push_back(steps[i].data_ptr());
-    step_list.push_back(steps[i]);
-  }
+  for (const auto& p : params) numels.push_back(p.numel());
   const plan::ChunkGrid grid = plan::chunk_grid(numels, plan::kMaxBlocks);
   const int64_t chunk = grid.chunk_size, total = grid.slots;
   const std::vector<int64_t>& chunks = grid.chunks;
@@ -193,7 +183,7 @@ void mas_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, 
       using O = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
       auto launch = [&](auto f) {
         f.a = a;
-        multi_tensor_apply<5>(lists, chunks, chunk, aux, {}, f);
+        multi_tensor_apply<5>(ops.lists, chunks, chunk, ops.step_ptrs, {}, f);
       };
       if (mom) launch(MasFunctor<scalar_t, O, kMode, true>{});
       else launch(MasFunctor<scalar_t, O, kMode, false>{});
@@ -210,7 +200,7 @@ void mas_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, 
     a.sums = sums.data_ptr<double>();
     run(std::integral_constant<int, kModeApply>{});
   }
-  launch_post_step(step_list, a.found_inf, at::Tensor(), {}, {}, nullptr, nullptr);
+  launch_post_step(ops.steps, a.found_inf, at::Tensor(), {}, {}, nullptr, nullptr);
 }
 
 }  // namespace

@@ -60,6 +60,27 @@ struct DeviceScalar {
 DeviceScalar device_scalar(const std::optional<at::Tensor>& t, double fallback, const at::Device& device,
                            std::vector<at::Tensor>& keep_alive);
 
+// lr, grad_scale and found_inf of one step, as every family's kernels read them. The Args structs derive from it.
+struct StepScalars {
+  DeviceScalar lr, grad_scale, found_inf;
+};
+
+StepScalars step_scalars(const std::optional<at::Tensor>& lr_tensor, double lr,
+                         const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+                         const at::Device& device, std::vector<at::Tensor>& keep_alive);
+
+// The operands of a multi-tensor launch: params, grads and the given state lists (an empty state list stands for
+// an absent state: its slots hold undefined tensors), and each tensor's step counter (its address for the kernels,
+// the tensor for the post-step kernel).
+struct Operands {
+  std::vector<std::vector<at::Tensor>> lists;
+  std::vector<void*> step_ptrs;
+  std::vector<at::Tensor> steps;
+};
+
+Operands gather_operands(at::TensorList params, at::TensorList grads, std::initializer_list<at::TensorList> states,
+                         at::TensorList steps);
+
 // beta^k for the step count k (a whole number, as torch.optim's steps are), by binary exponentiation in double:
 // within a few ulps of pow (itself up to 2 ulps off on the device), i.e. identical after rounding the bias
 // corrections to float. Why not pow: the device's double pow is an out-of-line call, and the registers saved around

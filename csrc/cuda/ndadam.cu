@@ -16,6 +16,7 @@
 
 #include <cmath>
 
+#include "fused_hybrid/contiguous_grads.h"
 #include "fused_hybrid/rules.h"
 #include "multi_tensor_apply.cuh"
 
@@ -23,8 +24,7 @@ namespace fused_hybrid {
 namespace cuda {
 namespace {
 
-struct NdArgs {
-  DeviceScalar lr, grad_scale, found_inf;
+struct NdArgs : StepScalars {
   double beta1, beta2, eps, weight_decay;
   bool maximize;
 };
@@ -164,10 +164,12 @@ struct NdAdamFunctor {
   }
 };
 
-void ndadam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+void ndadam_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
              at::TensorList steps, at::IntArrayRef row_lens, double lr, const std::optional<at::Tensor>& lr_tensor,
              double beta1, double beta2, double eps, double weight_decay, bool maximize,
              const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+  const ContiguousGrads contiguous(grads_in);
+  const at::TensorList grads = contiguous.list();
   const char* op = "fused_hybrid::ndadam_";
   check_lists(op, params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}}, false);
   TORCH_CHECK(steps.size() == params.size(), op, ": steps needs one tensor per param");
@@ -188,9 +190,7 @@ void ndadam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avg
   const c10::cuda::CUDAGuard guard(dev);
   std::vector<at::Tensor> keep;
   NdArgs a;
-  a.lr = device_scalar(lr_tensor, lr, dev, keep);
-  a.grad_scale = device_scalar(grad_scale, 1.0, dev, keep);
-  a.found_inf = device_scalar(found_inf, 0.0, dev, keep);
+  static_cast<StepScalars&>(a) = step_scalars(lr_tensor, lr, grad_scale, found_inf, dev, keep);
   a.beta1 = beta1;
   a.beta2 = beta2;
   a.eps = eps;
@@ -198,28 +198,20 @@ void ndadam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avg
   a.maximize = maximize;
 
   const int64_t chunk = plan::pick_chunk_size(flat_numels, plan::kMaxBlocks);
-  std::vector<std::vector<at::Tensor>> lists(4);
+  Operands ops = gather_operands(params, grads, {exp_avgs, exp_avg_sqs}, steps);
   std::vector<int64_t> chunks, info;
-  std::vector<void*> aux;
-  std::vector<at::Tensor> step_list;
   for (const auto i : c10::irange(params.size())) {
-    lists[0].push_back(params[i]);
-    lists[1].push_back(grads[i]);
-    lists[2].push_back(exp_avgs[i]);
-    lists[3].push_back(exp_avg_sqs[i]);
     const int64_t n = params[i].numel(), L = row_lens[i];
     chunks.push_back(L == 0 ? plan::num_chunks(n, chunk) : plan::num_chunks(n / L, plan::rows_per_chunk(L)));
     info.push_back(L);
-    aux.push_back(steps[i].data_ptr());
-    step_list.push_back(steps[i]);
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fused_hybrid_ndadam_cuda", [&] {
     using O = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     NdAdamFunctor<scalar_t, O> f;
     f.a = a;
-    multi_tensor_apply<4>(lists, chunks, chunk, aux, info, f);
+    multi_tensor_apply<4>(ops.lists, chunks, chunk, ops.step_ptrs, info, f);
   });
-  launch_post_step(step_list, a.found_inf, at::Tensor(), {}, {}, nullptr, nullptr);
+  launch_post_step(ops.steps, a.found_inf, at::Tensor(), {}, {}, nullptr, nullptr);
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 #include <c10/util/irange.h>
 #include <torch/library.h>
 
+#include "fused_hybrid/contiguous_grads.h"
 #include "fused_hybrid/rules.h"
 #include "multi_tensor_apply.cuh"
 
@@ -38,28 +39,29 @@ struct SgdFunctor {
   }
 };
 
-void sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, at::IntArrayRef firsts,
+void sgd_(at::TensorList params, at::TensorList grads_in, at::TensorList momentum_buffers, at::IntArrayRef firsts,
           double lr, const std::optional<at::Tensor>& lr_tensor, double momentum, double dampening, bool nesterov,
           double weight_decay, bool maximize, const std::optional<at::Tensor>& grad_scale,
           const std::optional<at::Tensor>& found_inf) {
+  const ContiguousGrads contiguous(grads_in);
+  const at::TensorList grads = contiguous.list();
   const char* op = "fused_hybrid::sgd_";
   const bool has_momentum = momentum != 0.0;
   if (has_momentum) check_lists(op, params, grads, {{"momentum_buffers", momentum_buffers}}, true);
   else check_lists(op, params, grads, {}, true);
-  TORCH_CHECK(firsts.size() == params.size(), op, ": firsts needs one flag per param");
+  TORCH_CHECK(firsts.empty() || firsts.size() == params.size(), op,
+              ": firsts needs one flag per param (or none: no buffer is fresh)");
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
   std::vector<at::Tensor> keep;
   const auto dev = params[0].device();
-  const DeviceScalar lr_s = device_scalar(lr_tensor, lr, dev, keep);
-  const DeviceScalar gs = device_scalar(grad_scale, 1.0, dev, keep);
-  const DeviceScalar fi = device_scalar(found_inf, 0.0, dev, keep);
+  const StepScalars sc = step_scalars(lr_tensor, lr, grad_scale, found_inf, dev, keep);
   // Buffers on their first step (buf = g) and the others go to separate launches: `first` is a kernel constant.
   for (const bool first : {true, false}) {
     std::vector<std::vector<at::Tensor>> lists(3);
     std::vector<int64_t> numels, ids;
     for (const auto i : c10::irange(params.size())) {
-      if (has_momentum && (firsts[i] != 0) != first) continue;
+      if (has_momentum && (!firsts.empty() && firsts[i] != 0) != first) continue;
       lists[0].push_back(params[i]);
       lists[1].push_back(grads[i]);
       lists[2].push_back(has_momentum ? momentum_buffers[i] : at::Tensor());
@@ -73,9 +75,9 @@ void sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_b
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fused_hybrid_sgd_cuda", [&] {
       using O = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
       auto launch = [&](auto f) {
-        f.lr = lr_s;
-        f.grad_scale = gs;
-        f.found_inf = fi;
+        f.lr = sc.lr;
+        f.grad_scale = sc.grad_scale;
+        f.found_inf = sc.found_inf;
         f.momentum = static_cast<O>(momentum);
         f.one_minus_dampening = static_cast<O>(1.0 - dampening);
         f.weight_decay = static_cast<O>(weight_decay);

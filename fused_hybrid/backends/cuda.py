@@ -46,8 +46,9 @@ def _lr(hp):
 def sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=None, cache=None):
     lr, lr_t = _lr(hp)
     bufs = momentum_buffers if hp.momentum != 0 else []
-    torch.ops.fused_hybrid.sgd_(params, grads, bufs, [int(bool(f)) for f in firsts], lr, lr_t, hp.momentum,
-                                hp.dampening, hp.nesterov, hp.weight_decay, hp.maximize, grad_scale, found_inf)
+    flags = [int(bool(f)) for f in firsts] if any(firsts) else []  # none: no buffer is fresh
+    torch.ops.fused_hybrid.sgd_(params, grads, bufs, flags, lr, lr_t, hp.momentum, hp.dampening, hp.nesterov,
+                                hp.weight_decay, hp.maximize, grad_scale, found_inf)
 
 
 def adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, grad_scale=None, found_inf=None,
