@@ -212,6 +212,10 @@ class HybridOptimizer(torch.optim.Optimizer):
                 be = b.backend
                 grads = all_grads if b.whole else [all_grads[j] for j in b.idx]
                 if b.viewed:
+                    if torch.compiler.is_compiling():
+                        raise RuntimeError("fused_hybrid: torch.compile of step() does not support complex or DTensor "
+                                           "parameters (their real views and local shards cannot be traced in "
+                                           "place); step them eagerly")
                     grads = [_real(g) for g in grads]
                 gs = None if grad_scale is None else grad_scale.to(b.device)
                 fi = None if found_inf is None else found_inf.to(b.device)

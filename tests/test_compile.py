@@ -37,3 +37,18 @@ def test_compiled_step_matches_eager(cls, kwargs):
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     if cls is fh.SWATS:
         assert o1.switch_info() == o2.switch_info()
+
+
+@pytest.mark.skipif(not CPU_FUSED, reason="needs the C++ extension's cpu backend")
+def test_compiled_step_refuses_complex_params_clearly():
+    """Complex params are stepped through real views, which the tracer cannot mutate in place: a clear error
+    under torch.compile (eager steps support them)."""
+    torch._dynamo.reset()
+    p = torch.randn(3, dtype=torch.complex64, requires_grad=True)
+    opt = fh.Adam([p], backend="cpu")
+    p.grad = torch.ones_like(p)
+    with pytest.raises(Exception, match="does not support complex or DTensor"):
+        torch.compile(opt.step, fullgraph=True)()
+    before = p.detach().clone()
+    opt.step()  # eager is fine
+    assert not torch.equal(before, p.detach())

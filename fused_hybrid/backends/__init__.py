@@ -31,7 +31,13 @@ def _module(name: str):
     if mod is None:
         if name not in NAMES:
             raise ValueError(f"unknown backend {name!r}; choose one of {('auto',) + NAMES}")
-        mod = _LOADED[name] = importlib.import_module(f"{__name__}.{name}")
+        if name == "triton":
+            # An import statement, not importlib: torch.compile runs import statements while tracing (a compiled
+            # first step may be the one that asks for the backend), where it refuses to trace importlib.
+            from . import triton as mod
+        else:
+            mod = importlib.import_module(f"{__name__}.{name}")
+        _LOADED[name] = mod
     return mod
 
 

@@ -10,6 +10,10 @@ SWATS phase are read by the kernels.
 Tables (pointer table, chunk table, per-tensor meta) are cached keyed by the data pointers, numels and flags,
 so a step whose tensors have not moved builds nothing. Every launch goes through ``_launch`` (tests count
 launches by wrapping it).
+
+torch.compile cannot trace pointer tables (fake tensors have no data), so while compiling, the four family
+functions call the custom ops of ``triton_ops`` instead, whose real implementations run the eager functions
+here (``_adaptive``, ``_sgd``, ``_mas``, ``_ndadam``) at run time; eager steps call those directly.
 """
 from __future__ import annotations
 
@@ -186,10 +190,37 @@ def _finalize(tab, found_inf, step_list, partials_in=None, out=None, np_=0, npp=
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Rule families (API: backends/reference.py)
+# Rule families (API: backends/reference.py). Eager steps run the direct functions below (_adaptive, _sgd, _mas,
+# _ndadam); under torch.compile the same functions run inside custom ops (triton_ops.py), which the tracer sees
+# as opaque calls that mutate the lists they name: it cannot follow data_ptr() tables.
+
+def _run(eager, op, *args) -> None:
+    """One family call: the custom op while torch.compile traces, the direct function otherwise."""
+    if args[0]:  # no params: nothing to do
+        (op if torch.compiler.is_compiling() else eager)(*args)
+
 
 def adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, grad_scale=None, found_inf=None,
              swats=None, cache=None):
+    _run(_adaptive, _ops.adaptive, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, grad_scale,
+         found_inf, swats)
+
+
+def sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=None, cache=None):
+    _run(_sgd, _ops.sgd, params, grads, momentum_buffers, firsts, hp, grad_scale, found_inf)
+
+
+def mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale=None, found_inf=None,
+        cache=None):
+    _run(_mas, _ops.mas, params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale, found_inf)
+
+
+def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=None, found_inf=None, cache=None):
+    _run(_ndadam, _ops.ndadam, params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale, found_inf)
+
+
+def _adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, grad_scale=None, found_inf=None,
+              swats=None):
     if not params:
         return
     grads = _check(params, grads)
@@ -228,7 +259,7 @@ def _adaptive_launch(tab, dev, hp, grad_scale, found_inf, swats, dtype, BLOCK, C
         _finalize(tab, found_inf, _ka.L_STEP)
 
 
-def sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=None, cache=None):
+def _sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=None):
     if not params:
         return
     grads = _check(params, grads)
@@ -250,8 +281,7 @@ def sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=
             MOMENTUM=use_mom, NESTEROV=bool(hp.nesterov), ALIGNED=tab.aligned, BLOCK=BLOCK, CHUNK=CHUNK, **opts)
 
 
-def mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale=None, found_inf=None,
-        cache=None):
+def _mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale=None, found_inf=None):
     if not params:
         return
     grads = _check(params, grads)
@@ -300,7 +330,7 @@ def _vector_view(p: torch.Tensor, axes) -> tuple[int, int]:
     return L, inner
 
 
-def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=None, found_inf=None, cache=None):
+def _ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=None, found_inf=None):
     if not params:
         return
     grads = _check(params, grads)
@@ -313,8 +343,8 @@ def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=Non
         ahp = Adaptive(lr=hp.lr, beta1=hp.beta1, beta2=hp.beta2, eps=hp.eps, weight_decay=hp.weight_decay,
                        maximize=hp.maximize)
         pick = lambda xs: [xs[i] for i in flat]  # noqa: E731
-        adaptive(pick(params), pick(grads), pick(exp_avgs), pick(exp_avg_sqs), [], pick(steps), ahp, grad_scale,
-                 found_inf)
+        _adaptive(pick(params), pick(grads), pick(exp_avgs), pick(exp_avg_sqs), [], pick(steps), ahp, grad_scale,
+                  found_inf)
     if not vec:
         return
     pick = lambda xs: [xs[i] for i in vec]  # noqa: E731
@@ -334,3 +364,6 @@ def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=Non
                 HAS_FOUND_INF=found_inf is not None, MAXIMIZE=bool(hp.maximize), HAS_WD=hp.weight_decay != 0,
                 ROWS=ND_ROWS, BLOCK_L=block_l)
     _finalize(tab, found_inf, _kn.L_STEP, width=_kn.META_W)
+
+
+from . import triton_ops as _ops  # noqa: E402  (the ops call back into the functions above)
