@@ -166,8 +166,8 @@ def _count_launches(monkeypatch, cls, kw, sizes):
     (fh.Adam, {}, "adam"), (fh.SGD, dict(momentum=0.9), "sgd"), (fh.Padam, {}, "padam"), (fh.SWATS, {}, "swats"),
     (fh.MAS, {}, "mas"), (fh.MAS, dict(variant="correction"), "mas"), (fh.NDAdam, {}, "ndadam")])
 def test_launches_independent_of_tensor_count(monkeypatch, cls, kw, rule):
-    """update + finalize per bucket (MAS's reducing variants: + apply pass; ND-Adam: its 1-D tensors' Adam
-    launches + the row kernel + its finalize), whether the bucket holds 2 tensors or 40: exactly what the
+    """update + finalize per bucket (MAS's reducing variants: pass 0, which finalizes, + apply pass; ND-Adam: the
+    row kernel + its 1-D tensors' Adam kernel + one finalize), whether the bucket holds 2 tensors or 40: exactly what the
     launch model behind the benchmark's GPU predictions (bench/gpu_model.py) says."""
     few = [(3,), (5, 4)]
     many = [(3,), (5, 4)] + [(1 + i % 7,) if i % 2 else (2, 1 + i % 5) for i in range(38)]
@@ -263,3 +263,18 @@ def test_unavailable_without_interpreter(monkeypatch):
     p.grad = torch.randn(3)
     with pytest.raises(fh.BackendUnavailableError, match="TRITON_INTERPRET"):
         fh.Adam([p], backend="triton").step()
+
+
+def test_mas_reducing_variant_launches_with_empty_tensors(monkeypatch):
+    """MAS's reducing variants: pass 0 (whose last program per tensor sums the partials and advances the step) and
+    pass 1; a tensor with no elements has no program, so its step needs the finalize kernel: one more launch."""
+    sizes = [(3,), (0,), (5, 4), (2, 0)]
+    n = _count_launches(monkeypatch, fh.MAS, dict(variant="vector"), sizes)
+    assert n == gpu_model.triton_launches("mas", dict(variant="vector"), sizes) == 3
+    ps = _params(sizes, torch.float32)
+    opt = fh.MAS(ps, backend="triton", variant="normalized")
+    for k in range(3):
+        for p in ps:
+            p.grad = torch.randn_like(p)
+        opt.step()
+    assert [float(opt.state[p]["step"]) for p in ps] == [3.0] * len(sizes)

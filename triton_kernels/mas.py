@@ -1,9 +1,11 @@
 """MAS (Landro, Gallo, La Grassa 2020) in Triton: Adam and SGD directions on the same gradient, mixed.
 
-"sum" is one pass. The per-layer variants ("correction", "normalized", "vector") need per-tensor reductions of
-the two directions before the update: pass 0 updates m, v, buf and writes per-chunk partials (<d_a,d_s>,
-||d_a||^2, ||d_s||^2); the finalize kernel sums them per tensor in chunk order and advances the steps; pass 1
-recomputes both directions from the updated state (w is still unchanged) and applies the chosen update.
+"sum" is one pass (plus the finalize kernel that advances the steps). The per-layer variants ("correction",
+"normalized", "vector") need per-tensor reductions of the two directions before the update: pass 0 updates m, v,
+buf and writes per-chunk partials (<d_a,d_s>, ||d_a||^2, ||d_s||^2); the last of a tensor's pass-0 programs to
+finish (an integer counter per tensor, no float atomics) sums them in chunk order and advances the step; pass 1
+recomputes both directions from the updated state (w is still unchanged) and applies the chosen update. Two
+launches; tensors with no elements have no program, so a group with empty tensors adds a finalize for their steps.
 Arithmetic as fused_hybrid/reference.py (mas_steps, mas_update).
 """
 import triton
@@ -92,7 +94,7 @@ def _mas_block(offs, mask, pp, gp, mp, vp, bp, sc, first, C: tl.constexpr, MASKE
 
 
 @triton.jit(do_not_specialize=["T"])  # the tensor count: one compile whatever it is
-def mas_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr, partials, totals,
+def mas_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr, partials, totals, counters,
                lr: tl.float64, beta1: tl.float64, beta2: tl.float64, eps: tl.float64, wd: tl.float64,
                momentum: tl.float64, dampening: tl.float64, adam_w: tl.float64, sgd_w: tl.float64,
                P: tl.constexpr, C: tl.constexpr, LR_TENSOR: tl.constexpr, HAS_SCALE: tl.constexpr,
@@ -154,3 +156,30 @@ def mas_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr, pa
         tl.store(partials + pid * 4 + 1, s_aa)
         tl.store(partials + pid * 4 + 2, s_ss)
         tl.store(partials + pid * 4 + 3, tl.zeros((), tl.float64))
+        _last_program_sums(meta, ptrs, T, t, found_ptr, partials, totals, counters, HAS_FOUND_INF)
+
+
+@triton.jit
+def _last_program_sums(meta, ptrs, T, t, found_ptr, partials, totals, counters, HAS_FOUND_INF: tl.constexpr):
+    """Pass 0's tail: the tensor's last program to get here (the counter's release/acquire makes every other
+    program's partials visible to it) sums the tensor's chunk partials in chunk order into totals[t], advances
+    its step unless found_inf, and resets the counter for the next step (and CUDA-graph replays)."""
+    tl.debug_barrier()  # every thread of this program has stored its part before the release
+    c0 = tl.load(meta + t * 4 + 1)
+    c1 = tl.load(meta + t * 4 + 2)
+    done = tl.atomic_add(counters + t, 1, sem="acq_rel")
+    if done == c1 - c0 - 1:
+        acc_dot = tl.zeros((), tl.float64)
+        acc_aa = tl.zeros((), tl.float64)
+        acc_ss = tl.zeros((), tl.float64)
+        for c in range(c0, c1):
+            acc_dot += tl.load(partials + c * 4)
+            acc_aa += tl.load(partials + c * 4 + 1)
+            acc_ss += tl.load(partials + c * 4 + 2)
+        tl.store(totals + t * 3, acc_dot)
+        tl.store(totals + t * 3 + 1, acc_aa)
+        tl.store(totals + t * 3 + 2, acc_ss)
+        if not skip_step(found_ptr, HAS_FOUND_INF):
+            stp = table_ptr(ptrs, L_STEP, t, T, tl.float32, False)
+            tl.store(stp, tl.load(stp) + 1.0)
+        tl.atomic_xchg(counters + t, 0)

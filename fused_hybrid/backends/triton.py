@@ -96,11 +96,20 @@ if not _IMPORT_ERROR:
 # Tables
 
 class _Tables:
-    __slots__ = ("chunks", "meta", "ptrs", "T", "C", "aligned", "host")
+    __slots__ = ("chunks", "meta", "ptrs", "T", "C", "aligned", "host", "has_empty", "_counters")
 
-    def __init__(self, chunks, meta, ptrs, T, C, aligned, host):
+    def __init__(self, chunks, meta, ptrs, T, C, aligned, host, has_empty=False):
         self.chunks, self.meta, self.ptrs, self.T, self.C, self.aligned = chunks, meta, ptrs, T, C, aligned
         self.host = host  # keeps pinned host copies alive until the asynchronous copies are done
+        self.has_empty = has_empty  # some tensor has no elements, hence no chunk
+        self._counters = None
+
+    def counters(self, device) -> torch.Tensor:
+        """int32 [T], zero between launches: MAS's pass-0 programs count themselves in per tensor (the kernel
+        resets them), so they are made once per table, not per step."""
+        if self._counters is None:
+            self._counters = torch.zeros(max(self.T, 1), dtype=torch.int32, device=device)
+        return self._counters
 
 
 _CACHE: OrderedDict = OrderedDict()
@@ -147,7 +156,8 @@ def _tables(device: torch.device, lists: list[list], numels: list[int], flags: l
     host_parts.append(h)
     ptrs_t, h = _to_device(torch.tensor(ptr_rows, dtype=torch.int64).reshape(len(lists), T), device)
     host_parts.append(h)
-    tab = _Tables(chunks_t, meta_t, ptrs_t, T, len(chunks), aligned, host_parts)
+    tab = _Tables(chunks_t, meta_t, ptrs_t, T, len(chunks), aligned, host_parts,
+                  has_empty=any(m[1] == m[2] for m in meta))
     _CACHE[key] = tab
     if len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
@@ -180,13 +190,14 @@ def _dtypes(dtype: torch.dtype):
     return _TL_DTYPE[dtype], (tl.float64 if dtype == torch.float64 else tl.float32)
 
 
-def _finalize(tab, found_inf, step_list, partials_in=None, out=None, np_=0, npp=1, width=4):
-    """Advance the steps of ``tab``'s tensors (unless found_inf) and sum per-chunk partials per tensor."""
+def _finalize(tab, found_inf, step_list, partials_in=None, out=None, np_=0, npp=1, width=4, empty_only=False):
+    """Advance the steps of ``tab``'s tensors (only those with no elements with ``empty_only``) unless found_inf,
+    and sum per-chunk partials per tensor."""
     if tab.T == 0:
         return
     _launch(_kc.finalize_kernel, (tab.T,), tab.meta, tab.ptrs, tab.T, partials_in, out, found_inf,
             STEP_LIST=getattr(step_list, "value", step_list), HAS_FOUND_INF=found_inf is not None, NP=np_, NPP=npp,
-            W=width)
+            W=width, EMPTY_ONLY=empty_only)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -220,7 +231,8 @@ def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=Non
 
 
 def _adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, grad_scale=None, found_inf=None,
-              swats=None):
+              swats=None, advance_steps=True):
+    """advance_steps=False leaves the steps (and the finalize launch) to the caller (ND-Adam's 1-D tensors)."""
     if not params:
         return
     grads = _check(params, grads)
@@ -231,10 +243,10 @@ def _adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, 
     bufs = list(swats.momentum_buffers) if swats is not None else [None] * T
     numels = [p.numel() for p in params]
     tab = _tables(dev, [params, grads, exp_avgs, exp_avg_sqs, maxs, bufs, steps], numels, [0] * T, CHUNK)
-    _adaptive_launch(tab, dev, hp, grad_scale, found_inf, swats, params[0].dtype, BLOCK, CHUNK, opts)
+    _adaptive_launch(tab, dev, hp, grad_scale, found_inf, swats, params[0].dtype, BLOCK, CHUNK, opts, advance_steps)
 
 
-def _adaptive_launch(tab, dev, hp, grad_scale, found_inf, swats, dtype, BLOCK, CHUNK, opts):
+def _adaptive_launch(tab, dev, hp, grad_scale, found_inf, swats, dtype, BLOCK, CHUNK, opts, advance_steps=True):
     lr, lr_t = _lr_args(hp, dev)
     P, C = _dtypes(dtype)
     chunk_partials = None
@@ -255,7 +267,7 @@ def _adaptive_launch(tab, dev, hp, grad_scale, found_inf, swats, dtype, BLOCK, C
                 BLOCK=BLOCK, CHUNK=CHUNK, **opts)
     if swats is not None:
         _finalize(tab, found_inf, _ka.L_STEP, chunk_partials, swats.partials, 2, 2)
-    else:
+    elif advance_steps:
         _finalize(tab, found_inf, _ka.L_STEP)
 
 
@@ -301,6 +313,7 @@ def _mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad
         partials = torch.empty(max(tab.C, 1), _km.NPP, dtype=torch.float64, device=dev)
         totals = torch.empty(T, 3, dtype=torch.float64, device=dev)
     args = (tab.chunks, tab.meta, tab.ptrs, tab.T, lr_t, grad_scale, found_inf, partials, totals,
+            tab.counters(dev) if reducing else None,
             lr, float(hp.beta1), float(hp.beta2), float(hp.eps), float(hp.weight_decay), float(hp.momentum),
             float(hp.dampening), float(hp.adam_w), float(hp.sgd_w))
     flags = dict(P=P, C=C, LR_TENSOR=lr_t is not None, HAS_SCALE=grad_scale is not None,
@@ -309,9 +322,13 @@ def _mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad
                  CHUNK=CHUNK, **opts)
     if tab.C > 0:
         _launch(_km.mas_kernel, (tab.C,), *args, PASS=0, **flags)
-    # Per-tensor sums of the reducing variants (and the step advance), then their apply pass.
-    _finalize(tab, found_inf, _km.L_STEP, partials, totals, 3 if reducing else 0, _km.NPP)
-    if reducing and tab.C > 0:
+    if not reducing:
+        _finalize(tab, found_inf, _km.L_STEP)
+        return
+    # Pass 0's last program per tensor summed its partials and advanced its step; empty tensors have no program.
+    if tab.has_empty:
+        _finalize(tab, found_inf, _km.L_STEP, empty_only=True)
+    if tab.C > 0:
         _launch(_km.mas_kernel, (tab.C,), *args, PASS=1, **flags)
 
 
@@ -331,33 +348,34 @@ def _vector_view(p: torch.Tensor, axes) -> tuple[int, int]:
 
 
 def _ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=None, found_inf=None):
+    """The row kernel over the >= 2-D tensors, plain Adam over the 1-D ones, and one finalize that advances every
+    tensor's step: at most 3 launches (2 when the bucket holds only one kind)."""
     if not params:
         return
     grads = _check(params, grads)
     dev = params[0].device
-    vec = [i for i, ax in enumerate(axes) if ax]
     flat = [i for i, ax in enumerate(axes) if not ax]
     if flat:
-        # Biases and other 1-D parameters: plain Adam with L2 decay (ND-Adam's reference code does the same).
+        # Biases and other 1-D parameters: plain Adam with L2 decay (ND-Adam's reference code does the same). They
+        # read their step before the finalize below advances it.
         from ..hyper import Adaptive
         ahp = Adaptive(lr=hp.lr, beta1=hp.beta1, beta2=hp.beta2, eps=hp.eps, weight_decay=hp.weight_decay,
                        maximize=hp.maximize)
         pick = lambda xs: [xs[i] for i in flat]  # noqa: E731
         _adaptive(pick(params), pick(grads), pick(exp_avgs), pick(exp_avg_sqs), [], pick(steps), ahp, grad_scale,
-                  found_inf)
-    if not vec:
-        return
-    pick = lambda xs: [xs[i] for i in vec]  # noqa: E731
-    ps, gs, ms, vs, ss = pick(params), pick(grads), pick(exp_avgs), pick(exp_avg_sqs), pick(steps)
-    shapes = [_vector_view(p, axes[i]) for p, i in zip(ps, vec)]
-    numels = [p.numel() for p in ps]
+                  found_inf, advance_steps=False)
+    # The row kernel's table covers every tensor (1-D ones have no rows, hence no chunks) so that its finalize
+    # advances all the steps.
+    shapes = [_vector_view(p, ax) if ax else (0, 1) for p, ax in zip(params, axes)]
+    numels = [p.numel() for p in params]
     rows = [n // L if L else 0 for n, (L, _) in zip(numels, shapes)]
-    tab = _tables(dev, [ps, gs, ms, vs, ss], numels, [0] * len(ps), ND_ROWS, units=rows, extra=shapes)
-    lr, lr_t = _lr_args(hp, dev)
-    P, C = _dtypes(params[0].dtype)
-    max_l = max(L for L, _ in shapes)
-    block_l = min(triton.next_power_of_2(max(max_l, 16)), 1024)
+    tab = _tables(dev, [params, grads, exp_avgs, exp_avg_sqs, steps], numels, [0] * len(params), ND_ROWS,
+                  units=rows, extra=shapes)
     if tab.C > 0:
+        lr, lr_t = _lr_args(hp, dev)
+        P, C = _dtypes(params[0].dtype)
+        max_l = max(L for L, _ in shapes)
+        block_l = min(triton.next_power_of_2(max(max_l, 16)), 1024)
         _launch(_kn.ndadam_kernel, (tab.C,), tab.chunks, tab.meta, tab.ptrs, tab.T, lr_t, grad_scale, found_inf,
                 lr, float(hp.beta1), float(hp.beta2), float(hp.eps), float(hp.weight_decay),
                 P=P, C=C, LR_TENSOR=lr_t is not None, HAS_SCALE=grad_scale is not None,
