@@ -95,3 +95,18 @@ def test_shape_sets():
     assert S.many_small() == [(1000,)] * 2000
     assert S.one_big() == [(2 ** 24,)]
     assert len(S.resnet18(16)) == 62 and len(S.gpt2(16)) == 148
+
+
+def test_paired_ratios(capsys):
+    """bench.paired: one ratio per pair, positive and finite; the printed table names every rule asked for."""
+    import math
+
+    from fused_hybrid import _ext
+    if not _ext.loaded():
+        pytest.skip(f"the cpu backend needs the C++ extension: {_ext.LOAD_ERROR}")
+    from bench import paired
+    r = paired.pair_ratios("swats", 4096 * 4, 5)
+    assert len(r) == 5 and all(x > 0 and math.isfinite(x) for x in r)
+    paired.main(["--numel", str(4096 * 4), "--pairs", "3", "--threads", "1", "--rules", "adam,padam,ndadam"])
+    out = capsys.readouterr().out
+    assert all(f"\n{rule} " in out for rule in ("adam", "padam", "ndadam"))
