@@ -48,7 +48,7 @@ constexpr Family kFamilies[] = {
      "Tensor(f!)[] swats_momentum_buffers, ",
      "float lr, Tensor? lr_tensor, float beta1, float beta2, float eps, float weight_decay, bool decoupled, "
      "bool amsgrad, bool maximize, int form, float partial, int clip_mode, float clip_lo, float clip_hi, "
-     "float final_lr, float gamma, Tensor? grad_scale, Tensor? found_inf, Tensor? swats_phase, "
+     "float final_lr, bool final_lr_relative, float gamma, Tensor? grad_scale, Tensor? found_inf, Tensor? swats_phase, "
      "Tensor? swats_sgd_lr, Tensor(g!)? swats_partials, bool swats_nesterov) -> ()"},
     {"mas_",
      "Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] momentum_buffers, Tensor(e!)[] steps, ",

@@ -15,7 +15,7 @@ FORM_PAPER = 1  # Padam / Adam-Clip / AdaBound: step size lr*sqrt(bc2)/bc1 / (sq
 
 CLIP_NONE = 0
 CLIP_CONST = 1  # Adam-Clip: [clip_lo, clip_hi]
-CLIP_ADABOUND = 2  # AdaBound: bounds from final_lr (already scaled by lr/base_lr) and gamma, per step k
+CLIP_ADABOUND = 2  # AdaBound: bounds from final_lr (scaled by lr/base_lr, see Adaptive) and gamma, per step k
 
 PHASE_ADAM = 0
 PHASE_SGD = 1
@@ -36,7 +36,11 @@ class Adaptive:
     clip_mode: int = CLIP_NONE
     clip_lo: float = 0.0
     clip_hi: float = float("inf")
-    final_lr: float = 0.0  # AdaBound: final_lr * lr / base_lr
+    # AdaBound's final lr is final_lr * lr / base_lr. With final_lr_relative the record holds final_lr / base_lr and
+    # the backends multiply by the lr they read (where they read it: a tensor lr on the GPU is never read on the
+    # host); without it (base_lr == 0), final_lr is used as is.
+    final_lr: float = 0.0
+    final_lr_relative: bool = False
     gamma: float = 0.0
 
 

@@ -82,7 +82,8 @@ def adam_step_paper_form(w32: torch.Tensor, m: torch.Tensor, v_used: torch.Tenso
 def adabound_bounds(final: float, gamma: float, k: int) -> tuple[float, float]:
     """AdaBound's dynamic bounds (Luo et al. 2019, Luolc/AdaBound) at step k:
     lower = final*(1 - 1/(gamma*k + 1)), upper = final*(1 + 1/(gamma*k)), where final = final_lr * lr / base_lr
-    is computed by the wrapper (so LR schedulers move the bounds, as in the reference package)."""
+    is computed by the caller from the lr of this step (so LR schedulers move the bounds, as in the reference
+    package)."""
     lower = final * (1 - 1 / (gamma * k + 1))
     upper = final * (1 + 1 / (gamma * k)) if gamma * k > 0 else math.inf
     return lower, upper

@@ -220,7 +220,7 @@ def record(group: dict):
                           clip_lo=group["lower"] * s, clip_hi=group["upper"] * s)
     if rule == "adabound":
         base = group["base_lr"]
-        final = group["final_lr"] * float(lr) / base if base > 0 else group["final_lr"]
         return H.Adaptive(**common, amsgrad=group["amsbound"], form=H.FORM_PAPER, clip_mode=H.CLIP_ADABOUND,
-                          final_lr=final, gamma=group["gamma"])
+                          final_lr=group["final_lr"] / base if base > 0 else group["final_lr"],
+                          final_lr_relative=base > 0, gamma=group["gamma"])
     raise ValueError(f"Invalid rule: {rule!r}")

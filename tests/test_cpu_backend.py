@@ -298,7 +298,7 @@ def test_adaptive_op_overwrites_poisoned_partials():
     phase = torch.tensor([0, 0, 0, 1], dtype=torch.int32)
     partials = torch.full((4, 2), float("nan"), dtype=torch.float64)
     torch.ops.fused_hybrid.adaptive_(ps, gs, z(), z(), [], steps, z(), 1e-3, None, 0.9, 0.999, 1e-8, 0.0, False,
-                                     False, False, 0, 0.5, 0, 0.0, math.inf, 0.0, 0.0, None, None, phase,
+                                     False, False, 0, 0.5, 0, 0.0, math.inf, 0.0, False, 0.0, None, None, phase,
                                      torch.full((4,), 0.01, dtype=torch.float64), partials, False)
     assert not partials.isnan().any()
     assert partials[1].eq(0).all() and partials[3].eq(0).all()  # empty tensor; SGD phase

@@ -191,3 +191,30 @@ def test_non_contiguous_grads_are_read_in_their_own_layout(backend, cls, kw):
         oa.step()
         orf.step()
     assert max_rel_err(pa, pr) < 1e-5
+
+
+@pytest.mark.parametrize("backend", ["reference"] + FUSED)
+def test_adabound_bounds_follow_a_tensor_lr(backend):
+    """AdaBound's bounds are final_lr * lr / base_lr with the lr of each step: a 0-dim tensor lr changed in place
+    (a capturable schedule; the kernels read it where it lives, never on the host) moves them exactly as a float
+    lr set on the group does. gamma is large so that the bounds clip from the first steps on."""
+    gen = torch.Generator().manual_seed(6)
+    base = [torch.randn(s, generator=gen) for s in [(7, 3), (5,)]]
+    pa, pb = ([b.clone().requires_grad_() for b in base] for _ in range(2))
+    oa = fh.AdaBound(pa, lr=torch.tensor(1e-2), final_lr=0.1, gamma=0.5, backend=backend)
+    ob = fh.AdaBound(pb, lr=1e-2, final_lr=0.1, gamma=0.5, backend=backend)
+    oc = fh.AdaBound([b.clone().requires_grad_() for b in base], lr=1e-2, final_lr=0.1, gamma=0.5, backend=backend)
+    pc = oc.param_groups[0]["params"]
+    for k in range(8):
+        if k == 3:
+            oa.param_groups[0]["lr"].fill_(2.5e-3)
+            ob.param_groups[0]["lr"] = 2.5e-3
+        g = [torch.randn(b.shape, generator=gen) for b in base]
+        for ps in (pa, pb, pc):
+            for p, gi in zip(ps, g):
+                p.grad = gi.clone()
+        oa.step()
+        ob.step()
+        oc.step()  # keeps lr 1e-2: must end elsewhere, or the test could not see the bounds move
+    assert max_rel_err(pa, pb) < 1e-6
+    assert max_rel_err(pa, pc) > 1e-3

@@ -207,7 +207,7 @@ def _op_calls():
             sgd_lr=torch.tensor([0.0, 0.05], dtype=torch.float64, device=DEVICE),
             partials=zeros(2, 2, dt=torch.float64),
             nesterov=False, decoupled=False, amsgrad=True, form=0, partial=0.5, clip_mode=0, clip_lo=0.0,
-            clip_hi=float("inf"), final_lr=0.0, gamma=0.0, **adam, **common)),
+            clip_hi=float("inf"), final_lr=0.0, final_lr_relative=False, gamma=0.0, **adam, **common)),
         ("triton_sgd_", dict(
             params=two(rnd), grads=two(rnd), momentum_buffers=two(zeros), firsts=[True, False], momentum=0.9,
             dampening=0.0, nesterov=True, weight_decay=0.1, maximize=False, **common)),
@@ -306,7 +306,7 @@ def test_inductor_zero_dim_read_before_mutating_op():
         before = step * 1
         torch.ops.fused_hybrid.triton_adaptive_([p], [torch.ones_like(p)], [m], [v], [], [step], [], None, None,
                                                 None, None, None, None, False, 1e-3, 0.9, 0.999, 1e-8, 0.0, False,
-                                                False, False, 0, 0.5, 0, 0.0, float("inf"), 0.0, 0.0)
+                                                False, False, 0, 0.5, 0, 0.0, float("inf"), 0.0, False, 0.0)
         return before
 
     before = torch.compile(f, fullgraph=True, backend="inductor")(p, *state)
@@ -314,7 +314,7 @@ def test_inductor_zero_dim_read_before_mutating_op():
     assert float(before) == 0.0
 
 
-def test_ops_without_the_cpp_extension():
+def test_ops_without_the_cpp_extension(tmp_path):
     """The Triton backend and its ops do not need the C++ extension: a fresh interpreter where fused_hybrid._C
     cannot be imported still compiles and steps (SWATS's switch bookkeeping then runs as plain tensor ops)."""
     code = textwrap.dedent(f"""
@@ -342,5 +342,8 @@ def test_ops_without_the_cpp_extension():
         print("ok")
     """)
     env = dict(os.environ)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    # A neutral cwd: `python -c` puts the cwd first on sys.path, and the repository root holds the source tree's
+    # fused_hybrid (without the installed triton_kernels subpackage).
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600,
+                       cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr

@@ -131,7 +131,7 @@ def adaptive_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_pt
                     HAS_FOUND_INF: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr,
                     DECOUPLED: tl.constexpr, AMSGRAD: tl.constexpr, FORM: tl.constexpr, POW: tl.constexpr,
                     CLIP: tl.constexpr, SWATS: tl.constexpr, NESTEROV: tl.constexpr, ALIGNED: tl.constexpr,
-                    BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+                    BLOCK: tl.constexpr, CHUNK: tl.constexpr, FINAL_LR_RELATIVE: tl.constexpr = False):
     pid = tl.program_id(0)
     t, start, n = chunk_header(chunks, meta, pid, 4, CHUNK)
     s_pg = tl.zeros((), tl.float64)
@@ -155,7 +155,8 @@ def adaptive_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_pt
         lo = f64(clip_lo)
         hi = f64(clip_hi)
         if CLIP == CLIP_ADABOUND:
-            lo, hi = adabound_bounds(f64(final_lr), f64(gamma), k, hi)
+            final = f64(final_lr) * lr64 if FINAL_LR_RELATIVE else f64(final_lr)  # hyper.Adaptive.final_lr
+            lo, hi = adabound_bounds(final, f64(gamma), k, hi)
         sgd_phase = False
         neg_sgd_lr = tl.zeros((), tl.float64)
         if SWATS:

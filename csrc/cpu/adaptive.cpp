@@ -60,7 +60,8 @@ void adaptive_(at::TensorList params, at::TensorList grads_in, at::TensorList ex
                at::TensorList max_exp_avg_sqs, at::TensorList steps, at::TensorList swats_momentum_buffers, double lr,
                const std::optional<at::Tensor>& lr_tensor, double beta1, double beta2, double eps,
                double weight_decay, bool decoupled, bool amsgrad, bool maximize, int64_t form, double partial,
-               int64_t clip_mode, double clip_lo, double clip_hi, double final_lr, double gamma,
+               int64_t clip_mode, double clip_lo, double clip_hi, double final_lr_in, bool final_lr_relative,
+               double gamma,
                const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf_t,
                const std::optional<at::Tensor>& swats_phase,
                const std::optional<at::Tensor>& swats_sgd_lr, const std::optional<at::Tensor>& swats_partials,
@@ -95,6 +96,7 @@ void adaptive_(at::TensorList params, at::TensorList grads_in, at::TensorList ex
   const std::vector<double> ks = advance_steps(op, steps, T);
   const double inv = inv_scale(grad_scale);
   const double lrv = lr_value(lr, lr_tensor);
+  const double final_lr = final_lr_relative ? final_lr_in * lrv : final_lr_in;  // AdaBound: hyper.Adaptive
   const auto chunks = make_chunks(params);
   const int kind = adaptive_kind(form, partial);
   const int wd_mode = weight_decay == 0.0 ? kWdNone : (decoupled ? kWdDecoupled : kWdL2);

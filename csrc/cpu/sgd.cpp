@@ -88,9 +88,9 @@ void sgd_(at::TensorList params, at::TensorList grads_in, at::TensorList momentu
     const opmath_t inv_o = signed_inv<opmath_t>(inv, maximize);
     for_each_chunk(chunks, [&](const Chunk& c) {
       const int64_t t = c.tensor, b = c.begin;
-      fns[!firsts.empty() && firsts[t] != 0 ? 1 : 0](pw[t] + b, pg[t] + b, has_momentum ? pbuf[t] + b : nullptr, c.end - b,
-                                  opmath_t(lrv), opmath_t(momentum), opmath_t(1.0 - dampening), opmath_t(weight_decay),
-                                  inv_o);
+      const bool first = !firsts.empty() && firsts[t] != 0;
+      fns[first ? 1 : 0](pw[t] + b, pg[t] + b, has_momentum ? pbuf[t] + b : nullptr, c.end - b, opmath_t(lrv),
+                         opmath_t(momentum), opmath_t(1.0 - dampening), opmath_t(weight_decay), inv_o);
     });
   });
 }

@@ -22,7 +22,7 @@ namespace {
 struct AdaptiveArgs : StepScalars {
   double beta1, beta2, eps, weight_decay, partial, clip_lo, clip_hi, final_lr, gamma;
   int form, clip;
-  bool decoupled, maximize, swats_nesterov;
+  bool decoupled, maximize, swats_nesterov, final_lr_relative;
   const int32_t* swats_phase;  // [T] (op tensor index), or nullptr without SWATS
   const double* swats_sgd_lr;  // [T]
   double* slots;               // [total chunks, 2]: this chunk's <p, g>, <p, p>
@@ -63,8 +63,9 @@ __device__ __forceinline__ rules::AdaptiveScalars<O> adaptive_scalars(const Adap
       s.clip_hi = static_cast<O>(a.clip_hi);
     } else if (a.clip == rules::kClipAdaBound) {  // reference.adabound_bounds
       const double gk = a.gamma * k;
-      s.clip_lo = static_cast<O>(a.final_lr * (1.0 - 1.0 / (gk + 1.0)));
-      s.clip_hi = static_cast<O>(gk > 0.0 ? a.final_lr * (1.0 + 1.0 / gk) : static_cast<double>(INFINITY));
+      const double final_lr = a.final_lr_relative ? a.final_lr * lr : a.final_lr;  // lr as read on the device
+      s.clip_lo = static_cast<O>(final_lr * (1.0 - 1.0 / (gk + 1.0)));
+      s.clip_hi = static_cast<O>(gk > 0.0 ? final_lr * (1.0 + 1.0 / gk) : static_cast<double>(INFINITY));
     }
   }
   return s;
@@ -142,7 +143,8 @@ void adaptive_(at::TensorList params, at::TensorList grads_in, at::TensorList ex
                at::TensorList max_exp_avg_sqs, at::TensorList steps, at::TensorList swats_momentum_buffers, double lr,
                const std::optional<at::Tensor>& lr_tensor, double beta1, double beta2, double eps,
                double weight_decay, bool decoupled, bool amsgrad, bool maximize, int64_t form, double partial,
-               int64_t clip_mode, double clip_lo, double clip_hi, double final_lr, double gamma,
+               int64_t clip_mode, double clip_lo, double clip_hi, double final_lr, bool final_lr_relative,
+               double gamma,
                const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
                const std::optional<at::Tensor>& swats_phase,
                const std::optional<at::Tensor>& swats_sgd_lr, const std::optional<at::Tensor>& swats_partials,
@@ -190,6 +192,7 @@ void adaptive_(at::TensorList params, at::TensorList grads_in, at::TensorList ex
   a.clip_lo = clip_lo;
   a.clip_hi = clip_hi;
   a.final_lr = final_lr;
+  a.final_lr_relative = final_lr_relative;
   a.gamma = gamma;
   a.form = static_cast<int>(form);
   a.clip = static_cast<int>(clip_mode);

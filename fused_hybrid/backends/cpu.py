@@ -89,8 +89,8 @@ def adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, g
                                                    swats.nesterov)
     _call("adaptive_", cache, [params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if hp.amsgrad else _NONE, steps, bufs],
           grads, lr, lr_t, hp.beta1, hp.beta2, hp.eps, hp.weight_decay, hp.decoupled, hp.amsgrad, hp.maximize,
-          hp.form, hp.partial, hp.clip_mode, hp.clip_lo, hp.clip_hi, hp.final_lr, hp.gamma, grad_scale, found_inf,
-          phase, sgd_lr, partials, nesterov)
+          hp.form, hp.partial, hp.clip_mode, hp.clip_lo, hp.clip_hi, hp.final_lr, hp.final_lr_relative, hp.gamma,
+          grad_scale, found_inf, phase, sgd_lr, partials, nesterov)
 
 
 def mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale=None, found_inf=None,

@@ -65,7 +65,7 @@ def adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, g
     torch.ops.fused_hybrid.adaptive_(
         params, grads, exp_avgs, exp_avg_sqs, maxs, steps, bufs, lr, lr_t, hp.beta1, hp.beta2, hp.eps,
         hp.weight_decay, hp.decoupled, hp.amsgrad, hp.maximize, hp.form, hp.partial, hp.clip_mode, hp.clip_lo,
-        hp.clip_hi, hp.final_lr, hp.gamma, grad_scale, found_inf, *sw)
+        hp.clip_hi, hp.final_lr, hp.final_lr_relative, hp.gamma, grad_scale, found_inf, *sw)
 
 
 def mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale=None, found_inf=None,

@@ -9,9 +9,9 @@ Every backend module exposes the same four functions with the same arguments:
 
 All lists share one device and parameter dtype. ``cache`` is a dict the caller keeps per bucket of tensors (the
 same params and state lists) for as long as that bucket lives; a backend may keep derived data there (the cpu
-backend keeps its TensorTable) and must work without one (None). ``steps`` are 0-dim float32 tensors advanced by one unless
-``found_inf`` is set, in which case nothing changes at all. This backend may sync with the host (it reads
-``found_inf`` and the SWATS phase); the fused ones must not.
+backend keeps its TensorTable) and must work without one (None). ``steps`` are 0-dim float32 tensors advanced by
+one unless ``found_inf`` is set, in which case nothing changes at all. This backend may sync with the host (it
+reads ``found_inf`` and the SWATS phase); the fused ones must not.
 """
 from __future__ import annotations
 
@@ -81,7 +81,8 @@ def adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, g
             if hp.clip_mode == CLIP_CONST:
                 clip = (hp.clip_lo, hp.clip_hi)
             elif hp.clip_mode == CLIP_ADABOUND:
-                clip = R.adabound_bounds(hp.final_lr, hp.gamma, k)
+                final = hp.final_lr * lr if hp.final_lr_relative else hp.final_lr
+                clip = R.adabound_bounds(final, hp.gamma, k)
             R.adam_step_paper_form(w, m, v_used, lr, hp.eps, k, hp.beta1, hp.beta2, hp.partial, clip)
 
 

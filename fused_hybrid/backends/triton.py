@@ -264,7 +264,7 @@ def _adaptive_launch(tab, dev, hp, grad_scale, found_inf, swats, dtype, BLOCK, C
                 DECOUPLED=bool(hp.decoupled), AMSGRAD=bool(hp.amsgrad), FORM=int(hp.form),
                 POW=hp.form == FORM_PAPER and float(hp.partial) != 0.5, CLIP=int(clip_mode),
                 SWATS=swats is not None, NESTEROV=bool(swats is not None and swats.nesterov), ALIGNED=tab.aligned,
-                BLOCK=BLOCK, CHUNK=CHUNK, **opts)
+                BLOCK=BLOCK, CHUNK=CHUNK, FINAL_LR_RELATIVE=bool(hp.final_lr_relative), **opts)
     if swats is not None:
         _finalize(tab, found_inf, _ka.L_STEP, chunk_partials, swats.partials, 2, 2)
     elif advance_steps:

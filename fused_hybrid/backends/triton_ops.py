@@ -52,10 +52,11 @@ def triton_adaptive_(params: list[Tensor], grads: list[Tensor], exp_avgs: list[T
                      phase: Optional[Tensor], sgd_lr: Optional[Tensor], partials: Optional[Tensor], nesterov: bool,
                      lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, decoupled: bool,
                      amsgrad: bool, maximize: bool, form: int, partial: float, clip_mode: int, clip_lo: float,
-                     clip_hi: float, final_lr: float, gamma: float) -> None:
+                     clip_hi: float, final_lr: float, final_lr_relative: bool, gamma: float) -> None:
     hp = H.Adaptive(lr=lr if lr_t is None else lr_t, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
                     decoupled=decoupled, amsgrad=amsgrad, maximize=maximize, form=form, partial=partial,
-                    clip_mode=clip_mode, clip_lo=clip_lo, clip_hi=clip_hi, final_lr=final_lr, gamma=gamma)
+                    clip_mode=clip_mode, clip_lo=clip_lo, clip_hi=clip_hi, final_lr=final_lr,
+                    final_lr_relative=final_lr_relative, gamma=gamma)
     swats = None
     if phase is not None:
         swats = H.SwatsArgs(momentum_buffers=momentum_buffers, phase=phase, sgd_lr=sgd_lr, partials=partials,
@@ -76,7 +77,7 @@ def adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, g
         found_inf, phase, sgd_lr, partials, nesterov, lr, float(hp.beta1), float(hp.beta2), float(hp.eps),
         float(hp.weight_decay), bool(hp.decoupled), bool(hp.amsgrad), bool(hp.maximize), int(hp.form),
         float(hp.partial), int(hp.clip_mode), float(hp.clip_lo), float(hp.clip_hi), float(hp.final_lr),
-        float(hp.gamma))
+        bool(hp.final_lr_relative), float(hp.gamma))
 
 
 # --------------------------------------------------------------------------------------------------------------
