@@ -109,9 +109,9 @@ void adaptive_(at::TensorList params, at::TensorList grads_in, at::TensorList ex
     check_state(op, "exp_avg", exp_avgs, state_dtype, same_numel);
     check_state(op, "exp_avg_sq", exp_avg_sqs, state_dtype, same_numel);
     if (amsgrad) check_state(op, "max_exp_avg_sq", max_exp_avg_sqs, state_dtype, same_numel);
-    if (swats) check_state(op, "SWATS momentum buffer", swats_momentum_buffers, state_dtype, same_numel);
-
-    // Per-tensor pointers and scalars, gathered once so the parallel region touches no Tensor objects.
+    // Per-tensor pointers and scalars, gathered once so the parallel region touches no Tensor objects. SWATS's
+    // momentum buffers are read only in the SGD phase: only those tensors' buffers are checked and gathered (in the
+    // Adam phase that saves two passes over T tensors' metadata).
     std::vector<scalar_t*> pw(T);
     std::vector<const scalar_t*> pg(T);
     std::vector<opmath_t*> pm(T), pv(T), pvmax(T, nullptr), pbuf(T, nullptr);
@@ -125,7 +125,14 @@ void adaptive_(at::TensorList params, at::TensorList grads_in, at::TensorList ex
       pm[t] = data_as<opmath_t>(exp_avgs[t]);
       pv[t] = data_as<opmath_t>(exp_avg_sqs[t]);
       if (amsgrad) pvmax[t] = data_as<opmath_t>(max_exp_avg_sqs[t]);
-      if (swats) pbuf[t] = data_as<opmath_t>(swats_momentum_buffers[t]);
+      if (swats && phase[t] == rules::kPhaseSgd) {
+        const at::Tensor& buf = swats_momentum_buffers[t];
+        TORCH_CHECK(buf.scalar_type() == state_dtype && buf.is_contiguous() && buf.device().is_cpu() &&
+                        buf.numel() == params[t].numel(),
+                    op, ": SWATS momentum buffer ", t, " must be a contiguous CPU ", state_dtype, " tensor of ",
+                    params[t].numel(), " elements");
+        pbuf[t] = data_as<opmath_t>(buf);
+      }
       const double k = ks[t];
       if (t > 0 && k == ks[t - 1]) {  // the usual case: every tensor at the same step, so no pow() again
         sc[t] = sc[t - 1];
