@@ -69,6 +69,25 @@ inline T* data_as(const at::Tensor& t) {
   return static_cast<T*>(t.data_ptr());
 }
 
+// sum over i in [0, n) of term(i), in double, in kLaneSum explicit lanes (element i into lane i % kLaneSum, then
+// the lanes in order). One accumulator would make a row reduction latency-bound (one double add per ~4 cycles per
+// chain); independent lanes vectorize without reassociation, and the order is fixed by the code, not by the
+// vector width of the clone that runs. term may have side effects (the update it reduces over).
+constexpr int64_t kLaneSum = 16;
+
+template <typename F>
+__attribute__((always_inline)) inline double lane_sum(int64_t n, const F& term) {
+  double acc[kLaneSum] = {};
+  int64_t i = 0;
+  for (; i + kLaneSum <= n; i += kLaneSum) {
+    for (int64_t j = 0; j < kLaneSum; ++j) acc[j] += term(i + j);
+  }
+  for (int64_t j = 0; i + j < n; ++j) acc[j] += term(i + j);
+  double s = 0.0;
+  for (int64_t j = 0; j < kLaneSum; ++j) s += acc[j];
+  return s;
+}
+
 // Sums per-chunk partials (npart doubles per chunk, chunk-major) into per-tensor totals, always in chunk
 // order: the chunk grid depends only on the tensor sizes, so the totals are bitwise identical for any number
 // of threads. out has npart doubles per tensor (zero for tensors without chunks).

@@ -53,39 +53,29 @@ FH_CPU_CLONES void ndadam_rows(scalar_t* __restrict__ w, const scalar_t* __restr
       for (int64_t i = 0; i < L; ++i) x[i] = static_cast<opmath_t>(wr[i]);
     }
     if (s.first) {
-      double ss = 0.0;
-#pragma omp simd reduction(+ : ss)
-      for (int64_t i = 0; i < L; ++i) ss += rules::dot_term(x[i], x[i]);
+      const double ss = lane_sum(L, [&](int64_t i) { return rules::dot_term(x[i], x[i]); });
       const opmath_t norm = static_cast<opmath_t>(std::sqrt(ss));
 #pragma omp simd
       for (int64_t i = 0; i < L; ++i) x[i] = rules::ndadam_normalize(x[i], norm);
     }
-    double gw = 0.0;
-#pragma omp simd reduction(+ : gw)
-    for (int64_t i = 0; i < L; ++i) {
+    auto grad = [&](int64_t i) __attribute__((always_inline)) {
       opmath_t gi = rules::effective_grad(static_cast<opmath_t>(gr[i]), inv, false);
       if (WD) gi = rules::l2_weight_decay(gi, x[i], wd);
-      gw += rules::dot_term(gi, x[i]);
-    }
-    const opmath_t dot = static_cast<opmath_t>(gw);
-    double gg = 0.0;
-#pragma omp simd reduction(+ : gg)
-    for (int64_t i = 0; i < L; ++i) {
-      opmath_t gi = rules::effective_grad(static_cast<opmath_t>(gr[i]), inv, false);
-      if (WD) gi = rules::l2_weight_decay(gi, x[i], wd);
-      const opmath_t gp = rules::ndadam_project(gi, dot, x[i]);
+      return gi;
+    };
+    const opmath_t dot = static_cast<opmath_t>(lane_sum(L, [&](int64_t i) { return rules::dot_term(grad(i), x[i]); }));
+    const double gg = lane_sum(L, [&](int64_t i) {
+      const opmath_t gp = rules::ndadam_project(grad(i), dot, x[i]);
       rules::ndadam_first_moment_exact(mr[i], gp, omb1);
-      gg += rules::dot_term(gp, gp);
-    }
+      return rules::dot_term(gp, gp);
+    });
     const opmath_t vr = rules::ndadam_second_moment_exact(v[r], static_cast<opmath_t>(gg), beta2, omb2);
     v[r] = vr;
     const opmath_t denom = rules::ndadam_denominator(vr, eps);
-    double ww = 0.0;
-#pragma omp simd reduction(+ : ww)
-    for (int64_t i = 0; i < L; ++i) {
+    const double ww = lane_sum(L, [&](int64_t i) {
       x[i] = rules::ndadam_descent(x[i], mr[i], denom, step_size);
-      ww += rules::dot_term(x[i], x[i]);
-    }
+      return rules::dot_term(x[i], x[i]);
+    });
     const opmath_t norm = static_cast<opmath_t>(std::sqrt(ww));
 #pragma omp simd
     for (int64_t i = 0; i < L; ++i) wr[i] = static_cast<scalar_t>(rules::ndadam_normalize(x[i], norm));
