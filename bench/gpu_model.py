@@ -18,7 +18,7 @@ Launch counts per bucket (one device, one dtype, one param group) and step, per 
   counts the real launches against ``triton_launches``.
 - cuda (ND-Adam not modelled: it launches per row-size class): multi-tensor apply splits the tensors into launches by its argument-table limits
   (``torch.ops.fused_hybrid.plan_launches``, the kernels' own planner) per pass, plus one post-step launch (step
-  counts, partial sums) for every family but SGD; MAS's reducing variants make two passes, each with a post-step.
+  counts, partial sums) for every family but SGD; MAS's reducing variants make two passes around one post-step.
 """
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def cuda_launches(rule: str, opts: dict | None, shapes, depth: int) -> int | Non
     if rule == "sgd":
         return main
     if rule == "mas" and opts.get("variant", "sum") != "sum":
-        return 2 * main + 2
+        return 2 * main + 1  # two passes around one post-step (sums and step counts)
     return main + 1
 
 

@@ -36,3 +36,10 @@ def test_cuda_launches_grow_when_the_argument_table_overflows():
     shapes = [(10,)] * 5000
     rule, opts, depth = gpu_model.RULES["adam"]
     assert gpu_model.cuda_launches(rule, opts, shapes, depth) > 2
+
+
+@pytest.mark.skipif(not _ext.loaded(), reason="needs the extension's plan_launches op")
+def test_cuda_mas_reducing_variants_take_three_launches():
+    """pass 1, the post-step (per-tensor sums and step counts), pass 2: 3 launches for a ResNet-18-sized group."""
+    rule, opts, depth = gpu_model.RULES["mas_vector"]
+    assert gpu_model.cuda_launches(rule, opts, gpu_model.SHAPES["resnet18"](), depth) == 3

@@ -2,9 +2,11 @@
 // passes on the CPU).
 //   "sum": one pass (main kernel) + the post-step kernel (step += 1).
 //   "correction", "normalized", "vector": pass 1 updates m, v and the momentum buffer and writes per-chunk float64
-//   partials of <d_a, d_s>, <d_a, d_a>, <d_s, d_s> to slots; a post kernel sums each tensor's slots in a fixed
-//   order; pass 2 reads the sums on the device, derives the tensor's coefficients (in double, as the reference)
-//   and applies the update; the post-step kernel advances the steps. 4 launches, no host sync, no atomics.
+//   partials of <d_a, d_s>, <d_a, d_a>, <d_s, d_s> to slots; the post-step kernel sums each tensor's slots in a
+//   fixed order and advances the steps; pass 2 reads the sums (and the advanced step) on the device, derives the
+//   tensor's coefficients (in double, as the reference) and applies the update. 3 launches, no host sync, no
+//   atomics. (The Triton backend needs 2: its first pass's last program per tensor does the post-step's work
+//   through an integer counter; porting that here waits for a GPU to test it on.)
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/irange.h>
@@ -48,7 +50,9 @@ struct MasFunctor {
     O* buf = kMom ? static_cast<O*>(meta.addresses[4][t]) + start : nullptr;
     const O inv = static_cast<O>(1.0 / a.grad_scale.get());
     const double lrd = a.lr.get();
-    const double k = static_cast<double>(*static_cast<const float*>(meta.aux[t]) + 1.0f);
+    // This step's count: the apply pass runs after the post-step kernel advanced it.
+    const float step = *static_cast<const float*>(meta.aux[t]);
+    const double k = static_cast<double>(kMode == kModeApply ? step : step + 1.0f);
     const double bc1 = 1.0 - pow_step(a.beta1, k);
     const double bc2 = 1.0 - pow_step(a.beta2, k);
     const double eta = lrd / bc1;
@@ -196,9 +200,10 @@ void mas_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avg
     const at::Tensor sums = at::empty({static_cast<int64_t>(params.size()), 3}, slots.options());
     a.slots = slots.data_ptr<double>();
     run(std::integral_constant<int, kModeReduce>{});
-    launch_post_step({}, a.found_inf, slots, slot_begin, chunks, sums.data_ptr<double>(), nullptr, 3);
+    launch_post_step(ops.steps, a.found_inf, slots, slot_begin, chunks, sums.data_ptr<double>(), nullptr, 3);
     a.sums = sums.data_ptr<double>();
     run(std::integral_constant<int, kModeApply>{});
+    return;
   }
   launch_post_step(ops.steps, a.found_inf, at::Tensor(), {}, {}, nullptr, nullptr);
 }
