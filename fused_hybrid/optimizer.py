@@ -43,7 +43,7 @@ class _Bucket:
     """The tensors of one group that share a device and dtype and have gradients this step, with their state
     lists built once (state tensors keep their identity until a checkpoint is loaded, which drops every plan)."""
     __slots__ = ("device", "params", "idx", "states", "flat_idx", "backend", "whole", "_lists", "covers_all", "cache",
-                 "viewed")
+                 "viewed", "nd_axes")
 
     def __init__(self, device, backend, viewed=False):
         self.device = device
@@ -58,6 +58,7 @@ class _Bucket:
         self.whole = False  # the group's only bucket, holding all its params in order: its grads are the group's
         self._lists = {}
         self.cache = {}  # the backend's own per-bucket data (the cpu backend's TensorTable), dropped with the plan
+        self.nd_axes = None  # ND-Adam: (the group's vec_axes, each param's vector dims); shapes are fixed per plan
 
     def state_list(self, key: str) -> list:
         lst = self._lists.get(key)
@@ -75,6 +76,12 @@ def _grads_of(params: list) -> list:
     if torch.compiler.is_compiling():
         return [p.grad for p in params]
     return list(map(_GRAD, params))
+
+
+def _state_flags(group: dict) -> tuple:
+    """What, besides which params have gradients, decides a group's state and plan."""
+    return (group.get("momentum", 0) != 0, bool(group.get("amsgrad")), bool(group.get("amsbound")), group["rule"],
+            group["backend"])
 
 
 def _none_missing(grads: list) -> bool:
@@ -142,8 +149,7 @@ class HybridOptimizer(torch.optim.Optimizer):
         that decide which state exists (momentum on/off, amsgrad) are unchanged. This runs every step for every
         group, so the common case (every param has a gradient) costs one C-level scan of ``grads``."""
         every = _none_missing(grads)
-        key = (True if every else tuple(g is not None for g in grads), group.get("momentum", 0) != 0,
-               bool(group.get("amsgrad")), bool(group.get("amsbound")), group["rule"], group["backend"])
+        key = (True if every else tuple(g is not None for g in grads),) + _state_flags(group)
         cached = self._plans.get(gi)
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -191,6 +197,18 @@ class HybridOptimizer(torch.optim.Optimizer):
                              f"{getattr(g, 'placements', 'no placements (a plain tensor)')}: the kernels step local "
                              f"shards, which must line up")
 
+    def _fast_plan(self, gi: int, group: dict):
+        """The cached plan of group ``gi`` when the backend can read the gradients itself: last step every param
+        had one, the state flags are unchanged, and the group is one whole bucket of plain tensors on such a
+        backend (the cpu backend: no Python reads of 2000 `.grad`s). None otherwise, or under torch.compile."""
+        cached = self._plans.get(gi)
+        if cached is None or cached[0][0] is not True or torch.compiler.is_compiling():
+            return None
+        plan = cached[1]
+        if len(plan) != 1 or not plan[0].whole or plan[0].viewed or cached[0][1:] != _state_flags(group):
+            return None
+        return plan if getattr(plan[0].backend, "GRADS_FROM_PARAMS", False) else None
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
@@ -201,51 +219,59 @@ class HybridOptimizer(torch.optim.Optimizer):
         found_inf = getattr(self, "found_inf", None)
         swats_calls = []
         for gi, group in enumerate(self.param_groups):
+            plan = self._fast_plan(gi, group)
+            if plan is not None:
+                try:
+                    self._step_bucket(gi, group, plan[0], None, grad_scale, found_inf, swats_calls)
+                    continue
+                except RuntimeError as exc:  # some param has no gradient this step: nothing was changed
+                    if plan[0].backend.NO_GRADIENT not in str(exc):
+                        raise
             all_grads = _grads_of(group["params"])
-            plan = self._plan(gi, group, all_grads)
-            if not plan:
-                continue
-            rule = group["rule"]
-            family = rules.FAMILY[rule]
-            hp = rules.record(group)
-            for b in plan:
-                be = b.backend
+            for b in self._plan(gi, group, all_grads):
                 grads = all_grads if b.whole else [all_grads[j] for j in b.idx]
-                if b.viewed:
-                    if torch.compiler.is_compiling():
-                        raise RuntimeError("fused_hybrid: torch.compile of step() does not support complex or DTensor "
-                                           "parameters (their real views and local shards cannot be traced in "
-                                           "place); step them eagerly")
-                    grads = [_real(g) for g in grads]
-                gs = None if grad_scale is None else grad_scale.to(b.device)
-                fi = None if found_inf is None else found_inf.to(b.device)
-                lst = b.state_list
-                if family == "adaptive":
-                    swats_args = None
-                    if rule == "swats":
-                        swats_args = self._swats_args(gi, b, group)
-                        swats_calls.append((b, swats_args))
-                    be.adaptive(b.params, grads, lst("exp_avg"), lst("exp_avg_sq"),
-                                lst("max_exp_avg_sq") if hp.amsgrad else [], lst("step"), hp, gs, fi, swats_args,
-                                cache=b.cache)
-                elif family == "sgd":
-                    # torch.optim.SGD's first step takes buf = g (no dampening); a buffer is fresh until its
-                    # first step call (a GradScaler-skipped first step also uses it up: documented).
-                    firsts = [p in self._fresh_buffers for p in b.params] if self._fresh_buffers else \
-                        [False] * len(b.params)
-                    be.sgd(b.params, grads, lst("momentum_buffer"), firsts, hp, gs, fi, cache=b.cache)
-                    if self._fresh_buffers:
-                        self._fresh_buffers.difference_update(b.params)
-                elif family == "mas":
-                    be.mas(b.params, grads, lst("exp_avg"), lst("exp_avg_sq"), lst("momentum_buffer"), lst("step"),
-                           hp, gs, fi, cache=b.cache)
-                else:
-                    axes = [rules.ndadam_axes(p, group) for p in b.params]
-                    be.ndadam(b.params, grads, lst("exp_avg"), lst("exp_avg_sq"), lst("step"), axes, hp, gs, fi,
-                              cache=b.cache)
+                self._step_bucket(gi, group, b, grads, grad_scale, found_inf, swats_calls)
         if swats_calls:
             self._swats_finalize(swats_calls, found_inf)
         return loss
+
+    def _step_bucket(self, gi, group, b, grads, grad_scale, found_inf, swats_calls) -> None:
+        """One backend call for bucket ``b``. grads None: the backend reads the params' .grad itself (and raises
+        before changing anything if one is missing)."""
+        rule = group["rule"]
+        family = rules.FAMILY[rule]
+        hp = rules.record(group)
+        be = b.backend
+        if b.viewed:
+            if torch.compiler.is_compiling():
+                raise RuntimeError("fused_hybrid: torch.compile of step() does not support complex or DTensor "
+                                   "parameters (their real views and local shards cannot be traced in place); "
+                                   "step them eagerly")
+            grads = [_real(g) for g in grads]
+        gs = None if grad_scale is None else grad_scale.to(b.device)
+        fi = None if found_inf is None else found_inf.to(b.device)
+        lst = b.state_list
+        if family == "adaptive":
+            swats_args = self._swats_args(gi, b, group) if rule == "swats" else None
+            be.adaptive(b.params, grads, lst("exp_avg"), lst("exp_avg_sq"), lst("max_exp_avg_sq") if hp.amsgrad else [],
+                        lst("step"), hp, gs, fi, swats_args, cache=b.cache)
+            if swats_args is not None:
+                swats_calls.append((b, swats_args))
+        elif family == "sgd":
+            # torch.optim.SGD's first step takes buf = g (no dampening); a buffer is fresh until its first step
+            # call (a GradScaler-skipped first step also uses it up: documented).
+            firsts = [p in self._fresh_buffers for p in b.params] if self._fresh_buffers else [False] * len(b.params)
+            be.sgd(b.params, grads, lst("momentum_buffer"), firsts, hp, gs, fi, cache=b.cache)
+            if self._fresh_buffers:
+                self._fresh_buffers.difference_update(b.params)
+        elif family == "mas":
+            be.mas(b.params, grads, lst("exp_avg"), lst("exp_avg_sq"), lst("momentum_buffer"), lst("step"), hp, gs,
+                   fi, cache=b.cache)
+        else:
+            if b.nd_axes is None or b.nd_axes[0] != group["vec_axes"]:
+                b.nd_axes = (group["vec_axes"], [rules.ndadam_axes(p, group) for p in b.params])
+            be.ndadam(b.params, grads, lst("exp_avg"), lst("exp_avg_sq"), lst("step"), b.nd_axes[1], hp, gs, fi,
+                      cache=b.cache)
 
     # -- SWATS ----------------------------------------------------------------------------------------------------
 

@@ -182,10 +182,11 @@ void adaptive_(at::TensorList params, at::TensorList grads_in, at::TensorList ex
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fused_hybrid, CPU, m) {
-  m.impl("adaptive_", &adaptive_);
-  impl_table_op<5, &adaptive_>(m, "adaptive_table_");
-}
+TORCH_LIBRARY_IMPL(fused_hybrid, CPU, m) { m.impl("adaptive_", &adaptive_); }
+
+// The table op may carry no tensor argument at all (no grads: they come from the params), so it is registered for
+// every dispatch key, the empty key set included; it serves CPU tensors only and says so otherwise.
+TORCH_LIBRARY_IMPL(fused_hybrid, CompositeExplicitAutograd, m) { impl_table_op<5, &adaptive_>(m, "adaptive_table_"); }
 
 }  // namespace cpu
 }  // namespace fused_hybrid

@@ -242,10 +242,11 @@ void mas_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avg
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fused_hybrid, CPU, m) {
-  m.impl("mas_", &mas_);
-  impl_table_op<4, &mas_>(m, "mas_table_");
-}
+TORCH_LIBRARY_IMPL(fused_hybrid, CPU, m) { m.impl("mas_", &mas_); }
+
+// The table op may carry no tensor argument at all (no grads: they come from the params), so it is registered for
+// every dispatch key, the empty key set included; it serves CPU tensors only and says so otherwise.
+TORCH_LIBRARY_IMPL(fused_hybrid, CompositeExplicitAutograd, m) { impl_table_op<4, &mas_>(m, "mas_table_"); }
 
 }  // namespace cpu
 }  // namespace fused_hybrid

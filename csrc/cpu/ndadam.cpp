@@ -177,10 +177,11 @@ void ndadam_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fused_hybrid, CPU, m) {
-  m.impl("ndadam_", &ndadam_);
-  impl_table_op<3, &ndadam_>(m, "ndadam_table_");
-}
+TORCH_LIBRARY_IMPL(fused_hybrid, CPU, m) { m.impl("ndadam_", &ndadam_); }
+
+// The table op may carry no tensor argument at all (no grads: they come from the params), so it is registered for
+// every dispatch key, the empty key set included; it serves CPU tensors only and says so otherwise.
+TORCH_LIBRARY_IMPL(fused_hybrid, CompositeExplicitAutograd, m) { impl_table_op<3, &ndadam_>(m, "ndadam_table_"); }
 
 }  // namespace cpu
 }  // namespace fused_hybrid

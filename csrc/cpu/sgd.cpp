@@ -97,10 +97,11 @@ void sgd_(at::TensorList params, at::TensorList grads_in, at::TensorList momentu
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fused_hybrid, CPU, m) {
-  m.impl("sgd_", &sgd_);
-  impl_table_op<1, &sgd_>(m, "sgd_table_");
-}
+TORCH_LIBRARY_IMPL(fused_hybrid, CPU, m) { m.impl("sgd_", &sgd_); }
+
+// The table op may carry no tensor argument at all (no grads: they come from the params), so it is registered for
+// every dispatch key, the empty key set included; it serves CPU tensors only and says so otherwise.
+TORCH_LIBRARY_IMPL(fused_hybrid, CompositeExplicitAutograd, m) { impl_table_op<1, &sgd_>(m, "sgd_table_"); }
 
 }  // namespace cpu
 }  // namespace fused_hybrid

@@ -4,6 +4,17 @@
 
 namespace fused_hybrid {
 
+std::vector<at::Tensor> grads_of(at::TensorList params) {
+  std::vector<at::Tensor> grads;
+  grads.reserve(params.size());
+  for (const auto& p : params) {
+    const at::Tensor& g = p.grad();
+    TORCH_CHECK(g.defined(), kNoGradient);
+    grads.push_back(g);
+  }
+  return grads;
+}
+
 void register_tensor_table() {
   // Called by every registration that names the class: static initializers run in no fixed order across files.
   static const auto cls = torch::class_<TensorTable>("fused_hybrid", "TensorTable")

@@ -19,6 +19,10 @@ from ..rules import MAS_VARIANTS
 
 NAME = "cpu"
 RULES = frozenset({"adaptive", "sgd", "mas", "ndadam"})
+# With a bucket cache, grads=None makes the op read the params' .grad itself (no Python list of 2000 .grad reads);
+# a missing gradient then raises a RuntimeError containing NO_GRADIENT before anything changes.
+GRADS_FROM_PARAMS = True
+NO_GRADIENT = "fused_hybrid: a parameter of the table has no gradient"
 
 
 def available(device: torch.device) -> bool:
@@ -40,6 +44,8 @@ def _call(op: str, cache, lists: list, grads, *rest) -> None:
     when the caller keeps a cache for this bucket. The table is rebuilt whenever any list object differs from the
     ones it was built from (the optimizer keeps its lists per bucket, so in steady state it never is)."""
     if cache is None or torch.compiler.is_compiling():
+        if grads is None:
+            grads = [p.grad for p in lists[0]]
         getattr(torch.ops.fused_hybrid, op)(lists[0], grads, *lists[1:], *rest)
         return
     key = tuple(map(id, lists))
@@ -47,7 +53,7 @@ def _call(op: str, cache, lists: list, grads, *rest) -> None:
     if entry is None or entry[0] != key:
         # The entry holds the lists too, so their ids cannot be reused while it is alive.
         entry = cache[op] = (key, torch.classes.fused_hybrid.TensorTable(lists), lists)
-    _table_op(op)(entry[1], grads, *rest)
+    _table_op(op)(entry[1], _NONE if grads is None else grads, *rest)
 
 
 _TABLE_OPS: dict = {}
@@ -125,6 +131,8 @@ def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=Non
     copies = []
     ps, gs, ms, vs = params, grads, exp_avgs, exp_avg_sqs
     if any(perm is not None for _, perm in layouts):
+        if grads is None:
+            grads = [p.grad for p in params]
         ps, gs, ms, vs = list(params), list(grads), list(exp_avgs), list(exp_avg_sqs)
         for i, (_, perm) in enumerate(layouts):
             if perm is not None:
