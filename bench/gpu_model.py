@@ -13,8 +13,8 @@ Launch counts per bucket (one device, one dtype, one param group) and step, per 
 - triton: one update launch over a chunk table of every tensor, plus one finalize launch that advances the step
   counts and sums per-chunk partials (SGD has neither, so 1); MAS's reducing variants make their first pass's last
   program per tensor do the finalizing, then run the apply pass (2; 3 when the bucket holds an empty tensor, whose
-  step needs the finalize kernel); ND-Adam runs its row kernel, Adam's kernel for 1-D tensors and one finalize
-  for both (3; 2 with one kind only). ``tests/test_triton_backend.py``
+  step needs the finalize kernel); ND-Adam runs its row kernel, whose 1-D tensors are plain-Adam chunks, and the
+  finalize (2). ``tests/test_triton_backend.py``
   counts the real launches against ``triton_launches``.
 - cuda (ND-Adam not modelled: it launches per row-size class): multi-tensor apply splits the tensors into launches by its argument-table limits
   (``torch.ops.fused_hybrid.plan_launches``, the kernels' own planner) per pass, plus one post-step launch (step
@@ -53,10 +53,8 @@ def triton_launches(rule: str, opts: dict | None = None, shapes=()) -> int:
         return 1
     if rule == "mas" and opts.get("variant", "sum") != "sum":
         return 2 + any(math.prod(s) == 0 for s in shapes)  # empty tensors' steps need a finalize
-    if rule == "ndadam":  # the row kernel, the 1-D tensors' Adam kernel, one finalize for every step
-        has_vectors = any(len(s) >= 2 for s in shapes)
-        has_flat = any(len(s) < 2 for s in shapes)
-        return has_vectors + has_flat + 1
+    if rule == "ndadam":  # the row kernel (1-D tensors are plain-Adam chunks of it) and the finalize
+        return 2
     return 2
 
 

@@ -5,12 +5,15 @@ dims; the default, all dims but 0, gives inner = 1 and contiguous rows). One pro
 tensor and walks their L elements in BLOCK_L columns several times, because each stage needs a full-vector
 reduction of the previous one: ||w|| (first step), <g,w>, then m and <g,g>, then the new w and its norm, then
 the renormalized store. The parameter is written once, at the end (bf16/fp16 params round once, as in the
-reference). Row sums accumulate in float64. 1-D tensors take the adaptive kernel (plain Adam).
+reference). Row sums accumulate in float64. A group's 1-D tensors (L = 0: plain Adam, as ND-Adam's reference code
+does) are chunks of this kernel too, ROWS blocks of FLAT_BLOCK elements each, stepped by the adaptive family's
+block function; so a group is one launch plus the finalize.
 Arithmetic as fused_hybrid/reference.py (ndadam_vector_step).
 """
 import triton
 import triton.language as tl
 
+from .adaptive import CLIP_NONE, FORM_TORCH, _adaptive_block
 from .common import chunk_header, div_ieee, effective_grad, f64, inv_scale, lerp, load_lr, pow_int, skip_step, \
     sqrt_ieee, table_ptr
 
@@ -53,13 +56,12 @@ def ndadam_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr,
                   lr: tl.float64, beta1: tl.float64, beta2: tl.float64, eps: tl.float64, wd: tl.float64,
                   P: tl.constexpr, C: tl.constexpr, LR_TENSOR: tl.constexpr, HAS_SCALE: tl.constexpr,
                   HAS_FOUND_INF: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr,
-                  ROWS: tl.constexpr, BLOCK_L: tl.constexpr):
+                  ROWS: tl.constexpr, BLOCK_L: tl.constexpr, FLAT_BLOCK: tl.constexpr = 1024):
     pid = tl.program_id(0)
     t, r0, n = chunk_header(chunks, meta, pid, 6, ROWS)
     if not skip_step(found_ptr, HAS_FOUND_INF):
         L = tl.load(meta + t * 6 + 4)
         inner = tl.load(meta + t * 6 + 5)
-        nrows = n // L
         pp = table_ptr(ptrs, L_P, t, T, P, False)
         gp = table_ptr(ptrs, L_G, t, T, P, False)
         mp = table_ptr(ptrs, L_M, t, T, C, False)
@@ -79,62 +81,82 @@ def ndadam_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr,
         eps_c = f64(eps).to(C)
         step = (lr64 * sqrt_ieee(bc2) / bc1).to(C)
 
-        rows = r0 + tl.arange(0, ROWS)
-        rmask = rows < nrows
-        base = (rows // inner) * (L * inner) + rows % inner
-        cols0 = tl.arange(0, BLOCK_L)
-        one = tl.full([ROWS], 1.0, C)
+        if L == 0:
+            # A 1-D tensor: plain Adam with L2 decay (torch form), units of FLAT_BLOCK elements.
+            zero = tl.zeros((), tl.float64).to(C)
+            sc = (inv, wd_c, zero, omb1, b1.to(C), b2_c, omb2, eps_c, sqrt_ieee(bc2).to(C), (-(lr64 / bc1)).to(C),
+                  zero, f64(1.0), zero, zero, zero)
+            for u in range(0, ROWS):
+                offs = (r0 + u) * FLAT_BLOCK + tl.arange(0, FLAT_BLOCK)
+                _adaptive_block(offs, offs < n, pp, gp, mp, vp, None, None, sc, C, True, HAS_SCALE, MAXIMIZE,
+                                HAS_WD, False, False, FORM_TORCH, False, CLIP_NONE, False, False, False)
+        else:
+            _nd_rows(pp, gp, mp, vp, r0, n, L, inner, k, inv, wd_c, omb1, b2_c, omb2, eps_c, step, C, P, HAS_SCALE,
+                     MAXIMIZE, HAS_WD, ROWS, BLOCK_L)
 
-        # Stage 1 (first step only): ||w|| per vector; the paper normalizes at initialization.
-        scale_w = one
-        if k == 1.0:
-            ww = tl.zeros([ROWS], tl.float64)
-            for j0 in range(0, L, BLOCK_L):
-                cols = j0 + cols0
-                offs = base[:, None] + cols[None, :] * inner
-                mask = rmask[:, None] & (cols < L)[None, :]
-                w0 = tl.load(pp + offs, mask=mask, other=0.0).to(C).to(tl.float64)
-                ww += tl.sum(w0 * w0, axis=1)
-            scale_w = sqrt_ieee(ww).to(C)
-            scale_w = tl.where(rmask, scale_w, 1.0)
-        # Stage 2: <g, w>.
-        acc = tl.zeros([ROWS], tl.float64)
+
+@triton.jit
+def _nd_rows(pp, gp, mp, vp, r0, n, L, inner, k, inv, wd_c, omb1, b2_c, omb2, eps_c, step, C: tl.constexpr,
+             P: tl.constexpr, HAS_SCALE: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr,
+             ROWS: tl.constexpr, BLOCK_L: tl.constexpr):
+    """ROWS weight vectors of one tensor, starting at vector r0."""
+    nrows = n // L
+    rows = r0 + tl.arange(0, ROWS)
+    rmask = rows < nrows
+    base = (rows // inner) * (L * inner) + rows % inner
+    cols0 = tl.arange(0, BLOCK_L)
+    one = tl.full([ROWS], 1.0, C)
+
+    # Stage 1 (first step only): ||w|| per vector; the paper normalizes at initialization.
+    scale_w = one
+    if k == 1.0:
+        ww = tl.zeros([ROWS], tl.float64)
         for j0 in range(0, L, BLOCK_L):
             cols = j0 + cols0
             offs = base[:, None] + cols[None, :] * inner
             mask = rmask[:, None] & (cols < L)[None, :]
-            w, g = _load_wg(pp, gp, offs, mask, inv, scale_w[:, None], wd_c, C, HAS_SCALE, MAXIMIZE, HAS_WD)
-            acc += tl.sum((g * w).to(tl.float64), axis=1)
-        gw = acc.to(C)
-        # Stage 3: project, first moment, <g, g>; then the per-vector second moment.
-        acc = tl.zeros([ROWS], tl.float64)
-        for j0 in range(0, L, BLOCK_L):
-            cols = j0 + cols0
-            offs = base[:, None] + cols[None, :] * inner
-            mask = rmask[:, None] & (cols < L)[None, :]
-            w, g = _load_wg(pp, gp, offs, mask, inv, scale_w[:, None], wd_c, C, HAS_SCALE, MAXIMIZE, HAS_WD)
-            g = nd_project(g, w, gw[:, None])
-            m = lerp(tl.load(mp + offs, mask=mask, other=0.0), g, omb1)
-            tl.store(mp + offs, m, mask=mask)
-            acc += tl.sum((g * g).to(tl.float64), axis=1)
-        v = tl.load(vp + rows, mask=rmask, other=0.0)
-        v = v * b2_c + omb2 * acc.to(C)
-        tl.store(vp + rows, v, mask=rmask)
-        # Stage 4: the new w's norm; stage 5: the renormalized store.
-        acc = tl.zeros([ROWS], tl.float64)
-        for j0 in range(0, L, BLOCK_L):
-            cols = j0 + cols0
-            offs = base[:, None] + cols[None, :] * inner
-            mask = rmask[:, None] & (cols < L)[None, :]
-            w = div_ieee(tl.load(pp + offs, mask=mask, other=0.0).to(C), scale_w[:, None])
-            w = nd_new_w(w, tl.load(mp + offs, mask=mask, other=0.0), v[:, None], eps_c, step)
-            w64 = w.to(tl.float64)
-            acc += tl.sum(w64 * w64, axis=1)
-        norm = tl.where(rmask, sqrt_ieee(acc).to(C), 1.0)
-        for j0 in range(0, L, BLOCK_L):
-            cols = j0 + cols0
-            offs = base[:, None] + cols[None, :] * inner
-            mask = rmask[:, None] & (cols < L)[None, :]
-            w = div_ieee(tl.load(pp + offs, mask=mask, other=0.0).to(C), scale_w[:, None])
-            w = nd_new_w(w, tl.load(mp + offs, mask=mask, other=0.0), v[:, None], eps_c, step)
-            tl.store(pp + offs, div_ieee(w, norm[:, None]).to(P), mask=mask)
+            w0 = tl.load(pp + offs, mask=mask, other=0.0).to(C).to(tl.float64)
+            ww += tl.sum(w0 * w0, axis=1)
+        scale_w = sqrt_ieee(ww).to(C)
+        scale_w = tl.where(rmask, scale_w, 1.0)
+    # Stage 2: <g, w>.
+    acc = tl.zeros([ROWS], tl.float64)
+    for j0 in range(0, L, BLOCK_L):
+        cols = j0 + cols0
+        offs = base[:, None] + cols[None, :] * inner
+        mask = rmask[:, None] & (cols < L)[None, :]
+        w, g = _load_wg(pp, gp, offs, mask, inv, scale_w[:, None], wd_c, C, HAS_SCALE, MAXIMIZE, HAS_WD)
+        acc += tl.sum((g * w).to(tl.float64), axis=1)
+    gw = acc.to(C)
+    # Stage 3: project, first moment, <g, g>; then the per-vector second moment.
+    acc = tl.zeros([ROWS], tl.float64)
+    for j0 in range(0, L, BLOCK_L):
+        cols = j0 + cols0
+        offs = base[:, None] + cols[None, :] * inner
+        mask = rmask[:, None] & (cols < L)[None, :]
+        w, g = _load_wg(pp, gp, offs, mask, inv, scale_w[:, None], wd_c, C, HAS_SCALE, MAXIMIZE, HAS_WD)
+        g = nd_project(g, w, gw[:, None])
+        m = lerp(tl.load(mp + offs, mask=mask, other=0.0), g, omb1)
+        tl.store(mp + offs, m, mask=mask)
+        acc += tl.sum((g * g).to(tl.float64), axis=1)
+    v = tl.load(vp + rows, mask=rmask, other=0.0)
+    v = v * b2_c + omb2 * acc.to(C)
+    tl.store(vp + rows, v, mask=rmask)
+    # Stage 4: the new w's norm; stage 5: the renormalized store.
+    acc = tl.zeros([ROWS], tl.float64)
+    for j0 in range(0, L, BLOCK_L):
+        cols = j0 + cols0
+        offs = base[:, None] + cols[None, :] * inner
+        mask = rmask[:, None] & (cols < L)[None, :]
+        w = div_ieee(tl.load(pp + offs, mask=mask, other=0.0).to(C), scale_w[:, None])
+        w = nd_new_w(w, tl.load(mp + offs, mask=mask, other=0.0), v[:, None], eps_c, step)
+        w64 = w.to(tl.float64)
+        acc += tl.sum(w64 * w64, axis=1)
+    norm = tl.where(rmask, sqrt_ieee(acc).to(C), 1.0)
+    for j0 in range(0, L, BLOCK_L):
+        cols = j0 + cols0
+        offs = base[:, None] + cols[None, :] * inner
+        mask = rmask[:, None] & (cols < L)[None, :]
+        w = div_ieee(tl.load(pp + offs, mask=mask, other=0.0).to(C), scale_w[:, None])
+        w = nd_new_w(w, tl.load(mp + offs, mask=mask, other=0.0), v[:, None], eps_c, step)
+        tl.store(pp + offs, div_ieee(w, norm[:, None]).to(P), mask=mask)

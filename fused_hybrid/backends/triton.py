@@ -231,8 +231,7 @@ def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=Non
 
 
 def _adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, grad_scale=None, found_inf=None,
-              swats=None, advance_steps=True):
-    """advance_steps=False leaves the steps (and the finalize launch) to the caller (ND-Adam's 1-D tensors)."""
+              swats=None):
     if not params:
         return
     grads = _check(params, grads)
@@ -243,10 +242,10 @@ def _adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, 
     bufs = list(swats.momentum_buffers) if swats is not None else [None] * T
     numels = [p.numel() for p in params]
     tab = _tables(dev, [params, grads, exp_avgs, exp_avg_sqs, maxs, bufs, steps], numels, [0] * T, CHUNK)
-    _adaptive_launch(tab, dev, hp, grad_scale, found_inf, swats, params[0].dtype, BLOCK, CHUNK, opts, advance_steps)
+    _adaptive_launch(tab, dev, hp, grad_scale, found_inf, swats, params[0].dtype, BLOCK, CHUNK, opts)
 
 
-def _adaptive_launch(tab, dev, hp, grad_scale, found_inf, swats, dtype, BLOCK, CHUNK, opts, advance_steps=True):
+def _adaptive_launch(tab, dev, hp, grad_scale, found_inf, swats, dtype, BLOCK, CHUNK, opts):
     lr, lr_t = _lr_args(hp, dev)
     P, C = _dtypes(dtype)
     chunk_partials = None
@@ -267,7 +266,7 @@ def _adaptive_launch(tab, dev, hp, grad_scale, found_inf, swats, dtype, BLOCK, C
                 BLOCK=BLOCK, CHUNK=CHUNK, FINAL_LR_RELATIVE=bool(hp.final_lr_relative), **opts)
     if swats is not None:
         _finalize(tab, found_inf, _ka.L_STEP, chunk_partials, swats.partials, 2, 2)
-    elif advance_steps:
+    else:
         _finalize(tab, found_inf, _ka.L_STEP)
 
 
@@ -348,29 +347,26 @@ def _vector_view(p: torch.Tensor, axes) -> tuple[int, int]:
 
 
 def _ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=None, found_inf=None):
-    """The row kernel over the >= 2-D tensors, plain Adam over the 1-D ones, and one finalize that advances every
-    tensor's step: at most 3 launches (2 when the bucket holds only one kind)."""
+    """One row-kernel launch over every tensor (its 1-D tensors are plain-Adam chunks of the same kernel) and one
+    finalize that advances the steps: 2 launches."""
     if not params:
         return
     grads = _check(params, grads)
     dev = params[0].device
-    flat = [i for i, ax in enumerate(axes) if not ax]
-    if flat:
-        # Biases and other 1-D parameters: plain Adam with L2 decay (ND-Adam's reference code does the same). They
-        # read their step before the finalize below advances it.
+    BLOCK, _, _ = _geometry(dev)
+    if not any(axes):
+        # Only biases and other 1-D parameters: plain Adam with L2 decay (ND-Adam's reference code does the same).
         from ..hyper import Adaptive
         ahp = Adaptive(lr=hp.lr, beta1=hp.beta1, beta2=hp.beta2, eps=hp.eps, weight_decay=hp.weight_decay,
                        maximize=hp.maximize)
-        pick = lambda xs: [xs[i] for i in flat]  # noqa: E731
-        _adaptive(pick(params), pick(grads), pick(exp_avgs), pick(exp_avg_sqs), [], pick(steps), ahp, grad_scale,
-                  found_inf, advance_steps=False)
-    # The row kernel's table covers every tensor (1-D ones have no rows, hence no chunks) so that its finalize
-    # advances all the steps.
+        _adaptive(params, grads, exp_avgs, exp_avg_sqs, [], steps, ahp, grad_scale, found_inf)
+        return
     shapes = [_vector_view(p, ax) if ax else (0, 1) for p, ax in zip(params, axes)]
     numels = [p.numel() for p in params]
-    rows = [n // L if L else 0 for n, (L, _) in zip(numels, shapes)]
+    # Units a chunk is cut in: weight vectors, or blocks of BLOCK elements of a 1-D tensor (L = 0).
+    units = [n // L if L else -(-n // BLOCK) for n, (L, _) in zip(numels, shapes)]
     tab = _tables(dev, [params, grads, exp_avgs, exp_avg_sqs, steps], numels, [0] * len(params), ND_ROWS,
-                  units=rows, extra=shapes)
+                  units=units, extra=shapes)
     if tab.C > 0:
         lr, lr_t = _lr_args(hp, dev)
         P, C = _dtypes(params[0].dtype)
@@ -380,7 +376,7 @@ def _ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=No
                 lr, float(hp.beta1), float(hp.beta2), float(hp.eps), float(hp.weight_decay),
                 P=P, C=C, LR_TENSOR=lr_t is not None, HAS_SCALE=grad_scale is not None,
                 HAS_FOUND_INF=found_inf is not None, MAXIMIZE=bool(hp.maximize), HAS_WD=hp.weight_decay != 0,
-                ROWS=ND_ROWS, BLOCK_L=block_l)
+                ROWS=ND_ROWS, BLOCK_L=block_l, FLAT_BLOCK=BLOCK)
     _finalize(tab, found_inf, _kn.L_STEP, width=_kn.META_W)
 
 
