@@ -167,13 +167,14 @@ def _count_launches(monkeypatch, cls, kw, sizes):
     (fh.MAS, {}, "mas"), (fh.MAS, dict(variant="correction"), "mas"), (fh.NDAdam, {}, "ndadam")])
 def test_launches_independent_of_tensor_count(monkeypatch, cls, kw, rule):
     """update + finalize per bucket (MAS's reducing variants: pass 0, which finalizes, + apply pass; ND-Adam: the
-    row kernel + its 1-D tensors' Adam kernel + one finalize), whether the bucket holds 2 tensors or 40: exactly what
-    the launch model behind the benchmark's GPU predictions (bench/gpu_model.py) says."""
+    row kernel, whose 1-D tensors are plain-Adam chunks, + finalize), whether the bucket holds 2 tensors or 40:
+    exactly what the launch model behind the benchmark's GPU predictions (bench/gpu_model.py) says. Every rule
+    takes at most 2."""
     few = [(3,), (5, 4)]
     many = [(3,), (5, 4)] + [(1 + i % 7,) if i % 2 else (2, 1 + i % 5) for i in range(38)]
     n_few = _count_launches(monkeypatch, cls, kw, few)
     n_many = _count_launches(monkeypatch, cls, kw, many)
-    assert n_few == n_many == gpu_model.triton_launches(rule, kw, many)
+    assert n_few == n_many == gpu_model.triton_launches(rule, kw, many) <= 2
 
 
 def _swats_problem(backend, granularity, steps=30):
