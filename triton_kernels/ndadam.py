@@ -96,6 +96,13 @@ def ndadam_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr,
 
 
 @triton.jit
+def _row_tile(base, rmask, cols, L, inner):
+    """Offsets and mask of columns ``cols`` of the program's rows (vector element j of row r sits at
+    base[r] + j * inner)."""
+    return base[:, None] + cols[None, :] * inner, rmask[:, None] & (cols < L)[None, :]
+
+
+@triton.jit
 def _nd_rows(pp, gp, mp, vp, r0, n, L, inner, k, inv, wd_c, omb1, b2_c, omb2, eps_c, step, C: tl.constexpr,
              P: tl.constexpr, HAS_SCALE: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr,
              ROWS: tl.constexpr, BLOCK_L: tl.constexpr):
@@ -112,9 +119,7 @@ def _nd_rows(pp, gp, mp, vp, r0, n, L, inner, k, inv, wd_c, omb1, b2_c, omb2, ep
     if k == 1.0:
         ww = tl.zeros([ROWS], tl.float64)
         for j0 in range(0, L, BLOCK_L):
-            cols = j0 + cols0
-            offs = base[:, None] + cols[None, :] * inner
-            mask = rmask[:, None] & (cols < L)[None, :]
+            offs, mask = _row_tile(base, rmask, j0 + cols0, L, inner)
             w0 = tl.load(pp + offs, mask=mask, other=0.0).to(C).to(tl.float64)
             ww += tl.sum(w0 * w0, axis=1)
         scale_w = sqrt_ieee(ww).to(C)
@@ -122,18 +127,14 @@ def _nd_rows(pp, gp, mp, vp, r0, n, L, inner, k, inv, wd_c, omb1, b2_c, omb2, ep
     # Stage 2: <g, w>.
     acc = tl.zeros([ROWS], tl.float64)
     for j0 in range(0, L, BLOCK_L):
-        cols = j0 + cols0
-        offs = base[:, None] + cols[None, :] * inner
-        mask = rmask[:, None] & (cols < L)[None, :]
+        offs, mask = _row_tile(base, rmask, j0 + cols0, L, inner)
         w, g = _load_wg(pp, gp, offs, mask, inv, scale_w[:, None], wd_c, C, HAS_SCALE, MAXIMIZE, HAS_WD)
         acc += tl.sum((g * w).to(tl.float64), axis=1)
     gw = acc.to(C)
     # Stage 3: project, first moment, <g, g>; then the per-vector second moment.
     acc = tl.zeros([ROWS], tl.float64)
     for j0 in range(0, L, BLOCK_L):
-        cols = j0 + cols0
-        offs = base[:, None] + cols[None, :] * inner
-        mask = rmask[:, None] & (cols < L)[None, :]
+        offs, mask = _row_tile(base, rmask, j0 + cols0, L, inner)
         w, g = _load_wg(pp, gp, offs, mask, inv, scale_w[:, None], wd_c, C, HAS_SCALE, MAXIMIZE, HAS_WD)
         g = nd_project(g, w, gw[:, None])
         m = lerp(tl.load(mp + offs, mask=mask, other=0.0), g, omb1)
@@ -145,18 +146,14 @@ def _nd_rows(pp, gp, mp, vp, r0, n, L, inner, k, inv, wd_c, omb1, b2_c, omb2, ep
     # Stage 4: the new w's norm; stage 5: the renormalized store.
     acc = tl.zeros([ROWS], tl.float64)
     for j0 in range(0, L, BLOCK_L):
-        cols = j0 + cols0
-        offs = base[:, None] + cols[None, :] * inner
-        mask = rmask[:, None] & (cols < L)[None, :]
+        offs, mask = _row_tile(base, rmask, j0 + cols0, L, inner)
         w = div_ieee(tl.load(pp + offs, mask=mask, other=0.0).to(C), scale_w[:, None])
         w = nd_new_w(w, tl.load(mp + offs, mask=mask, other=0.0), v[:, None], eps_c, step)
         w64 = w.to(tl.float64)
         acc += tl.sum(w64 * w64, axis=1)
     norm = tl.where(rmask, sqrt_ieee(acc).to(C), 1.0)
     for j0 in range(0, L, BLOCK_L):
-        cols = j0 + cols0
-        offs = base[:, None] + cols[None, :] * inner
-        mask = rmask[:, None] & (cols < L)[None, :]
+        offs, mask = _row_tile(base, rmask, j0 + cols0, L, inner)
         w = div_ieee(tl.load(pp + offs, mask=mask, other=0.0).to(C), scale_w[:, None])
         w = nd_new_w(w, tl.load(mp + offs, mask=mask, other=0.0), v[:, None], eps_c, step)
         tl.store(pp + offs, div_ieee(w, norm[:, None]).to(P), mask=mask)
