@@ -167,6 +167,16 @@ def train(model_name: str, opt_name: str, seed: int, epochs: int, data, batch_si
     return hist
 
 
+def save_figure(fig, name: str, dpi: int) -> str:
+    """Lay out ``fig``, write it to OUT/name, close it, and return the path written."""
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    path = OUT / name
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return str(path)
+
+
 def set_threads(n: int | None) -> None:
     """Small models train fastest on one thread; the examples default to it."""
     torch.set_num_threads(n or 1)

@@ -36,7 +36,7 @@ import statistics
 import numpy as np
 import torch
 
-from common import OUT, load_digits_tensors, set_threads, train
+from common import OUT, load_digits_tensors, save_figure, set_threads, train
 
 import fused_hybrid as fh
 
@@ -287,11 +287,7 @@ def plot(plots, a):
         ax2.grid(alpha=0.3)
     fig.suptitle(f"SWATS switch tests on digits ({a.epochs} epochs, batch {a.batch_size}; a run that never switches "
                  f"shows the trajectory every test sees)", fontsize=10)
-    fig.tight_layout()
-    p = OUT / "switch_study.png"
-    fig.savefig(p, dpi=100)
-    plt.close(fig)
-    return str(p)
+    return save_figure(fig, "switch_study.png", dpi=100)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import argparse
 import json
 import statistics
 
-from common import COLORS, OPTIMIZERS, OUT, load_digits_tensors, set_threads, train
+from common import COLORS, OPTIMIZERS, OUT, load_digits_tensors, save_figure, set_threads, train
 
 
 def summarize(hists: list[dict]) -> list[str]:
@@ -87,11 +87,7 @@ def plot(hists: list[dict], model: str) -> list[str]:
                  f"dotted: SWATS switch per seed")
     ax1.grid(alpha=0.3, which="both")
     ax2.grid(alpha=0.3)
-    fig.tight_layout()
-    p = OUT / f"digits_{model}_curves.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    paths.append(str(p))
+    paths.append(save_figure(fig, f"digits_{model}_curves.png", dpi=110))
 
     sw = [h for h in hs_m if h["optimizer"] == "SWATS" and h["gamma"]]
     if sw:
@@ -114,11 +110,7 @@ def plot(hists: list[dict], model: str) -> list[str]:
                      f"default test |Lambda-gamma| < 1e-3*|Lambda|")
         ax.legend(frameon=False, fontsize=8, loc="upper right")
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        p = OUT / f"digits_{model}_swats.png"
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        paths.append(str(p))
+        paths.append(save_figure(fig, f"digits_{model}_swats.png", dpi=110))
     return paths
 
 
