@@ -219,10 +219,11 @@ class HybridOptimizer(torch.optim.Optimizer):
         found_inf = getattr(self, "found_inf", None)
         swats_calls = []
         for gi, group in enumerate(self.param_groups):
+            hp = rules.record(group)
             plan = self._fast_plan(gi, group)
             if plan is not None:
                 try:
-                    self._step_bucket(gi, group, plan[0], None, grad_scale, found_inf, swats_calls)
+                    self._step_bucket(gi, group, hp, plan[0], None, grad_scale, found_inf, swats_calls)
                     continue
                 except RuntimeError as exc:  # some param has no gradient this step: nothing was changed
                     if plan[0].backend.NO_GRADIENT not in str(exc):
@@ -230,17 +231,16 @@ class HybridOptimizer(torch.optim.Optimizer):
             all_grads = _grads_of(group["params"])
             for b in self._plan(gi, group, all_grads):
                 grads = all_grads if b.whole else [all_grads[j] for j in b.idx]
-                self._step_bucket(gi, group, b, grads, grad_scale, found_inf, swats_calls)
+                self._step_bucket(gi, group, hp, b, grads, grad_scale, found_inf, swats_calls)
         if swats_calls:
             self._swats_finalize(swats_calls, found_inf)
         return loss
 
-    def _step_bucket(self, gi, group, b, grads, grad_scale, found_inf, swats_calls) -> None:
-        """One backend call for bucket ``b``. grads None: the backend reads the params' .grad itself (and raises
-        before changing anything if one is missing)."""
+    def _step_bucket(self, gi, group, hp, b, grads, grad_scale, found_inf, swats_calls) -> None:
+        """One backend call for bucket ``b`` of group ``gi`` with its hyperparameter record ``hp``. grads None: the
+        backend reads the params' .grad itself (and raises before changing anything if one is missing)."""
         rule = group["rule"]
         family = rules.FAMILY[rule]
-        hp = rules.record(group)
         be = b.backend
         if b.viewed:
             if torch.compiler.is_compiling():

@@ -345,7 +345,8 @@ def test_table_and_list_entry_points_agree(cfg):
     for p, q in zip(pt, pl):
         for key, v in opt_t.state[p].items():
             assert torch.equal(v, opt_l.state[q][key]), key
-    tables = [e[1] for _, plan in opt_t._plans.values() for b in plan for e in b.cache.values()]
+    # The cache's table entries are keyed by op name ("adaptive_", ...); it may hold other derived data too.
+    tables = [e[1] for _, plan in opt_t._plans.values() for b in plan for k, e in b.cache.items() if k.endswith("_")]
     if kw.get("vec_axes"):
         assert not tables
     else:

@@ -126,8 +126,14 @@ def ndadam_layout(p: torch.Tensor, axes) -> tuple[int, list[int] | None]:
 
 def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=None, found_inf=None, cache=None):
     lr, lr_t = _lr(hp)
-    layouts = [ndadam_layout(p, ax) for p, ax in zip(params, axes)]
-    row_lens = [row_len for row_len, _ in layouts]
+    # The layouts follow from the shapes and axes alone: kept per bucket while the caller passes the same axes list.
+    entry = None if cache is None else cache.get("ndadam_layouts")
+    if entry is None or entry[0] is not axes:
+        layouts = [ndadam_layout(p, ax) for p, ax in zip(params, axes)]
+        entry = (axes, layouts, [row_len for row_len, _ in layouts])
+        if cache is not None:
+            cache["ndadam_layouts"] = entry
+    _, layouts, row_lens = entry
     copies = []
     ps, gs, ms, vs = params, grads, exp_avgs, exp_avg_sqs
     if any(perm is not None for _, perm in layouts):
