@@ -163,10 +163,6 @@ void adaptive_(at::TensorList params, at::TensorList grads_in, at::TensorList ex
   if (params.empty()) return;
   const auto dev = params[0].device();
   const int64_t T = static_cast<int64_t>(params.size());
-  for (const auto i : c10::irange(params.size())) {
-    TORCH_CHECK(steps[i].device() == dev && steps[i].scalar_type() == at::kFloat && steps[i].numel() == 1, op,
-                ": steps[", i, "] must be a one-element float32 tensor on ", dev, " (capturable state)");
-  }
   if (swats) {
     TORCH_CHECK(swats_phase.has_value() && swats_sgd_lr.has_value() && swats_partials.has_value(), op,
                 ": SWATS needs swats_phase, swats_sgd_lr and swats_partials");
@@ -203,7 +199,7 @@ void adaptive_(at::TensorList params, at::TensorList grads_in, at::TensorList ex
   a.swats_sgd_lr = swats ? swats_sgd_lr->data_ptr<double>() : nullptr;
   a.slots = nullptr;
 
-  Operands ops = gather_operands(params, grads,
+  Operands ops = gather_operands(op, params, grads,
                                  {exp_avgs, exp_avg_sqs, amsgrad ? max_exp_avg_sqs : at::TensorList(),
                                   swats ? swats_momentum_buffers : at::TensorList()},
                                  steps);

@@ -29,15 +29,18 @@ StepScalars step_scalars(const std::optional<at::Tensor>& lr_tensor, double lr,
           device_scalar(found_inf, 0.0, device, keep_alive)};
 }
 
-Operands gather_operands(at::TensorList params, at::TensorList grads, std::initializer_list<at::TensorList> states,
-                         at::TensorList steps) {
-  Operands o;
+Operands gather_operands(const char* op, at::TensorList params, at::TensorList grads,
+                         std::initializer_list<at::TensorList> states, at::TensorList steps) {
+  Operands o;  // (the ops checked that every list has one tensor per param)
   o.lists.resize(2 + states.size());
   for (const auto i : c10::irange(params.size())) {
     o.lists[0].push_back(params[i]);
     o.lists[1].push_back(grads[i]);
     size_t j = 2;
     for (const auto& s : states) o.lists[j++].push_back(s.empty() ? at::Tensor() : s[i]);
+    const auto dev = params[i].device();
+    TORCH_CHECK(steps[i].device() == dev && steps[i].scalar_type() == at::kFloat && steps[i].numel() == 1, op,
+                ": steps[", i, "] must be a one-element float32 tensor on ", dev, " (capturable state)");
     o.step_ptrs.push_back(steps[i].data_ptr());
     o.steps.push_back(steps[i]);
   }

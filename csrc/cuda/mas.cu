@@ -150,10 +150,6 @@ void mas_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avg
   TORCH_CHECK(variant >= kSum && variant <= kVector, op, ": unknown variant ", variant);
   if (params.empty()) return;
   const auto dev = params[0].device();
-  for (const auto i : c10::irange(params.size())) {
-    TORCH_CHECK(steps[i].device() == dev && steps[i].scalar_type() == at::kFloat && steps[i].numel() == 1, op,
-                ": steps[", i, "] must be a one-element float32 tensor on ", dev, " (capturable state)");
-  }
   const c10::cuda::CUDAGuard guard(dev);
   std::vector<at::Tensor> keep;
   MasArgs a;
@@ -172,7 +168,7 @@ void mas_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avg
   a.slots = nullptr;
   a.sums = nullptr;
 
-  Operands ops = gather_operands(params, grads,
+  Operands ops = gather_operands(op, params, grads,
                                  {exp_avgs, exp_avg_sqs, mom ? momentum_buffers : at::TensorList()}, steps);
   std::vector<int64_t> numels;
   for (const auto& p : params) numels.push_back(p.numel());

@@ -71,15 +71,15 @@ StepScalars step_scalars(const std::optional<at::Tensor>& lr_tensor, double lr,
 
 // The operands of a multi-tensor launch: params, grads and the given state lists (an empty state list stands for
 // an absent state: its slots hold undefined tensors), and each tensor's step counter (its address for the kernels,
-// the tensor for the post-step kernel).
+// the tensor for the post-step kernel), each checked to be a one-element float32 tensor on the params' device.
 struct Operands {
   std::vector<std::vector<at::Tensor>> lists;
   std::vector<void*> step_ptrs;
   std::vector<at::Tensor> steps;
 };
 
-Operands gather_operands(at::TensorList params, at::TensorList grads, std::initializer_list<at::TensorList> states,
-                         at::TensorList steps);
+Operands gather_operands(const char* op, at::TensorList params, at::TensorList grads,
+                         std::initializer_list<at::TensorList> states, at::TensorList steps);
 
 // beta^k for the step count k (a whole number, as torch.optim's steps are), by binary exponentiation in double:
 // within a few ulps of pow (itself up to 2 ulps off on the device), i.e. identical after rounding the bias

@@ -179,8 +179,6 @@ void ndadam_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_
   std::vector<int64_t> flat_numels;
   for (const auto i : c10::irange(params.size())) {
     const int64_t n = params[i].numel(), L = row_lens[i];
-    TORCH_CHECK(steps[i].device() == dev && steps[i].scalar_type() == at::kFloat && steps[i].numel() == 1, op,
-                ": steps[", i, "] must be a one-element float32 tensor on ", dev, " (capturable state)");
     TORCH_CHECK(L >= 0 && (L == 0 || n % L == 0), op, ": row_lens[", i, "] = ", L, " does not divide ", n);
     TORCH_CHECK(exp_avgs[i].numel() == n, op, ": exp_avgs[", i, "] must have the param's size");
     TORCH_CHECK(exp_avg_sqs[i].numel() == (L == 0 ? n : n / L), op, ": exp_avg_sqs[", i, "] must have ",
@@ -198,7 +196,7 @@ void ndadam_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_
   a.maximize = maximize;
 
   const int64_t chunk = plan::pick_chunk_size(flat_numels, plan::kMaxBlocks);
-  Operands ops = gather_operands(params, grads, {exp_avgs, exp_avg_sqs}, steps);
+  Operands ops = gather_operands(op, params, grads, {exp_avgs, exp_avg_sqs}, steps);
   std::vector<int64_t> chunks, info;
   for (const auto i : c10::irange(params.size())) {
     const int64_t n = params[i].numel(), L = row_lens[i];
