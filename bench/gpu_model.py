@@ -12,13 +12,15 @@ are predictions, not measurements: no GPU has run these kernels yet.
 Launch counts per bucket (one device, one dtype, one param group) and step, per backend:
 - triton: one update launch over a chunk table of every tensor, plus one finalize launch that advances the step
   counts and sums per-chunk partials (SGD has neither, so 1); MAS's reducing variants make their first pass's last
-  program per tensor do the finalizing, then run the apply pass (2; 3 when the bucket holds an empty tensor, whose
-  step needs the finalize kernel); ND-Adam runs its row kernel, whose 1-D tensors are plain-Adam chunks, and the
+  program per tensor do the finalizing (an empty tensor gets a zero-length chunk for it), then run the apply
+  pass (2); ND-Adam runs its row kernel, whose 1-D tensors are plain-Adam chunks, and the
   finalize (2). ``tests/test_triton_backend.py``
   counts the real launches against ``triton_launches``.
 - cuda (ND-Adam not modelled: it launches per row-size class): multi-tensor apply splits the tensors into launches by its argument-table limits
   (``torch.ops.fused_hybrid.plan_launches``, the kernels' own planner) per pass, plus one post-step launch (step
-  counts, partial sums) for every family but SGD; MAS's reducing variants make two passes around one post-step.
+  counts, partial sums) for every family but SGD; MAS's reducing variants make two passes and no post-step (each
+  second-pass block sums its tensor's slots and the chunk-0 block advances the step; an empty tensor gets one
+  zero-length chunk for it).
 """
 from __future__ import annotations
 
@@ -51,10 +53,8 @@ def triton_launches(rule: str, opts: dict | None = None, shapes=()) -> int:
     opts = opts or {}
     if rule == "sgd":
         return 1
-    if rule == "mas" and opts.get("variant", "sum") != "sum":
-        return 2 + any(math.prod(s) == 0 for s in shapes)  # empty tensors' steps need a finalize
-    if rule == "ndadam":  # the row kernel (1-D tensors are plain-Adam chunks of it) and the finalize
-        return 2
+    # MAS's reducing variants: pass 0 (whose last program per tensor finalizes) and pass 1; ND-Adam: the row kernel
+    # (1-D tensors are plain-Adam chunks of it) and the finalize; the rest: the update and the finalize.
     return 2
 
 
@@ -71,14 +71,15 @@ def cuda_launches(rule: str, opts: dict | None, shapes, depth: int) -> int | Non
     if rule == "ndadam":
         return None  # a warp or block per weight vector, not multi-tensor apply: not modelled yet
     numels = [math.prod(s) for s in shapes]
-    flat = list(plan(numels, 0, depth, 0, 0))
-    main = flat[1]  # plan::encode: [chunk_size, number of launches, ...]
     opts = opts or {}
+    reducing = rule == "mas" and opts.get("variant", "sum") != "sum"
+    flat = list(plan(numels, 0, depth, 0, 0, 1 if reducing else 0))
+    main = flat[1]  # plan::encode: [chunk_size, number of launches, ...]
     if rule == "sgd":
         return main
-    if rule == "mas" and opts.get("variant", "sum") != "sum":
-        return 2 * main + 1  # two passes around one post-step (sums and step counts)
-    return main + 1
+    if reducing:
+        return 2 * main  # the reduce pass and the apply pass
+    return main + 1  # the main pass and the post-step
 
 
 def predict(key: str, shapes, device: str) -> dict:

@@ -3,6 +3,7 @@
 // every configuration (the planning is plain C++).
 #include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "fused_hybrid/launch_plan.h"
@@ -10,10 +11,11 @@
 namespace {
 
 // The launches for tensors of the given sizes: chunk_size > 0 fixes the chunk size, 0 picks it as the CUDA ops
-// do; max_tensors / max_blocks > 0 override the table sizes (0: the CUDA kernels' own for `depth` tensor lists).
+// do; max_tensors / max_blocks > 0 override the table sizes (0: the CUDA kernels' own for `depth` tensor lists);
+// every tensor gets at least min_chunks chunks (MAS's reducing variants give an empty tensor one).
 // Returns plan::encode's flat list.
 std::vector<int64_t> plan_launches(std::vector<int64_t> numels, int64_t chunk_size, int64_t depth,
-                                   int64_t max_tensors, int64_t max_blocks) {
+                                   int64_t max_tensors, int64_t max_blocks, int64_t min_chunks) {
   using namespace fused_hybrid::plan;
   TORCH_CHECK(depth >= 1 && depth <= 8, "plan_launches: depth must be in [1, 8]");
   for (const int64_t n : numels) TORCH_CHECK(n >= 0, "plan_launches: numels must be >= 0");
@@ -21,7 +23,7 @@ std::vector<int64_t> plan_launches(std::vector<int64_t> numels, int64_t chunk_si
   if (max_blocks <= 0) max_blocks = kMaxBlocks;
   if (chunk_size <= 0) chunk_size = pick_chunk_size(numels, max_blocks);
   std::vector<int64_t> chunks;
-  for (const int64_t n : numels) chunks.push_back(num_chunks(n, chunk_size));
+  for (const int64_t n : numels) chunks.push_back(std::max(min_chunks, num_chunks(n, chunk_size)));
   return encode(chunk_size, fused_hybrid::plan::plan_launches(chunks, max_tensors, max_blocks));
 }
 
@@ -35,7 +37,8 @@ std::vector<int64_t> plan_limits(int64_t depth) {
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(fused_hybrid, m) {
-  m.def("plan_launches(int[] numels, int chunk_size=0, int depth=6, int max_tensors=0, int max_blocks=0) -> int[]",
+  m.def("plan_launches(int[] numels, int chunk_size=0, int depth=6, int max_tensors=0, int max_blocks=0, "
+        "int min_chunks=0) -> int[]",
         &plan_launches);
   m.def("plan_limits(int depth) -> int[]", &plan_limits);
 }

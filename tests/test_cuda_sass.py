@@ -88,10 +88,12 @@ ALIGNED_FP32 = {
 }
 # Known exceptions to "no local memory", measured on sm_90 with CUDA 13.0: 4-16 bytes saved and restored around
 # the out-of-line slow paths of IEEE float division / sqrt (div.rn / sqrt.rn call a subroutine for denormals and
-# special values; torch's own fused Adam has the same calls) in four 16-bit / float64 instantiations. No float32
-# kernel spills. The bound keeps any growth visible.
+# special values; torch's own fused Adam has the same calls) in five 16-bit / float64 instantiations. No float32
+# kernel spills. The bound keeps any growth visible. (MAS's fp16 apply pass joined the list in session 3, when that
+# pass began summing its tensor's slots itself: 12 bytes kept across the unrolled loop's slow-path calls.)
 SPILL_ALLOWED = {"AdaptiveFunctor<BFloat16,float,false,true>": 16, "AdaptiveFunctor<Half,float,false,true>": 16,
-                 "MasFunctor<BFloat16,float,2,true>": 16, "MasFunctor<double,double,2,false>": 16}
+                 "MasFunctor<BFloat16,float,2,true>": 16, "MasFunctor<Half,float,2,true>": 16,
+                 "MasFunctor<double,double,2,false>": 16}
 
 
 def test_every_rule_has_kernels(kernels):

@@ -39,7 +39,24 @@ def test_cuda_launches_grow_when_the_argument_table_overflows():
 
 
 @pytest.mark.skipif(not _ext.loaded(), reason="needs the extension's plan_launches op")
-def test_cuda_mas_reducing_variants_take_three_launches():
-    """pass 1, the post-step (per-tensor sums and step counts), pass 2: 3 launches for a ResNet-18-sized group."""
+def test_cuda_mas_reducing_variants_take_two_launches():
+    """The reduce pass and the apply pass (which sums the slots and advances the steps): 2 launches for a
+    ResNet-18-sized group, and for a 1.1B-parameter one, empty tensors included."""
     rule, opts, depth = gpu_model.RULES["mas_vector"]
-    assert gpu_model.cuda_launches(rule, opts, gpu_model.SHAPES["resnet18"](), depth) == 3
+    for name in ("resnet18", "gpt_1b"):
+        assert gpu_model.cuda_launches(rule, opts, gpu_model.SHAPES[name](), depth) == 2, name
+    assert gpu_model.cuda_launches(rule, opts, [(0,), (5, 3), (0, 4)], depth) == 2
+
+
+@pytest.mark.skipif(not _ext.loaded(), reason="needs the extension's plan_launches op")
+def test_min_chunks_gives_empty_tensors_a_block():
+    """MAS's reducing variants plan with min_chunks=1: an empty tensor gets one (zero-length) chunk and slot, so
+    its apply-pass block advances its step; without it the tensor has no block."""
+    import torch
+    plan = torch.ops.fused_hybrid.plan_launches
+    flat = list(plan([0, 70000, 0], 65536, 5, 0, 0, 1))
+    chunk, nl, slot_base, nt, nb = flat[:5]
+    assert (chunk, nl, slot_base, nt, nb) == (65536, 1, 0, 3, 4)
+    assert flat[5:8] == [0, 1, 2]  # every tensor in the table
+    assert flat[8:] == [0, 0, 1, 0, 1, 1, 2, 0]  # (tensor, chunk) per block
+    assert list(plan([0, 70000, 0], 65536, 5, 0, 0, 0))[2:5] == [0, 1, 2]  # one tensor, two blocks

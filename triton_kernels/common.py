@@ -102,18 +102,16 @@ def chunk_header(chunks, meta, pid, W: tl.constexpr, CHUNK: tl.constexpr):
 @triton.jit(do_not_specialize=["T"])  # the tensor count: one compile whatever it is
 def finalize_kernel(meta, ptrs, T: tl.int64, chunk_partials, out, found_ptr,
                     STEP_LIST: tl.constexpr, HAS_FOUND_INF: tl.constexpr, NP: tl.constexpr, NPP: tl.constexpr,
-                    W: tl.constexpr, EMPTY_ONLY: tl.constexpr = False):
+                    W: tl.constexpr):
     """One program per tensor: advance its step (unless found_inf) and, with NP > 0, sum its chunks' NP
     float64 partials (rows of width NPP) in chunk order into out[t, :NP]: deterministic, no atomics.
-    EMPTY_ONLY: only tensors without chunks (no elements) get their step advanced; the update kernel's last
-    program per tensor did the others (MAS's reducing variants).
 
     The step is advanced here and not in the update kernel because several programs of one launch read a
     tensor's step; any of them writing it would race with the others."""
     t = tl.program_id(0)
     c0 = tl.load(meta + t * W + 1)
     c1 = tl.load(meta + t * W + 2)
-    if not skip_step(found_ptr, HAS_FOUND_INF) and (not EMPTY_ONLY or c0 == c1):
+    if not skip_step(found_ptr, HAS_FOUND_INF):
         sp = tl.load(ptrs + STEP_LIST * T + t).to(tl.pointer_type(tl.float32))
         tl.store(sp, tl.load(sp) + 1.0)
     if NP > 0:

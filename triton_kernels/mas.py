@@ -5,7 +5,7 @@
 buf and writes per-chunk partials (<d_a,d_s>, ||d_a||^2, ||d_s||^2); the last of a tensor's pass-0 programs to
 finish (an integer counter per tensor, no float atomics) sums them in chunk order and advances the step; pass 1
 recomputes both directions from the updated state (w is still unchanged) and applies the chosen update. Two
-launches; tensors with no elements have no program, so a group with empty tensors adds a finalize for their steps.
+launches; a tensor with no elements gets one zero-length chunk, whose program advances its step.
 Arithmetic as fused_hybrid/reference.py (mas_steps, mas_update).
 """
 import triton

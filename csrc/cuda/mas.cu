@@ -1,12 +1,18 @@
 // MAS on CUDA (Landro, Gallo, La Grassa 2020; reference.mas_steps / mas_update; csrc/cpu/mas.cpp does the same
 // passes on the CPU).
 //   "sum": one pass (main kernel) + the post-step kernel (step += 1).
-//   "correction", "normalized", "vector": pass 1 updates m, v and the momentum buffer and writes per-chunk float64
-//   partials of <d_a, d_s>, <d_a, d_a>, <d_s, d_s> to slots; the post-step kernel sums each tensor's slots in a
-//   fixed order and advances the steps; pass 2 reads the sums (and the advanced step) on the device, derives the
-//   tensor's coefficients (in double, as the reference) and applies the update. 3 launches, no host sync, no
-//   atomics. (The Triton backend needs 2: its first pass's last program per tensor does the post-step's work
-//   through an integer counter; porting that here waits for a GPU to test it on.)
+//   "correction", "normalized", "vector": two launches, no host sync, no atomics.
+//     Pass 1 updates m, v and the momentum buffer and writes one slot per chunk: the float64 partials of
+//     <d_a, d_s>, <d_a, d_a>, <d_s, d_s>, and the step count k it used.
+//     Pass 2 block of tensor t sums t's slots itself, in a fixed order (every block of t gets the same sums),
+//     takes k from its own chunk's slot, derives the coefficients in double as the reference does, and applies
+//     the update; the block of chunk 0 stores k as t's step. No block of pass 2 reads a step tensor, so that
+//     store races with nothing, and the stream orders pass 1's slot writes before pass 2's reads.
+//     An empty tensor gets one zero-length chunk so that this block advances its step too.
+//   Why not a post-step kernel between the passes (3 launches, as until session 3) or the Triton backend's
+//   last-program counter: the redundant sums cost each block chunks(t) x 32 bytes of L2 reads (at most 2048
+//   slots, 64 KB, against the chunk's >= 65536 elements of DRAM traffic), and need neither a zeroed counter
+//   buffer kept between steps nor a memory-order argument.
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/irange.h>
@@ -29,9 +35,11 @@ struct MasArgs : StepScalars {
   double beta1, beta2, eps, weight_decay, momentum, dampening, adam_w, sgd_w;
   int variant;
   bool nesterov, maximize;
-  double* slots;       // pass 1: [chunks, 3]
-  const double* sums;  // pass 2: [T, 3] per-tensor totals
+  double* slots;  // reducing variants: [chunks, kSlotWidth], see kSlot*
 };
+
+// A reduction slot (one per chunk): the three partial sums and the step count the chunk's pass 1 used.
+enum Slot : int { kSlotDot = 0, kSlotAA = 1, kSlotSS = 2, kSlotStep = 3, kSlotWidth = 4 };
 
 // Lists: 0 params, 1 grads, 2 exp_avgs, 3 exp_avg_sqs, 4 momentum buffers; aux: steps.
 template <typename P, typename O, int kMode, bool kMom>
@@ -50,9 +58,15 @@ struct MasFunctor {
     O* buf = kMom ? static_cast<O*>(meta.addresses[4][t]) + start : nullptr;
     const O inv = static_cast<O>(1.0 / a.grad_scale.get());
     const double lrd = a.lr.get();
-    // This step's count: the apply pass runs after the post-step kernel advanced it.
-    const float step = *static_cast<const float*>(meta.aux[t]);
-    const double k = static_cast<double>(kMode == kModeApply ? step : step + 1.0f);
+    // This step's count k: read (and incremented) from the step tensor by pass 1 and the sum variant; the apply
+    // pass takes the k its chunk's pass 1 used, from the slot.
+    const int64_t slot = meta.slot_base + blockIdx.x;
+    double k;
+    if constexpr (kMode == kModeApply) {
+      k = a.slots[kSlotWidth * slot + kSlotStep];
+    } else {
+      k = static_cast<double>(*static_cast<const float*>(meta.aux[t]) + 1.0f);
+    }
     const double bc1 = 1.0 - pow_step(a.beta1, k);
     const double bc2 = 1.0 - pow_step(a.beta2, k);
     const double eta = lrd / bc1;
@@ -96,17 +110,32 @@ struct MasFunctor {
         s_aa = block_sum(s_aa);
         s_ss = block_sum(s_ss);
         if (threadIdx.x == 0) {
-          const int64_t slot = meta.slot_base + blockIdx.x;
-          a.slots[3 * slot] = s_as;
-          a.slots[3 * slot + 1] = s_aa;
-          a.slots[3 * slot + 2] = s_ss;
+          double* out = a.slots + kSlotWidth * slot;
+          out[kSlotDot] = s_as;
+          out[kSlotAA] = s_aa;
+          out[kSlotSS] = s_ss;
+          out[kSlotStep] = k;
         }
       }
     } else {
-      // The tensor's coefficients from its sums, in double (reference.mas_update; zero SGD norm: ratio 0).
-      const int64_t ti = meta.tensor_index[t];
-      const double dot = a.sums[3 * ti], norm_a = eta * ::sqrt(a.sums[3 * ti + 1]);
-      const double norm_s = ::sqrt(a.sums[3 * ti + 2]);
+      // The tensor's sums over its slots [info[t], info[t] + chunks), in the same order in every block.
+      const double* ts = a.slots + kSlotWidth * meta.info[t];
+      const int64_t nslots = std::max<int64_t>(1, (meta.numel[t] + meta.chunk_size - 1) / meta.chunk_size);
+      double s_dot = 0.0, s_aa = 0.0, s_ss = 0.0;
+      for (int64_t j = threadIdx.x; j < nslots; j += blockDim.x) {
+        s_dot += ts[kSlotWidth * j + kSlotDot];
+        s_aa += ts[kSlotWidth * j + kSlotAA];
+        s_ss += ts[kSlotWidth * j + kSlotSS];
+      }
+      s_dot = block_sum(s_dot);
+      s_aa = block_sum(s_aa);
+      s_ss = block_sum(s_ss);
+      if (meta.block_chunk[blockIdx.x] == 0 && threadIdx.x == 0) {
+        *static_cast<float*>(meta.aux[t]) = static_cast<float>(k);
+      }
+      // The coefficients from the sums, in double (reference.mas_update; zero SGD norm: ratio 0).
+      const double dot = s_dot, norm_a = eta * ::sqrt(s_aa);
+      const double norm_s = ::sqrt(s_ss);
       const double ratio = norm_s > 0.0 ? norm_a / norm_s : 0.0;
       if (a.variant == kCorrection && dot < 0.0) {  // the Adam step where the directions disagree
         chunk_elementwise<2, true, false>(w, g, st, n, [&](O& wv, O, O(&s)[2]) FH_INLINE_LAMBDA {
@@ -166,16 +195,13 @@ void mas_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avg
   a.nesterov = nesterov;
   a.maximize = maximize;
   a.slots = nullptr;
-  a.sums = nullptr;
 
   Operands ops = gather_operands(op, params, grads,
                                  {exp_avgs, exp_avg_sqs, mom ? momentum_buffers : at::TensorList()}, steps);
   std::vector<int64_t> numels;
   for (const auto& p : params) numels.push_back(p.numel());
-  const plan::ChunkGrid grid = plan::chunk_grid(numels, plan::kMaxBlocks);
-  const int64_t chunk = grid.chunk_size, total = grid.slots;
-  const std::vector<int64_t>& chunks = grid.chunks;
-  const std::vector<int64_t>& slot_begin = grid.slot_begin;
+  const bool reducing = variant != kSum;
+  const plan::ChunkGrid grid = plan::chunk_grid(numels, plan::kMaxBlocks, /*min_chunks=*/reducing ? 1 : 0);
   const auto dtype = params[0].scalar_type();
   auto run = [&](auto mode_tag) {
     constexpr int kMode = decltype(mode_tag)::value;
@@ -183,25 +209,22 @@ void mas_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avg
       using O = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
       auto launch = [&](auto f) {
         f.a = a;
-        multi_tensor_apply<5>(ops.lists, chunks, chunk, ops.step_ptrs, {}, f);
+        // info[t]: the tensor's first slot (the apply pass sums its slots from there).
+        multi_tensor_apply<5>(ops.lists, grid.chunks, grid.chunk_size, ops.step_ptrs, grid.slot_begin, f);
       };
       if (mom) launch(MasFunctor<scalar_t, O, kMode, true>{});
       else launch(MasFunctor<scalar_t, O, kMode, false>{});
     });
   };
-  if (variant == kSum) {
+  if (!reducing) {
     run(std::integral_constant<int, kModeSum>{});
-  } else {
-    const at::Tensor slots = at::empty({std::max<int64_t>(total, 1), 3}, params[0].options().dtype(at::kDouble));
-    const at::Tensor sums = at::empty({static_cast<int64_t>(params.size()), 3}, slots.options());
-    a.slots = slots.data_ptr<double>();
-    run(std::integral_constant<int, kModeReduce>{});
-    launch_post_step(ops.steps, a.found_inf, slots, slot_begin, chunks, sums.data_ptr<double>(), nullptr, 3);
-    a.sums = sums.data_ptr<double>();
-    run(std::integral_constant<int, kModeApply>{});
+    launch_post_step(ops.steps, a.found_inf, at::Tensor(), {}, {}, nullptr, nullptr);
     return;
   }
-  launch_post_step(ops.steps, a.found_inf, at::Tensor(), {}, {}, nullptr, nullptr);
+  const at::Tensor slots = at::empty({grid.slots, kSlotWidth}, params[0].options().dtype(at::kDouble));
+  a.slots = slots.data_ptr<double>();
+  run(std::integral_constant<int, kModeReduce>{});
+  run(std::integral_constant<int, kModeApply>{});
 }
 
 }  // namespace

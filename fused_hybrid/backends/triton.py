@@ -96,12 +96,11 @@ if not _IMPORT_ERROR:
 # Tables
 
 class _Tables:
-    __slots__ = ("chunks", "meta", "ptrs", "T", "C", "aligned", "host", "has_empty", "_counters")
+    __slots__ = ("chunks", "meta", "ptrs", "T", "C", "aligned", "host", "_counters")
 
-    def __init__(self, chunks, meta, ptrs, T, C, aligned, host, has_empty=False):
+    def __init__(self, chunks, meta, ptrs, T, C, aligned, host):
         self.chunks, self.meta, self.ptrs, self.T, self.C, self.aligned = chunks, meta, ptrs, T, C, aligned
         self.host = host  # keeps pinned host copies alive until the asynchronous copies are done
-        self.has_empty = has_empty  # some tensor has no elements, hence no chunk
         self._counters = None
 
     def counters(self, device) -> torch.Tensor:
@@ -129,11 +128,12 @@ def _to_device(host: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, 
 
 
 def _tables(device: torch.device, lists: list[list], numels: list[int], flags: list[int], chunk: int,
-            units: list[int] | None = None, extra: list[tuple] | None = None) -> _Tables:
+            units: list[int] | None = None, extra: list[tuple] | None = None, min_chunks: int = 0) -> _Tables:
     """Pointer table of ``lists`` (each a list of tensors or Nones, one per tensor), chunk table and meta
     (numel, first chunk, end chunk, flag, *extra[t]). ``units`` (ND-Adam: vectors) replaces numels when cutting
-    chunks: chunk i of tensor t covers units [i*chunk, (i+1)*chunk)."""
-    key = (device, chunk, tuple(numels), tuple(flags), tuple(units or ()), tuple(extra or ()),
+    chunks: chunk i of tensor t covers units [i*chunk, (i+1)*chunk). Every tensor gets at least ``min_chunks``
+    chunks (1: an empty tensor gets a zero-length one, for kernels whose programs must visit every tensor)."""
+    key = (device, chunk, min_chunks, tuple(numels), tuple(flags), tuple(units or ()), tuple(extra or ()),
            tuple(tuple(_ptr(x) for x in lst) for lst in lists))
     hit = _CACHE.get(key)
     if hit is not None:
@@ -144,7 +144,7 @@ def _tables(device: torch.device, lists: list[list], numels: list[int], flags: l
     chunks, meta = [], []
     for t, (n, f) in enumerate(zip(count, flags)):
         c0 = len(chunks)
-        chunks.extend((t, i) for i in range(-(-n // chunk)))  # chunk numbers: the kernels multiply by CHUNK
+        chunks.extend((t, i) for i in range(max(min_chunks, -(-n // chunk))))  # the kernels multiply by CHUNK
         meta.append((numels[t], c0, len(chunks), f) + (tuple(extra[t]) if extra else ()))
     ptr_rows = [[_ptr(x) for x in lst] for lst in lists]
     aligned = all(p % 16 == 0 for row in ptr_rows for p in row)
@@ -156,8 +156,7 @@ def _tables(device: torch.device, lists: list[list], numels: list[int], flags: l
     host_parts.append(h)
     ptrs_t, h = _to_device(torch.tensor(ptr_rows, dtype=torch.int64).reshape(len(lists), T), device)
     host_parts.append(h)
-    tab = _Tables(chunks_t, meta_t, ptrs_t, T, len(chunks), aligned, host_parts,
-                  has_empty=any(m[1] == m[2] for m in meta))
+    tab = _Tables(chunks_t, meta_t, ptrs_t, T, len(chunks), aligned, host_parts)
     _CACHE[key] = tab
     if len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
@@ -190,14 +189,13 @@ def _dtypes(dtype: torch.dtype):
     return _TL_DTYPE[dtype], (tl.float64 if dtype == torch.float64 else tl.float32)
 
 
-def _finalize(tab, found_inf, step_list, partials_in=None, out=None, np_=0, npp=1, width=4, empty_only=False):
-    """Advance the steps of ``tab``'s tensors (only those with no elements with ``empty_only``) unless found_inf,
-    and sum per-chunk partials per tensor."""
+def _finalize(tab, found_inf, step_list, partials_in=None, out=None, np_=0, npp=1, width=4):
+    """Advance the steps of ``tab``'s tensors unless found_inf, and sum per-chunk partials per tensor."""
     if tab.T == 0:
         return
     _launch(_kc.finalize_kernel, (tab.T,), tab.meta, tab.ptrs, tab.T, partials_in, out, found_inf,
             STEP_LIST=getattr(step_list, "value", step_list), HAS_FOUND_INF=found_inf is not None, NP=np_, NPP=npp,
-            W=width, EMPTY_ONLY=empty_only)
+            W=width)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -301,12 +299,13 @@ def _mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad
     T = len(params)
     use_mom = hp.momentum != 0
     bufs = list(momentum_buffers) if use_mom else [None] * T
-    tab = _tables(dev, [params, grads, exp_avgs, exp_avg_sqs, bufs, steps], [p.numel() for p in params], [0] * T,
-                  CHUNK)
-    lr, lr_t = _lr_args(hp, dev)
-    P, C = _dtypes(params[0].dtype)
     variant = _km.VARIANTS[hp.variant]
     reducing = variant != _km.VARIANTS["sum"]
+    # The reducing variants' pass-0 programs advance the steps, so an empty tensor gets one zero-length chunk.
+    tab = _tables(dev, [params, grads, exp_avgs, exp_avg_sqs, bufs, steps], [p.numel() for p in params], [0] * T,
+                  CHUNK, min_chunks=int(reducing))
+    lr, lr_t = _lr_args(hp, dev)
+    P, C = _dtypes(params[0].dtype)
     partials = totals = None
     if reducing:
         partials = torch.empty(max(tab.C, 1), _km.NPP, dtype=torch.float64, device=dev)
@@ -324,9 +323,7 @@ def _mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad
     if not reducing:
         _finalize(tab, found_inf, _km.L_STEP)
         return
-    # Pass 0's last program per tensor summed its partials and advanced its step; empty tensors have no program.
-    if tab.has_empty:
-        _finalize(tab, found_inf, _km.L_STEP, empty_only=True)
+    # Pass 0's last program per tensor summed its partials and advanced its step.
     if tab.C > 0:
         _launch(_km.mas_kernel, (tab.C,), *args, PASS=1, **flags)
 

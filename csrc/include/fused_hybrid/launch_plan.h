@@ -94,20 +94,21 @@ constexpr int64_t rows_per_chunk(int64_t row_len, int64_t target = 8192, int64_t
 // The flat encoding returned by the debug op fused_hybrid::plan_launches:
 // [chunk_size, num_launches, then per launch: slot_base, num_tensors, num_blocks, tensors...,
 //  (block_tensor, block_chunk) per block...].
-// The chunk grid of one call: the chunk size picked for these tensors, each tensor's chunk count, and where
-// its per-chunk reduction slots begin in one flat slot array (total slots: `slots`).
+// The chunk grid of one call: the chunk size picked for these tensors, each tensor's chunk count (at least
+// min_chunks: a kernel that must visit every tensor, even an empty one, asks for 1), and where its per-chunk
+// reduction slots begin in one flat slot array (total slots: `slots`).
 struct ChunkGrid {
   int64_t chunk_size = 0;
   std::vector<int64_t> chunks, slot_begin;
   int64_t slots = 0;
 };
 
-inline ChunkGrid chunk_grid(const std::vector<int64_t>& numels, int64_t max_blocks) {
+inline ChunkGrid chunk_grid(const std::vector<int64_t>& numels, int64_t max_blocks, int64_t min_chunks = 0) {
   ChunkGrid g;
   g.chunk_size = pick_chunk_size(numels, max_blocks);
   for (const int64_t n : numels) {
     g.slot_begin.push_back(g.slots);
-    g.chunks.push_back(num_chunks(n, g.chunk_size));
+    g.chunks.push_back(std::max(min_chunks, num_chunks(n, g.chunk_size)));
     g.slots += g.chunks.back();
   }
   return g;
