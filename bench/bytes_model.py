@@ -23,8 +23,9 @@ exactly once, with float32 params, grads and state, moves (4 bytes each):
 ND-Adam's second moment is one scalar per weight vector (negligible); its per-vector reductions (<g,w>,
 <g,g>, ||w||) need the row twice, which costs no extra DRAM traffic only when a row stays on chip (one
 program per row): the model counts that ideal. MAS variants other than "sum" need per-tensor reductions of
-both directions before the update; a two-pass implementation reads p, g, m, v, buf again: the model still
-counts the one-pass minimum, so their GB/s reads as "effective".
+both directions before the update; a two-pass implementation reads p, g, m, v, buf again: ``step_bytes`` still
+counts the one-pass minimum, so their GB/s reads as "effective", and ``mas_pass_bytes`` counts what our two
+passes really move (the GPU predictions and the PTX check use it).
 
 Reductions, step counters and scalars are not counted. For other parameter dtypes, p and g take their own
 size and the state stays float32 (fused_hybrid keeps float32 state for fp16/bf16 params).
@@ -93,6 +94,25 @@ def step_bytes(rule: str, shapes, opts: dict | None = None, param_bytes: int = F
         per = 3 * param_bytes + 2 * F32 * (_STATE["ndadam_vec"] if len(s) >= 2 else _STATE["adam"])
         total += per * n
     return total
+
+
+def mas_pass_bytes(pass_: int, param_bytes: int = F32, state_bytes: int = F32, momentum: bool = False,
+                   nesterov: bool = False, weight_decay: bool = False) -> tuple[int, int]:
+    """(read, written) bytes per element of one pass of MAS's two-pass variants, as the Triton kernels do it.
+    Pass 0 updates m, v (and buf) and reduces the directions: p is read only for weight decay. Pass 1 re-reads the
+    updated state to form both directions and writes p; the SGD direction is buf itself there unless Nesterov (or
+    no momentum), so g is not read then. (The CUDA kernels' normalized variant reads no m, v in pass 1: less.)"""
+    b = state_bytes if momentum else 0
+    if pass_ == 0:
+        return (param_bytes if weight_decay else 0) + param_bytes + 2 * state_bytes + b, 2 * state_bytes + b
+    g = param_bytes if (not momentum or nesterov) else 0
+    return param_bytes + g + 2 * state_bytes + b, param_bytes
+
+
+def mas_two_pass_step_bytes(shapes, momentum: bool = False, param_bytes: int = F32) -> int:
+    """Bytes one step of MAS's reducing variants moves over tensors of ``shapes`` (both passes, no weight decay)."""
+    per = sum(sum(mas_pass_bytes(k, param_bytes, F32, momentum)) for k in (0, 1))
+    return per * sum(math.prod(s) for s in shapes)
 
 
 # The copy/axpy reference kernels of the same run.

@@ -16,8 +16,9 @@ Launch counts per bucket (one device, one dtype, one param group) and step, per 
   pass (2); ND-Adam runs its row kernel, whose 1-D tensors are plain-Adam chunks, and the
   finalize (2). ``tests/test_triton_backend.py``
   counts the real launches against ``triton_launches``.
-- cuda (ND-Adam not modelled: it launches per row-size class): multi-tensor apply splits the tensors into launches by its argument-table limits
-  (``torch.ops.fused_hybrid.plan_launches``, the kernels' own planner) per pass, plus one post-step launch (step
+- cuda: multi-tensor apply splits the tensors into launches by its argument-table limits
+  (``torch.ops.fused_hybrid.plan_launches`` / ``plan_ndadam``, the kernels' own planners) per pass, plus one
+  post-step launch (step
   counts, partial sums) for every family but SGD; MAS's reducing variants make two passes and no post-step (each
   second-pass block sums its tensor's slots and the chunk-0 block advances the step; an empty tensor gets one
   zero-length chunk for it).
@@ -68,9 +69,10 @@ def cuda_launches(rule: str, opts: dict | None, shapes, depth: int) -> int | Non
         plan = torch.ops.fused_hybrid.plan_launches
     except (ImportError, AttributeError, RuntimeError):
         return None
-    if rule == "ndadam":
-        return None  # a warp or block per weight vector, not multi-tensor apply: not modelled yet
     numels = [math.prod(s) for s in shapes]
+    if rule == "ndadam":  # default vectors: a dim >= 2 param's rows along dim 0; 1-D params get Adam (row_len 0)
+        row_lens = [math.prod(s[1:]) if len(s) >= 2 else 0 for s in shapes]
+        return list(torch.ops.fused_hybrid.plan_ndadam(numels, row_lens))[2] + 1  # [row_scale, chunk, launches..]
     opts = opts or {}
     reducing = rule == "mas" and opts.get("variant", "sum") != "sum"
     flat = list(plan(numels, 0, depth, 0, 0, 1 if reducing else 0))
@@ -84,7 +86,10 @@ def cuda_launches(rule: str, opts: dict | None, shapes, depth: int) -> int | Non
 
 def predict(key: str, shapes, device: str) -> dict:
     rule, opts, depth = RULES[key]
-    nbytes = B.step_bytes(rule, shapes, opts if rule != "mas" else {})
+    if rule == "mas" and opts.get("variant", "sum") != "sum":  # two passes: what they really move
+        nbytes = B.mas_two_pass_step_bytes(shapes, bool(opts.get("momentum", 0)))
+    else:
+        nbytes = B.step_bytes(rule, shapes, opts)
     out = {"rule": key, "bytes": nbytes, "triton_launches": triton_launches(rule, opts, shapes),
            "cuda_launches": cuda_launches(rule, opts, shapes, depth)}
     bw = DEVICES[device]

@@ -27,6 +27,8 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.append(ROOT)  # (run as a script) after site-packages, so the installed fused_hybrid wins over the source
+from bench import bytes_model as B  # noqa: E402
 
 # Optimizer configurations whose launches are compiled: (name, class, kwargs, param dtype).
 CONFIGS = {
@@ -137,11 +139,7 @@ def _bytes_model(kernel: str, c: dict) -> tuple[int, int] | None:
         b = C if c["MOMENTUM"] else 0
         if c["VARIANT"] == 0:
             return 2 * P + 2 * C + b, P + 2 * C + b
-        if c["PASS"] == 0:  # state update + partials: w only feeds weight decay
-            return (P if c["HAS_WD"] else 0) + P + 2 * C + b, 2 * C + b
-        # apply pass: the SGD direction is buf itself unless Nesterov (or no momentum), so g is dead code then
-        g = P if (not c["MOMENTUM"] or c["NESTEROV"]) else 0
-        return P + g + 2 * C + b, P
+        return B.mas_pass_bytes(c["PASS"], P, C, bool(c["MOMENTUM"]), bool(c["NESTEROV"]), bool(c["HAS_WD"]))
     return None
 
 

@@ -27,6 +27,22 @@ std::vector<int64_t> plan_launches(std::vector<int64_t> numels, int64_t chunk_si
   return encode(chunk_size, fused_hybrid::plan::plan_launches(chunks, max_tensors, max_blocks));
 }
 
+// ND-Adam's launches (csrc/cuda/ndadam.cu: 4 tensor lists, chunks from plan::ndadam_grid):
+// [row_scale, then plan::encode's flat list].
+std::vector<int64_t> plan_ndadam(std::vector<int64_t> numels, std::vector<int64_t> row_lens) {
+  using namespace fused_hybrid::plan;
+  TORCH_CHECK(numels.size() == row_lens.size(), "plan_ndadam: one row_len per tensor");
+  for (size_t i = 0; i < numels.size(); ++i) {
+    TORCH_CHECK(numels[i] >= 0 && row_lens[i] >= 0 && (row_lens[i] == 0 || numels[i] % row_lens[i] == 0),
+                "plan_ndadam: row_lens[", i, "] = ", row_lens[i], " does not divide ", numels[i]);
+  }
+  const RowGrid g = ndadam_grid(numels, row_lens, kMaxBlocks);
+  std::vector<int64_t> out{g.row_scale};
+  const auto e = encode(g.chunk_size, fused_hybrid::plan::plan_launches(g.chunks, max_tensors_for(4), kMaxBlocks));
+  out.insert(out.end(), e.begin(), e.end());
+  return out;
+}
+
 // The table sizes of the CUDA kernels for `depth` tensor lists: [max_tensors, max_blocks].
 std::vector<int64_t> plan_limits(int64_t depth) {
   using namespace fused_hybrid::plan;
@@ -40,5 +56,6 @@ TORCH_LIBRARY_FRAGMENT(fused_hybrid, m) {
   m.def("plan_launches(int[] numels, int chunk_size=0, int depth=6, int max_tensors=0, int max_blocks=0, "
         "int min_chunks=0) -> int[]",
         &plan_launches);
+  m.def("plan_ndadam(int[] numels, int[] row_lens) -> int[]", &plan_ndadam);
   m.def("plan_limits(int depth) -> int[]", &plan_limits);
 }

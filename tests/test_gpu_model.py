@@ -18,6 +18,11 @@ def test_prediction_is_bytes_over_bandwidth_plus_launches():
     assert p["bytes"] == 28 * n == bytes_model.step_bytes("adam", shapes)
     assert p["triton_ms"] == pytest.approx(1e3 * (28 * n / 3.0e12 + 2 * gpu_model.LAUNCH_S))
     assert gpu_model.predict("amsgrad", shapes, "H200")["bytes"] == 36 * n
+    # MAS's reducing variants are predicted from what their two passes move (the PTX check in
+    # tests/test_triton_ptx.py holds the kernels to the same per-pass counts): g, m, v in and m, v out, then
+    # p, g, m, v in and p out.
+    assert gpu_model.predict("mas_vector", shapes, "H100")["bytes"] == (20 + 20) * n
+    assert gpu_model.predict("mas", shapes, "H100")["bytes"] == 28 * n
 
 
 @pytest.mark.skipif(not _ext.loaded(), reason="needs the extension's plan_launches op")
@@ -25,7 +30,7 @@ def test_cuda_launches_stay_at_two_per_group_for_big_models():
     """issue 5/8 target: <= 2 launches per group per step for the elementwise rules, even for 1.1B params."""
     for name in ("resnet18", "gpt_1b"):
         shapes = gpu_model.SHAPES[name]()
-        for key in ("adam", "amsgrad", "sgd", "padam", "swats", "mas"):
+        for key in ("adam", "amsgrad", "sgd", "padam", "swats", "mas", "mas_vector", "ndadam"):
             rule, opts, depth = gpu_model.RULES[key]
             assert gpu_model.cuda_launches(rule, opts, shapes, depth) <= 2, (name, key)
 
@@ -60,3 +65,20 @@ def test_min_chunks_gives_empty_tensors_a_block():
     assert flat[5:8] == [0, 1, 2]  # every tensor in the table
     assert flat[8:] == [0, 0, 1, 0, 1, 1, 2, 0]  # (tensor, chunk) per block
     assert list(plan([0, 70000, 0], 65536, 5, 0, 0, 0))[2:5] == [0, 1, 2]  # one tensor, two blocks
+
+
+@pytest.mark.skipif(not _ext.loaded(), reason="needs the extension's plan_ndadam op")
+def test_ndadam_rows_grow_per_block_instead_of_launches():
+    """A [50257, 2048] embedding is 50257 long rows: at one row per block that is 25 launches; ndadam_grid scales
+    every chunk by one power of two (here 32 rows per block) so the call fits one launch's 2048 blocks. Small calls
+    keep one long row per block, and short rows keep their warp-per-row grouping."""
+    import torch
+    plan = torch.ops.fused_hybrid.plan_ndadam
+    row_scale, chunk, launches, slot_base, tensors, blocks = list(plan([50257 * 2048, 2048], [2048, 0]))[:6]
+    assert (row_scale, launches, tensors) == (32, 1, 2)
+    assert blocks == -(-50257 // 32) + 1 <= 2048
+    assert chunk == 65536 * 32
+    small = list(plan([64 * 4096, 10 * 3, 7], [4096, 3, 0]))
+    assert small[0] == 1 and small[5] == 64 + 1 + 1  # a block per long row, one for the 10 short rows, one flat
+    with pytest.raises(RuntimeError, match="does not divide"):
+        plan([10], [3])

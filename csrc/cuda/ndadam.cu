@@ -8,8 +8,9 @@
 // registers, and recompute the intermediate w in float32 from the original (no scratch, bf16/fp16 params round
 // once at the end as in the reference). Sums are float64 in a fixed order. Tensors with row_len 0 (biases) get
 // torch-form Adam with L2 weight decay in the same launch (flat chunks). Launches: the main kernel + post-step;
-// a tensor with more than 2048 long rows (e.g. a [50000, 4096] weight) needs ceil(rows / 2048) launches (known
-// limitation: a block could loop over several long rows). The row passes use scalar (coalesced) accesses.
+// when the rows and flat chunks would need more blocks than one launch's table holds (2048), every chunk grows by
+// one power-of-two row_scale (launch_plan.h: ndadam_grid), so a block loops over several rows and a 1.1B-parameter
+// model still takes one main launch. The row passes use scalar (coalesced) accesses.
 #include <ATen/Dispatch.h>
 #include <c10/util/irange.h>
 #include <torch/library.h>
@@ -26,6 +27,7 @@ namespace {
 
 struct NdArgs : StepScalars {
   double beta1, beta2, eps, weight_decay;
+  int64_t row_scale;  // a row tensor's chunk is rows_per_chunk(L) * row_scale rows (launch_plan.h: ndadam_grid)
   bool maximize;
 };
 
@@ -148,14 +150,16 @@ struct NdAdamFunctor {
     s.first = k == 1.0;
     s.maximize = maximize;
     const int64_t rows = meta.numel[t] / L;
-    const int64_t rpc = plan::rows_per_chunk(L);
-    if (rpc == 1) {  // a long row: the whole block
-      const int64_t r = chunk;
-      ndadam_row(w + r * L, g + r * L, m + r * L, v + r, L, threadIdx.x, blockDim.x, s,
-                 [](double x) FH_INLINE_LAMBDA { return block_sum(x); });
+    const bool long_rows = plan::rows_per_chunk(L) == 1;
+    const int64_t rpc = plan::rows_per_chunk(L) * a.row_scale;
+    const int64_t r1 = std::min(rows, (chunk + 1) * rpc);
+    if (long_rows) {  // the whole block per row, one row after another
+      for (int64_t r = chunk * rpc; r < r1; ++r) {
+        ndadam_row(w + r * L, g + r * L, m + r * L, v + r, L, threadIdx.x, blockDim.x, s,
+                   [](double x) FH_INLINE_LAMBDA { return block_sum(x); });
+      }
     } else {  // short rows: a warp each
       const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-      const int64_t r1 = std::min(rows, (chunk + 1) * rpc);
       for (int64_t r = chunk * rpc + warp; r < r1; r += warps) {
         ndadam_row(w + r * L, g + r * L, m + r * L, v + r, L, lane, 32, s,
                    [](double x) FH_INLINE_LAMBDA { return warp_sum(x); });
@@ -176,14 +180,14 @@ void ndadam_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_
   TORCH_CHECK(row_lens.size() == params.size(), op, ": row_lens needs one entry per param");
   if (params.empty()) return;
   const auto dev = params[0].device();
-  std::vector<int64_t> flat_numels;
+  std::vector<int64_t> numels;
   for (const auto i : c10::irange(params.size())) {
     const int64_t n = params[i].numel(), L = row_lens[i];
     TORCH_CHECK(L >= 0 && (L == 0 || n % L == 0), op, ": row_lens[", i, "] = ", L, " does not divide ", n);
     TORCH_CHECK(exp_avgs[i].numel() == n, op, ": exp_avgs[", i, "] must have the param's size");
     TORCH_CHECK(exp_avg_sqs[i].numel() == (L == 0 ? n : n / L), op, ": exp_avg_sqs[", i, "] must have ",
                 L == 0 ? n : n / L, " elements");
-    if (L == 0) flat_numels.push_back(n);
+    numels.push_back(n);
   }
   const c10::cuda::CUDAGuard guard(dev);
   std::vector<at::Tensor> keep;
@@ -195,19 +199,15 @@ void ndadam_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_
   a.weight_decay = weight_decay;
   a.maximize = maximize;
 
-  const int64_t chunk = plan::pick_chunk_size(flat_numels, plan::kMaxBlocks);
+  const std::vector<int64_t> info(row_lens.begin(), row_lens.end());
+  const plan::RowGrid grid = plan::ndadam_grid(numels, info, plan::kMaxBlocks);
+  a.row_scale = grid.row_scale;
   Operands ops = gather_operands(op, params, grads, {exp_avgs, exp_avg_sqs}, steps);
-  std::vector<int64_t> chunks, info;
-  for (const auto i : c10::irange(params.size())) {
-    const int64_t n = params[i].numel(), L = row_lens[i];
-    chunks.push_back(L == 0 ? plan::num_chunks(n, chunk) : plan::num_chunks(n / L, plan::rows_per_chunk(L)));
-    info.push_back(L);
-  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fused_hybrid_ndadam_cuda", [&] {
     using O = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     NdAdamFunctor<scalar_t, O> f;
     f.a = a;
-    multi_tensor_apply<4>(ops.lists, chunks, chunk, ops.step_ptrs, info, f);
+    multi_tensor_apply<4>(ops.lists, grid.chunks, grid.chunk_size, ops.step_ptrs, info, f);
   });
   launch_post_step(ops.steps, a.found_inf, at::Tensor(), {}, {}, nullptr, nullptr);
 }

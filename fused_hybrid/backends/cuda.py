@@ -5,7 +5,7 @@ Every op reads lr (when a tensor), grad_scale, found_inf, the step counts and SW
 never syncs with the host and can be captured in a CUDA graph. Launches per call: the main kernel (one launch
 while the call fits one argument table: up to 2048 chunks and a few hundred tensors, see
 csrc/cuda/multi_tensor_apply.cuh) plus a tiny post-step kernel (step += 1 unless found_inf, SWATS's fixed-order
-sums of its per-chunk partials).
+sums of its per-chunk partials). MAS's reducing variants run two passes and no post-step (csrc/cuda/mas.cu).
 """
 from __future__ import annotations
 

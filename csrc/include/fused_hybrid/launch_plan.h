@@ -91,6 +91,35 @@ constexpr int64_t rows_per_chunk(int64_t row_len, int64_t target = 8192, int64_t
   return (row_len <= 0 || row_len >= block_row_min || target / row_len < 1) ? 1 : target / row_len;
 }
 
+// ND-Adam's chunk grid. Every chunk size of the call grows by one power-of-two factor `scale`: flat tensors
+// (row_len 0) get chunks of base_chunk * scale elements (at most max_chunk), row tensors rows_per_chunk(L) * scale
+// rows (a block loops over them: a warp per short row, the whole block per long row). scale is the smallest with
+// which all chunks fit one launch's block table, so a [50257, 2048] embedding (50257 long rows) takes one launch
+// with 25 rows per block instead of 25 launches; small calls keep scale 1 and fill the GPU with blocks.
+struct RowGrid {
+  int64_t chunk_size = 0, row_scale = 1;
+  std::vector<int64_t> chunks;
+};
+
+inline RowGrid ndadam_grid(const std::vector<int64_t>& numels, const std::vector<int64_t>& row_lens,
+                           int64_t max_blocks, int64_t base_chunk = 65536, int64_t max_chunk = int64_t(1) << 22,
+                           int64_t max_scale = int64_t(1) << 16) {
+  if (numels.size() != row_lens.size()) throw std::invalid_argument("ndadam_grid: one row_len per tensor");
+  RowGrid g;
+  for (;;) {
+    g.chunk_size = std::min(base_chunk * g.row_scale, std::max(base_chunk, max_chunk));
+    g.chunks.clear();
+    int64_t total = 0;
+    for (size_t i = 0; i < numels.size(); ++i) {
+      const int64_t n = numels[i], L = row_lens[i];
+      g.chunks.push_back(L <= 0 ? num_chunks(n, g.chunk_size) : num_chunks(n / L, rows_per_chunk(L) * g.row_scale));
+      total += g.chunks.back();
+    }
+    if (total <= max_blocks || g.row_scale >= max_scale) return g;
+    g.row_scale *= 2;
+  }
+}
+
 // The flat encoding returned by the debug op fused_hybrid::plan_launches:
 // [chunk_size, num_launches, then per launch: slot_base, num_tensors, num_blocks, tensors...,
 //  (block_tensor, block_chunk) per block...].
