@@ -189,6 +189,13 @@ def _dtypes(dtype: torch.dtype):
     return _TL_DTYPE[dtype], (tl.float64 if dtype == torch.float64 else tl.float32)
 
 
+def _step_flags(dtype: torch.dtype, hp, lr_t, grad_scale, found_inf) -> dict:
+    """The constexpr flags every update kernel takes: dtypes, which device scalars it reads, maximize, decay."""
+    P, C = _dtypes(dtype)
+    return dict(P=P, C=C, LR_TENSOR=lr_t is not None, HAS_SCALE=grad_scale is not None,
+                HAS_FOUND_INF=found_inf is not None, MAXIMIZE=bool(hp.maximize), HAS_WD=hp.weight_decay != 0)
+
+
 def _finalize(tab, found_inf, step_list, partials_in=None, out=None, np_=0, npp=1, width=4):
     """Advance the steps of ``tab``'s tensors unless found_inf, and sum per-chunk partials per tensor."""
     if tab.T == 0:
@@ -245,7 +252,6 @@ def _adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, 
 
 def _adaptive_launch(tab, dev, hp, grad_scale, found_inf, swats, dtype, BLOCK, CHUNK, opts):
     lr, lr_t = _lr_args(hp, dev)
-    P, C = _dtypes(dtype)
     chunk_partials = None
     if swats is not None:
         chunk_partials = torch.empty(max(tab.C, 1), 2, dtype=torch.float64, device=dev)
@@ -256,9 +262,8 @@ def _adaptive_launch(tab, dev, hp, grad_scale, found_inf, swats, dtype, BLOCK, C
                 lr, float(hp.beta1), float(hp.beta2), float(hp.eps), float(hp.weight_decay), 2.0 * float(hp.partial),
                 float(hp.clip_lo), float(hp.clip_hi) if clip_mode != CLIP_ADABOUND else float("inf"),
                 float(hp.final_lr), float(hp.gamma),
-                P=P, C=C, LR_TENSOR=lr_t is not None, HAS_SCALE=grad_scale is not None,
-                HAS_FOUND_INF=found_inf is not None, MAXIMIZE=bool(hp.maximize), HAS_WD=hp.weight_decay != 0,
-                DECOUPLED=bool(hp.decoupled), AMSGRAD=bool(hp.amsgrad), FORM=int(hp.form),
+                **_step_flags(dtype, hp, lr_t, grad_scale, found_inf), DECOUPLED=bool(hp.decoupled),
+                AMSGRAD=bool(hp.amsgrad), FORM=int(hp.form),
                 POW=hp.form == FORM_PAPER and float(hp.partial) != 0.5, CLIP=int(clip_mode),
                 SWATS=swats is not None, NESTEROV=bool(swats is not None and swats.nesterov), ALIGNED=tab.aligned,
                 BLOCK=BLOCK, CHUNK=CHUNK, FINAL_LR_RELATIVE=bool(hp.final_lr_relative), **opts)
@@ -282,12 +287,10 @@ def _sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf
     if tab.C == 0:
         return
     lr, lr_t = _lr_args(hp, dev)
-    P, C = _dtypes(params[0].dtype)
     _launch(_ks.sgd_kernel, (tab.C,), tab.chunks, tab.meta, tab.ptrs, tab.T, lr_t, grad_scale, found_inf,
             lr, float(hp.momentum), float(hp.dampening), float(hp.weight_decay),
-            P=P, C=C, LR_TENSOR=lr_t is not None, HAS_SCALE=grad_scale is not None,
-            HAS_FOUND_INF=found_inf is not None, MAXIMIZE=bool(hp.maximize), HAS_WD=hp.weight_decay != 0,
-            MOMENTUM=use_mom, NESTEROV=bool(hp.nesterov), ALIGNED=tab.aligned, BLOCK=BLOCK, CHUNK=CHUNK, **opts)
+            **_step_flags(params[0].dtype, hp, lr_t, grad_scale, found_inf), MOMENTUM=use_mom,
+            NESTEROV=bool(hp.nesterov), ALIGNED=tab.aligned, BLOCK=BLOCK, CHUNK=CHUNK, **opts)
 
 
 def _mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale=None, found_inf=None):
@@ -305,7 +308,6 @@ def _mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad
     tab = _tables(dev, [params, grads, exp_avgs, exp_avg_sqs, bufs, steps], [p.numel() for p in params], [0] * T,
                   CHUNK, min_chunks=int(reducing))
     lr, lr_t = _lr_args(hp, dev)
-    P, C = _dtypes(params[0].dtype)
     partials = totals = None
     if reducing:
         partials = torch.empty(max(tab.C, 1), _km.NPP, dtype=torch.float64, device=dev)
@@ -314,10 +316,8 @@ def _mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad
             tab.counters(dev) if reducing else None,
             lr, float(hp.beta1), float(hp.beta2), float(hp.eps), float(hp.weight_decay), float(hp.momentum),
             float(hp.dampening), float(hp.adam_w), float(hp.sgd_w))
-    flags = dict(P=P, C=C, LR_TENSOR=lr_t is not None, HAS_SCALE=grad_scale is not None,
-                 HAS_FOUND_INF=found_inf is not None, MAXIMIZE=bool(hp.maximize), HAS_WD=hp.weight_decay != 0,
-                 MOMENTUM=use_mom, NESTEROV=bool(hp.nesterov), VARIANT=variant, ALIGNED=tab.aligned, BLOCK=BLOCK,
-                 CHUNK=CHUNK, **opts)
+    flags = dict(**_step_flags(params[0].dtype, hp, lr_t, grad_scale, found_inf), MOMENTUM=use_mom,
+                 NESTEROV=bool(hp.nesterov), VARIANT=variant, ALIGNED=tab.aligned, BLOCK=BLOCK, CHUNK=CHUNK, **opts)
     if tab.C > 0:
         _launch(_km.mas_kernel, (tab.C,), *args, PASS=0, **flags)
     if not reducing:
@@ -366,14 +366,12 @@ def _ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=No
                   units=units, extra=shapes)
     if tab.C > 0:
         lr, lr_t = _lr_args(hp, dev)
-        P, C = _dtypes(params[0].dtype)
         max_l = max(L for L, _ in shapes)
         block_l = min(triton.next_power_of_2(max(max_l, 16)), 1024)
         _launch(_kn.ndadam_kernel, (tab.C,), tab.chunks, tab.meta, tab.ptrs, tab.T, lr_t, grad_scale, found_inf,
                 lr, float(hp.beta1), float(hp.beta2), float(hp.eps), float(hp.weight_decay),
-                P=P, C=C, LR_TENSOR=lr_t is not None, HAS_SCALE=grad_scale is not None,
-                HAS_FOUND_INF=found_inf is not None, MAXIMIZE=bool(hp.maximize), HAS_WD=hp.weight_decay != 0,
-                ROWS=ND_ROWS, BLOCK_L=block_l, FLAT_BLOCK=BLOCK)
+                **_step_flags(params[0].dtype, hp, lr_t, grad_scale, found_inf), ROWS=ND_ROWS, BLOCK_L=block_l,
+                FLAT_BLOCK=BLOCK)
     _finalize(tab, found_inf, _kn.L_STEP, width=_kn.META_W)
 
 
