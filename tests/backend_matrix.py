@@ -7,6 +7,32 @@ import torch
 import fused_hybrid as fh
 
 
+def tensor_lr_groups(device):
+    """A param-groups builder whose lr is a 0-dim tensor on ``device`` (read by the kernels, never the host)."""
+    return lambda ps: [{"params": ps, "lr": torch.tensor(1e-2, device=device)}]
+
+
+def scaler_hook(device):
+    """A per-step hook that plays GradScaler: changes the tensor lr in place, sets grad_scale = 4 with the grads
+    scaled to match, and marks step 1 as found_inf (a step that must change nothing, step counts included)."""
+    def hook(opt, k):
+        opt.param_groups[0]["lr"].fill_(1e-2 * (k + 1))
+        opt.grad_scale = torch.tensor(4.0, device=device)
+        for p in opt.param_groups[0]["params"]:
+            p.grad.mul_(4.0)
+        opt.found_inf = torch.tensor([1.0 if k == 1 else 0.0], device=device)
+    return hook
+
+
+def small_triton_chunks(monkeypatch, block, chunk):
+    """Under the interpreter, shrink the Triton backend's block and chunk so small tensors span several chunks
+    (on a GPU the real geometry is kept)."""
+    from fused_hybrid.backends import triton as tb
+    if not torch.cuda.is_available():
+        monkeypatch.setattr(tb, "INTERP_BLOCK", block)
+        monkeypatch.setattr(tb, "INTERP_CHUNK", chunk)
+
+
 class Matrix:
     """Runs optimizers on ``device`` with seeded random gradients (never zeros) and compares two runs.
     ``f32`` is the float32 tolerance, the one thing that differs between backends (FMA contraction)."""
@@ -59,16 +85,7 @@ class Matrix:
         """lr as a 0-dim device tensor changed between steps, GradScaler's grad_scale, and a found_inf step that
         changes nothing at all (steps included), for one rule of each family against the reference."""
         dev = self.device
-
-        def hook(opt, k):
-            opt.param_groups[0]["lr"].fill_(1e-2 * (k + 1))
-            opt.grad_scale = torch.tensor(4.0, device=dev)
-            for p in opt.param_groups[0]["params"]:
-                p.grad.mul_(4.0)
-            opt.found_inf = torch.tensor([1.0 if k == 1 else 0.0], device=dev)
-
-        def groups(ps):
-            return [{"params": ps, "lr": torch.tensor(1e-2, device=dev)}]
+        hook, groups = scaler_hook(dev), tensor_lr_groups(dev)
 
         for cls, kw in [(fh.Adam, dict(amsgrad=True)), (fh.SGD, dict(momentum=0.9)), (fh.SWATS, {}),
                         (fh.MAS, dict(variant="vector", momentum=0.9)), (fh.NDAdam, {})]:

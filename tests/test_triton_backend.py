@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import fused_hybrid as fh
-from backend_matrix import CASES, Matrix, case_id
+from backend_matrix import CASES, Matrix, case_id, small_triton_chunks
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # after site-packages
 from bench import gpu_model  # noqa: E402
@@ -31,9 +31,7 @@ STEPS = 3
 
 @pytest.fixture(autouse=True)
 def small_chunks(monkeypatch):
-    if DEVICE == "cpu":
-        monkeypatch.setattr(tb, "INTERP_BLOCK", 512)
-        monkeypatch.setattr(tb, "INTERP_CHUNK", 2048)
+    small_triton_chunks(monkeypatch, 512, 2048)
 
 
 _M = Matrix(DEVICE, SIZES, STEPS, f32=dict(rtol=1e-6, atol=1e-6))

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import fused_hybrid as fh
+from backend_matrix import scaler_hook, small_triton_chunks, tensor_lr_groups
 from fused_hybrid.backends import triton as tb
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -35,9 +36,7 @@ STEPS = 4
 
 @pytest.fixture(autouse=True)
 def small_chunks(monkeypatch):
-    if DEVICE == "cpu":
-        monkeypatch.setattr(tb, "INTERP_BLOCK", 8)
-        monkeypatch.setattr(tb, "INTERP_CHUNK", 16)
+    small_triton_chunks(monkeypatch, 8, 16)
 
 
 def _params(seed=0):
@@ -149,16 +148,7 @@ def test_hybrid_groups_one_op_each():
 def test_tensor_lr_grad_scale_found_inf():
     """The optional tensor arguments: a 0-dim lr tensor changed in place, GradScaler's grad_scale, and a found_inf
     step that changes nothing; device values, so no recompiles either."""
-    def groups(ps):
-        return [{"params": ps, "lr": torch.tensor(1e-2, device=DEVICE)}]
-
-    def hook(opt, k):
-        opt.param_groups[0]["lr"].fill_(1e-2 * (k + 1))
-        opt.grad_scale = torch.tensor(4.0, device=DEVICE)
-        for p in opt.param_groups[0]["params"]:
-            p.grad.mul_(4.0)
-        opt.found_inf = torch.tensor([1.0 if k == 1 else 0.0], device=DEVICE)
-
+    groups, hook = tensor_lr_groups(DEVICE), scaler_hook(DEVICE)
     for cls, kw in [(fh.Adam, dict(amsgrad=True)), (fh.MAS, dict(variant="normalized"))]:
         o1, _, compiler = _run_pair(cls, kw, groups=groups, hook=hook)
         assert all(float(o1.state[p]["step"]) == STEPS - 1 for p in o1.param_groups[0]["params"])
