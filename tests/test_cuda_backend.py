@@ -4,6 +4,8 @@ The matrix needs a CUDA device and is skipped without one ('needs a CUDA device'
 GPU is checked here too: that an extension built with CUDA really contains the CUDA kernels.
 """
 
+import math
+
 import pytest
 import torch
 
@@ -75,6 +77,17 @@ ND_SHAPES = ((5,), (7, 3), (4, 3, 2, 2), (3, 1500), (2, 5000), (0, 4), (1,), (2,
 def test_ndadam_matches_reference(kw):
     _compare(_run(fh.NDAdam, "reference", kw, sizes=ND_SHAPES), _run(fh.NDAdam, "cuda", kw, sizes=ND_SHAPES),
              torch.float32)
+
+
+@needs_backend
+def test_ndadam_blocks_loop_over_rows_when_the_grid_is_scaled():
+    """2100 rows of 2048 need more blocks than one launch holds: ndadam_grid doubles every chunk (2 long rows per
+    block, 1-D chunks of 131072), so blocks loop over rows; the result must not change."""
+    shapes = ((2100, 2048), (3, 5000), (7, 3), (140001,))
+    assert list(torch.ops.fused_hybrid.plan_ndadam([math.prod(s) for s in shapes],
+                                                   [math.prod(s[1:]) if len(s) > 1 else 0 for s in shapes]))[0] == 2
+    _compare(_run(fh.NDAdam, "reference", {}, sizes=shapes, steps=2),
+             _run(fh.NDAdam, "cuda", {}, sizes=shapes, steps=2), torch.float32)
 
 
 @needs_backend
