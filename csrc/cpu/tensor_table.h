@@ -17,6 +17,7 @@
 #include <c10/util/Exception.h>
 
 #include <cstddef>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -31,6 +32,14 @@ struct TensorTable : torch::CustomClassHolder {
     return lists_[i];
   }
   size_t size() const { return lists_.size(); }
+
+  // The Triton backend's change detector (it launches on raw pointers, in device tables it builds once): an int64
+  // CPU tensor [3 + size(), T] holding each param's numel and a 64-bit hash of its shape (ND-Adam's tables follow
+  // the shape), then the data pointers of the params, of their .grad and of every other list's tensors (a row of
+  // 0 for an empty list). Equal snapshots mean the tables built for the earlier one still describe these tensors. `usable` is false when a gradient cannot be read through its
+  // param's flat layout (not dense and contiguous, another dtype or size) or the params mix dtypes: the caller
+  // then takes its general path. A missing gradient throws kNoGradient.
+  std::tuple<at::Tensor, bool> snapshot() const;
 
  private:
   std::vector<std::vector<at::Tensor>> lists_;
