@@ -110,3 +110,24 @@ def test_paired_ratios(capsys):
     paired.main(["--numel", str(4096 * 4), "--pairs", "3", "--threads", "1", "--rules", "adam,padam,ndadam"])
     out = capsys.readouterr().out
     assert all(f"\n{rule} " in out for rule in ("adam", "padam", "ndadam"))
+
+
+def test_host_overhead_table(capsys):
+    """bench.host_overhead: both columns for each rule asked for, launches restored afterwards."""
+    from bench import host_overhead
+    from fused_hybrid.backends import triton as tb
+
+    if not tb.available(torch_device()):
+        pytest.skip(f"triton backend unavailable: {tb.why_unavailable(torch_device())}")
+    real = tb._launch
+    rows = host_overhead.main(["--shapes", "resnet18", "--rules", "adam,mas", "--steps", "3"])
+    assert tb._launch is real
+    assert [r["rule"] for r in rows] == ["adam", "mas"]
+    assert all(r["fast_ms"] > 0 and r["general_ms"] > 0 for r in rows)
+    assert "general/fast" in capsys.readouterr().out
+
+
+def torch_device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
