@@ -365,6 +365,44 @@ def test_table_op_rejects_a_table_of_the_wrong_shape():
     assert torch.equal(p, torch.full((3,), -0.1))
 
 
+def test_table_ops_hand_other_devices_to_the_list_ops_kernel():
+    """The cuda backend steps through the same table ops (backends/extension_ops.py): a table of non-CPU tensors goes
+    through the dispatcher to the list op's kernel for its device. Meta tensors stand in for CUDA ones here: they
+    reach the ops' fake (meta) kernels, which do nothing; the CPU kernels would refuse them. Every family, on the
+    fast path (grads read from the params) and with a gradient list."""
+    from fused_hybrid import hyper as H
+    from fused_hybrid.backends import extension_ops as xo
+
+    def meta_params(shapes):
+        ps = [torch.zeros(s, device="meta") for s in shapes]
+        for p in ps:
+            p.grad = torch.zeros_like(p)
+        return ps
+
+    def like(ps):
+        return [torch.zeros_like(p) for p in ps]
+
+    def steps(ps):
+        return [torch.zeros((), device="meta") for _ in ps]
+
+    for grads_given in (False, True):
+        ps = meta_params([(3,), (2, 4)])
+        gs = [p.grad for p in ps] if grads_given else None
+        xo.sgd(ps, gs, like(ps), [False, False], H.SGD(lr=0.1, momentum=0.9), cache={})
+        xo.adaptive(ps, gs, like(ps), like(ps), like(ps), steps(ps),
+                    H.Adaptive(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, amsgrad=True), cache={})
+        xo.mas(ps, gs, like(ps), like(ps), like(ps), steps(ps),
+               H.MAS(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, momentum=0.9, variant="vector"), cache={})
+        xo.ndadam(ps, gs, like(ps), [torch.zeros(3, device="meta"), torch.zeros(2, device="meta")], steps(ps),
+                  [(), (1,)], H.NDAdam(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8), cache={})
+    # The same call on CPU tensors a CPU kernel cannot take is refused: the branch above really changed kernels.
+    ps = meta_params([(3,)])
+    table = torch.classes.fused_hybrid.TensorTable([[torch.zeros(3)], []])
+    with pytest.raises(RuntimeError, match="sgd_"):
+        torch.ops.fused_hybrid.sgd_table_(table, [ps[0].grad], [], 0.1, None, 0.0, 0.0, False, 0.0, False, None,
+                                          None)
+
+
 def test_table_follows_replaced_state_lists():
     """A checkpoint load replaces every state tensor: the next step must use the new ones, not the table's."""
     (pa, pb) = _params([(5,), (7, 3)], torch.float32)

@@ -6,17 +6,22 @@
 // state keep their identity from step to step (the optimizer already caches its state lists per bucket), so the
 // eager path builds a table of them once and passes only the table and the gradients (new tensors every
 // backward) per step. The `<family>_table_` ops take (table, grads, <the list op's other arguments>) and call the
-// list op's implementation with the table's lists: one implementation, two entry points. torch.compile traces
-// the list ops, whose mutations the schemas declare; the table ops' mutations are invisible to it.
+// list op with the table's lists: one implementation per device, two entry points. CPU tables call the CPU
+// implementation directly; others go through the dispatcher to the list op's kernel for their device (the CUDA
+// backend's fast path). torch.compile traces the list ops, whose mutations the schemas declare; the table ops'
+// mutations are invisible to it.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <ATen/core/custom_class.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/ivalue.h>
 #include <torch/library.h>
 #include <c10/util/Exception.h>
 
 #include <cstddef>
+#include <string>
+#include <type_traits>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -82,6 +87,13 @@ template <size_t N, auto Impl, typename Rest>
 struct TableCall;
 template <size_t N, auto Impl, typename... Rest>
 struct TableCall<N, Impl, Types<Rest...>> {
+  // The list op's schema name ("fused_hybrid::adaptive_"), set when the table op is registered (a function-local
+  // static: registration runs during static initialization, in no fixed order with other statics).
+  static std::string& list_op() {
+    static std::string name;
+    return name;
+  }
+
   static void call(const c10::intrusive_ptr<TensorTable>& table, at::TensorList grads, Rest... rest) {
     TORCH_CHECK(table->size() == N + 1, "fused_hybrid: this op needs a TensorTable of ", N + 1, " lists, got ",
                 table->size());
@@ -94,7 +106,15 @@ struct TableCall<N, Impl, Types<Rest...>> {
   }
   template <size_t... I>
   static void with(std::index_sequence<I...>, const TensorTable& table, at::TensorList grads, Rest... rest) {
-    Impl(table.list(0), grads, table.list(I + 1)..., rest...);
+    if (table.list(0).empty() || table.list(0)[0].is_cpu()) {
+      Impl(table.list(0), grads, table.list(I + 1)..., rest...);
+      return;
+    }
+    // Another device: the list op's kernel for it (an unboxed dispatcher call; the tensors pick the key).
+    static const auto handle = c10::Dispatcher::singleton()
+                                   .findSchemaOrThrow(list_op().c_str(), "")
+                                   .template typed<std::remove_pointer_t<decltype(Impl)>>();
+    handle.call(table.list(0), grads, table.list(I + 1)..., rest...);
   }
 };
 
@@ -108,6 +128,9 @@ constexpr auto table_op = &detail::TableCall<N, Impl, typename detail::ListsOf<N
 template <size_t N, auto Impl>
 void impl_table_op(torch::Library& m, const char* name) {
   register_tensor_table();
+  using Call = detail::TableCall<N, Impl, typename detail::ListsOf<N, Impl>::rest>;
+  const std::string table(name);  // "<family>_table_" -> "fused_hybrid::<family>_"
+  Call::list_op() = "fused_hybrid::" + table.substr(0, table.size() - std::string("table_").size());
   m.impl(name, table_op<N, Impl>);
 }
 

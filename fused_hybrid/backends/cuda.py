@@ -6,19 +6,23 @@ never syncs with the host and can be captured in a CUDA graph. Launches per call
 while the call fits one argument table: up to 2048 chunks and a few hundred tensors, see
 csrc/cuda/multi_tensor_apply.cuh) plus a tiny post-step kernel (step += 1 unless found_inf, SWATS's fixed-order
 sums of its per-chunk partials). MAS's reducing variants run two passes and no post-step (csrc/cuda/mas.cu).
+
+The rule families are the extension's ops, called exactly as the cpu backend calls them (``extension_ops``): the
+ops pick the CUDA kernels by the tensors' device, and in eager mode the params and state lists travel in a
+TensorTable built once per bucket (the table ops hand non-CPU tables to the list ops through the dispatcher), so a
+step passes no Python list of 2000 tensors, or reads no gradient in Python at all on the optimizer's fast path.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 
 from .. import _ext
-from ..rules import MAS_VARIANTS
+from .extension_ops import NO_GRADIENT, adaptive, mas, ndadam, sgd  # noqa: F401  (the backend API)
 
 NAME = "cuda"
 # MAS: every variant ("sum" in one pass; the reducing ones in two passes with per-chunk partials).
 RULES = frozenset({"sgd", "adaptive", "mas", "ndadam"})
+GRADS_FROM_PARAMS = True  # the optimizer's fast path may pass grads=None (extension_ops)
 
 
 def available(device: torch.device) -> bool:
@@ -36,72 +40,3 @@ def why_unavailable(device: torch.device) -> str:
     if not torch.cuda.is_available():
         return "no CUDA device is present"
     return ""
-
-
-def _lr(hp):
-    """(float lr, lr tensor or None): a 0-dim tensor lr is read inside the kernels (on the device)."""
-    return (0.0, hp.lr) if isinstance(hp.lr, torch.Tensor) else (float(hp.lr), None)
-
-
-def sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=None, cache=None):
-    lr, lr_t = _lr(hp)
-    bufs = momentum_buffers if hp.momentum != 0 else []
-    flags = [int(bool(f)) for f in firsts] if any(firsts) else []  # none: no buffer is fresh
-    torch.ops.fused_hybrid.sgd_(params, grads, bufs, flags, lr, lr_t, hp.momentum, hp.dampening, hp.nesterov,
-                                hp.weight_decay, hp.maximize, grad_scale, found_inf)
-
-
-def adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, grad_scale=None, found_inf=None,
-             swats=None, cache=None):
-    lr, lr_t = _lr(hp)
-    maxs = max_exp_avg_sqs if hp.amsgrad else []
-    if swats is not None:
-        # The kernels read phase as int32 and sgd_lr as float64 (no-ops when they already are).
-        bufs, sw = swats.momentum_buffers, (swats.phase.to(torch.int32).contiguous(),
-                                            swats.sgd_lr.to(torch.float64).contiguous(), swats.partials,
-                                            swats.nesterov)
-    else:
-        bufs, sw = [], (None, None, None, False)
-    torch.ops.fused_hybrid.adaptive_(
-        params, grads, exp_avgs, exp_avg_sqs, maxs, steps, bufs, lr, lr_t, hp.beta1, hp.beta2, hp.eps,
-        hp.weight_decay, hp.decoupled, hp.amsgrad, hp.maximize, hp.form, hp.partial, hp.clip_mode, hp.clip_lo,
-        hp.clip_hi, hp.final_lr, hp.final_lr_relative, hp.gamma, grad_scale, found_inf, *sw)
-
-
-def mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale=None, found_inf=None,
-        cache=None):
-    lr, lr_t = _lr(hp)
-    bufs = momentum_buffers if hp.momentum != 0 else []
-    torch.ops.fused_hybrid.mas_(params, grads, exp_avgs, exp_avg_sqs, bufs, steps, lr, lr_t, hp.beta1, hp.beta2,
-                                hp.eps, hp.weight_decay, hp.momentum, hp.dampening, hp.nesterov, hp.adam_w,
-                                hp.sgd_w, MAS_VARIANTS.index(hp.variant), hp.maximize, grad_scale, found_inf)
-
-
-def _trailing(p: torch.Tensor, axes) -> list[int] | None:
-    """The permutation that makes ``axes`` the trailing dims, or None when they already are."""
-    axes = sorted(axes)
-    if axes == list(range(p.dim() - len(axes), p.dim())):
-        return None
-    return [d for d in range(p.dim()) if d not in axes] + axes
-
-
-def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=None, found_inf=None, cache=None):
-    lr, lr_t = _lr(hp)
-    ps, gs, ms, vs, row_lens, copies = [], [], [], [], [], []
-    for p, g, m, v, ax in zip(params, grads, exp_avgs, exp_avg_sqs, axes):
-        if not ax:
-            ps.append(p), gs.append(g), ms.append(m), vs.append(v), row_lens.append(0)
-            continue
-        row_lens.append(math.prod(p.shape[d] for d in ax))
-        perm = _trailing(p, ax)
-        if perm is None:
-            ps.append(p), gs.append(g), ms.append(m), vs.append(v)
-        else:  # weight vectors along leading/middle dims: work on contiguous permuted copies, then copy back
-            pc, mc, vc = (x.permute(perm).contiguous() for x in (p, m, v))
-            ps.append(pc), gs.append(g.permute(perm).contiguous()), ms.append(mc), vs.append(vc)
-            copies.append(((p, pc), (m, mc), (v, vc), perm))
-    torch.ops.fused_hybrid.ndadam_(ps, gs, ms, vs, steps, row_lens, lr, lr_t, hp.beta1, hp.beta2, hp.eps,
-                                   hp.weight_decay, hp.maximize, grad_scale, found_inf)
-    for *pairs, perm in copies:
-        for orig, c in pairs:
-            orig.permute(perm).copy_(c)

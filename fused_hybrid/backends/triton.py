@@ -26,6 +26,7 @@ import torch
 
 from .. import _ext
 from ..hyper import CLIP_ADABOUND, CLIP_NONE, FORM_PAPER
+from .extension_ops import NO_GRADIENT  # noqa: F401  (the backend API)
 
 NAME = "triton"
 RULES = frozenset({"adaptive", "sgd", "mas", "ndadam"})
@@ -33,7 +34,6 @@ RULES = frozenset({"adaptive", "sgd", "mas", "ndadam"})
 # the bucket's lists then reads the gradients and every pointer in one call (``_Snapshot``), and a missing
 # gradient raises a RuntimeError containing NO_GRADIENT before anything is launched.
 GRADS_FROM_PARAMS = _ext.loaded()
-NO_GRADIENT = "fused_hybrid: a parameter of the table has no gradient"
 
 try:
     import triton
