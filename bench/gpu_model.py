@@ -22,6 +22,8 @@ Launch counts per bucket (one device, one dtype, one param group) and step, per 
   counts, partial sums) for every family but SGD; MAS's reducing variants make two passes and no post-step (each
   second-pass block sums its tensor's slots and the chunk-0 block advances the step; an empty tensor gets one
   zero-length chunk for it).
+- SWATS adds 2 launches per optimizer step (``STEP_EXTRA``, printed as "+2"): its switch bookkeeping, in Triton
+  kernels on a GPU whichever backend steps the tensors.
 """
 from __future__ import annotations
 
@@ -33,6 +35,9 @@ from . import shapes as S
 
 DEVICES = {"H100": 3.0e12, "H200": 4.3e12}  # copy bandwidth, bytes/s
 LAUNCH_S = 4e-6
+# Launches per optimizer step on top of the per-bucket ones: SWATS's switch bookkeeping on a GPU, whichever backend
+# steps the tensors (triton_kernels/swats.py: the per-tensor arguments, then segment totals + the switch test).
+STEP_EXTRA = {"swats": 2}
 
 RULES = {  # bench key: (bytes-model rule, options, CUDA tensor lists per element pass)
     "adam": ("adam", {}, 4),
@@ -92,10 +97,11 @@ def predict(key: str, shapes, device: str) -> dict:
         nbytes = B.step_bytes(rule, shapes, opts)
     out = {"rule": key, "bytes": nbytes, "triton_launches": triton_launches(rule, opts, shapes),
            "cuda_launches": cuda_launches(rule, opts, shapes, depth)}
+    out["step_extra_launches"] = STEP_EXTRA.get(rule, 0)
     bw = DEVICES[device]
     for be in ("triton", "cuda"):
         n = out[f"{be}_launches"]
-        out[f"{be}_ms"] = None if n is None else 1e3 * (nbytes / bw + n * LAUNCH_S)
+        out[f"{be}_ms"] = None if n is None else 1e3 * (nbytes / bw + (n + out["step_extra_launches"]) * LAUNCH_S)
     return out
 
 
@@ -127,6 +133,8 @@ def main(argv=None) -> list[dict]:
             per = {d: predict(key, shapes, d) for d in DEVICES}
             p0 = per["H100"]
             cl = "?" if p0["cuda_launches"] is None else str(p0["cuda_launches"])
+            if p0["step_extra_launches"]:
+                cl += f" (+{p0['step_extra_launches']})"
             cells = " ".join(f"{per[d]['triton_ms']:>12.3f} " +
                              (f"{per[d]['cuda_ms']:>10.3f}" if per[d]["cuda_ms"] is not None else f"{'?':>10}")
                              for d in DEVICES)

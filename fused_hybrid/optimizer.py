@@ -14,7 +14,7 @@ from itertools import chain, repeat
 
 import torch
 
-from . import _ext, rules
+from . import rules
 from . import swats as sw
 from .backends import check_name, resolve
 from .hyper import SwatsArgs
@@ -278,10 +278,9 @@ class HybridOptimizer(torch.optim.Optimizer):
     def _layout(self) -> sw.Layout:
         if self._swats_layout is None:
             first = next(p for g in self.param_groups if g["rule"] == "swats" for p in g["params"])
-            # The switch test's bookkeeping runs as C++ ops when the SWATS tensors are on a fused CPU backend; the
-            # reference backend keeps the plain-PyTorch version (swats.py), which is also the GPU paths'.
-            fused = _ext.loaded() and all(g["backend"] != "reference" for g in self.param_groups
-                                          if g["rule"] == "swats")
+            # The switch test's bookkeeping runs fused (C++ ops on the CPU, Triton kernels on a GPU: swats.fused_impl)
+            # when fused backends step the SWATS tensors; the reference backend keeps the plain-PyTorch version.
+            fused = all(g["backend"] != "reference" for g in self.param_groups if g["rule"] == "swats")
             lay = sw.Layout(self.param_groups, self.granularity, first.device, fused=fused)
             st = self.state.get(sw.STATE_KEY)
             if st is None:
@@ -326,8 +325,7 @@ class HybridOptimizer(torch.optim.Optimizer):
             for b, args in calls:
                 partials.index_copy_(0, b.flat_idx, args.partials.to(lay.device))
                 stepped.index_fill_(0, b.flat_idx, 1.0)
-        totals = sw.segment_totals(lay, partials, stepped, self.process_group)
-        sw.finalize(lay, st, vecs, totals, found_inf)
+        sw.switch_update(lay, st, vecs, partials, stepped, found_inf, self.process_group)
         self._swats_step_cache = None
 
     def switch_info(self) -> list[dict]:

@@ -26,16 +26,35 @@ STATE_KEY = "swats"
 _SEG_KEYS = ("phase", "lam", "Lambda", "switch_step", "seg_step", "gamma")
 
 
+IMPLS = ("torch", "cpu", "triton")
+
+
+def fused_impl(device: torch.device) -> str:
+    """Where the bookkeeping runs fused for SWATS tensors on ``device``: the C++ ops on the CPU
+    (csrc/cpu/swats.cpp, 3 calls), the Triton kernels on a GPU (triton_kernels/swats.py, 2 launches), else the
+    torch ops below (~70 small ops)."""
+    if device.type == "cpu":
+        from . import _ext
+        return "cpu" if _ext.loaded() else "torch"
+    from .backends import triton as tb
+    return "triton" if tb.available(device) else "torch"
+
+
 class Layout:
     """Which segment each SWATS tensor belongs to. Tensors are numbered in (group, param) order over the groups
-    whose rule is "swats"; ``groups`` lists (group index, first flat index, count)."""
+    whose rule is "swats"; ``groups`` lists (group index, first flat index, count).
 
-    def __init__(self, param_groups: list[dict], granularity: str, device: torch.device, fused: bool = False):
+    ``impl`` is how the bookkeeping runs: "torch" (the ops below: the reference backend's, and the fallback),
+    "cpu" or "triton" (see ``fused_impl``; the optimizer asks for fused bookkeeping when fused backends step the
+    SWATS tensors)."""
+
+    def __init__(self, param_groups: list[dict], granularity: str, device: torch.device, fused: bool = False,
+                 impl: str | None = None):
         self.granularity = granularity
         self.device = device
-        # The C++ ops (csrc/cpu/swats.cpp) run the bookkeeping below on CPU tensors in 3 calls instead of ~70
-        # tensor ops; the optimizer asks for them when a fused backend steps the SWATS tensors.
-        self.fused = fused and device.type == "cpu"
+        self.impl = impl if impl is not None else (fused_impl(device) if fused else "torch")
+        if self.impl not in IMPLS:
+            raise ValueError(f"unknown SWATS bookkeeping {self.impl!r}; choose one of {IMPLS}")
         self.groups = []
         seg_of = []
         t = 0
@@ -117,9 +136,18 @@ class Layout:
 
 def per_tensor_args(layout: Layout, st: dict, vecs: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """phase[t] and the SGD-phase step size (1-b1)*Lambda*lr_now/lr_at_switch for every SWATS tensor."""
-    if layout.fused:
+    if layout.impl == "cpu":
         return torch.ops.fused_hybrid.swats_args(layout.seg_of, st["phase"], st["Lambda"], st["lr_ref"], vecs["lr"],
                                                  vecs["one_minus_b1"])
+    if layout.impl == "triton":
+        from .backends import triton as tb
+        from .triton_kernels import swats as ks
+        phase = torch.empty(layout.T, dtype=torch.int32, device=layout.device)
+        sgd_lr = torch.empty(layout.T, dtype=torch.float64, device=layout.device)
+        if layout.T:
+            tb._launch(ks.swats_args_kernel, (-(-layout.T // _BLOCK),), layout.seg_of, st["phase"], st["Lambda"],
+                       st["lr_ref"], vecs["lr"], vecs["one_minus_b1"], phase, sgd_lr, layout.T, BLOCK=_BLOCK)
+        return phase, sgd_lr
     seg = layout.seg_of
     phase = st["phase"][seg]
     in_sgd = phase == PHASE_SGD
@@ -134,8 +162,11 @@ def segment_totals(layout: Layout, partials: torch.Tensor, stepped: torch.Tensor
     (sharded parameters: FSDP2, ZeRO), the totals are summed over its ranks, so every rank runs the test on the
     whole model's sums and switches at the same step with the same Lambda. The all-reduce is asynchronous with
     respect to the host on GPU backends (NCCL), so it adds no host sync."""
-    if layout.fused:
+    if layout.impl == "cpu":
         totals = torch.ops.fused_hybrid.swats_totals(partials, stepped, layout.seg_of, layout.S)
+    elif layout.impl == "triton":
+        totals = torch.empty(layout.S, 3, dtype=torch.float64, device=layout.device)
+        _switch_kernel(layout, None, None, partials, stepped, totals, None, mode=0)
     else:
         if stepped is None:
             stepped = partials.new_ones(layout.T)
@@ -152,10 +183,13 @@ def finalize(layout: Layout, st: dict, vecs: dict, totals: torch.Tensor, found_i
     ``totals`` comes from ``segment_totals``: per segment <p,g>, <p,p> and how many tensors stepped (a segment
     with none is left alone). A step skipped by GradScaler (found_inf) changes nothing.
     """
-    if layout.fused:
+    if layout.impl == "cpu":
         torch.ops.fused_hybrid.swats_finalize_(totals, layout.seg_of, st["phase"], st["lam"], st["Lambda"],
                                                st["switch_step"], st["seg_step"], st["gamma"], st["lr_ref"],
                                                vecs["lr"], vecs["b2"], vecs["rtol"], vecs["atol"], found_inf)
+        return
+    if layout.impl == "triton":
+        _switch_kernel(layout, st, vecs, None, None, totals, found_inf, mode=1)
         return
     s_pg, s_pp = totals[:, 0], totals[:, 1]
     active = totals[:, 2] > 0
@@ -175,6 +209,37 @@ def finalize(layout: Layout, st: dict, vecs: dict, totals: torch.Tensor, found_i
     st["Lambda"].copy_(torch.where(switch, lam_k, st["Lambda"]))
     st["switch_step"].copy_(torch.where(switch, k, st["switch_step"]))
     st["lr_ref"].copy_(torch.where(switch[layout.seg_of], vecs["lr"], st["lr_ref"]))
+
+
+def switch_update(layout: Layout, st: dict, vecs: dict, partials: torch.Tensor, stepped: torch.Tensor | None,
+                  found_inf: torch.Tensor | None, process_group=None) -> None:
+    """``segment_totals`` then ``finalize``: one launch with the Triton bookkeeping when no process group has to
+    all-reduce the totals in between."""
+    if layout.impl == "triton" and process_group is None:
+        _switch_kernel(layout, st, vecs, partials, stepped, None, found_inf, mode=2)
+        return
+    finalize(layout, st, vecs, segment_totals(layout, partials, stepped, process_group), found_inf)
+
+
+_BLOCK = 256  # tensors per program of the Triton bookkeeping kernels
+
+
+def _switch_kernel(layout, st, vecs, partials, stepped, totals, found_inf, mode: int) -> None:
+    """One launch of triton_kernels.swats.swats_switch_kernel over the segments (see its docstring for ``mode``),
+    through the Triton backend's ``_launch`` (where launches are counted)."""
+    if layout.S == 0:
+        return
+    from .backends import triton as tb
+    from .triton_kernels import swats as ks
+    if st is None:  # mode 0: the state is not touched; any tensors of the right types fill its slots
+        st = {k: layout.seg_of for k in ("phase", "lam", "Lambda", "switch_step", "seg_step", "gamma", "lr_ref")}
+        vecs = {k: layout.seg_of for k in ("lr", "b2", "rtol", "atol")}
+    if found_inf is not None:
+        found_inf = found_inf.to(device=layout.device, dtype=torch.float32).reshape(1)
+    tb._launch(ks.swats_switch_kernel, (layout.S,), layout.members, layout.members.shape[1], layout.T, partials,
+               stepped, totals, found_inf, st["phase"], st["lam"], st["Lambda"], st["switch_step"], st["seg_step"],
+               st["gamma"], st["lr_ref"], vecs["lr"], vecs["b2"], vecs["rtol"], vecs["atol"], MODE=mode,
+               HAS_STEPPED=stepped is not None, HAS_FOUND_INF=found_inf is not None, BLOCK=_BLOCK)
 
 
 def info(st: dict, beta2: list[float]) -> list[dict]:

@@ -23,6 +23,10 @@ def test_prediction_is_bytes_over_bandwidth_plus_launches():
     # p, g, m, v in and p out.
     assert gpu_model.predict("mas_vector", shapes, "H100")["bytes"] == (20 + 20) * n
     assert gpu_model.predict("mas", shapes, "H100")["bytes"] == 28 * n
+    # SWATS: its 2 bookkeeping launches per optimizer step count in the time, not in the per-group launches.
+    sw = gpu_model.predict("swats", shapes, "H100")
+    assert sw["triton_launches"] == 2 and sw["step_extra_launches"] == 2
+    assert sw["triton_ms"] == pytest.approx(1e3 * (28 * n / 3.0e12 + 4 * gpu_model.LAUNCH_S))
 
 
 @pytest.mark.skipif(not _ext.loaded(), reason="needs the extension's plan_launches op")

@@ -48,5 +48,8 @@ def test_unaligned_fallback_has_no_wide_accesses(report):
 
 def test_launches_per_step_model(report):
     data, _ = report
-    # update + finalize per bucket; MAS's reducing variants: pass 0 (its last program per tensor finalizes) + apply.
-    assert data["launches"] == {"adam": 2, "adam-bf16": 2, "sgd": 1, "padam": 2, "swats": 2, "mas-vector": 2}
+    # update + finalize per bucket; MAS's reducing variants: pass 0 (its last program per tensor finalizes) + apply;
+    # SWATS: + its switch bookkeeping (per-tensor arguments, totals + test), as on a GPU.
+    assert data["launches"] == {"adam": 2, "adam-bf16": 2, "sgd": 1, "padam": 2, "swats": 2 + 2, "mas-vector": 2}
+    kernels = {k["kernel"] for k in data["kernels"] if k["config"] == "swats"}
+    assert {"swats_args_kernel", "swats_switch_kernel"} <= kernels
