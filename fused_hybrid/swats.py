@@ -37,7 +37,10 @@ def fused_impl(device: torch.device) -> str:
         from . import _ext
         return "cpu" if _ext.loaded() else "torch"
     from .backends import triton as tb
-    return "triton" if tb.available(device) else "torch"
+    # Triton's NVIDIA backend targets compute capability 8.0 and newer; older GPUs keep the torch ops.
+    if not tb.available(device) or (device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 0)):
+        return "torch"
+    return "triton"
 
 
 class Layout:
