@@ -164,3 +164,15 @@ def test_missing_gradient_falls_back_and_skips_that_param():
     (fast, fopt), _ = _replay(fh.Adam, {}, mutate)
     assert float(fopt.state[fast[1]]["step"]) == 4.0
     assert float(fopt.state[fast[0]]["step"]) == 5.0
+
+
+def test_checkpoint_load_between_steps():
+    """load_state_dict replaces every state tensor: the fast path must step the new ones (its tables are dropped
+    with the plan), as the general path does."""
+    import copy
+
+    def mutate(ps, opt, k):
+        if k == 3:
+            opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for cls, kw in [(fh.Adam, dict(amsgrad=True)), (fh.SWATS, dict(lr=1e-2)), (fh.MAS, dict(variant="vector"))]:
+        _replay(cls, kw, mutate)
