@@ -9,8 +9,8 @@ step count is read from each tensor's step tensor (k = step + 1) and advanced af
 import triton
 import triton.language as tl
 
-from .common import (chunk_header, div_ieee, f64, inv_scale, lerp, load_lr, load_w_grad, pow_int, skip_step, sqrt_ieee,
-                     table_ptr)
+from .common import (bias_corrections, chunk_header, div_ieee, f64, inv_scale, lerp, load_lr, load_w_grad, skip_step,
+                     sqrt_ieee, table_ptr)
 from .sgd import swats_sgd_phase
 
 FORM_TORCH = tl.constexpr(0)
@@ -147,10 +147,7 @@ def adaptive_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_pt
         k = tl.load(stp).to(tl.float64) + 1.0
         # Per-tensor scalars in float64, exactly as the reference computes them on the host.
         lr64 = load_lr(lr, lr_ptr, LR_TENSOR)
-        b1 = f64(beta1)
-        b2 = f64(beta2)
-        bc1 = 1.0 - pow_int(b1, k)
-        bc2 = 1.0 - pow_int(b2, k)
+        b1, b2, bc1, bc2 = bias_corrections(beta1, beta2, k)
         wd64 = f64(wd)
         lo = f64(clip_lo)
         hi = f64(clip_hi)

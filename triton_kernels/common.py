@@ -45,6 +45,14 @@ def pow_int(b, k):
 
 
 @triton.jit
+def bias_corrections(beta1, beta2, k):
+    """(b1, b2, 1 - b1**k, 1 - b2**k) in float64 for step count k, as the reference computes them on the host."""
+    b1 = f64(beta1)
+    b2 = f64(beta2)
+    return b1, b2, 1.0 - pow_int(b1, k), 1.0 - pow_int(b2, k)
+
+
+@triton.jit
 def load_lr(lr, lr_ptr, LR_TENSOR: tl.constexpr):
     """The learning rate as float64: the float argument, or the 0-dim lr tensor read on the device."""
     if LR_TENSOR:

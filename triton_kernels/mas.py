@@ -12,7 +12,8 @@ import triton
 import triton.language as tl
 
 from .adaptive import adam_direction, adam_moments
-from .common import chunk_header, f64, inv_scale, load_lr, load_w_grad, pow_int, skip_step, sqrt_ieee, table_ptr
+from .common import (bias_corrections, chunk_header, f64, inv_scale, load_lr, load_w_grad, skip_step, sqrt_ieee,
+                     table_ptr)
 from .sgd import sgd_dir_from_buf, sgd_direction
 
 V_SUM = tl.constexpr(0)
@@ -116,10 +117,7 @@ def mas_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr, pa
         # Pass 1 runs after the finalize advanced the step, so the step tensor already holds k there.
         k = tl.load(stp).to(tl.float64) + (1.0 if PASS == 0 else 0.0)
         lr64 = load_lr(lr, lr_ptr, LR_TENSOR)
-        b1 = f64(beta1)
-        b2 = f64(beta2)
-        bc1 = 1.0 - pow_int(b1, k)
-        bc2 = 1.0 - pow_int(b2, k)
+        b1, b2, bc1, bc2 = bias_corrections(beta1, beta2, k)
         eta_a = lr64 / bc1
         aw = f64(adam_w)
         sw = f64(sgd_w)

@@ -14,8 +14,8 @@ import triton
 import triton.language as tl
 
 from .adaptive import CLIP_NONE, FORM_TORCH, _adaptive_block
-from .common import chunk_header, div_ieee, effective_grad, f64, inv_scale, lerp, load_lr, pow_int, skip_step, \
-    sqrt_ieee, table_ptr
+from .common import (bias_corrections, chunk_header, div_ieee, effective_grad, f64, inv_scale, lerp, load_lr,
+                     skip_step, sqrt_ieee, table_ptr)
 
 L_P = tl.constexpr(0)
 L_G = tl.constexpr(1)
@@ -69,10 +69,7 @@ def ndadam_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr,
         stp = table_ptr(ptrs, L_STEP, t, T, tl.float32, False)
         k = tl.load(stp).to(tl.float64) + 1.0
         lr64 = load_lr(lr, lr_ptr, LR_TENSOR)
-        b1 = f64(beta1)
-        b2 = f64(beta2)
-        bc1 = 1.0 - pow_int(b1, k)
-        bc2 = 1.0 - pow_int(b2, k)
+        b1, b2, bc1, bc2 = bias_corrections(beta1, beta2, k)
         inv = inv_scale(scale_ptr, HAS_SCALE)
         wd_c = f64(wd).to(C)
         omb1 = (1.0 - b1).to(C)

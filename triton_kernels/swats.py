@@ -35,8 +35,8 @@ def swats_args_kernel(seg_of, phase, Lambda, lr_ref, lr, one_minus_b1, out_phase
 
 
 @triton.jit(do_not_specialize=["W", "T"])  # member-table width and tensor count: one compile whatever they are
-def swats_switch_kernel(members, W: tl.int64, T: tl.int64, partials, stepped, totals, found_inf, phase, lam, Lambda, switch_step,
-                        seg_step, gamma, lr_ref, lr, b2s, rtols, atols, MODE: tl.constexpr,
+def swats_switch_kernel(members, W: tl.int64, T: tl.int64, partials, stepped, totals, found_inf, phase, lam, Lambda,
+                        switch_step, seg_step, gamma, lr_ref, lr, b2s, rtols, atols, MODE: tl.constexpr,
                         HAS_STEPPED: tl.constexpr, HAS_FOUND_INF: tl.constexpr, BLOCK: tl.constexpr):
     s = tl.program_id(0)
     if MODE != 1:
