@@ -517,3 +517,25 @@ def test_gradients_read_in_cpp_once_the_plan_is_known(monkeypatch):
         assert len(reads) == 6 + 4, (name, reads)
         if name != "SGD":
             assert float(oc.state[pc[3]]["step"]) == 4.0
+
+
+def test_swats_bookkeeping_impl_per_device(monkeypatch):
+    """Where SWATS's fused bookkeeping runs: C++ ops on the CPU, Triton kernels on GPUs Triton targets (compute
+    capability 8.0+), the torch ops elsewhere and for the reference backend."""
+    from fused_hybrid import swats as sw
+    from fused_hybrid.backends import triton as tb
+    assert sw.fused_impl(torch.device("cpu")) == "cpu"
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(tb, "available", lambda device: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert sw.fused_impl(cuda) == "triton"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert sw.fused_impl(cuda) == "torch"
+    monkeypatch.setattr(tb, "available", lambda device: False)
+    assert sw.fused_impl(cuda) == "torch"
+    groups = [dict(rule="swats", params=[torch.zeros(2)], lr=0.1, betas=(0.9, 0.99), switch_rtol=0.05,
+                   switch_atol=0.0)]
+    assert sw.Layout(groups, "global", torch.device("cpu")).impl == "torch"  # not fused: the reference's
+    assert sw.Layout(groups, "global", torch.device("cpu"), fused=True).impl == "cpu"
+    with pytest.raises(ValueError, match="unknown SWATS bookkeeping"):
+        sw.Layout(groups, "global", torch.device("cpu"), impl="cuda")
