@@ -75,9 +75,8 @@ def adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, g
     if swats is None:
         bufs, phase, sgd_lr, partials, nesterov = _NONE, None, None, None, False
     else:
-        # The kernels read phase as int32 and sgd_lr as float64 (no-ops when they already are).
-        bufs, phase, sgd_lr, partials, nesterov = (swats.momentum_buffers, swats.phase.to(torch.int32).contiguous(),
-                                                   swats.sgd_lr.to(torch.float64).contiguous(), swats.partials,
+        # phase (int32) and sgd_lr (float64) come from swats.per_tensor_args as the ops check them.
+        bufs, phase, sgd_lr, partials, nesterov = (swats.momentum_buffers, swats.phase, swats.sgd_lr, swats.partials,
                                                    swats.nesterov)
     _call("adaptive_", cache, [params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if hp.amsgrad else _NONE, steps, bufs],
           grads, lr, lr_t, hp.beta1, hp.beta2, hp.eps, hp.weight_decay, hp.decoupled, hp.amsgrad, hp.maximize,
