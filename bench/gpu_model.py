@@ -13,15 +13,14 @@ Launch counts per bucket (one device, one dtype, one param group) and step, per 
 - triton: one update launch over a chunk table of every tensor, plus one finalize launch that advances the step
   counts and sums per-chunk partials (SGD has neither, so 1); MAS's reducing variants make their first pass's last
   program per tensor do the finalizing (an empty tensor gets a zero-length chunk for it), then run the apply
-  pass (2); ND-Adam runs its row kernel, whose 1-D tensors are plain-Adam chunks, and the
-  finalize (2). ``tests/test_triton_backend.py``
+  pass (2); ND-Adam runs its row kernel, whose 1-D tensors are plain-Adam chunks, and the finalize (2).
+  ``tests/test_triton_backend.py``
   counts the real launches against ``triton_launches``.
 - cuda: multi-tensor apply splits the tensors into launches by its argument-table limits
   (``torch.ops.fused_hybrid.plan_launches`` / ``plan_ndadam``, the kernels' own planners) per pass, plus one
-  post-step launch (step
-  counts, partial sums) for every family but SGD; MAS's reducing variants make two passes and no post-step (each
-  second-pass block sums its tensor's slots and the chunk-0 block advances the step; an empty tensor gets one
-  zero-length chunk for it).
+  post-step launch (step counts, partial sums) for every family but SGD; MAS's reducing variants make two passes
+  and no post-step (each second-pass block sums its tensor's slots and the chunk-0 block advances the step; an
+  empty tensor gets one zero-length chunk for it).
 - SWATS adds 2 launches per optimizer step (``STEP_EXTRA``, printed as "+2"): its switch bookkeeping, in Triton
   kernels on a GPU whichever backend steps the tensors.
 """
@@ -54,9 +53,14 @@ RULES = {  # bench key: (bytes-model rule, options, CUDA tensor lists per elemen
 }
 
 
+def _mas_reducing(rule: str, opts: dict | None) -> bool:
+    """MAS's "correction", "normalized" and "vector": two passes around per-tensor sums."""
+    return rule == "mas" and (opts or {}).get("variant", "sum") != "sum"
+
+
 def triton_launches(rule: str, opts: dict | None = None, shapes=()) -> int:
-    """Launches of one Triton step over one bucket (see the module docstring)."""
-    opts = opts or {}
+    """Launches of one Triton step over one bucket (see the module docstring). Neither the options nor the shapes
+    change it any more (taken for symmetry with ``cuda_launches``, whose table limits depend on them)."""
     if rule == "sgd":
         return 1
     # MAS's reducing variants: pass 0 (whose last program per tensor finalizes) and pass 1; ND-Adam: the row kernel
@@ -78,8 +82,7 @@ def cuda_launches(rule: str, opts: dict | None, shapes, depth: int) -> int | Non
     if rule == "ndadam":  # default vectors: a dim >= 2 param's rows along dim 0; 1-D params get Adam (row_len 0)
         row_lens = [math.prod(s[1:]) if len(s) >= 2 else 0 for s in shapes]
         return list(torch.ops.fused_hybrid.plan_ndadam(numels, row_lens))[2] + 1  # [row_scale, chunk, launches..]
-    opts = opts or {}
-    reducing = rule == "mas" and opts.get("variant", "sum") != "sum"
+    reducing = _mas_reducing(rule, opts)
     flat = list(plan(numels, 0, depth, 0, 0, 1 if reducing else 0))
     main = flat[1]  # plan::encode: [chunk_size, number of launches, ...]
     if rule == "sgd":
@@ -91,7 +94,7 @@ def cuda_launches(rule: str, opts: dict | None, shapes, depth: int) -> int | Non
 
 def predict(key: str, shapes, device: str) -> dict:
     rule, opts, depth = RULES[key]
-    if rule == "mas" and opts.get("variant", "sum") != "sum":  # two passes: what they really move
+    if _mas_reducing(rule, opts):  # two passes: what they really move
         nbytes = B.mas_two_pass_step_bytes(shapes, bool(opts.get("momentum", 0)))
     else:
         nbytes = B.step_bytes(rule, shapes, opts)
