@@ -23,10 +23,6 @@ import time
 
 def _setup_interpreter() -> bool:
     """Triton's interpreter for CPU tensors when there is no GPU (must be set before triton is imported)."""
-    import importlib.util
-
-    if importlib.util.find_spec("torch") is None:
-        return False
     import torch
 
     if not torch.cuda.is_available():

@@ -57,7 +57,7 @@ class _Bucket:
         self.covers_all = False  # SWATS: this bucket is every SWATS tensor, in layout order, on the layout's device
         self.whole = False  # the group's only bucket, holding all its params in order: its grads are the group's
         self._lists = {}
-        self.cache = {}  # the backend's own per-bucket data (the cpu backend's TensorTable), dropped with the plan
+        self.cache = {}  # the backend's own per-bucket data (its TensorTable, ...), dropped with the plan
         self.nd_axes = None  # ND-Adam: (the group's vec_axes, each param's vector dims); shapes are fixed per plan
 
     def state_list(self, key: str) -> list:
@@ -200,7 +200,7 @@ class HybridOptimizer(torch.optim.Optimizer):
     def _fast_plan(self, gi: int, group: dict):
         """The cached plan of group ``gi`` when the backend can read the gradients itself: last step every param
         had one, the state flags are unchanged, and the group is one whole bucket of plain tensors on such a
-        backend (the cpu backend: no Python reads of 2000 `.grad`s). None otherwise, or under torch.compile."""
+        backend (GRADS_FROM_PARAMS: no Python reads of 2000 `.grad`s). None otherwise, or under torch.compile."""
         cached = self._plans.get(gi)
         if cached is None or cached[0][0] is not True or torch.compiler.is_compiling():
             return None

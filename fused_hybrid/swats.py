@@ -234,7 +234,7 @@ def _switch_kernel(layout, st, vecs, partials, stepped, totals, found_inf, mode:
         return
     from .backends import triton as tb
     from .triton_kernels import swats as ks
-    if st is None:  # mode 0: the state is not touched; any tensors of the right types fill its slots
+    if st is None:  # mode 0 reads and writes no state: seg_of fills the state arguments' places
         st = {k: layout.seg_of for k in ("phase", "lam", "Lambda", "switch_step", "seg_step", "gamma", "lr_ref")}
         vecs = {k: layout.seg_of for k in ("lr", "b2", "rtol", "atol")}
     if found_inf is not None:

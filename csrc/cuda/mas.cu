@@ -9,7 +9,7 @@
 //     the update; the block of chunk 0 stores k as t's step. No block of pass 2 reads a step tensor, so that
 //     store races with nothing, and the stream orders pass 1's slot writes before pass 2's reads.
 //     An empty tensor gets one zero-length chunk so that this block advances its step too.
-//   Why not a post-step kernel between the passes (3 launches, as until session 3) or the Triton backend's
+//   Why not a post-step kernel between the passes (a third launch) or the Triton backend's
 //   last-program counter: the redundant sums cost each block chunks(t) x 32 bytes of L2 reads (at most 2048
 //   slots, 64 KB, against the chunk's >= 65536 elements of DRAM traffic), and need neither a zeroed counter
 //   buffer kept between steps nor a memory-order argument.

@@ -95,7 +95,7 @@ constexpr int64_t rows_per_chunk(int64_t row_len, int64_t target = 8192, int64_t
 // (row_len 0) get chunks of base_chunk * scale elements (at most max_chunk), row tensors rows_per_chunk(L) * scale
 // rows (a block loops over them: a warp per short row, the whole block per long row). scale is the smallest with
 // which all chunks fit one launch's block table, so a [50257, 2048] embedding (50257 long rows) takes one launch
-// with 25 rows per block instead of 25 launches; small calls keep scale 1 and fill the GPU with blocks.
+// with 32 rows per block instead of 25 launches; small calls keep scale 1 and fill the GPU with blocks.
 struct RowGrid {
   int64_t chunk_size = 0, row_scale = 1;
   std::vector<int64_t> chunks;
@@ -120,9 +120,6 @@ inline RowGrid ndadam_grid(const std::vector<int64_t>& numels, const std::vector
   }
 }
 
-// The flat encoding returned by the debug op fused_hybrid::plan_launches:
-// [chunk_size, num_launches, then per launch: slot_base, num_tensors, num_blocks, tensors...,
-//  (block_tensor, block_chunk) per block...].
 // The chunk grid of one call: the chunk size picked for these tensors, each tensor's chunk count (at least
 // min_chunks: a kernel that must visit every tensor, even an empty one, asks for 1), and where its per-chunk
 // reduction slots begin in one flat slot array (total slots: `slots`).
@@ -143,6 +140,9 @@ inline ChunkGrid chunk_grid(const std::vector<int64_t>& numels, int64_t max_bloc
   return g;
 }
 
+// The flat encoding returned by the debug op fused_hybrid::plan_launches:
+// [chunk_size, num_launches, then per launch: slot_base, num_tensors, num_blocks, tensors...,
+//  (block_tensor, block_chunk) per block...].
 inline std::vector<int64_t> encode(int64_t chunk_size, const std::vector<Launch>& launches) {
   std::vector<int64_t> e{chunk_size, static_cast<int64_t>(launches.size())};
   for (const auto& l : launches) {
