@@ -11,8 +11,9 @@ the launch calls, and ``torch.cuda.synchronize`` is kept out of the timed region
 
 Side by side in one run, per rule: the optimizer's fast path (grads read by a C++ TensorTable snapshot, tables
 reused while nothing moved) and its general path (``GRADS_FROM_PARAMS`` off: every gradient and pointer read in
-Python each step). Median of ``--steps`` steps after 3 warm-up steps, on float32 tensors of the shape set's real
-sizes. The interpreter's numbers are this machine's CPU, not a GPU host's: compare the two columns, not runs.
+Python each step), and for scale torch's ``Adam(fused=True)`` on as many one-element tensors. Median of ``--steps``
+steps after 3 warm-up steps, on float32 tensors of the shape set's real sizes. The interpreter's numbers are this
+machine's CPU, not a GPU host's: compare the columns of one run, not runs.
 """
 from __future__ import annotations
 
@@ -70,6 +71,28 @@ def measure(shapes, rule: str, fast: bool, steps: int, device: str) -> float:
     return 1e3 * times[len(times) // 2]
 
 
+def measure_torch_fused(n: int, steps: int, device: str) -> float:
+    """Median ms per step of torch's ``Adam(fused=True)`` over ``n`` one-element tensors: its host work, for scale
+    (on the CPU its kernels run too, on one element each)."""
+    import torch
+
+    ps = [torch.nn.Parameter(torch.zeros(1, device=device)) for _ in range(n)]
+    for p in ps:
+        p.grad = torch.zeros_like(p)
+    opt = torch.optim.Adam(ps, fused=True)
+    for _ in range(3):
+        opt.step()
+    times = []
+    for _ in range(steps):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        opt.step()
+        times.append(time.perf_counter() - t)
+    times.sort()
+    return 1e3 * times[len(times) // 2]
+
+
 def main(argv=None) -> list[dict]:
     interp = _setup_interpreter()
     import torch
@@ -106,13 +129,16 @@ def _table(a, device: str, interp: bool) -> list[dict]:
     rows = []
     for name in a.shapes.split(","):
         shapes = S.SHAPE_SETS[name]()
-        print(f"\n== {name}: {len(shapes)} tensors ==")
+        torch_ms = measure_torch_fused(len(shapes), a.steps, device)
+        print(f"\n== {name}: {len(shapes)} tensors (for scale, torch Adam(fused=True) on as many one-element "
+              f"tensors: {torch_ms:.3f} ms) ==")
         print(f"{'rule':<8} {'fast ms':>9} {'general ms':>11} {'general/fast':>13}")
         for rule in a.rules.split(","):
             fast = measure(shapes, rule, True, a.steps, device)
             general = measure(shapes, rule, False, a.steps, device)
             print(f"{rule:<8} {fast:>9.3f} {general:>11.3f} {general / fast:>12.1f}x")
-            rows.append({"shapes": name, "rule": rule, "fast_ms": fast, "general_ms": general})
+            rows.append({"shapes": name, "rule": rule, "fast_ms": fast, "general_ms": general,
+                         "torch_fused_adam_ms": torch_ms})
     return rows
 
 

@@ -9,9 +9,9 @@ SWATS phase are read by the kernels.
 
 Tables (pointer table, chunk table, per-tensor meta) are cached keyed by the data pointers, numels and flags,
 so a step whose tensors have not moved builds nothing. Building that key reads every tensor's pointer in Python
-(~1.7 us per tensor: 3.5 ms of host time per step for 2000 tensors), so the optimizer's fast path goes through a
-``_Snapshot`` instead: one C++ call returns every numel and pointer, gradients included, and the tables are
-reused while it is unchanged. Every launch goes through ``_launch`` (tests count launches by wrapping it).
+(~2 us per tensor: 4.6 ms of host time per step for 2000 tensors, ``python -m bench.host_overhead``), so the
+optimizer's fast path goes through a ``_Snapshot`` instead: one C++ call returns every numel and pointer,
+gradients included, and the tables are reused while it is unchanged. Every launch goes through ``_launch`` (tests count launches by wrapping it).
 
 torch.compile cannot trace pointer tables (fake tensors have no data), so while compiling, the four family
 functions call the custom ops of ``triton_ops`` instead, whose real implementations run the eager functions
