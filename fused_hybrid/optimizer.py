@@ -96,30 +96,44 @@ class HybridOptimizer(torch.optim.Optimizer):
     ``rule`` is the default for groups that do not name one, so
     ``HybridOptimizer([{"params": body, "rule": "adam"}, {"params": head, "rule": "sgd", "lr": 0.1}])``
     trains the body with Adam and the head with SGD in one optimizer (seed 003, section IV.A). Keyword
-    arguments are defaults for every group whose rule has that hyperparameter.
+    arguments are defaults for every group whose rule has that hyperparameter; one that no group's rule has is a
+    TypeError. ``defaults`` holds the default rule's effective hyperparameters (torch.optim's meaning: what
+    schedulers such as OneCycleLR read), and each group holds exactly its own rule's keys.
     """
 
     _step_supports_amp_scaling = True  # GradScaler hands us grad_scale / found_inf; kernels unscale and skip
 
     def __init__(self, params, rule: str = "adam", *, backend: str = "auto", granularity: str = "global",
                  process_group=None, **defaults):
+        # As in torch.optim, every hyperparameter is checked before the params are looked at (fh.Adam(None, lr=-1)
+        # names the lr): the keywords, then the default rule's effective values.
         check_name(backend)
         if granularity not in sw.GRANULARITIES:
             raise ValueError(f"Invalid granularity: {granularity!r}; choose one of {sw.GRANULARITIES}")
         if rule not in rules.DEFAULTS:
             raise ValueError(f"Invalid rule: {rule!r}; choose one of {sorted(rules.DEFAULTS)}")
+        rules.check_keywords(rule, defaults, set(rules.DEFAULTS))
+        if defaults.get("foreach") and defaults.get("fused"):
+            raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
         self._rule = rule
         self.granularity = granularity
         # SWATS with sharded parameters: the switch test's sums are all-reduced over this group (None: this
-        # process holds the whole model, as under DDP, whose replicas compute identical sums).
+        # process holds the whole model, as under DDP, whose replicas compute identical sums). Not pickled.
         self.process_group = process_group
+        self._reset_caches()
+        # The explicit keyword arguments apply to every group whose rule has that hyperparameter (Hybrid); torch's
+        # ``defaults`` holds the default rule's effective hyperparameters, as torch.optim's holds its rule's.
+        self._kwargs = {**defaults, "backend": backend}
+        effective = rules.optimizer_defaults(rule, self._kwargs)
+        rules.validate(effective)
+        super().__init__(params, effective)
+        rules.check_keywords(rule, defaults, {g["rule"] for g in self.param_groups})
+
+    def _reset_caches(self) -> None:
+        """Drop everything derived from the groups and state (plans, tables, SWATS's layout)."""
         self._plans: dict[int, tuple] = {}
         self._swats_layout = None
         self._fresh_buffers: set = set()
-        # Explicit keyword arguments apply to every group whose rule has that hyperparameter; torch's own
-        # ``defaults`` only holds the keys all rules share, so no group collects keys foreign to its rule.
-        self._kwargs = {**defaults, "backend": backend}
-        super().__init__(params, {k: self._kwargs.get(k, v) for k, v in rules.COMMON.items()})
 
     # -- groups ---------------------------------------------------------------------------------------------------
 
@@ -129,9 +143,15 @@ class HybridOptimizer(torch.optim.Optimizer):
             rules.fill_defaults(param_group, self._rule, self._kwargs)
             check_name(param_group["backend"])
             rules.validate(param_group)
+            # torch's add_param_group gives the group every key of ``defaults``; a group of another rule (Hybrid)
+            # has its own complete set, and takes none of the default rule's foreign keys.
+            foreign = self.defaults.keys() - param_group.keys()
         super().add_param_group(param_group)
-        for p in self.param_groups[-1]["params"]:
-            if p.is_complex() and self.param_groups[-1]["rule"] == "ndadam":
+        group = self.param_groups[-1]
+        for key in foreign:
+            del group[key]
+        for p in group["params"]:
+            if p.is_complex() and group["rule"] == "ndadam":
                 raise ValueError("ND-Adam does not take complex parameters: the norm of a complex weight vector is "
                                  "not a per-row real norm of its view; pass torch.view_as_real(p) to decide")
             if p.dtype not in _FLOAT_DTYPES:
@@ -165,7 +185,7 @@ class HybridOptimizer(torch.optim.Optimizer):
                 self._check_dtensor(p, g, group)
             viewed = dtensor or p.is_complex()
             lp = _real(p)
-            if rules.ensure_state(p, st, group):
+            if rules.ensure_state(p, st, group) and rules.FAMILY[group["rule"]] == "sgd":
                 self._fresh_buffers.add(lp)
             # The fused kernels update params in place through their data pointers, so they take contiguous
             # params only; "auto" gives a non-contiguous one (a transposed view made a Parameter, say) to the
@@ -180,7 +200,8 @@ class HybridOptimizer(torch.optim.Optimizer):
             b.params.append(lp)
             b.idx.append(j)
             # State tensors keep their identity while the plan lives, so their views can be taken once.
-            b.states.append({k: _real(v) for k, v in st.items()} if viewed else st)
+            b.states.append({k: _real(v) if isinstance(v, torch.Tensor) else v for k, v in st.items()}
+                            if viewed else st)
         plan = list(buckets.values())
         if len(plan) == 1 and every:
             plan[0].whole = True
@@ -282,15 +303,10 @@ class HybridOptimizer(torch.optim.Optimizer):
             # when fused backends step the SWATS tensors; the reference backend keeps the plain-PyTorch version.
             fused = all(g["backend"] != "reference" for g in self.param_groups if g["rule"] == "swats")
             lay = sw.Layout(self.param_groups, self.granularity, first.device, fused=fused)
-            st = self.state.get(sw.STATE_KEY)
-            if st is None:
-                st = lay.new_state()
-            elif st["granularity"] != self.granularity:
-                raise ValueError(f"SWATS state was made with granularity {st['granularity']!r}, "
-                                 f"this optimizer uses {self.granularity!r}")
-            elif st["T"] != lay.T or st["phase"].device != lay.device:
-                st = lay.extend_state(st)
-            self.state[sw.STATE_KEY] = st
+            st = sw.read_state(self.state[first])
+            st = lay.new_state() if st is None else lay.adopt_state(st)
+            sw.write_state(self.state[first], st)
+            self._swats_state = st
             self._swats_layout = lay
             self._swats_step_cache = None
         return self._swats_layout
@@ -298,7 +314,7 @@ class HybridOptimizer(torch.optim.Optimizer):
     def _swats_args(self, gi: int, b: _Bucket, group: dict) -> SwatsArgs:
         lay = self._layout()
         if self._swats_step_cache is None:
-            st = self.state[sw.STATE_KEY]
+            st = self._swats_state
             vecs = lay.group_vectors(self.param_groups)
             self._swats_step_cache = (vecs,) + sw.per_tensor_args(lay, st, vecs)
         _, phase, sgd_lr = self._swats_step_cache
@@ -315,7 +331,7 @@ class HybridOptimizer(torch.optim.Optimizer):
 
     def _swats_finalize(self, calls, found_inf) -> None:
         lay = self._layout()
-        st = self.state[sw.STATE_KEY]
+        st = self._swats_state
         vecs = self._swats_step_cache[0]
         if len(calls) == 1 and calls[0][0].covers_all:
             partials, stepped = calls[0][1].partials, None  # every tensor stepped
@@ -335,7 +351,31 @@ class HybridOptimizer(torch.optim.Optimizer):
         if not any(g["rule"] == "swats" for g in self.param_groups):
             return []
         lay = self._layout()
-        return sw.info(self.state[sw.STATE_KEY], [float(self.param_groups[g]["betas"][1]) for g in lay.first_group])
+        return sw.info(self._swats_state, [float(self.param_groups[g]["betas"][1]) for g in lay.first_group])
+
+    def switch_state(self) -> dict:
+        """SWATS: the device tensors of the switch test (per segment: phase, lam, Lambda, switch_step, seg_step,
+        gamma; per tensor: lr_ref), updated in place by every step. They live in the optimizer state of the first
+        SWATS parameter under ``swats_*`` keys, so checkpoints (torch.distributed.checkpoint's included) carry
+        them like any per-parameter state."""
+        if not any(g["rule"] == "swats" for g in self.param_groups):
+            raise ValueError("switch_state: no parameter group of this optimizer follows SWATS")
+        self._layout()
+        return self._swats_state
+
+    # -- copies -----------------------------------------------------------------------------------------------------
+
+    def __getstate__(self) -> dict:
+        """torch's pickled state (defaults, state, param_groups) plus this optimizer's configuration; the plans and
+        tables are caches (rebuilt on the next step) and the process group is a live handle that does not pickle:
+        a copy has ``process_group=None`` until it is set again."""
+        return {**super().__getstate__(), "_rule": self._rule, "granularity": self.granularity,
+                "_kwargs": self._kwargs}
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("process_group", None)
+        self._reset_caches()
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
 
@@ -344,10 +384,17 @@ class HybridOptimizer(torch.optim.Optimizer):
         sd["fused_hybrid"] = {"granularity": self.granularity}
         return sd
 
+    @torch._disable_dynamo
     def load_state_dict(self, state_dict: dict) -> None:
         """Load a checkpoint of this optimizer, or of torch.optim's Adam/AdamW/SGD. State is kept in float32
         (float64 for float64 params) whatever the parameter dtype, so bf16/fp16 training resumes bitwise
-        (torch.optim's own loader would cast it to the parameter dtype)."""
+        (torch.optim's own loader would cast it to the parameter dtype). torch's load_state_dict pre-hooks run
+        first (and may replace the checkpoint), its post-hooks last."""
+        state_dict = state_dict.copy()  # shallow, as torch's: a pre-hook may edit it in place
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            hook_result = pre_hook(self, state_dict)
+            if hook_result is not None:
+                state_dict = hook_result
         saved_groups = state_dict.get("param_groups")
         saved_state = state_dict.get("state")
         if saved_groups is None or saved_state is None:
@@ -368,8 +415,10 @@ class HybridOptimizer(torch.optim.Optimizer):
         new_groups = []
         for g, sg in zip(self.param_groups, saved_groups):
             ng = {**g}
+            # The saved values of this group's keys win, as do a scheduler's initial_lr and the saved
+            # param_names (torch keeps the checkpoint's names); keys foreign to the rule (another library's) drop.
             for key, value in deepcopy(sg).items():
-                if key != "params" and (key in g or key in rules.COMMON):
+                if key != "params" and (key in g or key in rules.COMMON or key in rules.EXTRA_KEYS):
                     ng[key] = value
             rules.validate(ng)
             new_groups.append(ng)
@@ -379,15 +428,18 @@ class HybridOptimizer(torch.optim.Optimizer):
             if key in id_map:
                 p = id_map[key]
                 self._check_saved_state(p, value, param_group_of[id(p)], key)
-                new_state[p] = {k: self._cast_state(p, k, v) for k, v in value.items()}
-            elif key == sw.STATE_KEY:
-                new_state[key] = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in value.items()}
+                new_state[p].update({k: self._cast_state(p, k, v) for k, v in value.items()})
+            elif key == sw.STATE_KEY:  # an older checkpoint of ours: the switch state moves to its anchor's state
+                anchor = next(p for g in new_groups if g["rule"] == "swats" for p in g["params"])
+                sw.write_state(new_state[anchor], {k: (v.to(anchor.device).clone() if isinstance(v, torch.Tensor)
+                                                       else v) for k, v in value.items()})
             else:
                 raise ValueError(f"loaded state dict has state for an unknown parameter id {key!r}")
         self.param_groups[:] = new_groups
         self.state = new_state
-        self._fresh_buffers = set()
-        self._invalidate()
+        self._reset_caches()
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
 
     @staticmethod
     def _check_saved_state(p: torch.Tensor, saved: dict, group: dict, pid) -> None:
@@ -395,6 +447,8 @@ class HybridOptimizer(torch.optim.Optimizer):
         state tensor of another shape (a checkpoint of another model), or a step that is not a scalar. Missing
         keys are fine: the step creates them (a torch.optim.Adam checkpoint has no SWATS momentum buffer)."""
         for k, v in saved.items():
+            if k == "step" and not isinstance(v, (torch.Tensor, int, float)):
+                raise ValueError(f"state of parameter {pid}: 'step' is a {type(v).__name__}, expected a number")
             if not isinstance(v, torch.Tensor):
                 continue
             if k == "step":
@@ -409,6 +463,12 @@ class HybridOptimizer(torch.optim.Optimizer):
 
     @staticmethod
     def _cast_state(p: torch.Tensor, key: str, value):
+        if sw.is_switch_key(key):  # SWATS's switch state keeps its dtypes (float64 sums, int counts)
+            return value.to(device=p.device).clone() if isinstance(value, torch.Tensor) else value
+        if key == "step" and not isinstance(value, torch.Tensor):
+            # A plain-number step (torch < 1.12, other libraries): a float32 tensor on the param's device, as
+            # torch.optim's __setstate__ converts it; the kernels read the step on the device.
+            return torch.tensor(float(value), dtype=torch.float32, device=p.device)
         if not isinstance(value, torch.Tensor):
             return value
         if key == "step":

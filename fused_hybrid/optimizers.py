@@ -1,7 +1,8 @@
 """The public optimizers: thin constructors over ``HybridOptimizer`` with torch.optim's keyword names.
 
 Each takes ``backend="auto" | "reference" | "cpu" | "triton" | "cuda"``. Keyword arguments torch.optim has but
-that choose an implementation (``foreach``, ``fused``) are accepted and ignored: the backend decides.
+that choose an implementation (``foreach``, ``fused``) are accepted and ignored: the backend decides. Any other
+unknown keyword is a TypeError, as in torch.optim.
 """
 from __future__ import annotations
 
@@ -10,32 +11,43 @@ import math
 from .optimizer import HybridOptimizer
 
 
+def _impl(foreach, fused, capturable, differentiable) -> dict:
+    """torch.optim's implementation flags, accepted by every class so that code written for torch runs: the
+    backend decides how a step runs (``foreach``/``fused`` change nothing but are kept in the groups; ``capturable``
+    holds on every fused backend; ``differentiable=True`` is refused)."""
+    return dict(foreach=foreach, fused=fused, capturable=capturable, differentiable=differentiable)
+
+
 class Adam(HybridOptimizer):
     """torch.optim.Adam, same trajectory (Kingma & Ba 2015; AMSGrad: Reddi et al. 2018)."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
-                 maximize=False, decoupled_weight_decay=False, backend="auto", **torch_kwargs):
+                 maximize=False, decoupled_weight_decay=False, backend="auto", foreach=None, fused=None,
+                 capturable=False, differentiable=False):
         super().__init__(params, "adam", backend=backend, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=decoupled_weight_decay,
-                         **torch_kwargs)
+                         **_impl(foreach, fused, capturable, differentiable))
 
 
 class AdamW(HybridOptimizer):
     """torch.optim.AdamW: decoupled weight decay, w *= 1 - lr*wd before the Adam update (Loshchilov & Hutter)."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
-                 maximize=False, backend="auto", **torch_kwargs):
+                 maximize=False, backend="auto",
+                 foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, "adamw", backend=backend, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         amsgrad=amsgrad, maximize=maximize, **torch_kwargs)
+                         amsgrad=amsgrad, maximize=maximize, **_impl(foreach, fused, capturable, differentiable))
 
 
 class SGD(HybridOptimizer):
     """torch.optim.SGD: momentum, dampening, Nesterov, L2 weight decay, maximize."""
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, *,
-                 maximize=False, backend="auto", **torch_kwargs):
+                 maximize=False, backend="auto",
+                 foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, "sgd", backend=backend, lr=lr, momentum=momentum, dampening=dampening,
-                         weight_decay=weight_decay, nesterov=nesterov, maximize=maximize, **torch_kwargs)
+                         weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
+                         **_impl(foreach, fused, capturable, differentiable))
 
 
 class Padam(HybridOptimizer):
@@ -45,9 +57,11 @@ class Padam(HybridOptimizer):
     the square root; partial -> 0 approaches SGD with momentum (up to the 1-b1 factor)."""
 
     def __init__(self, params, lr=0.1, betas=(0.9, 0.999), partial=0.125, eps=1e-8, weight_decay=0.0,
-                 amsgrad=True, *, maximize=False, backend="auto", **torch_kwargs):
+                 amsgrad=True, *, maximize=False, backend="auto",
+                 foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, "padam", backend=backend, lr=lr, betas=betas, partial=partial, eps=eps,
-                         weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize, **torch_kwargs)
+                         weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
+                         **_impl(foreach, fused, capturable, differentiable))
 
 
 class AdamClip(HybridOptimizer):
@@ -56,10 +70,11 @@ class AdamClip(HybridOptimizer):
     averaged momentum; the paper's variants are (1, inf) and (0, 1)."""
 
     def __init__(self, params, lr=1e-3, sgd_lr=None, lower=1.0, upper=math.inf, betas=(0.9, 0.999), eps=1e-8,
-                 weight_decay=0.0, amsgrad=False, *, maximize=False, backend="auto", **torch_kwargs):
+                 weight_decay=0.0, amsgrad=False, *, maximize=False, backend="auto",
+                 foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, "adamclip", backend=backend, lr=lr, sgd_lr=sgd_lr, lower=lower, upper=upper,
                          betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
-                         **torch_kwargs)
+                         **_impl(foreach, fused, capturable, differentiable))
 
 
 class AdaBound(HybridOptimizer):
@@ -67,9 +82,11 @@ class AdaBound(HybridOptimizer):
     final_lr * lr / base_lr (base_lr: the group's lr at construction, saved in the state_dict)."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), final_lr=0.1, gamma=1e-3, eps=1e-8, weight_decay=0.0,
-                 amsbound=False, *, maximize=False, backend="auto", **torch_kwargs):
+                 amsbound=False, *, maximize=False, backend="auto",
+                 foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, "adabound", backend=backend, lr=lr, betas=betas, final_lr=final_lr, gamma=gamma,
-                         eps=eps, weight_decay=weight_decay, amsbound=amsbound, maximize=maximize, **torch_kwargs)
+                         eps=eps, weight_decay=weight_decay, amsbound=amsbound, maximize=maximize,
+                         **_impl(foreach, fused, capturable, differentiable))
 
 
 class SWATS(HybridOptimizer):
@@ -85,11 +102,13 @@ class SWATS(HybridOptimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-9, weight_decay=0.0, amsgrad=False,
                  nesterov=False, *, granularity="global", switch_rtol=1e-3, switch_atol=0.0, maximize=False,
-                 backend="auto", process_group=None, **torch_kwargs):
+                 backend="auto", process_group=None, foreach=None, fused=None, capturable=False,
+                 differentiable=False):
         super().__init__(params, "swats", backend=backend, granularity=granularity, process_group=process_group,
                          lr=lr, betas=betas, eps=eps,
                          weight_decay=weight_decay, amsgrad=amsgrad, nesterov=nesterov, switch_rtol=switch_rtol,
-                         switch_atol=switch_atol, maximize=maximize, **torch_kwargs)
+                         switch_atol=switch_atol, maximize=maximize,
+                         **_impl(foreach, fused, capturable, differentiable))
 
 
 class MAS(HybridOptimizer):
@@ -100,10 +119,11 @@ class MAS(HybridOptimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum=0.0,
                  dampening=0.0, nesterov=False, adam_w=0.5, sgd_w=0.5, variant="sum", *, maximize=False,
-                 backend="auto", **torch_kwargs):
+                 backend="auto",
+                 foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, "mas", backend=backend, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          momentum=momentum, dampening=dampening, nesterov=nesterov, adam_w=adam_w, sgd_w=sgd_w,
-                         variant=variant, maximize=maximize, **torch_kwargs)
+                         variant=variant, maximize=maximize, **_impl(foreach, fused, capturable, differentiable))
 
 
 class NDAdam(HybridOptimizer):
@@ -113,9 +133,10 @@ class NDAdam(HybridOptimizer):
     group) names the dims one vector spans."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, vec_axes=None, *,
-                 maximize=False, backend="auto", **torch_kwargs):
+                 maximize=False, backend="auto",
+                 foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, "ndadam", backend=backend, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         vec_axes=vec_axes, maximize=maximize, **torch_kwargs)
+                         vec_axes=vec_axes, maximize=maximize, **_impl(foreach, fused, capturable, differentiable))
 
 
 class Hybrid(HybridOptimizer):

@@ -53,17 +53,33 @@ def _num(group, key) -> float:
     return float(v) if isinstance(v, torch.Tensor) else v
 
 
+# torch.optim's wording for the hyperparameters it shares with us, so code (and torch's own error-input tests)
+# that matches torch's messages matches ours.
+_WHAT = {"lr": "learning rate", "eps": "epsilon value", "weight_decay": "weight_decay value",
+         "momentum": "momentum value"}
+
+
 def _check_nonneg(group, key):
     v = _num(group, key)
     if not (v >= 0.0):
-        raise ValueError(f"Invalid {key}: {v} (must be >= 0)")
+        raise ValueError(f"Invalid {_WHAT.get(key, key)}: {v} ({key} must be >= 0)")
 
 
 def _check_betas(group):
     betas = group["betas"]
     if len(betas) != 2:
         raise ValueError(f"Invalid betas: {betas} (need two values)")
+    if isinstance(betas[0], torch.Tensor) != isinstance(betas[1], torch.Tensor):
+        raise ValueError("betas must be either both floats or both Tensors")
     for i, b in enumerate(betas):
+        if isinstance(b, torch.Tensor):
+            # The kernels take the betas as host scalars: a CPU tensor is read without a device sync, a device
+            # tensor would be read on the host every step.
+            if b.numel() != 1:
+                raise ValueError(f"Tensor betas[{i}] must be 1-element")
+            if b.device.type != "cpu":
+                raise ValueError(f"Invalid betas[{i}]: a tensor beta must be a CPU tensor (fused_hybrid reads the "
+                                 f"betas on the host each step; a {b.device.type} tensor would sync the device)")
         b = float(b)
         if not 0.0 <= b < 1.0:
             raise ValueError(f"Invalid beta parameter at index {i}: {b} (betas must be in [0, 1))")
@@ -74,13 +90,13 @@ def validate(group: dict) -> None:
     rule = group["rule"]
     if rule not in DEFAULTS:
         raise ValueError(f"Invalid rule: {rule!r}; choose one of {sorted(DEFAULTS)}")
-    allowed = set(DEFAULTS[rule]) | set(COMMON) | EXTRA_KEYS
-    unknown = set(group) - allowed
+    unknown = set(group) - set(DEFAULTS[rule]) - set(COMMON) - EXTRA_KEYS
     if unknown:
-        raise ValueError(f"Invalid argument(s) {sorted(unknown)} for rule {rule!r}")
+        raise TypeError(f"rule {rule!r} got unexpected keyword argument(s) {sorted(unknown)}; its keys are "
+                        f"{sorted(DEFAULTS[rule])} and {sorted(COMMON)}")
     lr = group["lr"]
     if isinstance(lr, torch.Tensor) and lr.numel() != 1:
-        raise ValueError("Invalid lr: a tensor lr must have exactly one element")
+        raise ValueError("Tensor lr must be 1-element")
     _check_nonneg(group, "lr")
     if "eps" in group:
         _check_nonneg(group, "eps")
@@ -119,6 +135,25 @@ def validate(group: dict) -> None:
         axes = list(group["vec_axes"])
         if not axes or any((not isinstance(a, int)) or a < 0 for a in axes):
             raise ValueError(f"Invalid vec_axes: {group['vec_axes']} (non-negative dims, not empty)")
+
+
+def check_keywords(rule: str, kwargs: dict, rules_used: set) -> None:
+    """The optimizer's keyword arguments: each must be a hyperparameter of some rule its groups follow (a typo such
+    as ``momentun`` would otherwise train without momentum), as torch.optim's constructors raise TypeError for an
+    unexpected keyword."""
+    for key in kwargs:
+        if key in COMMON or any(key in DEFAULTS[r] for r in rules_used):
+            continue
+        takes = "; ".join(f"{r} takes {sorted(DEFAULTS[r])}" for r in sorted(rules_used))
+        raise TypeError(f"got an unexpected keyword argument {key!r}: {takes} (and {sorted(COMMON)})")
+
+
+def optimizer_defaults(rule: str, kwargs: dict) -> dict:
+    """What ``optimizer.defaults`` holds: the rule's effective hyperparameters (its defaults overridden by the
+    keyword arguments), as torch.optim's ``defaults`` holds its rule's; LR schedulers read it (OneCycleLR and
+    CyclicLR look for ``momentum`` or ``betas`` there)."""
+    own = {**DEFAULTS[rule], **COMMON}
+    return {"rule": rule, **own, **{k: v for k, v in kwargs.items() if k in own}}
 
 
 def fill_defaults(group: dict, rule: str, optimizer_defaults: dict) -> None:

@@ -22,8 +22,33 @@ import torch
 from .hyper import PHASE_ADAM, PHASE_SGD
 
 GRANULARITIES = ("global", "group", "tensor")
-STATE_KEY = "swats"
+STATE_KEY = "swats"  # where fused_hybrid <= 0.1 checkpoints kept the switch state (a non-parameter state entry)
 _SEG_KEYS = ("phase", "lam", "Lambda", "switch_step", "seg_step", "gamma")
+_VEC_KEYS = _SEG_KEYS + ("lr_ref",)
+# The switch state lives in the optimizer state of the first SWATS parameter (the "anchor"), under these prefixed
+# keys: every state entry then belongs to a parameter, which is what torch.distributed.checkpoint's
+# get/set_optimizer_state_dict (FQN-keyed state) and FSDP2 require; a non-parameter key breaks them.
+_PREFIX = "swats_"
+
+
+def read_state(anchor_state: dict) -> dict | None:
+    """The switch state kept in the anchor's optimizer state, as the dict of vectors the bookkeeping updates in
+    place (plus ``T``, the tensor count it was made for), or None where there is none yet. The granularity is not
+    stored: it fixes the segment count S for a given model, which the optimizer checks (``Layout.check_state``)."""
+    if _PREFIX + "phase" not in anchor_state:
+        return None
+    st = {k: anchor_state[_PREFIX + k] for k in _VEC_KEYS}
+    st["T"] = st["lr_ref"].numel()
+    return st
+
+
+def write_state(anchor_state: dict, st: dict) -> None:
+    for k in _VEC_KEYS:
+        anchor_state[_PREFIX + k] = st[k]
+
+
+def is_switch_key(key: str) -> bool:
+    return isinstance(key, str) and key.startswith(_PREFIX)
 
 
 IMPLS = ("torch", "cpu", "triton")
@@ -94,9 +119,21 @@ class Layout:
 
     def new_state(self) -> dict:
         z = lambda dt: torch.zeros(self.S, dtype=dt, device=self.device)  # noqa: E731
-        return {"granularity": self.granularity, "T": self.T, "phase": z(torch.int32), "lam": z(torch.float64),
+        return {"T": self.T, "phase": z(torch.int32), "lam": z(torch.float64),
                 "Lambda": z(torch.float64), "switch_step": z(torch.int64), "seg_step": z(torch.int64),
                 "gamma": z(torch.float64), "lr_ref": torch.zeros(self.T, dtype=torch.float64, device=self.device)}
+
+    def adopt_state(self, st: dict) -> dict:
+        """The switch state ``st`` (from a checkpoint, or made before ``add_param_group``) fitted to this layout:
+        refused when made for as many tensors but another segment count (another granularity), grown when made for
+        fewer tensors, moved to this layout's device."""
+        if st["T"] == self.T and st["phase"].numel() != self.S:
+            raise ValueError(f"SWATS state has {st['phase'].numel()} switch segments where granularity "
+                             f"{self.granularity!r} makes {self.S} for these parameters: a checkpoint of an optimizer "
+                             f"with another granularity?")
+        if st["T"] != self.T or st["phase"].device != self.device:
+            return self.extend_state(st)
+        return st
 
     def extend_state(self, st: dict) -> dict:
         """Grow a state made for fewer tensors (after ``add_param_group``): new segments start in the Adam phase."""

@@ -52,7 +52,7 @@ def test_invalid_group_values_and_unknown_keys():
     opt = fh.Adam([p])
     with pytest.raises(ValueError, match="lr"):
         opt.add_param_group({"params": [q], "lr": -1})
-    with pytest.raises(ValueError, match="momentum"):  # a typo'd or foreign key is not silently ignored
+    with pytest.raises(TypeError, match="momentum"):  # a typo'd or foreign key is not silently ignored
         opt.add_param_group({"params": [q], "momentum": 0.9})
     with pytest.raises(ValueError, match="rule"):
         fh.Hybrid([{"params": [q], "rule": "lion"}])

@@ -208,3 +208,71 @@ def test_fsdp2_sharded_params_step_like_one_process(tmp_path):
                 assert res[name]["info"]["sgd_lr"] == pytest.approx(info["sgd_lr"], rel=1e-9)
         assert "ND-Adam does not support DTensor" in res.get("ndadam_error", ""), "ND-Adam must refuse shards"
 
+
+
+# torch.distributed.checkpoint: the API torchtitan and others save optimizers with (FQN-keyed state, DTensor shards).
+# SWATS's switch state lives in per-parameter state (swats.read_state), so it travels like any other state.
+DCP_CASES = {"adam": (fh.Adam, dict(lr=1e-2, amsgrad=True)), "sgd": (fh.SGD, dict(lr=5e-2, momentum=0.9)),
+             "swats": (fh.SWATS, dict(lr=1e-2, switch_rtol=RTOL)), "mas": (fh.MAS, dict(lr=1e-2, momentum=0.9))}
+DCP_SAVE_AT = 25
+
+
+def _dcp_run(name, first, last, ckpt=None, resume=None):
+    """Steps ``first`` .. ``last`` - 1 of an FSDP2 model on the whole batches; saves the optimizer with DCP at
+    DCP_SAVE_AT into ``ckpt``, or starts from the checkpoint ``resume`` (model and optimizer)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
+                                                         set_model_state_dict, set_optimizer_state_dict)
+    from torch.distributed.fsdp import fully_shard
+    model = _fsdp_model()
+    for layer in model:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer)
+    fully_shard(model)
+    cls, kw = DCP_CASES[name]
+    extra = dict(process_group=dist.group.WORLD) if name == "swats" else {}
+    opt = cls(model.parameters(), **kw, **extra)
+    if resume is not None:
+        sd = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
+        dcp.load(sd, checkpoint_id=resume)
+        set_model_state_dict(model, sd["model"])
+        set_optimizer_state_dict(model, opt, sd["optim"])
+    x, y = _ddp_data()
+    for step in range(first, last):
+        if step == DCP_SAVE_AT and ckpt is not None:
+            dcp.save({"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)},
+                     checkpoint_id=ckpt)
+        idx = _ddp_batch(step)
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x[idx]), y[idx]).backward()
+        opt.step()
+    return {"params": [p.full_tensor() for p in model.parameters()],
+            "info": opt.switch_info()[0] if name == "swats" else None}
+
+
+def _dcp_worker(rank, world, init_file, result_file, ckpt_dir):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        out = {}
+        for name in DCP_CASES:
+            whole = _dcp_run(name, 0, STEPS, ckpt=f"{ckpt_dir}/{name}")
+            resumed = _dcp_run(name, DCP_SAVE_AT, STEPS, resume=f"{ckpt_dir}/{name}")
+            out[name] = (whole, resumed)
+        torch.save(out, f"{result_file}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp2_dcp_checkpoint_resumes_bit_for_bit(tmp_path):
+    """get_optimizer_state_dict / dcp.save half way, then a fresh FSDP2 model and optimizer restored with dcp.load
+    and set_optimizer_state_dict: the rest of the run is bitwise the uninterrupted one on every rank, SWATS's switch
+    step and Lambda included."""
+    mp.spawn(_dcp_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "out"), str(tmp_path / "ckpt")),
+             nprocs=2, join=True)
+    for rank in range(2):
+        res = torch.load(f"{tmp_path / 'out'}.{rank}", weights_only=False)
+        for name, (whole, resumed) in res.items():
+            assert all(torch.equal(a, b) for a, b in zip(whole["params"], resumed["params"])), name
+            assert whole["info"] == resumed["info"], name
+        swats = res["swats"][0]["info"]
+        assert swats["switched"], "SWATS must switch within the run for the check to cover the switch state"

@@ -216,7 +216,7 @@ def test_bitwise_repeatable(case):
     for x, y in zip(a[0], b[0]):
         assert torch.equal(x, y)
     if cls is fh.SWATS:
-        sa, sb = a[1].state["swats"], b[1].state["swats"]
+        sa, sb = a[1].switch_state(), b[1].switch_state()
         for key in ("lam", "gamma", "Lambda"):
             assert torch.equal(sa[key], sb[key])
 

@@ -129,7 +129,7 @@ def test_swats_compiled_matches_eager(granularity):
     assert i1 == i2
     assert any(s["switched"] and s["switch_step"] < STEPS for s in i2), i2  # an SGD-phase step ran
     for key in ("phase", "lam", "Lambda", "switch_step", "seg_step", "gamma", "lr_ref"):
-        assert torch.equal(o1.state["swats"][key], o2.state["swats"][key]), key
+        assert torch.equal(o1.switch_state()[key], o2.switch_state()[key]), key
     for counts in compiler.graphs:
         # With the C++ extension loaded, the switch bookkeeping on CPU tensors is its three swats ops.
         others = set(counts) - {"triton_adaptive_", "swats_args", "swats_totals", "swats_finalize_"}
