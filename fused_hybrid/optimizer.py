@@ -17,7 +17,6 @@ import torch
 from . import rules
 from . import swats as sw
 from .backends import check_name, resolve
-from .hyper import SwatsArgs
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128)
 
@@ -78,12 +77,6 @@ def _grads_of(params: list) -> list:
     return list(map(_GRAD, params))
 
 
-def _state_flags(group: dict) -> tuple:
-    """What, besides which params have gradients, decides a group's state and plan."""
-    return (group.get("momentum", 0) != 0, bool(group.get("amsgrad")), bool(group.get("amsbound")), group["rule"],
-            group["backend"])
-
-
 def _none_missing(grads: list) -> bool:
     if torch.compiler.is_compiling():
         return all(g is not None for g in grads)
@@ -110,9 +103,8 @@ class HybridOptimizer(torch.optim.Optimizer):
         check_name(backend)
         if granularity not in sw.GRANULARITIES:
             raise ValueError(f"Invalid granularity: {granularity!r}; choose one of {sw.GRANULARITIES}")
-        if rule not in rules.DEFAULTS:
-            raise ValueError(f"Invalid rule: {rule!r}; choose one of {sorted(rules.DEFAULTS)}")
-        rules.check_keywords(rule, defaults, set(rules.DEFAULTS))
+        rules.get(rule)
+        rules.check_keywords(rule, defaults, set(rules.RULES))
         if defaults.get("foreach") and defaults.get("fused"):
             raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
         self._rule = rule
@@ -132,7 +124,7 @@ class HybridOptimizer(torch.optim.Optimizer):
     def _reset_caches(self) -> None:
         """Drop everything derived from the groups and state (plans, tables, SWATS's layout)."""
         self._plans: dict[int, tuple] = {}
-        self._swats_layout = None
+        self._swats = None  # swats.Controller, made when a step first needs it
         self._fresh_buffers: set = set()
 
     # -- groups ---------------------------------------------------------------------------------------------------
@@ -151,16 +143,17 @@ class HybridOptimizer(torch.optim.Optimizer):
         for key in foreign:
             del group[key]
         for p in group["params"]:
-            if p.is_complex() and group["rule"] == "ndadam":
-                raise ValueError("ND-Adam does not take complex parameters: the norm of a complex weight vector is "
-                                 "not a per-row real norm of its view; pass torch.view_as_real(p) to decide")
+            if p.is_complex() and not rules.RULES[group["rule"]].complex_ok:
+                raise ValueError(f"{group['rule']} does not take complex parameters (ND-Adam: the norm of a complex "
+                                 f"weight vector is not a per-row real norm of its view; pass torch.view_as_real(p) "
+                                 f"to decide)")
             if p.dtype not in _FLOAT_DTYPES:
                 raise ValueError(f"unsupported parameter dtype {p.dtype}; fused_hybrid takes {_FLOAT_DTYPES}")
         self._invalidate()
 
     def _invalidate(self) -> None:
         self._plans = {}
-        self._swats_layout = None
+        self._swats = None
 
     # -- step -----------------------------------------------------------------------------------------------------
 
@@ -169,7 +162,7 @@ class HybridOptimizer(torch.optim.Optimizer):
         that decide which state exists (momentum on/off, amsgrad) are unchanged. This runs every step for every
         group, so the common case (every param has a gradient) costs one C-level scan of ``grads``."""
         every = _none_missing(grads)
-        key = (True if every else tuple(g is not None for g in grads),) + _state_flags(group)
+        key = (True if every else tuple(g is not None for g in grads),) + rules.state_flags(group)
         cached = self._plans.get(gi)
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -185,7 +178,7 @@ class HybridOptimizer(torch.optim.Optimizer):
                 self._check_dtensor(p, g, group)
             viewed = dtensor or p.is_complex()
             lp = _real(p)
-            if rules.ensure_state(p, st, group) and rules.FAMILY[group["rule"]] == "sgd":
+            if rules.ensure_state(p, st, group):
                 self._fresh_buffers.add(lp)
             # The fused kernels update params in place through their data pointers, so they take contiguous
             # params only; "auto" gives a non-contiguous one (a transposed view made a Parameter, say) to the
@@ -195,7 +188,7 @@ class HybridOptimizer(torch.optim.Optimizer):
             b = buckets.get(bkey)
             if b is None:
                 name = group["backend"] if dense or group["backend"] != "auto" else "reference"
-                b = buckets[bkey] = _Bucket(lp.device, resolve(name, lp.device, rules.FAMILY[group["rule"]]),
+                b = buckets[bkey] = _Bucket(lp.device, resolve(name, lp.device, rules.RULES[group["rule"]].family),
                                             viewed)
             b.params.append(lp)
             b.idx.append(j)
@@ -210,9 +203,9 @@ class HybridOptimizer(torch.optim.Optimizer):
 
     @staticmethod
     def _check_dtensor(p, g, group) -> None:
-        if group["rule"] == "ndadam":
-            raise ValueError("ND-Adam does not support DTensor (sharded) parameters yet: its weight vectors would "
-                             "need whole rows on every rank")
+        if not rules.RULES[group["rule"]].sharded_ok:
+            raise ValueError(f"{group['rule']} does not support DTensor (sharded) parameters yet (ND-Adam does not "
+                             f"support DTensor: its weight vectors would need whole rows on every rank)")
         if not isinstance(g, DTensor) or g.placements != p.placements or g.device_mesh != p.device_mesh:
             raise ValueError(f"a DTensor parameter with placements {p.placements} has a gradient with "
                              f"{getattr(g, 'placements', 'no placements (a plain tensor)')}: the kernels step local "
@@ -226,7 +219,7 @@ class HybridOptimizer(torch.optim.Optimizer):
         if cached is None or cached[0][0] is not True or torch.compiler.is_compiling():
             return None
         plan = cached[1]
-        if len(plan) != 1 or not plan[0].whole or plan[0].viewed or cached[0][1:] != _state_flags(group):
+        if len(plan) != 1 or not plan[0].whole or plan[0].viewed or cached[0][1:] != rules.state_flags(group):
             return None
         return plan if getattr(plan[0].backend, "GRADS_FROM_PARAMS", False) else None
 
@@ -238,13 +231,13 @@ class HybridOptimizer(torch.optim.Optimizer):
                 loss = closure()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
-        swats_calls = []
+        self._swats_calls = []  # (bucket, SwatsArgs) of this step's SWATS buckets (the rule's ``after`` hook)
         for gi, group in enumerate(self.param_groups):
             hp = rules.record(group)
             plan = self._fast_plan(gi, group)
             if plan is not None:
                 try:
-                    self._step_bucket(gi, group, hp, plan[0], None, grad_scale, found_inf, swats_calls)
+                    self._step_bucket(gi, group, hp, plan[0], None, grad_scale, found_inf)
                     continue
                 except RuntimeError as exc:  # some param has no gradient this step: nothing was changed
                     if plan[0].backend.NO_GRADIENT not in str(exc):
@@ -252,97 +245,38 @@ class HybridOptimizer(torch.optim.Optimizer):
             all_grads = _grads_of(group["params"])
             for b in self._plan(gi, group, all_grads):
                 grads = all_grads if b.whole else [all_grads[j] for j in b.idx]
-                self._step_bucket(gi, group, hp, b, grads, grad_scale, found_inf, swats_calls)
-        if swats_calls:
-            self._swats_finalize(swats_calls, found_inf)
+                self._step_bucket(gi, group, hp, b, grads, grad_scale, found_inf)
+        if self._swats_calls:
+            self._swats_controller().finalize(self._swats_calls, found_inf, self.process_group)
         return loss
 
-    def _step_bucket(self, gi, group, hp, b, grads, grad_scale, found_inf, swats_calls) -> None:
-        """One backend call for bucket ``b`` of group ``gi`` with its hyperparameter record ``hp``. grads None: the
-        backend reads the params' .grad itself (and raises before changing anything if one is missing)."""
-        rule = group["rule"]
-        family = rules.FAMILY[rule]
-        be = b.backend
+    def _step_bucket(self, gi, group, hp, b, grads, grad_scale, found_inf) -> None:
+        """One call of the rule family's backend function for bucket ``b`` of group ``gi`` with its hyperparameter
+        record ``hp``, every argument by keyword: the rule's state lists (``State.arg``) and its ``step_args``.
+        grads None: the backend reads the params' .grad itself (and raises before changing anything if one is
+        missing)."""
+        rule = rules.RULES[group["rule"]]
         if b.viewed:
             if torch.compiler.is_compiling():
                 raise RuntimeError("fused_hybrid: torch.compile of step() does not support complex or DTensor "
                                    "parameters (their real views and local shards cannot be traced in place); "
                                    "step them eagerly")
             grads = [_real(g) for g in grads]
-        gs = None if grad_scale is None else grad_scale.to(b.device)
-        fi = None if found_inf is None else found_inf.to(b.device)
-        lst = b.state_list
-        if family == "adaptive":
-            swats_args = self._swats_args(gi, b, group) if rule == "swats" else None
-            be.adaptive(b.params, grads, lst("exp_avg"), lst("exp_avg_sq"), lst("max_exp_avg_sq") if hp.amsgrad else [],
-                        lst("step"), hp, gs, fi, swats_args, cache=b.cache)
-            if swats_args is not None:
-                swats_calls.append((b, swats_args))
-        elif family == "sgd":
-            # torch.optim.SGD's first step takes buf = g (no dampening); a buffer is fresh until its first step
-            # call (a GradScaler-skipped first step also uses it up: documented).
-            firsts = [p in self._fresh_buffers for p in b.params] if self._fresh_buffers else [False] * len(b.params)
-            be.sgd(b.params, grads, lst("momentum_buffer"), firsts, hp, gs, fi, cache=b.cache)
-            if self._fresh_buffers:
-                self._fresh_buffers.difference_update(b.params)
-        elif family == "mas":
-            be.mas(b.params, grads, lst("exp_avg"), lst("exp_avg_sq"), lst("momentum_buffer"), lst("step"), hp, gs,
-                   fi, cache=b.cache)
-        else:
-            if b.nd_axes is None or b.nd_axes[0] != group["vec_axes"]:
-                b.nd_axes = (group["vec_axes"], [rules.ndadam_axes(p, group) for p in b.params])
-            be.ndadam(b.params, grads, lst("exp_avg"), lst("exp_avg_sq"), lst("step"), b.nd_axes[1], hp, gs, fi,
-                      cache=b.cache)
+        kwargs = {s.arg: b.state_list(s.key) for s in rule.state if s.arg is not None}
+        kwargs.update(rule.step_args(self, gi, group, b))
+        getattr(b.backend, rule.family)(
+            params=b.params, grads=grads, hp=hp, cache=b.cache,
+            grad_scale=None if grad_scale is None else grad_scale.to(b.device),
+            found_inf=None if found_inf is None else found_inf.to(b.device), **kwargs)
+        if rule.after is not None:
+            rule.after(self, b, kwargs)
 
     # -- SWATS ----------------------------------------------------------------------------------------------------
 
-    def _layout(self) -> sw.Layout:
-        if self._swats_layout is None:
-            first = next(p for g in self.param_groups if g["rule"] == "swats" for p in g["params"])
-            # The switch test's bookkeeping runs fused (C++ ops on the CPU, Triton kernels on a GPU: swats.fused_impl)
-            # when fused backends step the SWATS tensors; the reference backend keeps the plain-PyTorch version.
-            fused = all(g["backend"] != "reference" for g in self.param_groups if g["rule"] == "swats")
-            lay = sw.Layout(self.param_groups, self.granularity, first.device, fused=fused)
-            st = sw.read_state(self.state[first])
-            st = lay.new_state() if st is None else lay.adopt_state(st)
-            sw.write_state(self.state[first], st)
-            self._swats_state = st
-            self._swats_layout = lay
-            self._swats_step_cache = None
-        return self._swats_layout
-
-    def _swats_args(self, gi: int, b: _Bucket, group: dict) -> SwatsArgs:
-        lay = self._layout()
-        if self._swats_step_cache is None:
-            st = self._swats_state
-            vecs = lay.group_vectors(self.param_groups)
-            self._swats_step_cache = (vecs,) + sw.per_tensor_args(lay, st, vecs)
-        _, phase, sgd_lr = self._swats_step_cache
-        if b.flat_idx is None:
-            t0 = next(t0 for g, t0, _ in lay.groups if g == gi)
-            flat = [t0 + j for j in b.idx]
-            b.flat_idx = torch.tensor(flat, dtype=torch.long, device=lay.device)
-            b.covers_all = flat == list(range(lay.T)) and b.device == lay.device
-        if not b.covers_all:  # the common single-bucket case needs no gathers
-            phase, sgd_lr = phase[b.flat_idx].to(b.device), sgd_lr[b.flat_idx].to(b.device)
-        return SwatsArgs(momentum_buffers=b.state_list("momentum_buffer"), phase=phase, sgd_lr=sgd_lr,
-                         partials=torch.zeros(len(b.params), 2, dtype=torch.float64, device=b.device),
-                         nesterov=group["nesterov"])
-
-    def _swats_finalize(self, calls, found_inf) -> None:
-        lay = self._layout()
-        st = self._swats_state
-        vecs = self._swats_step_cache[0]
-        if len(calls) == 1 and calls[0][0].covers_all:
-            partials, stepped = calls[0][1].partials, None  # every tensor stepped
-        else:
-            partials = torch.zeros(lay.T, 2, dtype=torch.float64, device=lay.device)
-            stepped = torch.zeros(lay.T, dtype=torch.float64, device=lay.device)
-            for b, args in calls:
-                partials.index_copy_(0, b.flat_idx, args.partials.to(lay.device))
-                stepped.index_fill_(0, b.flat_idx, 1.0)
-        sw.switch_update(lay, st, vecs, partials, stepped, found_inf, self.process_group)
-        self._swats_step_cache = None
+    def _swats_controller(self) -> sw.Controller:
+        if self._swats is None:
+            self._swats = sw.Controller(self.param_groups, self.state, self.granularity)
+        return self._swats
 
     def switch_info(self) -> list[dict]:
         """SWATS: one dict per switch segment (``granularity``): ``switched``, ``switch_step`` (the segment's step
@@ -350,8 +284,7 @@ class HybridOptimizer(torch.optim.Optimizer):
         ``lambda_k`` (see ``swats.info``). Syncs."""
         if not any(g["rule"] == "swats" for g in self.param_groups):
             return []
-        lay = self._layout()
-        return sw.info(self._swats_state, [float(self.param_groups[g]["betas"][1]) for g in lay.first_group])
+        return self._swats_controller().info(self.param_groups)
 
     def switch_state(self) -> dict:
         """SWATS: the device tensors of the switch test (per segment: phase, lam, Lambda, switch_step, seg_step,
@@ -360,8 +293,7 @@ class HybridOptimizer(torch.optim.Optimizer):
         them like any per-parameter state."""
         if not any(g["rule"] == "swats" for g in self.param_groups):
             raise ValueError("switch_state: no parameter group of this optimizer follows SWATS")
-        self._layout()
-        return self._swats_state
+        return self._swats_controller().state
 
     # -- copies -----------------------------------------------------------------------------------------------------
 
@@ -455,9 +387,8 @@ class HybridOptimizer(torch.optim.Optimizer):
                 if v.numel() != 1:
                     raise ValueError(f"state of parameter {pid}: 'step' has {v.numel()} elements, expected 1")
                 continue
-            if k == "exp_avg_sq" and group["rule"] == "ndadam":
-                continue  # one value per weight vector
-            if k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer") and v.shape != p.shape:
+            shape = {st.key: st.shape for st in rules.RULES[group["rule"]].state}.get(k, "param")
+            if shape == "param" and k in rules.PER_ELEMENT_KEYS and v.shape != p.shape:
                 raise ValueError(f"state of parameter {pid}: {k!r} has shape {tuple(v.shape)}, the parameter "
                                  f"{tuple(p.shape)} (a checkpoint of another model?)")
 

@@ -1,42 +1,23 @@
-"""The rules a parameter group can follow: their defaults, validation, state, and per-step records.
+"""The rules a parameter group can follow, each declared once: its defaults, validation, state, per-step record
+and the extra arguments its backend family takes.
 
 Every optimizer class in fused_hybrid is one ``HybridOptimizer`` whose groups carry a ``rule`` key, so any
 group can follow any rule (the layer-wise split of seed 003, section IV.A, is just groups with different
-rules). The arithmetic lives in the backends; this module only knows names, numbers and state shapes.
+rules). The arithmetic lives in the backends (one function per family: ``adaptive``, ``sgd``, ``mas``,
+``ndadam``, called by keyword); a ``Rule`` says which family runs it, which state lists that family's function
+takes (``State.arg``), and how a group becomes the family's hyperparameter record (``hyper``). The optimizer
+reads these specs and knows no rule by name.
 """
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 
 from . import hyper as H
 
-_ADAM_BETAS = (0.9, 0.999)
-
-# Defaults per rule (ALGORITHMS.md fixes the hybrid ones; the stock ones are torch.optim's).
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "adam": dict(lr=1e-3, betas=_ADAM_BETAS, eps=1e-8, weight_decay=0.0, amsgrad=False,
-                 decoupled_weight_decay=False, maximize=False),
-    "adamw": dict(lr=1e-3, betas=_ADAM_BETAS, eps=1e-8, weight_decay=1e-2, amsgrad=False,
-                  decoupled_weight_decay=True, maximize=False),
-    "sgd": dict(lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False),
-    "padam": dict(lr=0.1, betas=_ADAM_BETAS, partial=0.125, eps=1e-8, weight_decay=0.0, amsgrad=True,
-                  maximize=False),
-    "adamclip": dict(lr=1e-3, sgd_lr=None, lower=1.0, upper=math.inf, betas=_ADAM_BETAS, eps=1e-8,
-                     weight_decay=0.0, amsgrad=False, maximize=False),
-    "adabound": dict(lr=1e-3, betas=_ADAM_BETAS, final_lr=0.1, gamma=1e-3, eps=1e-8, weight_decay=0.0,
-                     amsbound=False, maximize=False),
-    "swats": dict(lr=1e-3, betas=_ADAM_BETAS, eps=1e-9, weight_decay=0.0, amsgrad=False, nesterov=False,
-                  switch_rtol=1e-3, switch_atol=0.0, maximize=False),
-    "mas": dict(lr=1e-3, betas=_ADAM_BETAS, eps=1e-8, weight_decay=0.0, momentum=0.0, dampening=0.0,
-                nesterov=False, adam_w=0.5, sgd_w=0.5, variant="sum", maximize=False),
-    "ndadam": dict(lr=1e-3, betas=_ADAM_BETAS, eps=1e-8, weight_decay=0.0, vec_axes=None, maximize=False),
-}
-# The backend rule family each rule runs on.
-FAMILY = {"adam": "adaptive", "adamw": "adaptive", "padam": "adaptive", "adamclip": "adaptive",
-          "adabound": "adaptive", "swats": "adaptive", "sgd": "sgd", "mas": "mas", "ndadam": "ndadam"}
 # Keys every group has whatever its rule. foreach/fused/differentiable are accepted for torch.optim keyword
 # compatibility; the backend decides how the step runs.
 COMMON = dict(backend="auto", capturable=False, foreach=None, fused=None, differentiable=False)
@@ -44,8 +25,12 @@ COMMON = dict(backend="auto", capturable=False, foreach=None, fused=None, differ
 EXTRA_KEYS = {"rule", "params", "initial_lr", "base_lr", "param_names"}
 
 MAS_VARIANTS = ("sum", "correction", "normalized", "vector")
-# Variants whose update needs per-tensor reductions of the two directions before it can be applied.
-MAS_REDUCING_VARIANTS = ("correction", "normalized", "vector")
+
+_ADAM_BETAS = (0.9, 0.999)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Validation helpers
 
 
 def _num(group, key) -> float:
@@ -85,15 +70,13 @@ def _check_betas(group):
             raise ValueError(f"Invalid beta parameter at index {i}: {b} (betas must be in [0, 1))")
 
 
-def validate(group: dict) -> None:
-    """Raise ValueError naming the argument for any invalid hyperparameter of ``group``."""
-    rule = group["rule"]
-    if rule not in DEFAULTS:
-        raise ValueError(f"Invalid rule: {rule!r}; choose one of {sorted(DEFAULTS)}")
-    unknown = set(group) - set(DEFAULTS[rule]) - set(COMMON) - EXTRA_KEYS
-    if unknown:
-        raise TypeError(f"rule {rule!r} got unexpected keyword argument(s) {sorted(unknown)}; its keys are "
-                        f"{sorted(DEFAULTS[rule])} and {sorted(COMMON)}")
+def _check_momentum(group):
+    _check_nonneg(group, "momentum")
+    if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+        raise ValueError("Invalid nesterov: Nesterov momentum requires a momentum and zero dampening")
+
+
+def _check_common(group):
     lr = group["lr"]
     if isinstance(lr, torch.Tensor) and lr.numel() != 1:
         raise ValueError("Tensor lr must be 1-element")
@@ -105,70 +88,6 @@ def validate(group: dict) -> None:
         _check_betas(group)
     if group.get("differentiable"):
         raise ValueError("Invalid differentiable: True is not supported by fused_hybrid")
-    if rule in ("sgd", "mas"):
-        _check_nonneg(group, "momentum")
-        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
-            raise ValueError("Invalid nesterov: Nesterov momentum requires a momentum and zero dampening")
-    if rule == "padam":
-        p = group["partial"]
-        if not 0.0 < p <= 0.5:
-            raise ValueError(f"Invalid partial: {p} (Padam's partial must be in (0, 0.5])")
-    if rule == "adamclip":
-        if group["sgd_lr"] is None:
-            raise ValueError("Invalid sgd_lr: AdamClip needs sgd_lr, the tuned SGD learning rate the bounds scale")
-        _check_nonneg(group, "sgd_lr")
-        _check_nonneg(group, "lower")
-        if group["lower"] > group["upper"]:
-            raise ValueError(f"Invalid lower/upper: lower={group['lower']} > upper={group['upper']}")
-    if rule == "adabound":
-        _check_nonneg(group, "final_lr")
-        _check_nonneg(group, "gamma")
-    if rule == "swats":
-        _check_nonneg(group, "switch_rtol")
-        _check_nonneg(group, "switch_atol")
-    if rule == "mas":
-        if group["variant"] not in MAS_VARIANTS:
-            raise ValueError(f"Invalid variant: {group['variant']!r}; choose one of {MAS_VARIANTS}")
-        _check_nonneg(group, "adam_w")
-        _check_nonneg(group, "sgd_w")
-    if rule == "ndadam" and group["vec_axes"] is not None:
-        axes = list(group["vec_axes"])
-        if not axes or any((not isinstance(a, int)) or a < 0 for a in axes):
-            raise ValueError(f"Invalid vec_axes: {group['vec_axes']} (non-negative dims, not empty)")
-
-
-def check_keywords(rule: str, kwargs: dict, rules_used: set) -> None:
-    """The optimizer's keyword arguments: each must be a hyperparameter of some rule its groups follow (a typo such
-    as ``momentun`` would otherwise train without momentum), as torch.optim's constructors raise TypeError for an
-    unexpected keyword."""
-    for key in kwargs:
-        if key in COMMON or any(key in DEFAULTS[r] for r in rules_used):
-            continue
-        takes = "; ".join(f"{r} takes {sorted(DEFAULTS[r])}" for r in sorted(rules_used))
-        raise TypeError(f"got an unexpected keyword argument {key!r}: {takes} (and {sorted(COMMON)})")
-
-
-def optimizer_defaults(rule: str, kwargs: dict) -> dict:
-    """What ``optimizer.defaults`` holds: the rule's effective hyperparameters (its defaults overridden by the
-    keyword arguments), as torch.optim's ``defaults`` holds its rule's; LR schedulers read it (OneCycleLR and
-    CyclicLR look for ``momentum`` or ``betas`` there)."""
-    own = {**DEFAULTS[rule], **COMMON}
-    return {"rule": rule, **own, **{k: v for k, v in kwargs.items() if k in own}}
-
-
-def fill_defaults(group: dict, rule: str, optimizer_defaults: dict) -> None:
-    """Complete ``group`` in place: the group's own values win, then the optimizer's keyword arguments that
-    apply to this rule, then the rule's defaults."""
-    group.setdefault("rule", rule)
-    rule = group["rule"]
-    if rule not in DEFAULTS:
-        raise ValueError(f"Invalid rule: {rule!r}; choose one of {sorted(DEFAULTS)}")
-    for key, value in {**DEFAULTS[rule], **COMMON}.items():
-        group.setdefault(key, optimizer_defaults.get(key, value))
-    if rule == "adabound":
-        # The bounds follow the lr relative to the lr the group started with; saved with the group (the
-        # reference package keeps it outside the state_dict).
-        group.setdefault("base_lr", _num(group, "lr"))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -197,65 +116,318 @@ def ndadam_axes(p: torch.Tensor, group: dict) -> tuple[int, ...]:
     return tuple(range(1, p.dim()))
 
 
+def _always(group) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class State:
+    """One optimizer-state entry of a rule. ``key`` is its name in ``optimizer.state[p]`` and in checkpoints
+    (torch.optim's names); ``arg`` the keyword of the family's backend function that takes the bucket's list of it
+    (None: the rule's own step arguments carry it); ``shape`` what it is shaped like: "param" (like the parameter,
+    in the state dtype), "step" (a 0-dim float32 count, on the parameter's device: the kernels read it there) or
+    "vectors" (ND-Adam: one value per weight vector); ``when`` whether a group has it (momentum != 0, amsgrad);
+    ``fresh``: the rule's step is told which of these were just created (torch.optim.SGD's first step takes
+    buf = g, where a zero buffer would damp it)."""
+    key: str
+    arg: str | None
+    shape: str = "param"
+    when: Callable[[dict], bool] = _always
+    fresh: bool = False
+
+    def new(self, p: torch.Tensor, group: dict) -> torch.Tensor:
+        if self.shape == "step":
+            return torch.zeros((), dtype=torch.float32, device=p.device)
+        dt = state_dtype(p)
+        if self.shape == "vectors":
+            axes = ndadam_axes(p, group)
+            return torch.zeros([1 if d in axes else s for d, s in enumerate(p.shape)], dtype=dt, device=p.device)
+        # Like p: a DTensor param (FSDP2) gets DTensor state with its placements, as in torch.optim.
+        return torch.zeros_like(p, dtype=dt, memory_format=torch.contiguous_format)
+
+
+STEP = State("step", "steps", shape="step")
+EXP_AVG = State("exp_avg", "exp_avgs")
+EXP_AVG_SQ = State("exp_avg_sq", "exp_avg_sqs")
+MOMENTUM = State("momentum_buffer", "momentum_buffers", when=lambda g: g["momentum"] != 0)
+
+
+def _vmax(flag: str) -> State:
+    return State("max_exp_avg_sq", "max_exp_avg_sqs", when=lambda g: bool(g[flag]))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Rules
+
+
+def _no_check(group) -> None:
+    pass
+
+
+def _no_args(opt, gi: int, group: dict, bucket) -> dict:
+    return {}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A rule's home: everything the optimizer needs to know about it.
+
+    ``family`` names the backend function that runs it; ``defaults`` its hyperparameters (torch.optim's for the
+    stock rules, ALGORITHMS.md's for the hybrids); ``state`` its state entries in order; ``check`` its own
+    validation (the common keys are checked for every rule); ``record`` turns a group into the family's
+    hyperparameter record; ``step_args`` gives the family function's other keyword arguments for one bucket and
+    ``after`` runs once that call returned (SWATS queues its switch test there). ``sharded_ok``/``complex_ok``:
+    whether DTensor shards and complex params (stepped as real views) keep the rule's meaning."""
+    name: str
+    family: str
+    defaults: dict[str, Any]
+    state: tuple[State, ...]
+    record: Callable[[dict], Any]
+    check: Callable[[dict], None] = _no_check
+    step_args: Callable[..., dict] = _no_args
+    after: Callable[..., None] | None = None
+    sharded_ok: bool = True
+    complex_ok: bool = True
+    fill: Callable[[dict], None] = field(default=_no_check)
+
+
+def _common_record(group: dict) -> dict:
+    b1, b2 = (float(b) for b in group["betas"])
+    # lr: a float, or the group's 0-dim tensor as is: the fused kernels read it on the device.
+    return dict(lr=group["lr"], beta1=b1, beta2=b2, eps=group["eps"], weight_decay=group["weight_decay"],
+                maximize=group["maximize"])
+
+
+# Adam / AdamW / AMSGrad (torch.optim.Adam, AdamW: same trajectory).
+def _record_adam(group):
+    return H.Adaptive(**_common_record(group), decoupled=bool(group.get("decoupled_weight_decay", False)),
+                      amsgrad=group["amsgrad"])
+
+
+_ADAPTIVE_STATE = (STEP, EXP_AVG, EXP_AVG_SQ, _vmax("amsgrad"))
+ADAM = Rule("adam", "adaptive", dict(lr=1e-3, betas=_ADAM_BETAS, eps=1e-8, weight_decay=0.0, amsgrad=False,
+                                     decoupled_weight_decay=False, maximize=False), _ADAPTIVE_STATE, _record_adam)
+ADAMW = Rule("adamw", "adaptive", dict(lr=1e-3, betas=_ADAM_BETAS, eps=1e-8, weight_decay=1e-2, amsgrad=False,
+                                       decoupled_weight_decay=True, maximize=False), _ADAPTIVE_STATE, _record_adam)
+
+
+# Padam (Chen et al., Algorithm 1, the official code's form: eps inside the partial power).
+def _check_padam(group):
+    p = group["partial"]
+    if not 0.0 < p <= 0.5:
+        raise ValueError(f"Invalid partial: {p} (Padam's partial must be in (0, 0.5])")
+
+
+PADAM = Rule("padam", "adaptive", dict(lr=0.1, betas=_ADAM_BETAS, partial=0.125, eps=1e-8, weight_decay=0.0,
+                                       amsgrad=True, maximize=False), _ADAPTIVE_STATE,
+             lambda g: H.Adaptive(**_common_record(g), amsgrad=g["amsgrad"], form=H.FORM_PAPER, partial=g["partial"]),
+             check=_check_padam)
+
+
+# Adam-Clip(lower, upper) (Keskar & Socher 2017, section 2): step sizes clipped to [lower, upper] * sgd_lr.
+def _check_adamclip(group):
+    if group["sgd_lr"] is None:
+        raise ValueError("Invalid sgd_lr: AdamClip needs sgd_lr, the tuned SGD learning rate the bounds scale")
+    _check_nonneg(group, "sgd_lr")
+    _check_nonneg(group, "lower")
+    if group["lower"] > group["upper"]:
+        raise ValueError(f"Invalid lower/upper: lower={group['lower']} > upper={group['upper']}")
+
+
+def _record_adamclip(group):
+    s = float(group["sgd_lr"])
+    return H.Adaptive(**_common_record(group), amsgrad=group["amsgrad"], form=H.FORM_PAPER, clip_mode=H.CLIP_CONST,
+                      clip_lo=group["lower"] * s, clip_hi=group["upper"] * s)
+
+
+ADAMCLIP = Rule("adamclip", "adaptive", dict(lr=1e-3, sgd_lr=None, lower=1.0, upper=math.inf, betas=_ADAM_BETAS,
+                                             eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False),
+                _ADAPTIVE_STATE, _record_adamclip, check=_check_adamclip)
+
+
+# AdaBound / AMSBound (Luo et al. 2019): bounds converging to final_lr * lr / base_lr.
+def _check_adabound(group):
+    _check_nonneg(group, "final_lr")
+    _check_nonneg(group, "gamma")
+
+
+def _record_adabound(group):
+    base = group["base_lr"]
+    return H.Adaptive(**_common_record(group), amsgrad=group["amsbound"], form=H.FORM_PAPER,
+                      clip_mode=H.CLIP_ADABOUND, final_lr=group["final_lr"] / base if base > 0 else group["final_lr"],
+                      final_lr_relative=base > 0, gamma=group["gamma"])
+
+
+def _fill_adabound(group):
+    # The bounds follow the lr relative to the lr the group started with; saved with the group (the reference
+    # package keeps it outside the state_dict).
+    group.setdefault("base_lr", _num(group, "lr"))
+
+
+ADABOUND = Rule("adabound", "adaptive", dict(lr=1e-3, betas=_ADAM_BETAS, final_lr=0.1, gamma=1e-3, eps=1e-8,
+                                             weight_decay=0.0, amsbound=False, maximize=False),
+                (STEP, EXP_AVG, EXP_AVG_SQ, _vmax("amsbound")), _record_adabound, check=_check_adabound,
+                fill=_fill_adabound)
+
+
+# SWATS (Keskar & Socher 2017, Algorithm 1): Adam's step plus the switch test's sums, then SGD. The switch test is
+# the optimizer's SWATS controller (swats.Controller); the momentum buffer of the SGD phase travels in its args.
+def _check_swats(group):
+    _check_nonneg(group, "switch_rtol")
+    _check_nonneg(group, "switch_atol")
+
+
+def _swats_args(opt, gi, group, bucket) -> dict:
+    return {"swats": opt._swats_controller().args(opt.param_groups, gi, bucket, group)}
+
+
+def _swats_after(opt, bucket, kwargs) -> None:
+    opt._swats_calls.append((bucket, kwargs["swats"]))
+
+
+SWATS = Rule("swats", "adaptive", dict(lr=1e-3, betas=_ADAM_BETAS, eps=1e-9, weight_decay=0.0, amsgrad=False,
+                                       nesterov=False, switch_rtol=1e-3, switch_atol=0.0, maximize=False),
+             _ADAPTIVE_STATE + (State("momentum_buffer", None),), _record_adam, check=_check_swats,
+             step_args=_swats_args, after=_swats_after)
+
+
+# SGD (torch.optim.SGD): the first step takes buf = g, so the kernels are told which buffers are fresh.
+def _sgd_args(opt, gi, group, bucket) -> dict:
+    fresh = opt._fresh_buffers
+    return {"firsts": [p in fresh for p in bucket.params] if fresh else [False] * len(bucket.params)}
+
+
+def _sgd_after(opt, bucket, kwargs) -> None:
+    # A buffer is fresh until its first step call (a GradScaler-skipped first step uses it up too: documented).
+    if opt._fresh_buffers:
+        opt._fresh_buffers.difference_update(bucket.params)
+
+
+SGD = Rule("sgd", "sgd", dict(lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
+                              maximize=False),
+           (State("momentum_buffer", "momentum_buffers", when=lambda g: g["momentum"] != 0, fresh=True),),
+           lambda g: H.SGD(lr=g["lr"], momentum=g["momentum"], dampening=g["dampening"], nesterov=g["nesterov"],
+                           weight_decay=g["weight_decay"], maximize=g["maximize"]),
+           check=_check_momentum, step_args=_sgd_args, after=_sgd_after)
+
+
+# MAS (Landro et al. 2020; variants: seed 003, section III.B).
+def _check_mas(group):
+    _check_momentum(group)
+    if group["variant"] not in MAS_VARIANTS:
+        raise ValueError(f"Invalid variant: {group['variant']!r}; choose one of {MAS_VARIANTS}")
+    _check_nonneg(group, "adam_w")
+    _check_nonneg(group, "sgd_w")
+
+
+MAS = Rule("mas", "mas", dict(lr=1e-3, betas=_ADAM_BETAS, eps=1e-8, weight_decay=0.0, momentum=0.0, dampening=0.0,
+                              nesterov=False, adam_w=0.5, sgd_w=0.5, variant="sum", maximize=False),
+           (STEP, EXP_AVG, EXP_AVG_SQ, MOMENTUM),
+           lambda g: H.MAS(**_common_record(g), momentum=g["momentum"], dampening=g["dampening"],
+                           nesterov=g["nesterov"], adam_w=float(g["adam_w"]), sgd_w=float(g["sgd_w"]),
+                           variant=g["variant"]),
+           check=_check_mas)
+
+
+# ND-Adam (Zhang 2017, Algorithm 1): one second moment per weight vector.
+def _check_ndadam(group):
+    if group["vec_axes"] is not None:
+        axes = list(group["vec_axes"])
+        if not axes or any((not isinstance(a, int)) or a < 0 for a in axes):
+            raise ValueError(f"Invalid vec_axes: {group['vec_axes']} (non-negative dims, not empty)")
+
+
+def _ndadam_args(opt, gi, group, bucket) -> dict:
+    # Shapes are fixed per plan, so each param's vector dims are worked out once per bucket and vec_axes.
+    if bucket.nd_axes is None or bucket.nd_axes[0] != group["vec_axes"]:
+        bucket.nd_axes = (group["vec_axes"], [ndadam_axes(p, group) for p in bucket.params])
+    return {"axes": bucket.nd_axes[1]}
+
+
+NDADAM = Rule("ndadam", "ndadam", dict(lr=1e-3, betas=_ADAM_BETAS, eps=1e-8, weight_decay=0.0, vec_axes=None,
+                                       maximize=False),
+              (STEP, EXP_AVG, State("exp_avg_sq", "exp_avg_sqs", shape="vectors")),
+              lambda g: H.NDAdam(**_common_record(g)), check=_check_ndadam, step_args=_ndadam_args,
+              sharded_ok=False, complex_ok=False)
+
+
+RULES: dict[str, Rule] = {r.name: r for r in (ADAM, ADAMW, SGD, PADAM, ADAMCLIP, ADABOUND, SWATS, MAS, NDADAM)}
+# Views of the registry for callers that want one fact of every rule.
+PER_ELEMENT_KEYS = {s.key for r in RULES.values() for s in r.state if s.shape == "param"}
+DEFAULTS = {name: r.defaults for name, r in RULES.items()}
+FAMILY = {name: r.family for name, r in RULES.items()}
+
+
+def get(name: str) -> Rule:
+    rule = RULES.get(name)
+    if rule is None:
+        raise ValueError(f"Invalid rule: {name!r}; choose one of {sorted(RULES)}")
+    return rule
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What the optimizer asks of a group's rule
+
+
+def validate(group: dict) -> None:
+    """Raise for any invalid hyperparameter of ``group`` (ValueError naming the argument), or a key its rule does
+    not have (TypeError, as torch.optim's constructors raise for an unexpected keyword)."""
+    rule = get(group["rule"])
+    unknown = set(group) - set(rule.defaults) - set(COMMON) - EXTRA_KEYS
+    if unknown:
+        raise TypeError(f"rule {rule.name!r} got unexpected keyword argument(s) {sorted(unknown)}; its keys are "
+                        f"{sorted(rule.defaults)} and {sorted(COMMON)}")
+    _check_common(group)
+    rule.check(group)
+
+
+def check_keywords(rule: str, kwargs: dict, rules_used: set) -> None:
+    """The optimizer's keyword arguments: each must be a hyperparameter of some rule its groups follow (a typo such
+    as ``momentun`` would otherwise train without momentum), as torch.optim's constructors raise TypeError for an
+    unexpected keyword."""
+    for key in kwargs:
+        if key in COMMON or any(key in DEFAULTS[r] for r in rules_used):
+            continue
+        takes = "; ".join(f"{r} takes {sorted(DEFAULTS[r])}" for r in sorted(rules_used))
+        raise TypeError(f"got an unexpected keyword argument {key!r}: {takes} (and {sorted(COMMON)})")
+
+
+def optimizer_defaults(rule: str, kwargs: dict) -> dict:
+    """What ``optimizer.defaults`` holds: the rule's effective hyperparameters (its defaults overridden by the
+    keyword arguments), as torch.optim's ``defaults`` holds its rule's; LR schedulers read it (OneCycleLR and
+    CyclicLR look for ``momentum`` or ``betas`` there)."""
+    own = {**get(rule).defaults, **COMMON}
+    return {"rule": rule, **own, **{k: v for k, v in kwargs.items() if k in own}}
+
+
+def fill_defaults(group: dict, rule: str, optimizer_defaults: dict) -> None:
+    """Complete ``group`` in place: the group's own values win, then the optimizer's keyword arguments that
+    apply to this rule, then the rule's defaults."""
+    group.setdefault("rule", rule)
+    spec = get(group["rule"])
+    for key, value in {**spec.defaults, **COMMON}.items():
+        group.setdefault(key, optimizer_defaults.get(key, value))
+    spec.fill(group)
+
+
+def state_flags(group: dict) -> tuple:
+    """Which of its rule's state entries ``group`` has: with the rule and backend, what decides a group's state
+    lists and plan besides which params have gradients."""
+    return (group["rule"], group["backend"]) + tuple(s.when(group) for s in RULES[group["rule"]].state)
+
+
 def ensure_state(p: torch.Tensor, state: dict, group: dict) -> bool:
     """Create whatever state ``group``'s rule needs and ``state`` lacks (on the first step, or after loading a
-    checkpoint of another rule, e.g. torch.optim.Adam's into SWATS). Returns True when a momentum buffer was
-    created now (SGD's first step takes buf = g)."""
-    rule = group["rule"]
-    dt = state_dtype(p)
-    def zeros(shape=None):
-        if shape is None:  # like p: a DTensor param (FSDP2) gets DTensor state with its placements, as in torch.optim
-            return torch.zeros_like(p, dtype=dt, memory_format=torch.contiguous_format)
-        return torch.zeros(shape, dtype=dt, device=p.device)
-
-    created_buffer = False
-    if rule != "sgd":
-        if "step" not in state:
-            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-        state.setdefault("exp_avg", zeros())
-        if rule == "ndadam":
-            axes = ndadam_axes(p, group)
-            shape = [1 if d in axes else s for d, s in enumerate(p.shape)]
-            state.setdefault("exp_avg_sq", zeros(shape))
-        else:
-            state.setdefault("exp_avg_sq", zeros())
-        if group.get("amsgrad") or group.get("amsbound"):
-            state.setdefault("max_exp_avg_sq", zeros())
-    if rule == "swats" or (rule in ("sgd", "mas") and group["momentum"] != 0):
-        if state.get("momentum_buffer") is None:
-            state["momentum_buffer"] = zeros()
-            created_buffer = True
-    return created_buffer
+    checkpoint of another rule, e.g. torch.optim.Adam's into SWATS). Returns True when it created a ``fresh``
+    entry (the step must be told)."""
+    fresh = False
+    for s in RULES[group["rule"]].state:
+        if s.when(group) and state.get(s.key) is None:
+            state[s.key] = s.new(p, group)
+            fresh |= s.fresh
+    return fresh
 
 
 def record(group: dict):
     """The per-step hyperparameter record of ``group`` (see ``hyper``)."""
-    rule = group["rule"]
-    lr = group["lr"]  # a float, or the group's 0-dim tensor as is: the fused kernels read it on the device
-    if rule == "sgd":
-        return H.SGD(lr=lr, momentum=group["momentum"], dampening=group["dampening"], nesterov=group["nesterov"],
-                     weight_decay=group["weight_decay"], maximize=group["maximize"])
-    b1, b2 = (float(b) for b in group["betas"])
-    common = dict(lr=lr, beta1=b1, beta2=b2, eps=group["eps"], weight_decay=group["weight_decay"],
-                  maximize=group["maximize"])
-    if rule == "mas":
-        return H.MAS(**common, momentum=group["momentum"], dampening=group["dampening"],
-                     nesterov=group["nesterov"], adam_w=float(group["adam_w"]), sgd_w=float(group["sgd_w"]),
-                     variant=group["variant"])
-    if rule == "ndadam":
-        return H.NDAdam(**common)
-    if rule in ("adam", "adamw", "swats"):
-        return H.Adaptive(**common, decoupled=bool(group.get("decoupled_weight_decay", False)),
-                          amsgrad=group["amsgrad"])
-    if rule == "padam":
-        return H.Adaptive(**common, amsgrad=group["amsgrad"], form=H.FORM_PAPER, partial=group["partial"])
-    if rule == "adamclip":
-        s = float(group["sgd_lr"])
-        return H.Adaptive(**common, amsgrad=group["amsgrad"], form=H.FORM_PAPER, clip_mode=H.CLIP_CONST,
-                          clip_lo=group["lower"] * s, clip_hi=group["upper"] * s)
-    if rule == "adabound":
-        base = group["base_lr"]
-        return H.Adaptive(**common, amsgrad=group["amsbound"], form=H.FORM_PAPER, clip_mode=H.CLIP_ADABOUND,
-                          final_lr=group["final_lr"] / base if base > 0 else group["final_lr"],
-                          final_lr_relative=base > 0, gamma=group["gamma"])
-    raise ValueError(f"Invalid rule: {rule!r}")
+    return RULES[group["rule"]].record(group)

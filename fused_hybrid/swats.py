@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from .hyper import PHASE_ADAM, PHASE_SGD
+from .hyper import PHASE_ADAM, PHASE_SGD, SwatsArgs
 
 GRANULARITIES = ("global", "group", "tensor")
 STATE_KEY = "swats"  # where fused_hybrid <= 0.1 checkpoints kept the switch state (a non-parameter state entry)
@@ -296,3 +296,56 @@ def info(st: dict, beta2: list[float]) -> list[dict]:
                     "sgd_lr": float(Lam[s]) if switched else None, "step": int(ks[s]), "gamma": float(gam[s]),
                     "lam": float(lam[s]), "lambda_k": float(lam[s]) / bc2 if bc2 > 0 else None})
     return out
+
+
+class Controller:
+    """SWATS's switch test for one optimizer's SWATS groups: the layout of its tensors, the switch state (kept in
+    the anchor's optimizer state, see ``read_state``), the per-tensor phase and SGD step size each step's kernels
+    read, and the test itself once the kernels wrote their sums. Rebuilt whenever the optimizer's plans are (new
+    groups, a checkpoint load); nothing in it reads a device value."""
+
+    def __init__(self, param_groups: list[dict], state: dict, granularity: str):
+        anchor = next(p for g in param_groups if g["rule"] == "swats" for p in g["params"])
+        # The bookkeeping runs fused (C++ ops on the CPU, Triton kernels on a GPU: fused_impl) when fused backends
+        # step the SWATS tensors; the reference backend keeps the plain-PyTorch version.
+        fused = all(g["backend"] != "reference" for g in param_groups if g["rule"] == "swats")
+        self.layout = Layout(param_groups, granularity, anchor.device, fused=fused)
+        st = read_state(state[anchor])
+        self.state = self.layout.new_state() if st is None else self.layout.adopt_state(st)
+        write_state(state[anchor], self.state)
+        self._step = None  # (vecs, phase, sgd_lr) of the step being taken
+
+    def args(self, param_groups: list[dict], gi: int, bucket, group: dict) -> SwatsArgs:
+        """The adaptive family's ``swats`` argument for one bucket of group ``gi``."""
+        lay = self.layout
+        if self._step is None:
+            vecs = lay.group_vectors(param_groups)
+            self._step = (vecs,) + per_tensor_args(lay, self.state, vecs)
+        _, phase, sgd_lr = self._step
+        if bucket.flat_idx is None:
+            t0 = next(t0 for g, t0, _ in lay.groups if g == gi)
+            flat = [t0 + j for j in bucket.idx]
+            bucket.flat_idx = torch.tensor(flat, dtype=torch.long, device=lay.device)
+            bucket.covers_all = flat == list(range(lay.T)) and bucket.device == lay.device
+        if not bucket.covers_all:  # the common single-bucket case needs no gathers
+            phase, sgd_lr = phase[bucket.flat_idx].to(bucket.device), sgd_lr[bucket.flat_idx].to(bucket.device)
+        return SwatsArgs(momentum_buffers=bucket.state_list("momentum_buffer"), phase=phase, sgd_lr=sgd_lr,
+                         partials=torch.zeros(len(bucket.params), 2, dtype=torch.float64, device=bucket.device),
+                         nesterov=group["nesterov"])
+
+    def finalize(self, calls: list, found_inf, process_group) -> None:
+        """The switch test on the sums the step's ``calls`` ((bucket, SwatsArgs) pairs) wrote."""
+        lay = self.layout
+        if len(calls) == 1 and calls[0][0].covers_all:
+            partials, stepped = calls[0][1].partials, None  # every tensor stepped
+        else:
+            partials = torch.zeros(lay.T, 2, dtype=torch.float64, device=lay.device)
+            stepped = torch.zeros(lay.T, dtype=torch.float64, device=lay.device)
+            for b, args in calls:
+                partials.index_copy_(0, b.flat_idx, args.partials.to(lay.device))
+                stepped.index_fill_(0, b.flat_idx, 1.0)
+        switch_update(lay, self.state, self._step[0], partials, stepped, found_inf, process_group)
+        self._step = None
+
+    def info(self, param_groups: list[dict]) -> list[dict]:
+        return info(self.state, [float(param_groups[g]["betas"][1]) for g in self.layout.first_group])
