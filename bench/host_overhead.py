@@ -6,7 +6,7 @@
 A fused step is a handful of launches, so on a GPU the host side (Python, building and checking the launch tables)
 can cost more than the kernels: ResNet-18's Adam step must move 327 MB, 0.11 ms at an H100's ~3 TB/s. This times
 the host side alone, so it runs on any machine: on CPU tensors under Triton's interpreter with every launch
-replaced by a no-op (``backends.triton._launch``), or on a GPU with the real launches (then the number includes
+replaced by a no-op (``backends.triton_launch._launch``), or on a GPU with the real launches (then the number includes
 the launch calls, and ``torch.cuda.synchronize`` is kept out of the timed region).
 
 Side by side in one run, per rule: the optimizer's fast path (grads read by a C++ TensorTable snapshot, tables
@@ -108,14 +108,15 @@ def main(argv=None) -> list[dict]:
     if not tb.available(torch.device(device)):
         print(f"triton backend unavailable: {tb.why_unavailable(torch.device(device))}")
         return []
-    real_launch, threads = tb._launch, torch.get_num_threads()
+    from fused_hybrid.backends import triton_launch as tl_
+    real_launch, threads = tl_._launch, torch.get_num_threads()
     if interp:
-        tb._launch = lambda kernel, grid, *args, **kw: None  # time the host side only
+        tl_._launch = lambda kernel, grid, *args, **kw: None  # time the host side only
     torch.set_num_threads(1)
     try:
         return _table(a, device, interp)
     finally:
-        tb._launch = real_launch
+        tl_._launch = real_launch
         torch.set_num_threads(threads)
 
 

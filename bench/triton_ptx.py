@@ -65,7 +65,7 @@ def _record(names: list[str]) -> list[dict]:
     import triton.language as tl
 
     import fused_hybrid as fh
-    from fused_hybrid.backends import triton as tb
+    from fused_hybrid.backends import triton_launch as tb
 
     tb._geometry = lambda device: (tb.GPU_BLOCK, tb.GPU_CHUNK, {"num_warps": tb.GPU_WARPS})
     out: list[dict] = []

@@ -180,7 +180,7 @@ def per_tensor_args(layout: Layout, st: dict, vecs: dict) -> tuple[torch.Tensor,
         return torch.ops.fused_hybrid.swats_args(layout.seg_of, st["phase"], st["Lambda"], st["lr_ref"], vecs["lr"],
                                                  vecs["one_minus_b1"])
     if layout.impl == "triton":
-        from .backends import triton as tb
+        from .backends import triton_launch as tb
         from .triton_kernels import swats as ks
         phase = torch.empty(layout.T, dtype=torch.int32, device=layout.device)
         sgd_lr = torch.empty(layout.T, dtype=torch.float64, device=layout.device)
@@ -266,10 +266,10 @@ _BLOCK = 256  # tensors per program of the Triton bookkeeping kernels
 
 def _switch_kernel(layout, st, vecs, partials, stepped, totals, found_inf, mode: int) -> None:
     """One launch of triton_kernels.swats.swats_switch_kernel over the segments (see its docstring for ``mode``),
-    through the Triton backend's ``_launch`` (where launches are counted)."""
+    through the Triton backend's ``triton_launch._launch`` (where launches are counted)."""
     if layout.S == 0:
         return
-    from .backends import triton as tb
+    from .backends import triton_launch as tb
     from .triton_kernels import swats as ks
     if st is None:  # mode 0 reads and writes no state: seg_of fills the state arguments' places
         st = {k: layout.seg_of for k in ("phase", "lam", "Lambda", "switch_step", "seg_step", "gamma", "lr_ref")}

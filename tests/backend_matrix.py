@@ -27,10 +27,10 @@ def scaler_hook(device):
 def small_triton_chunks(monkeypatch, block, chunk):
     """Under the interpreter, shrink the Triton backend's block and chunk so small tensors span several chunks
     (on a GPU the real geometry is kept)."""
-    from fused_hybrid.backends import triton as tb
+    from fused_hybrid.backends import triton_launch as tl_
     if not torch.cuda.is_available():
-        monkeypatch.setattr(tb, "INTERP_BLOCK", block)
-        monkeypatch.setattr(tb, "INTERP_CHUNK", chunk)
+        monkeypatch.setattr(tl_, "INTERP_BLOCK", block)
+        monkeypatch.setattr(tl_, "INTERP_CHUNK", chunk)
 
 
 class Matrix:

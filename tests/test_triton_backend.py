@@ -18,6 +18,7 @@ from backend_matrix import CASES, Matrix, case_id, small_triton_chunks
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # after site-packages
 from bench import gpu_model  # noqa: E402
 from fused_hybrid.backends import triton as tb
+from fused_hybrid.backends import triton_launch as tl_
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(not tb.available(torch.device(DEVICE)),
@@ -142,13 +143,13 @@ def test_poisoned_outputs_are_overwritten():
 
 def _count_launches(monkeypatch, cls, kw, sizes):
     calls = []
-    real = tb._launch
+    real = tl_._launch
 
     def counting(kernel, grid, *a, **k):
         calls.append(kernel)
         return real(kernel, grid, *a, **k)
 
-    monkeypatch.setattr(tb, "_launch", counting)
+    monkeypatch.setattr(tl_, "_launch", counting)
     ps = _params(sizes, torch.float32)
     opt = cls(ps, backend="triton", **kw)
     for p in ps:
@@ -156,7 +157,7 @@ def _count_launches(monkeypatch, cls, kw, sizes):
     opt.step()
     calls.clear()
     opt.step()
-    monkeypatch.setattr(tb, "_launch", real)
+    monkeypatch.setattr(tl_, "_launch", real)
     return len(calls)
 
 
@@ -222,17 +223,17 @@ def test_bitwise_repeatable(case):
 
 
 def test_tables_cached_by_pointer():
-    tb._CACHE.clear()
+    tl_._CACHE.clear()
     ps, opt = _run(fh.Adam, "triton", {}, steps=1)
-    n = len(tb._CACHE)
+    n = len(tl_._CACHE)
     for p in ps:
         p.grad.normal_()  # same grad tensors, same pointers
     opt.step()
-    assert len(tb._CACHE) == n
+    assert len(tl_._CACHE) == n
     for p in ps:
         p.grad = p.grad.clone()  # new grad storage: the table is rebuilt
     opt.step()
-    assert len(tb._CACHE) == n + 1
+    assert len(tl_._CACHE) == n + 1
 
 
 def test_hyperparameters_are_runtime_arguments():
@@ -277,3 +278,15 @@ def test_mas_reducing_variant_launches_with_empty_tensors(monkeypatch):
             p.grad = torch.randn_like(p)
         opt.step()
     assert [float(opt.state[p]["step"]) for p in ps] == [3.0] * len(sizes)
+
+
+def test_launchers_are_a_leaf_module():
+    """backends/triton_launch.py imports neither the backend API (triton.py) nor the custom ops (triton_ops.py):
+    both of those import it, so there is no import cycle."""
+    import subprocess
+    import sys
+    code = ("import sys, fused_hybrid.backends.triton_launch; "
+            "print(sorted(m for m in sys.modules if m in ('fused_hybrid.backends.triton', "
+            "'fused_hybrid.backends.triton_ops')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -9,6 +9,7 @@ import fused_hybrid as fh
 from backend_matrix import small_triton_chunks
 from fused_hybrid import _ext
 from fused_hybrid.backends import triton as tb
+from fused_hybrid.backends import triton_launch as tl_
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = [
@@ -74,12 +75,12 @@ def test_fast_path_is_bitwise_the_general_path(monkeypatch, cls, kw):
 
 def _count_builds(monkeypatch):
     calls = []
-    real = tb._tables
+    real = tl_._tables
 
     def counting(*a, **k):
         calls.append(1)
         return real(*a, **k)
-    monkeypatch.setattr(tb, "_tables", counting)
+    monkeypatch.setattr(tl_, "_tables", counting)
     return calls
 
 

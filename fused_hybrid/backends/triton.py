@@ -11,21 +11,20 @@ Tables (pointer table, chunk table, per-tensor meta) are cached keyed by the dat
 so a step whose tensors have not moved builds nothing. Building that key reads every tensor's pointer in Python
 (~2 us per tensor: 4.6 ms of host time per step for 2000 tensors, ``python -m bench.host_overhead``), so the
 optimizer's fast path goes through a ``_Snapshot`` instead: one C++ call returns every numel and pointer,
-gradients included, and the tables are reused while it is unchanged. Every launch goes through ``_launch`` (tests count launches by wrapping it).
+gradients included, and the tables are reused while it is unchanged. The launchers, tables and geometry live in
+``triton_launch`` (a leaf module that both this module and ``triton_ops`` import).
 
 torch.compile cannot trace pointer tables (fake tensors have no data), so while compiling, the four family
-functions call the custom ops of ``triton_ops`` instead, whose real implementations run the eager functions
-here (``_adaptive``, ``_sgd``, ``_mas``, ``_ndadam``) at run time; eager steps call those directly.
+functions call the custom ops of ``triton_ops`` instead, whose real implementations run the eager launchers of
+``triton_launch`` at run time; eager steps call those directly.
 """
 from __future__ import annotations
-
-import os
-from collections import OrderedDict
 
 import torch
 
 from .. import _ext
-from ..hyper import CLIP_ADABOUND, CLIP_NONE, FORM_PAPER
+from . import triton_launch as _l
+from . import triton_ops as _ops
 from .extension_ops import NO_GRADIENT  # noqa: F401  (the backend API)
 
 NAME = "triton"
@@ -35,188 +34,30 @@ RULES = frozenset({"adaptive", "sgd", "mas", "ndadam"})
 # gradient raises a RuntimeError containing NO_GRADIENT before anything is launched.
 GRADS_FROM_PARAMS = _ext.loaded()
 
-try:
-    import triton
-    import triton.language as tl
-
-    from ..triton_kernels import adaptive as _ka
-    from ..triton_kernels import common as _kc
-    from ..triton_kernels import mas as _km
-    from ..triton_kernels import ndadam as _kn
-    from ..triton_kernels import sgd as _ks
-    _IMPORT_ERROR = ""
-except Exception as e:  # noqa: BLE001 - any import failure means "unavailable", with the reason
-    _IMPORT_ERROR = f"triton could not be imported: {e!r}"
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def available(device: torch.device) -> bool:
     return why_unavailable(device) == ""
 
 
 def why_unavailable(device: torch.device) -> str:
-    if _IMPORT_ERROR:
-        return _IMPORT_ERROR
+    if _l._IMPORT_ERROR:
+        return _l._IMPORT_ERROR
     device = torch.device(device)
     if device.type == "cuda":
-        if _interpreting():
+        if _l._interpreting():
             return "TRITON_INTERPRET=1 is set: Triton's interpreter runs CPU tensors only"
         if not torch.cuda.is_available():
             return "no CUDA device is present"
         return ""
     if device.type == "cpu":
-        return "" if _interpreting() else ("the triton backend serves CUDA tensors; CPU tensors only under "
+        return "" if _l._interpreting() else ("the triton backend serves CUDA tensors; CPU tensors only under "
                                            "Triton's interpreter (set TRITON_INTERPRET=1 before importing triton)")
     return f"the triton backend does not serve {device.type} tensors"
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Launch geometry. On the GPU a program walks CHUNK elements in BLOCK-sized steps (many programs per SM for
-# >= 1M elements, 128-bit accesses per thread); the interpreter pays per program and per op, so it takes fewer,
-# wider blocks. Tests override these to make small tensors span several chunks.
-
-GPU_BLOCK, GPU_CHUNK, GPU_WARPS = 1024, 8192, 4
-INTERP_BLOCK, INTERP_CHUNK = 1024, 2048
-ND_ROWS = 4  # weight vectors per ND-Adam program
-
-
-def _geometry(device: torch.device) -> tuple[int, int, dict]:
-    if device.type == "cuda":
-        return GPU_BLOCK, GPU_CHUNK, {"num_warps": GPU_WARPS}
-    return INTERP_BLOCK, INTERP_CHUNK, {}
-
-
-def _launch(kernel, grid, *args, **kwargs):
-    """Every kernel launch of this backend (one place to count them)."""
-    kernel[grid](*args, **kwargs)
-
-
-_TL_DTYPE = {}
-if not _IMPORT_ERROR:
-    _TL_DTYPE = {torch.float32: tl.float32, torch.float64: tl.float64, torch.float16: tl.float16,
-                 torch.bfloat16: tl.bfloat16}
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Tables
-
-class _Tables:
-    __slots__ = ("chunks", "meta", "ptrs", "T", "C", "aligned", "host", "_counters")
-
-    def __init__(self, chunks, meta, ptrs, T, C, aligned, host):
-        self.chunks, self.meta, self.ptrs, self.T, self.C, self.aligned = chunks, meta, ptrs, T, C, aligned
-        self.host = host  # keeps pinned host copies alive until the asynchronous copies are done
-        self._counters = None
-
-    def counters(self, device) -> torch.Tensor:
-        """int32 [T], zero between launches: MAS's pass-0 programs count themselves in per tensor (the kernel
-        resets them), so they are made once per table, not per step."""
-        if self._counters is None:
-            self._counters = torch.zeros(max(self.T, 1), dtype=torch.int32, device=device)
-        return self._counters
-
-
-_CACHE: OrderedDict = OrderedDict()
-_CACHE_SIZE = 64
-
-
-def _ptr(x) -> int:
-    return 0 if x is None else x.data_ptr()
-
-
-def _to_device(host: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(device copy, pinned host tensor to keep alive): an asynchronous copy, no host sync."""
-    if device.type == "cuda":
-        host = host.pin_memory()
-        return host.to(device, non_blocking=True), host
-    return host, None
-
-
-def _tables(device: torch.device, lists: list[list], numels: list[int], flags: list[int], chunk: int,
-            units: list[int] | None = None, extra: list[tuple] | None = None, min_chunks: int = 0) -> _Tables:
-    """Pointer table of ``lists`` (each a list of tensors or Nones, one per tensor), chunk table and meta
-    (numel, first chunk, end chunk, flag, *extra[t]). ``units`` (ND-Adam: vectors) replaces numels when cutting
-    chunks: chunk i of tensor t covers units [i*chunk, (i+1)*chunk). Every tensor gets at least ``min_chunks``
-    chunks (1: an empty tensor gets a zero-length one, for kernels whose programs must visit every tensor)."""
-    key = (device, chunk, min_chunks, tuple(numels), tuple(flags), tuple(units or ()), tuple(extra or ()),
-           tuple(tuple(_ptr(x) for x in lst) for lst in lists))
-    hit = _CACHE.get(key)
-    if hit is not None:
-        _CACHE.move_to_end(key)
-        return hit
-    T = len(numels)
-    count = units if units is not None else numels
-    chunks, meta = [], []
-    for t, (n, f) in enumerate(zip(count, flags)):
-        c0 = len(chunks)
-        chunks.extend((t, i) for i in range(max(min_chunks, -(-n // chunk))))  # the kernels multiply by CHUNK
-        meta.append((numels[t], c0, len(chunks), f) + (tuple(extra[t]) if extra else ()))
-    ptr_rows = [[_ptr(x) for x in lst] for lst in lists]
-    aligned = all(p % 16 == 0 for row in ptr_rows for p in row)
-    host_parts = []
-    chunks_t, h = _to_device(torch.tensor(chunks or [(0, 0)], dtype=torch.int64), device)
-    host_parts.append(h)
-    width = 4 + (len(extra[0]) if extra else 0)
-    meta_t, h = _to_device(torch.tensor(meta or [(0,) * width], dtype=torch.int64), device)
-    host_parts.append(h)
-    ptrs_t, h = _to_device(torch.tensor(ptr_rows, dtype=torch.int64).reshape(len(lists), T), device)
-    host_parts.append(h)
-    tab = _Tables(chunks_t, meta_t, ptrs_t, T, len(chunks), aligned, host_parts)
-    _CACHE[key] = tab
-    if len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
-    return tab
-
-
-def _check(params, grads) -> list[torch.Tensor]:
-    """Flat kernels need dense row-major operands: a non-contiguous gradient is copied (rare; one extra
-    launch), a non-contiguous parameter cannot be updated in place through a flat view."""
-    out = []
-    for p, g in zip(params, grads):
-        if not p.is_contiguous():
-            raise ValueError("the triton backend needs contiguous parameters (got strides "
-                             f"{p.stride()} for shape {tuple(p.shape)}); use backend='reference'")
-        if g.dtype != p.dtype:
-            raise ValueError(f"gradient dtype {g.dtype} differs from parameter dtype {p.dtype}")
-        out.append(g if g.is_contiguous() else g.contiguous())
-    return out
-
-
-def _lr_args(hp, device):
-    """(float lr, lr tensor or None): a 0-dim tensor lr is read by the kernel, never on the host."""
-    if isinstance(hp.lr, torch.Tensor):
-        return 0.0, hp.lr.to(device)
-    return float(hp.lr), None
-
-
-def _dtypes(dtype: torch.dtype):
-    """(parameter dtype, compute/state dtype) as Triton types: math in float32, float64 for float64 params."""
-    return _TL_DTYPE[dtype], (tl.float64 if dtype == torch.float64 else tl.float32)
-
-
-def _step_flags(dtype: torch.dtype, hp, lr_t, grad_scale, found_inf) -> dict:
-    """The constexpr flags every update kernel takes: dtypes, which device scalars it reads, maximize, decay."""
-    P, C = _dtypes(dtype)
-    return dict(P=P, C=C, LR_TENSOR=lr_t is not None, HAS_SCALE=grad_scale is not None,
-                HAS_FOUND_INF=found_inf is not None, MAXIMIZE=bool(hp.maximize), HAS_WD=hp.weight_decay != 0)
-
-
-def _finalize(tab, found_inf, step_list, partials_in=None, out=None, np_=0, npp=1, width=4):
-    """Advance the steps of ``tab``'s tensors unless found_inf, and sum per-chunk partials per tensor."""
-    if tab.T == 0:
-        return
-    _launch(_kc.finalize_kernel, (tab.T,), tab.meta, tab.ptrs, tab.T, partials_in, out, found_inf,
-            STEP_LIST=getattr(step_list, "value", step_list), HAS_FOUND_INF=found_inf is not None, NP=np_, NPP=npp,
-            W=width)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Rule families (API: backends/reference.py). Eager steps run the direct functions below (_adaptive, _sgd, _mas,
-# _ndadam); under torch.compile the same functions run inside custom ops (triton_ops.py), which the tracer sees
-# as opaque calls that mutate the lists they name: it cannot follow data_ptr() tables.
+# Rule families (API: backends/reference.py). Eager steps run the launchers of triton_launch.py (_adaptive, _sgd,
+# _mas, _ndadam) directly; under torch.compile the same functions run inside custom ops (triton_ops.py), which the
+# tracer sees as opaque calls that mutate the lists they name: it cannot follow data_ptr() tables.
 
 def _run(eager, op, *args, snap=None) -> None:
     """One family call: the custom op while torch.compile traces, the direct function otherwise."""
@@ -263,18 +104,11 @@ def _snapshot(cache, grads, kind: tuple, lists: list, keep=None) -> _Snapshot | 
     return entry
 
 
-def _grads(params, grads) -> list:
-    """The gradients the kernels read: contiguous copies where needed (``_check``). The family functions keep this
-    list until their launches are queued: a copy freed earlier could be reused under the launch (at once for the
-    interpreter's CPU tensors)."""
-    return _check(params, [p.grad for p in params] if grads is None else grads)
-
-
 def adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, grad_scale=None, found_inf=None,
              swats=None, cache=None):
     snap = _snapshot(cache, grads, ("adaptive",), [params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if hp.amsgrad else (),
                                                    steps, () if swats is None else swats.momentum_buffers])
-    _run(_adaptive, _ops.adaptive, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, grad_scale,
+    _run(_l._adaptive, _ops.adaptive, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, grad_scale,
          found_inf, swats, snap=snap)
 
 
@@ -282,178 +116,18 @@ def sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=
     # A fresh buffer's flag is part of the tables: the first step takes the general path.
     snap = None if any(firsts) else _snapshot(cache, grads, ("sgd",), [params, momentum_buffers
                                                                        if hp.momentum != 0 else ()])
-    _run(_sgd, _ops.sgd, params, grads, momentum_buffers, firsts, hp, grad_scale, found_inf, snap=snap)
+    _run(_l._sgd, _ops.sgd, params, grads, momentum_buffers, firsts, hp, grad_scale, found_inf, snap=snap)
 
 
 def mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale=None, found_inf=None,
         cache=None):
     snap = _snapshot(cache, grads, ("mas", hp.variant == "sum"),
                      [params, exp_avgs, exp_avg_sqs, momentum_buffers if hp.momentum != 0 else (), steps])
-    _run(_mas, _ops.mas, params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale, found_inf,
+    _run(_l._mas, _ops.mas, params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale, found_inf,
          snap=snap)
 
 
 def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=None, found_inf=None, cache=None):
     snap = _snapshot(cache, grads, ("ndadam",), [params, exp_avgs, exp_avg_sqs, steps], keep=axes)
-    _run(_ndadam, _ops.ndadam, params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale, found_inf,
+    _run(_l._ndadam, _ops.ndadam, params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale, found_inf,
          snap=snap)
-
-
-def _adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, grad_scale=None, found_inf=None,
-              swats=None, snap=None):
-    if not params:
-        return
-    dev = params[0].device
-    BLOCK, CHUNK, opts = _geometry(dev)
-
-    def build():  # -> (tables, the gradients they point at)
-        T = len(params)
-        maxs = list(max_exp_avg_sqs) if hp.amsgrad else [None] * T
-        bufs = list(swats.momentum_buffers) if swats is not None else [None] * T
-        gs = _grads(params, grads)
-        return _tables(dev, [params, gs, exp_avgs, exp_avg_sqs, maxs, bufs, steps], [p.numel() for p in params],
-                       [0] * T, CHUNK), gs
-
-    tab, _live = build() if snap is None else snap.tables(build)
-    _adaptive_launch(tab, dev, hp, grad_scale, found_inf, swats, params[0].dtype, BLOCK, CHUNK, opts)
-
-
-def _adaptive_launch(tab, dev, hp, grad_scale, found_inf, swats, dtype, BLOCK, CHUNK, opts):
-    lr, lr_t = _lr_args(hp, dev)
-    chunk_partials = None
-    if swats is not None:
-        chunk_partials = torch.empty(max(tab.C, 1), 2, dtype=torch.float64, device=dev)
-    clip_mode = hp.clip_mode if hp.form == FORM_PAPER else CLIP_NONE
-    if tab.C > 0:
-        _launch(_ka.adaptive_kernel, (tab.C,), tab.chunks, tab.meta, tab.ptrs, tab.T, lr_t, grad_scale, found_inf,
-                None if swats is None else swats.phase, None if swats is None else swats.sgd_lr, chunk_partials,
-                lr, float(hp.beta1), float(hp.beta2), float(hp.eps), float(hp.weight_decay), 2.0 * float(hp.partial),
-                float(hp.clip_lo), float(hp.clip_hi) if clip_mode != CLIP_ADABOUND else float("inf"),
-                float(hp.final_lr), float(hp.gamma),
-                **_step_flags(dtype, hp, lr_t, grad_scale, found_inf), DECOUPLED=bool(hp.decoupled),
-                AMSGRAD=bool(hp.amsgrad), FORM=int(hp.form),
-                POW=hp.form == FORM_PAPER and float(hp.partial) != 0.5, CLIP=int(clip_mode),
-                SWATS=swats is not None, NESTEROV=bool(swats is not None and swats.nesterov), ALIGNED=tab.aligned,
-                BLOCK=BLOCK, CHUNK=CHUNK, FINAL_LR_RELATIVE=bool(hp.final_lr_relative), **opts)
-    if swats is not None:
-        _finalize(tab, found_inf, _ka.L_STEP, chunk_partials, swats.partials, 2, 2)
-    else:
-        _finalize(tab, found_inf, _ka.L_STEP)
-
-
-def _sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=None, snap=None):
-    if not params:
-        return
-    dev = params[0].device
-    BLOCK, CHUNK, opts = _geometry(dev)
-    use_mom = hp.momentum != 0
-
-    def build():  # -> (tables, the gradients they point at)
-        T = len(params)
-        bufs = list(momentum_buffers) if use_mom else [None] * T
-        flags = [int(bool(f)) for f in firsts] if use_mom else [0] * T
-        gs = _grads(params, grads)
-        return _tables(dev, [params, gs, bufs], [p.numel() for p in params], flags, CHUNK), gs
-
-    tab, _live = build() if snap is None else snap.tables(build)
-    if tab.C == 0:
-        return
-    lr, lr_t = _lr_args(hp, dev)
-    _launch(_ks.sgd_kernel, (tab.C,), tab.chunks, tab.meta, tab.ptrs, tab.T, lr_t, grad_scale, found_inf,
-            lr, float(hp.momentum), float(hp.dampening), float(hp.weight_decay),
-            **_step_flags(params[0].dtype, hp, lr_t, grad_scale, found_inf), MOMENTUM=use_mom,
-            NESTEROV=bool(hp.nesterov), ALIGNED=tab.aligned, BLOCK=BLOCK, CHUNK=CHUNK, **opts)
-
-
-def _mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale=None, found_inf=None,
-         snap=None):
-    if not params:
-        return
-    dev = params[0].device
-    BLOCK, CHUNK, opts = _geometry(dev)
-    T = len(params)
-    use_mom = hp.momentum != 0
-    variant = _km.VARIANTS[hp.variant]
-    reducing = variant != _km.VARIANTS["sum"]
-
-    def build():  # -> (tables, the gradients they point at)
-        bufs = list(momentum_buffers) if use_mom else [None] * T
-        gs = _grads(params, grads)
-        # The reducing variants' pass-0 programs advance the steps, so an empty tensor gets one zero-length chunk.
-        return _tables(dev, [params, gs, exp_avgs, exp_avg_sqs, bufs, steps], [p.numel() for p in params], [0] * T,
-                       CHUNK, min_chunks=int(reducing)), gs
-
-    tab, _live = build() if snap is None else snap.tables(build)
-    lr, lr_t = _lr_args(hp, dev)
-    partials = totals = None
-    if reducing:
-        partials = torch.empty(max(tab.C, 1), _km.NPP, dtype=torch.float64, device=dev)
-        totals = torch.empty(T, 3, dtype=torch.float64, device=dev)
-    args = (tab.chunks, tab.meta, tab.ptrs, tab.T, lr_t, grad_scale, found_inf, partials, totals,
-            tab.counters(dev) if reducing else None,
-            lr, float(hp.beta1), float(hp.beta2), float(hp.eps), float(hp.weight_decay), float(hp.momentum),
-            float(hp.dampening), float(hp.adam_w), float(hp.sgd_w))
-    flags = dict(**_step_flags(params[0].dtype, hp, lr_t, grad_scale, found_inf), MOMENTUM=use_mom,
-                 NESTEROV=bool(hp.nesterov), VARIANT=variant, ALIGNED=tab.aligned, BLOCK=BLOCK, CHUNK=CHUNK, **opts)
-    if tab.C > 0:
-        _launch(_km.mas_kernel, (tab.C,), *args, PASS=0, **flags)
-    if not reducing:
-        _finalize(tab, found_inf, _km.L_STEP)
-        return
-    # Pass 0's last program per tensor summed its partials and advanced its step.
-    if tab.C > 0:
-        _launch(_km.mas_kernel, (tab.C,), *args, PASS=1, **flags)
-
-
-def _vector_view(p: torch.Tensor, axes) -> tuple[int, int]:
-    """(L, inner): p as [outer, L, inner] with its weight vectors along L. The axes must be consecutive dims."""
-    axes = sorted(axes)
-    if axes != list(range(axes[0], axes[-1] + 1)):
-        raise ValueError(f"the triton backend's ND-Adam needs consecutive vec_axes, got {tuple(axes)}; "
-                         "use backend='reference'")
-    L = 1
-    for d in axes:
-        L *= p.shape[d]
-    inner = 1
-    for d in range(axes[-1] + 1, p.dim()):
-        inner *= p.shape[d]
-    return L, inner
-
-
-def _ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=None, found_inf=None, snap=None):
-    """One row-kernel launch over every tensor (its 1-D tensors are plain-Adam chunks of the same kernel) and one
-    finalize that advances the steps: 2 launches."""
-    if not params:
-        return
-    dev = params[0].device
-    BLOCK, _, _ = _geometry(dev)
-    if not any(axes):
-        # Only biases and other 1-D parameters: plain Adam with L2 decay (ND-Adam's reference code does the same).
-        from ..hyper import Adaptive
-        ahp = Adaptive(lr=hp.lr, beta1=hp.beta1, beta2=hp.beta2, eps=hp.eps, weight_decay=hp.weight_decay,
-                       maximize=hp.maximize)
-        _adaptive(params, grads, exp_avgs, exp_avg_sqs, [], steps, ahp, grad_scale, found_inf, snap=snap)
-        return
-
-    def build():  # -> ((tables, longest vector), the gradients they point at)
-        shapes = [_vector_view(p, ax) if ax else (0, 1) for p, ax in zip(params, axes)]
-        numels = [p.numel() for p in params]
-        # Units a chunk is cut in: weight vectors, or blocks of BLOCK elements of a 1-D tensor (L = 0).
-        units = [n // L if L else -(-n // BLOCK) for n, (L, _) in zip(numels, shapes)]
-        gs = _grads(params, grads)
-        tab = _tables(dev, [params, gs, exp_avgs, exp_avg_sqs, steps], numels, [0] * len(params), ND_ROWS,
-                      units=units, extra=shapes)
-        return (tab, max(L for L, _ in shapes)), gs
-
-    (tab, max_l), _live = build() if snap is None else snap.tables(build)
-    if tab.C > 0:
-        lr, lr_t = _lr_args(hp, dev)
-        block_l = min(triton.next_power_of_2(max(max_l, 16)), 1024)
-        _launch(_kn.ndadam_kernel, (tab.C,), tab.chunks, tab.meta, tab.ptrs, tab.T, lr_t, grad_scale, found_inf,
-                lr, float(hp.beta1), float(hp.beta2), float(hp.eps), float(hp.weight_decay),
-                **_step_flags(params[0].dtype, hp, lr_t, grad_scale, found_inf), ROWS=ND_ROWS, BLOCK_L=block_l,
-                FLAT_BLOCK=BLOCK)
-    _finalize(tab, found_inf, _kn.L_STEP, width=_kn.META_W)
-
-
-from . import triton_ops as _ops  # noqa: E402  (the ops call back into the functions above)

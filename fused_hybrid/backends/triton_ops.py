@@ -7,7 +7,7 @@ functions of ``backends/triton.py`` call these ops instead: each op's schema nam
 (params, state lists, steps, SWATS's partials) so the compiler knows what the opaque call mutates, its fake
 implementation does nothing (the ops return nothing), and its real implementation rebuilds the
 hyperparameter record (``fused_hybrid.hyper``) from the flat float/int/bool arguments and runs the backend's
-eager function (``triton._adaptive`` etc.), so no launch code is duplicated. Eager steps never come here: a
+eager launcher (``triton_launch._adaptive`` etc.), so no launch code is duplicated. Eager steps never come here: a
 custom op costs Python dispatch overhead per call.
 
 The ops are plain Python custom ops in the ``fused_hybrid`` namespace (a fragment next to the C++ extension's
@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from .. import hyper as H
-from . import triton as _tb
+from . import triton_launch as _l
 
 NS = "fused_hybrid"
 
@@ -61,7 +61,7 @@ def triton_adaptive_(params: list[Tensor], grads: list[Tensor], exp_avgs: list[T
     if phase is not None:
         swats = H.SwatsArgs(momentum_buffers=momentum_buffers, phase=phase, sgd_lr=sgd_lr, partials=partials,
                             nesterov=nesterov)
-    _tb._adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, grad_scale, found_inf, swats)
+    _l._adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, grad_scale, found_inf, swats)
 
 
 def adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, grad_scale=None, found_inf=None,
@@ -90,7 +90,7 @@ def triton_sgd_(params: list[Tensor], grads: list[Tensor], momentum_buffers: lis
                 momentum: float, dampening: float, nesterov: bool, weight_decay: float, maximize: bool) -> None:
     hp = H.SGD(lr=lr if lr_t is None else lr_t, momentum=momentum, dampening=dampening, nesterov=nesterov,
                weight_decay=weight_decay, maximize=maximize)
-    _tb._sgd(params, grads, momentum_buffers, firsts, hp, grad_scale, found_inf)
+    _l._sgd(params, grads, momentum_buffers, firsts, hp, grad_scale, found_inf)
 
 
 def sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=None) -> None:
@@ -116,7 +116,7 @@ def triton_mas_(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor
     hp = H.MAS(lr=lr if lr_t is None else lr_t, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
                momentum=momentum, dampening=dampening, nesterov=nesterov, adam_w=adam_w, sgd_w=sgd_w, variant=variant,
                maximize=maximize)
-    _tb._mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale, found_inf)
+    _l._mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale, found_inf)
 
 
 def mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale=None, found_inf=None) -> None:
@@ -142,7 +142,7 @@ def triton_ndadam_(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Ten
     for n in axes_len:
         axes.append(tuple(axes_flat[i:i + n]))
         i += n
-    _tb._ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale, found_inf)
+    _l._ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale, found_inf)
 
 
 def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=None, found_inf=None) -> None:
