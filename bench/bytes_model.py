@@ -19,6 +19,9 @@ exactly once, with float32 params, grads and state, moves (4 bytes each):
 | mas, momentum != 0              | p, g, m, v, buf  | p, m, v, buf  | 36        |
 | ndadam, weight vectors (dim>=2) | p, g, m          | p, m          | 20        |
 | ndadam, 1-D params (Adam)       | as adam          |               | 28        |
+| rmsprop, adagrad                | p, g, sq         | p, sq         | 20        |
+| rmsprop, centered or momentum   | + g_avg / buf    | + g_avg / buf | 28        |
+| rmsprop, centered and momentum  | p, g, sq, ga, buf| p, sq, ga, buf| 36        |
 
 ND-Adam's second moment is one scalar per weight vector (negligible); its per-vector reductions (<g,w>,
 <g,g>, ||w||) need the row twice, which costs no extra DRAM traffic only when a row stays on chip (one
@@ -54,6 +57,8 @@ _STATE = {
     "mas": 2,            # momentum 0 (MAS's default)
     "mas_momentum": 3,
     "ndadam_vec": 1,     # m only; v is per vector
+    "rmsprop": 1,        # square_avg; + grad_avg when centered, + buf with momentum
+    "adagrad": 1,        # sum
 }
 
 
@@ -72,7 +77,9 @@ def state_operands(rule: str, opts: dict | None = None) -> int:
         return _STATE["swats_sgd"]
     if rule == "mas" and opts.get("momentum", 0):
         return _STATE["mas_momentum"]
-    if rule in ("adam", "adamw", "amsgrad", "padam", "adamclip", "adabound", "swats", "mas"):
+    if rule == "rmsprop":
+        return _STATE["rmsprop"] + bool(opts.get("centered")) + bool(opts.get("momentum", 0))
+    if rule in ("adam", "adamw", "amsgrad", "padam", "adamclip", "adabound", "swats", "mas", "adagrad"):
         return _STATE[rule]
     raise KeyError(f"no bytes model for rule {rule!r}")
 

@@ -31,6 +31,8 @@ RULES = {
     "swats": ("SWATS", {"switch_rtol": 0.0, "switch_atol": 0.0}, "swats", {}, None, "adam"),
     "mas": ("MAS", {}, "mas", {}, None, "adam"),
     "ndadam": ("NDAdam", {}, "ndadam", {}, None, "adam"),
+    "rmsprop": ("RMSprop", {}, "rmsprop", {}, ("RMSprop", {}), "rmsprop"),
+    "adagrad": ("Adagrad", {}, "adagrad", {}, ("Adagrad", {}), "adagrad"),
 }
 DEFAULT_LR = 1e-3
 

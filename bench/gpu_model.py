@@ -50,6 +50,8 @@ RULES = {  # bench key: (bytes-model rule, options, CUDA tensor lists per elemen
     "mas": ("mas", {}, 4),
     "mas_vector": ("mas", {"variant": "vector"}, 4),
     "ndadam": ("ndadam", {}, 3),
+    "rmsprop": ("rmsprop", {}, 3),
+    "adagrad": ("adagrad", {}, 3),
 }
 
 

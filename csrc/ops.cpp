@@ -37,6 +37,8 @@ struct Family {
 // phase); swats_momentum_buffers is empty when SWATS is off.
 // MAS: variant 0 sum, 1 correction, 2 normalized, 3 vector (fused_hybrid.rules.MAS_VARIANTS order);
 // momentum_buffers is empty when momentum == 0.
+// rms (RMSprop, Adagrad; fused_hybrid.hyper.RMS): grad_avgs is empty unless centered, momentum_buffers unless
+// momentum != 0.
 // ND-Adam: each tensor is rows of row_lens[t] contiguous elements (one weight vector per row; exp_avg_sqs[t] holds
 // one value per row); row_lens[t] == 0 means plain Adam (1-D parameters).
 constexpr Family kFamilies[] = {
@@ -58,6 +60,9 @@ constexpr Family kFamilies[] = {
     {"ndadam_", "Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] steps, ",
      "int[] row_lens, float lr, Tensor? lr_tensor, float beta1, float beta2, float eps, float weight_decay, "
      "bool maximize, Tensor? grad_scale, Tensor? found_inf) -> ()"},
+    {"rms_", "Tensor(b!)[] square_avgs, Tensor(c!)[] grad_avgs, Tensor(d!)[] momentum_buffers, Tensor(e!)[] steps, ",
+     "float lr, Tensor? lr_tensor, float keep, float add, float eps, float weight_decay, float momentum, "
+     "bool centered, float lr_decay, bool maximize, Tensor? grad_scale, Tensor? found_inf) -> ()"},
 };
 
 std::string table_name(const char* op) { return std::string(op) + "table_"; }

@@ -9,7 +9,7 @@ import torch
 
 from . import _ext
 
-OPS = ("sgd_", "adaptive_", "mas_", "ndadam_")
+OPS = ("sgd_", "adaptive_", "mas_", "ndadam_", "rms_")
 
 
 def _fake(*args, **kwargs):

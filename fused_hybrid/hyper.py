@@ -80,6 +80,22 @@ class NDAdam:
     maximize: bool = False
 
 
+@dataclass(frozen=True)
+class RMS:
+    """The rms family: RMSprop (seed 002; torch.optim.RMSprop) and Adagrad (torch.optim.Adagrad) in one update,
+    sq = keep*sq + add*g^2 (RMSprop: keep = alpha, add = 1 - alpha; Adagrad: keep = add = 1), a step of
+    lr / (1 + (k-1)*lr_decay) (Adagrad's decay; 0 for RMSprop) along g / (sqrt(sq [- g_avg^2]) + eps)."""
+    lr: float | torch.Tensor
+    keep: float
+    add: float
+    eps: float
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    centered: bool = False
+    lr_decay: float = 0.0
+    maximize: bool = False
+
+
 @dataclass
 class SwatsArgs:
     """What the adaptive kernels need for SWATS, one entry per tensor of the call.

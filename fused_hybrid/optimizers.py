@@ -50,6 +50,31 @@ class SGD(HybridOptimizer):
                          **_impl(foreach, fused, capturable, differentiable))
 
 
+class RMSprop(HybridOptimizer):
+    """torch.optim.RMSprop, same trajectory (the lecture's RMSProp, seed 002): sq = alpha*sq + (1-alpha)*g^2,
+    w -= lr * g / (sqrt(sq) + eps); ``centered`` subtracts the squared running mean of g, ``momentum`` accumulates
+    the normalized step."""
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, *,
+                 maximize=False, backend="auto",
+                 foreach=None, fused=None, capturable=False, differentiable=False):
+        super().__init__(params, "rmsprop", backend=backend, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                         momentum=momentum, centered=centered, maximize=maximize,
+                         **_impl(foreach, fused, capturable, differentiable))
+
+
+class Adagrad(HybridOptimizer):
+    """torch.optim.Adagrad, same trajectory (Duchi et al. 2011): sum += g^2,
+    w -= lr/(1 + (k-1)*lr_decay) * g / (sqrt(sum) + eps); ``sum`` starts at initial_accumulator_value."""
+
+    def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10, *,
+                 maximize=False, backend="auto",
+                 foreach=None, fused=None, capturable=False, differentiable=False):
+        super().__init__(params, "adagrad", backend=backend, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                         initial_accumulator_value=initial_accumulator_value, eps=eps, maximize=maximize,
+                         **_impl(foreach, fused, capturable, differentiable))
+
+
 class Padam(HybridOptimizer):
     """Padam (Chen et al., Algorithm 1, in the form of the official uclaml/Padam code):
     w -= lr*sqrt(bc2)/bc1 * m / (sqrt(vmax) + eps)^(2*partial). eps sits inside the power, so the effective

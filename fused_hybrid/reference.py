@@ -168,6 +168,34 @@ def mas_update(d_a: torch.Tensor, eta_a: float, d_s: torch.Tensor, lr: float, ad
 # ND-Adam (Zhang 2017, Algorithm 1; zj10/ND-Adam)
 
 
+def rms_step(w32: torch.Tensor, sq: torch.Tensor, g_avg: torch.Tensor | None, buf: torch.Tensor | None,
+             g: torch.Tensor, lr: float, keep: float, add: float, eps: float, momentum: float, lr_decay: float,
+             k: int) -> None:
+    """RMSprop (the lecture, seed 002; torch.optim.RMSprop) and Adagrad (torch.optim.Adagrad):
+
+        sq = keep*sq + add*g^2            RMSprop: keep = alpha, add = 1 - alpha; Adagrad: keep = add = 1
+        g_avg = lerp(g_avg, g, add)       centered RMSprop only: avg = sqrt(sq - g_avg^2) + eps
+        avg = sqrt(sq) + eps
+        buf = momentum*buf + g/avg ; w -= lr_k*buf      with momentum, else  w -= lr_k * g/avg
+        lr_k = lr / (1 + (k-1)*lr_decay)  Adagrad's decay (0 for RMSprop)
+    """
+    if keep != 1.0:
+        sq.mul_(keep)
+    sq.addcmul_(g, g, value=add)
+    if g_avg is not None:
+        g_avg.lerp_(g, add)
+        avg = sq.addcmul(g_avg, g_avg, value=-1).sqrt_()
+    else:
+        avg = sq.sqrt()
+    avg.add_(eps)
+    lr_k = lr / (1 + (k - 1) * lr_decay)
+    if buf is not None:
+        buf.mul_(momentum).addcdiv_(g, avg)
+        w32.add_(buf, alpha=-lr_k)
+    else:
+        w32.addcdiv_(g, avg, value=-lr_k)
+
+
 def ndadam_vector_step(w32: torch.Tensor, m: torch.Tensor, v: torch.Tensor, g: torch.Tensor, axes: tuple[int, ...],
                        lr: float, beta1: float, beta2: float, eps: float, k: int, weight_decay: float) -> None:
     """One ND-Adam step for a tensor of weight vectors spanning ``axes`` (v has those axes reduced to 1).

@@ -41,7 +41,8 @@ def _num(group, key) -> float:
 # torch.optim's wording for the hyperparameters it shares with us, so code (and torch's own error-input tests)
 # that matches torch's messages matches ours.
 _WHAT = {"lr": "learning rate", "eps": "epsilon value", "weight_decay": "weight_decay value",
-         "momentum": "momentum value"}
+         "momentum": "momentum value", "alpha": "alpha value", "lr_decay": "lr_decay value",
+         "initial_accumulator_value": "initial_accumulator_value value"}
 
 
 def _check_nonneg(group, key):
@@ -134,6 +135,7 @@ class State:
     shape: str = "param"
     when: Callable[[dict], bool] = _always
     fresh: bool = False
+    init: str | None = None  # the group hyperparameter a "param"-shaped entry starts at (else zeros)
 
     def new(self, p: torch.Tensor, group: dict) -> torch.Tensor:
         if self.shape == "step":
@@ -143,6 +145,8 @@ class State:
             axes = ndadam_axes(p, group)
             return torch.zeros([1 if d in axes else s for d, s in enumerate(p.shape)], dtype=dt, device=p.device)
         # Like p: a DTensor param (FSDP2) gets DTensor state with its placements, as in torch.optim.
+        if self.init is not None:
+            return torch.full_like(p, float(group[self.init]), dtype=dt, memory_format=torch.contiguous_format)
         return torch.zeros_like(p, dtype=dt, memory_format=torch.contiguous_format)
 
 
@@ -351,7 +355,38 @@ NDADAM = Rule("ndadam", "ndadam", dict(lr=1e-3, betas=_ADAM_BETAS, eps=1e-8, wei
               sharded_ok=False, complex_ok=False)
 
 
-RULES: dict[str, Rule] = {r.name: r for r in (ADAM, ADAMW, SGD, PADAM, ADAMCLIP, ADABOUND, SWATS, MAS, NDADAM)}
+# RMSprop (the lecture, seed 002; torch.optim.RMSprop) and Adagrad (torch.optim.Adagrad): one family, "rms"
+# (hyper.RMS): sq = keep*sq + add*g^2, a step along g / (sqrt(sq) + eps), Adagrad's lr decay.
+def _check_rmsprop(group):
+    _check_nonneg(group, "momentum")
+    _check_nonneg(group, "alpha")
+
+
+RMSPROP = Rule("rmsprop", "rms", dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
+                                      maximize=False),
+               (STEP, State("square_avg", "square_avgs"), MOMENTUM,
+                State("grad_avg", "grad_avgs", when=lambda g: bool(g["centered"]))),
+               lambda g: H.RMS(lr=g["lr"], keep=float(g["alpha"]), add=1.0 - float(g["alpha"]), eps=g["eps"],
+                               weight_decay=g["weight_decay"], momentum=g["momentum"], centered=bool(g["centered"]),
+                               maximize=g["maximize"]),
+               check=_check_rmsprop)
+
+
+def _check_adagrad(group):
+    _check_nonneg(group, "lr_decay")
+    _check_nonneg(group, "initial_accumulator_value")
+
+
+ADAGRAD = Rule("adagrad", "rms", dict(lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0,
+                                      eps=1e-10, maximize=False),
+               (STEP, State("sum", "square_avgs", init="initial_accumulator_value")),
+               lambda g: H.RMS(lr=g["lr"], keep=1.0, add=1.0, eps=g["eps"], weight_decay=g["weight_decay"],
+                               lr_decay=float(g["lr_decay"]), maximize=g["maximize"]),
+               check=_check_adagrad)
+
+
+RULES: dict[str, Rule] = {r.name: r for r in (ADAM, ADAMW, SGD, PADAM, ADAMCLIP, ADABOUND, SWATS, MAS, NDADAM,
+                                              RMSPROP, ADAGRAD)}
 # Views of the registry for callers that want one fact of every rule.
 PER_ELEMENT_KEYS = {s.key for r in RULES.values() for s in r.state if s.shape == "param"}
 DEFAULTS = {name: r.defaults for name, r in RULES.items()}

@@ -19,6 +19,8 @@ CASES = [
     (fh.MAS, dict(lr=1e-2, momentum=0.9)),
     (fh.MAS, dict(lr=1e-2, variant="vector")),
     (fh.NDAdam, dict(lr=1e-2)),
+    (fh.RMSprop, dict(lr=1e-2, centered=True, momentum=0.9)),
+    (fh.Adagrad, dict(lr=1e-2, lr_decay=0.01)),
 ]
 
 

@@ -24,7 +24,8 @@ from torch.testing._internal.common_optimizers import OptimizerErrorEnum, optim_
 import fused_hybrid as fh
 from fused_hybrid import rules
 
-OURS = {torch.optim.Adam: fh.Adam, torch.optim.AdamW: fh.AdamW, torch.optim.SGD: fh.SGD}
+OURS = {torch.optim.Adam: fh.Adam, torch.optim.AdamW: fh.AdamW, torch.optim.SGD: fh.SGD,
+        torch.optim.RMSprop: fh.RMSprop, torch.optim.Adagrad: fh.Adagrad}
 INFOS = [oi for oi in optim_db if oi.optim_cls in OURS]
 # Triton runs under its interpreter here: slow per launch, so it takes the trajectory and checkpoint checks only.
 BACKENDS = [b for b in ("reference", "cpu", "triton") if "available on cpu" in fh.backends()[b] or b == "reference"]
@@ -35,11 +36,15 @@ PUBLIC = {
     "Adam": (fh.Adam, dict(amsgrad=True)), "AdamW": (fh.AdamW, {}), "SGD": (fh.SGD, dict(momentum=0.9)),
     "Padam": (fh.Padam, {}), "AdamClip": (fh.AdamClip, dict(sgd_lr=0.1)), "AdaBound": (fh.AdaBound, {}),
     "SWATS": (fh.SWATS, dict(switch_rtol=0.5)), "MAS": (fh.MAS, dict(momentum=0.9, variant="vector")),
-    "NDAdam": (fh.NDAdam, {}),
+    "NDAdam": (fh.NDAdam, {}), "RMSprop": (fh.RMSprop, dict(centered=True, momentum=0.9)),
+    "Adagrad": (fh.Adagrad, dict(lr_decay=0.01)),
     "Hybrid": (fh.Hybrid, dict(rule="adam")),
 }
 RULE_OF = {"Adam": "adam", "AdamW": "adamw", "SGD": "sgd", "Padam": "padam", "AdamClip": "adamclip",
-           "AdaBound": "adabound", "SWATS": "swats", "MAS": "mas", "NDAdam": "ndadam", "Hybrid": "adam"}
+           "AdaBound": "adabound", "SWATS": "swats", "MAS": "mas", "NDAdam": "ndadam", "RMSprop": "rmsprop",
+           "Adagrad": "adagrad", "Hybrid": "adam"}
+TORCH_OF = {"Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW, "SGD": torch.optim.SGD,
+            "RMSprop": torch.optim.RMSprop, "Adagrad": torch.optim.Adagrad}
 
 
 def _configs():
@@ -182,7 +187,9 @@ def test_invalid_hyperparameter_raises_before_params_are_read(name):
 @pytest.mark.parametrize("tcls", list(OURS), ids=lambda c: c.__name__)
 def test_defaults_hold_what_torchs_hold(tcls):
     p = [torch.nn.Parameter(torch.randn(3))]
-    kw = dict(lr=0.02, weight_decay=0.1) | (dict(momentum=0.8) if tcls is torch.optim.SGD else dict(betas=(0.8, 0.9)))
+    own = {torch.optim.SGD: dict(momentum=0.8), torch.optim.RMSprop: dict(alpha=0.9, centered=True),
+           torch.optim.Adagrad: dict(lr_decay=0.1, initial_accumulator_value=0.5)}
+    kw = dict(lr=0.02, weight_decay=0.1) | own.get(tcls, dict(betas=(0.8, 0.9)))
     theirs, ours = tcls(p, **kw).defaults, OURS[tcls](p, **kw).defaults
     for key, value in theirs.items():
         assert key in ours and ours[key] == value, key
@@ -207,13 +214,21 @@ def test_defaults_hold_the_rules_effective_hyperparameters(name):
 @pytest.mark.parametrize("sched", ["OneCycleLR", "CyclicLR"])
 @pytest.mark.parametrize("name", PUBLIC)
 def test_momentum_cycling_schedulers_find_betas_or_momentum(name, sched):
-    """OneCycleLR and CyclicLR read ``defaults`` for momentum or betas and cycle it; every rule has one or the
-    other, and the cycled value reaches the step."""
+    """OneCycleLR and CyclicLR read ``defaults`` for momentum or betas and cycle it; every rule but Adagrad has one
+    or the other, and the cycled value reaches the step (Adagrad has neither: the same error as torch's)."""
     cls, kw = PUBLIC[name]
     params = _model_params(copies=1)[0]
     opt = cls(params, lr=1e-2, **kw)
-    s = (L.OneCycleLR(opt, max_lr=1e-2, total_steps=10) if sched == "OneCycleLR"
-         else L.CyclicLR(opt, base_lr=1e-3, max_lr=1e-2, step_size_up=3))
+    make = ((lambda o: L.OneCycleLR(o, max_lr=1e-2, total_steps=10)) if sched == "OneCycleLR"
+            else (lambda o: L.CyclicLR(o, base_lr=1e-3, max_lr=1e-2, step_size_up=3)))
+    if name == "Adagrad":
+        with pytest.raises(ValueError) as ours:
+            make(opt)
+        with pytest.raises(ValueError) as theirs:
+            make(torch.optim.Adagrad(params))
+        assert str(ours.value) == str(theirs.value)
+        return
+    s = make(opt)
     seen = set()
     for k in range(8):
         _feed([params], k)
@@ -271,7 +286,7 @@ def test_every_scheduler_drives_every_class(name, sched):
     ours, theirs = _model_params()
     swa = AveragedModel(torch.nn.ParameterList(ours)) if sched == "SWALR" else None
     lrs = _run_scheduled(cls(ours, lr=1e-2, **kw), ours, SCHEDULERS[sched], swa)
-    tcls = {"Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW, "SGD": torch.optim.SGD}.get(name)
+    tcls = TORCH_OF.get(name)
     ref = (tcls or torch.optim.SGD)(theirs, lr=1e-2, foreach=False, **(kw if tcls else {}))
     assert lrs == pytest.approx(_run_scheduled(ref, theirs, SCHEDULERS[sched]), rel=1e-12)
     if tcls is not None:

@@ -150,6 +150,12 @@ CONFIGS = [
     ("NDAdam", {}),
     ("NDAdam", dict(weight_decay=0.01, maximize=True)),
     ("NDAdam", dict(vec_axes=[0, 1])),  # not trailing for 3-D/4-D params: the permuted-copy path
+    ("RMSprop", {}),
+    ("RMSprop", dict(momentum=0.9, weight_decay=0.01)),
+    ("RMSprop", dict(centered=True, maximize=True, alpha=0.9)),
+    ("RMSprop", dict(centered=True, momentum=0.5, lr=torch.tensor(3e-3))),
+    ("Adagrad", {}),
+    ("Adagrad", dict(lr_decay=0.1, initial_accumulator_value=0.3, weight_decay=0.01, maximize=True)),
     ("Hybrid", dict(groups=[dict(rule="adam"), dict(rule="sgd", lr=0.1, momentum=0.9),
                             dict(rule="padam", lr=0.01), dict(rule="ndadam")])),
 ]
@@ -165,7 +171,12 @@ def test_matches_reference_mixed_shapes(cfg):
     _run(*cfg, MIXED)
 
 
-@pytest.mark.parametrize("cfg", [c for c in CONFIGS if c[0] in ("Adam", "SWATS", "MAS", "NDAdam", "Padam")][::2],
+# Not RMSprop with L2 decay: among 500 random tensors some gradient lies within ~1e-6 of -wd*w, where the 1-ulp
+# rounding of g + wd*w (an FMA or not) is a large relative change, and g/(sqrt(0.01*g^2) + eps) carries it into
+# the step at O(1) (measured: 1e-5 of the state's scale after 3 steps). The mixed-shape test covers that config.
+@pytest.mark.parametrize("cfg", [c for c in CONFIGS
+                                 if c[0] in ("Adam", "SWATS", "MAS", "NDAdam", "Padam", "RMSprop")
+                                 and not (c[0] == "RMSprop" and c[1].get("weight_decay"))][::2],
                          ids=lambda c: _id(c))
 def test_matches_reference_many_tensors(cfg):
     _run(*cfg, _many_shapes(), steps=3)
@@ -180,7 +191,7 @@ def test_matches_reference_big(name, kw):
 
 DTYPE_CONFIGS = [("Adam", dict(weight_decay=0.01)), ("AdamW", dict(amsgrad=True)), ("SGD", dict(momentum=0.9)),
                  ("Padam", {}), ("AdaBound", {}), ("SWATS", {}), ("MAS", dict(variant="normalized", momentum=0.9)),
-                 ("MAS", {}), ("NDAdam", {})]
+                 ("MAS", {}), ("NDAdam", {}), ("RMSprop", dict(centered=True, momentum=0.9)), ("Adagrad", {})]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16], ids=str)
@@ -316,14 +327,15 @@ def test_ndadam_layout():
 
 
 def test_cpu_backend_serves_every_family():
-    assert cpu_backend.RULES == {"adaptive", "sgd", "mas", "ndadam"}
+    assert cpu_backend.RULES == {"adaptive", "sgd", "mas", "ndadam", "rms"}
     from fused_hybrid.backends import resolve
     for fam in cpu_backend.RULES:
         assert resolve("auto", torch.device("cpu"), fam) is cpu_backend
 
 
 TABLE_CONFIGS = [("Adam", dict(amsgrad=True)), ("SGD", dict(momentum=0.9)), ("SGD", {}), ("SWATS", {}),
-                 ("MAS", dict(momentum=0.9, variant="vector")), ("NDAdam", {}), ("NDAdam", dict(vec_axes=[0, 1]))]
+                 ("MAS", dict(momentum=0.9, variant="vector")), ("NDAdam", {}), ("NDAdam", dict(vec_axes=[0, 1])),
+                 ("RMSprop", dict(centered=True, momentum=0.9)), ("Adagrad", dict(lr_decay=0.01))]
 
 
 @pytest.mark.parametrize("cfg", TABLE_CONFIGS, ids=[_id(c) for c in TABLE_CONFIGS])

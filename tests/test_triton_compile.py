@@ -106,6 +106,8 @@ CASES = [
     ("mas-sum", fh.MAS, dict(lr=1e-2, momentum=0.9), "triton_mas_"),
     ("mas-vector", fh.MAS, dict(lr=1e-2, variant="vector", momentum=0.9), "triton_mas_"),
     ("ndadam", fh.NDAdam, dict(lr=1e-2), "triton_ndadam_"),
+    ("rmsprop", fh.RMSprop, dict(lr=1e-2, centered=True, momentum=0.9), "triton_rms_"),
+    ("adagrad", fh.Adagrad, dict(lr=1e-2, lr_decay=0.01), "triton_rms_"),
 ]
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 
 from .. import _ext
-from .extension_ops import NO_GRADIENT, adaptive, mas, ndadam, ndadam_layout, sgd  # noqa: F401  (the backend API)
+from .extension_ops import NO_GRADIENT, adaptive, mas, ndadam, ndadam_layout, rms, sgd  # noqa: F401  (backend API)
 
 NAME = "cpu"
-RULES = frozenset({"adaptive", "sgd", "mas", "ndadam"})
+RULES = frozenset({"adaptive", "sgd", "mas", "ndadam", "rms"})
 GRADS_FROM_PARAMS = True  # the optimizer's fast path may pass grads=None (extension_ops)
 
 

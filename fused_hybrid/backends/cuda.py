@@ -17,11 +17,11 @@ from __future__ import annotations
 import torch
 
 from .. import _ext
-from .extension_ops import NO_GRADIENT, adaptive, mas, ndadam, sgd  # noqa: F401  (the backend API)
+from .extension_ops import NO_GRADIENT, adaptive, mas, ndadam, rms, sgd  # noqa: F401  (the backend API)
 
 NAME = "cuda"
 # MAS: every variant ("sum" in one pass; the reducing ones in two passes with per-chunk partials).
-RULES = frozenset({"sgd", "adaptive", "mas", "ndadam"})
+RULES = frozenset({"sgd", "adaptive", "mas", "ndadam", "rms"})
 GRADS_FROM_PARAMS = True  # the optimizer's fast path may pass grads=None (extension_ops)
 
 

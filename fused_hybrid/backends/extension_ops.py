@@ -93,6 +93,15 @@ def mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_
           hp.maximize, grad_scale, found_inf)
 
 
+def rms(params, grads, square_avgs, steps, hp, grad_scale=None, found_inf=None, grad_avgs=None, momentum_buffers=None,
+        cache=None):
+    lr, lr_t = _lr(hp)
+    _call("rms_", cache, [params, square_avgs, grad_avgs if hp.centered else _NONE,
+                          momentum_buffers if hp.momentum != 0 else _NONE, steps], grads,
+          lr, lr_t, hp.keep, hp.add, hp.eps, hp.weight_decay, hp.momentum, hp.centered, hp.lr_decay, hp.maximize,
+          grad_scale, found_inf)
+
+
 def ndadam_layout(p: torch.Tensor, axes) -> tuple[int, list[int] | None]:
     """How the ndadam_ op sees ``p``'s weight vectors: (row_len, perm).
 

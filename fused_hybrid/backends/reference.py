@@ -1,8 +1,10 @@
 """The reference backend: the multi-tensor backend API served by looping over ``fused_hybrid.reference``.
 
-Every backend module exposes the same four functions with the same arguments:
+Every backend module exposes one function per rule family with these arguments (the optimizer passes them by
+keyword; the state lists a rule does not have are left out, hence rms's defaults):
 
     adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, grad_scale, found_inf, swats, cache)
+    rms(params, grads, square_avgs, steps, hp, grad_scale, found_inf, grad_avgs, momentum_buffers, cache)
     sgd(params, grads, momentum_buffers, firsts, hp, grad_scale, found_inf, cache)
     mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale, found_inf, cache)
     ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale, found_inf, cache)
@@ -125,7 +127,20 @@ def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=Non
             R.adam_step_torch_form(w, m, v, lr, hp.eps, k, hp.beta1, hp.beta2)
 
 
-RULES = frozenset({"adaptive", "sgd", "mas", "ndadam"})
+def rms(params, grads, square_avgs, steps, hp, grad_scale=None, found_inf=None, grad_avgs=None, momentum_buffers=None,
+        cache=None):
+    if _skip(found_inf):
+        return
+    lr = float(hp.lr)
+    for i, w, g, k in _tensors(params, grads, steps, hp, grad_scale):
+        if hp.weight_decay != 0:
+            g.add_(w, alpha=hp.weight_decay)
+        R.rms_step(w, square_avgs[i], grad_avgs[i] if hp.centered else None,
+                   momentum_buffers[i] if hp.momentum != 0 else None, g, lr, hp.keep, hp.add, hp.eps, hp.momentum,
+                   hp.lr_decay, k)
+
+
+RULES = frozenset({"adaptive", "sgd", "mas", "ndadam", "rms"})
 
 
 def why_unavailable(device: torch.device) -> str:

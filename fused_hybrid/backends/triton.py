@@ -28,7 +28,7 @@ from . import triton_ops as _ops
 from .extension_ops import NO_GRADIENT  # noqa: F401  (the backend API)
 
 NAME = "triton"
-RULES = frozenset({"adaptive", "sgd", "mas", "ndadam"})
+RULES = frozenset({"adaptive", "sgd", "mas", "ndadam", "rms"})
 # With the C++ extension loaded, the optimizer's fast path passes grads=None (and a bucket cache): a TensorTable of
 # the bucket's lists then reads the gradients and every pointer in one call (``_Snapshot``), and a missing
 # gradient raises a RuntimeError containing NO_GRADIENT before anything is launched.
@@ -124,6 +124,14 @@ def mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_
     snap = _snapshot(cache, grads, ("mas", hp.variant == "sum"),
                      [params, exp_avgs, exp_avg_sqs, momentum_buffers if hp.momentum != 0 else (), steps])
     _run(_l._mas, _ops.mas, params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale, found_inf,
+         snap=snap)
+
+
+def rms(params, grads, square_avgs, steps, hp, grad_scale=None, found_inf=None, grad_avgs=None, momentum_buffers=None,
+        cache=None):
+    snap = _snapshot(cache, grads, ("rms",), [params, square_avgs, grad_avgs if hp.centered else (),
+                                              momentum_buffers if hp.momentum != 0 else (), steps])
+    _run(_l._rms, _ops.rms, params, grads, square_avgs, steps, hp, grad_scale, found_inf, grad_avgs, momentum_buffers,
          snap=snap)
 
 

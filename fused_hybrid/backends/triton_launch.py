@@ -23,6 +23,7 @@ try:
     from ..triton_kernels import common as _kc
     from ..triton_kernels import mas as _km
     from ..triton_kernels import ndadam as _kn
+    from ..triton_kernels import rms as _kr
     from ..triton_kernels import sgd as _ks
     _IMPORT_ERROR = ""
 except Exception as e:  # noqa: BLE001 - any import failure means "unavailable", with the reason
@@ -248,6 +249,32 @@ def _sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf
             lr, float(hp.momentum), float(hp.dampening), float(hp.weight_decay),
             **_step_flags(params[0].dtype, hp, lr_t, grad_scale, found_inf), MOMENTUM=use_mom,
             NESTEROV=bool(hp.nesterov), ALIGNED=tab.aligned, BLOCK=BLOCK, CHUNK=CHUNK, **opts)
+
+
+def _rms(params, grads, square_avgs, steps, hp, grad_scale=None, found_inf=None, grad_avgs=None,
+         momentum_buffers=None, snap=None):
+    if not params:
+        return
+    dev = params[0].device
+    BLOCK, CHUNK, opts = _geometry(dev)
+    use_mom = hp.momentum != 0
+
+    def build():  # -> (tables, the gradients they point at)
+        T = len(params)
+        gavgs = list(grad_avgs) if hp.centered else [None] * T
+        bufs = list(momentum_buffers) if use_mom else [None] * T
+        gs = _grads(params, grads)
+        return _tables(dev, [params, gs, square_avgs, gavgs, bufs, steps], [p.numel() for p in params], [0] * T,
+                       CHUNK), gs
+
+    tab, _live = build() if snap is None else snap.tables(build)
+    lr, lr_t = _lr_args(hp, dev)
+    if tab.C > 0:
+        _launch(_kr.rms_kernel, (tab.C,), tab.chunks, tab.meta, tab.ptrs, tab.T, lr_t, grad_scale, found_inf,
+                lr, float(hp.keep), float(hp.add), float(hp.eps), float(hp.weight_decay), float(hp.momentum),
+                float(hp.lr_decay), **_step_flags(params[0].dtype, hp, lr_t, grad_scale, found_inf),
+                CENTERED=bool(hp.centered), MOMENTUM=use_mom, ALIGNED=tab.aligned, BLOCK=BLOCK, CHUNK=CHUNK, **opts)
+    _finalize(tab, found_inf, _kr.L_STEP)
 
 
 def _mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale=None, found_inf=None,

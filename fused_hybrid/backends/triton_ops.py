@@ -103,6 +103,31 @@ def sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=
 
 
 # --------------------------------------------------------------------------------------------------------------
+# rms: RMSprop and Adagrad
+
+
+@torch.library.custom_op(f"{NS}::triton_rms_",
+                         mutates_args=("params", "square_avgs", "grad_avgs", "momentum_buffers", "steps"))
+def triton_rms_(params: list[Tensor], grads: list[Tensor], square_avgs: list[Tensor], grad_avgs: list[Tensor],
+                momentum_buffers: list[Tensor], steps: list[Tensor], lr_t: Optional[Tensor],
+                grad_scale: Optional[Tensor], found_inf: Optional[Tensor], lr: float, keep: float, add: float,
+                eps: float, weight_decay: float, momentum: float, centered: bool, lr_decay: float,
+                maximize: bool) -> None:
+    hp = H.RMS(lr=lr if lr_t is None else lr_t, keep=keep, add=add, eps=eps, weight_decay=weight_decay,
+               momentum=momentum, centered=centered, lr_decay=lr_decay, maximize=maximize)
+    _l._rms(params, grads, square_avgs, steps, hp, grad_scale, found_inf, grad_avgs, momentum_buffers)
+
+
+def rms(params, grads, square_avgs, steps, hp, grad_scale=None, found_inf=None, grad_avgs=None,
+        momentum_buffers=None) -> None:
+    lr, lr_t = _lr(hp)
+    torch.ops.fused_hybrid.triton_rms_(
+        params, grads, square_avgs, grad_avgs if hp.centered else [], momentum_buffers if hp.momentum != 0 else [],
+        steps, lr_t, grad_scale, found_inf, lr, float(hp.keep), float(hp.add), float(hp.eps), float(hp.weight_decay),
+        float(hp.momentum), bool(hp.centered), float(hp.lr_decay), bool(hp.maximize))
+
+
+# --------------------------------------------------------------------------------------------------------------
 # mas
 
 
@@ -154,6 +179,6 @@ def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=Non
         float(hp.beta1), float(hp.beta2), float(hp.eps), float(hp.weight_decay), bool(hp.maximize))
 
 
-OPS = (triton_adaptive_, triton_sgd_, triton_mas_, triton_ndadam_)
+OPS = (triton_adaptive_, triton_sgd_, triton_mas_, triton_ndadam_, triton_rms_)
 for _op in OPS:
     _op.register_fake(_nop)

@@ -51,6 +51,30 @@ FH_HD T effective_grad(T g, T inv_scale, bool maximize) {
   return maximize ? -g : g;
 }
 
+// ---- rms family: RMSprop and Adagrad (reference.rms_step) -------------------------------------------------------
+
+// sq = keep*sq + add*g^2 (RMSprop: keep = alpha, add = 1 - alpha; Adagrad: keep = add = 1, both exact) and the
+// denominator sqrt(sq) + eps; centered RMSprop: g_avg = lerp(g_avg, g, add), sqrt(sq - g_avg^2) + eps.
+template <typename T>
+FH_HD T rms_denominator(T g, T& sq, T& g_avg, T keep, T add, T eps, bool centered) {
+  sq = keep * sq + add * g * g;
+  if (centered) {
+    g_avg = lerp(g_avg, g, add);
+    return fh_sqrt(sq - g_avg * g_avg) + eps;
+  }
+  return fh_sqrt(sq) + eps;
+}
+
+// The step: with momentum buf = momentum*buf + g/avg and w - lr*buf (torch's addcdiv/add order), else w - lr*g/avg.
+template <typename T>
+FH_HD T rms_step(T w, T g, T avg, T& buf, T momentum, T lr, bool has_momentum) {
+  if (has_momentum) {
+    buf = buf * momentum + g / avg;
+    return w + (-lr) * buf;
+  }
+  return w + (-lr) * (g / avg);
+}
+
 // ---- SGD family -----------------------------------------------------------------------------------------------
 
 // torch.optim.SGD: buf = g on the first step, else momentum*buf + (1-dampening)*g; Nesterov: g + momentum*buf.

@@ -1,0 +1,114 @@
+// The rms family on CUDA: torch.optim.RMSprop (alpha, centered, momentum) and torch.optim.Adagrad (lr_decay,
+// initial accumulator) in one update (rules::rms_denominator, rules::rms_step; fused_hybrid.hyper.RMS): one
+// multi-tensor launch per call plus the post-step kernel that advances the step counts.
+#include <ATen/Dispatch.h>
+#include <c10/util/irange.h>
+#include <torch/library.h>
+
+#include "fused_hybrid/contiguous_grads.h"
+#include "fused_hybrid/rules.h"
+#include "multi_tensor_apply.cuh"
+
+namespace fused_hybrid {
+namespace cuda {
+namespace {
+
+struct RmsArgs : StepScalars {
+  double keep, add, eps, weight_decay, momentum, lr_decay;
+  bool maximize;
+};
+
+// Lists: 0 params, 1 grads, 2 square_avgs, 3 grad_avgs (centered), 4 momentum buffers; aux: the step tensors.
+template <typename P, typename O, bool kCentered, bool kMomentum>
+struct RmsFunctor {
+  RmsArgs a;
+
+  __device__ __forceinline__ void operator()(const TensorListMeta<5>& meta) const {
+    if (a.found_inf.get() != 0.0) return;
+    const int t = meta.block_tensor[blockIdx.x];
+    const int64_t start = static_cast<int64_t>(meta.block_chunk[blockIdx.x]) * meta.chunk_size;
+    const int64_t n = std::min(meta.chunk_size, meta.numel[t] - start);
+    P* w = static_cast<P*>(meta.addresses[0][t]) + start;
+    const P* g = static_cast<const P*>(meta.addresses[1][t]) + start;
+    constexpr int S = 1 + (kCentered ? 1 : 0) + (kMomentum ? 1 : 0);
+    O* st[S];
+    int j = 0;
+    st[j++] = static_cast<O*>(meta.addresses[2][t]) + start;
+    if constexpr (kCentered) st[j++] = static_cast<O*>(meta.addresses[3][t]) + start;
+    if constexpr (kMomentum) st[j++] = static_cast<O*>(meta.addresses[4][t]) + start;
+    const float k = *static_cast<const float*>(meta.aux[t]) + 1.0f;  // this step's count (post-step writes it)
+    // torch.optim.Adagrad's clr = lr / (1 + (k-1)*lr_decay), in double as on its host (lr_decay 0: RMSprop).
+    const O lr = static_cast<O>(a.lr.get() / (1.0 + (static_cast<double>(k) - 1.0) * a.lr_decay));
+    const O inv = static_cast<O>(1.0 / a.grad_scale.get());
+    const O keep = static_cast<O>(a.keep), add = static_cast<O>(a.add), eps = static_cast<O>(a.eps);
+    const O wd = static_cast<O>(a.weight_decay), mom = static_cast<O>(a.momentum);
+    const bool maximize = a.maximize;
+    chunk_elementwise<S>(w, g, st, n, [&](O& wv, O gv, O(&s)[S]) FH_INLINE_LAMBDA {
+      O gi = rules::effective_grad(gv, inv, maximize);
+      if (wd != O(0)) gi = rules::l2_weight_decay(gi, wv, wd);
+      O ga = O(0), buf = O(0);
+      if constexpr (kCentered) ga = s[1];
+      if constexpr (kMomentum) buf = s[S - 1];
+      const O avg = rules::rms_denominator(gi, s[0], ga, keep, add, eps, kCentered);
+      wv = rules::rms_step(wv, gi, avg, buf, mom, lr, kMomentum);
+      if constexpr (kCentered) s[1] = ga;
+      if constexpr (kMomentum) s[S - 1] = buf;
+    });
+  }
+};
+
+void rms_(at::TensorList params, at::TensorList grads_in, at::TensorList square_avgs, at::TensorList grad_avgs,
+          at::TensorList momentum_buffers, at::TensorList steps, double lr, const std::optional<at::Tensor>& lr_tensor,
+          double keep, double add, double eps, double weight_decay, double momentum, bool centered, double lr_decay,
+          bool maximize, const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+  const ContiguousGrads contiguous(grads_in);
+  const at::TensorList grads = contiguous.list();
+  const char* op = "fused_hybrid::rms_";
+  const bool has_momentum = momentum != 0.0;
+  check_lists(op, params, grads, {{"square_avgs", square_avgs}}, true);
+  if (centered) check_lists(op, params, grads, {{"grad_avgs", grad_avgs}}, true);
+  if (has_momentum) check_lists(op, params, grads, {{"momentum_buffers", momentum_buffers}}, true);
+  TORCH_CHECK(steps.size() == params.size(), op, ": steps needs one tensor per param");
+  if (params.empty()) return;
+  const auto dev = params[0].device();
+  const c10::cuda::CUDAGuard guard(dev);
+  std::vector<at::Tensor> keep_alive;
+  RmsArgs a;
+  static_cast<StepScalars&>(a) = step_scalars(lr_tensor, lr, grad_scale, found_inf, dev, keep_alive);
+  a.keep = keep;
+  a.add = add;
+  a.eps = eps;
+  a.weight_decay = weight_decay;
+  a.momentum = momentum;
+  a.lr_decay = lr_decay;
+  a.maximize = maximize;
+  Operands ops = gather_operands(op, params, grads,
+                                 {square_avgs, centered ? grad_avgs : at::TensorList(),
+                                  has_momentum ? momentum_buffers : at::TensorList()},
+                                 steps);
+  std::vector<int64_t> numels;
+  for (const auto& p : params) numels.push_back(p.numel());
+  const plan::ChunkGrid grid = plan::chunk_grid(numels, plan::kMaxBlocks);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fused_hybrid_rms_cuda", [&] {
+    using O = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    auto launch = [&](auto f) {
+      f.a = a;
+      multi_tensor_apply<5>(ops.lists, grid.chunks, grid.chunk_size, ops.step_ptrs, {}, f);
+    };
+    if (centered) {
+      if (has_momentum) launch(RmsFunctor<scalar_t, O, true, true>{});
+      else launch(RmsFunctor<scalar_t, O, true, false>{});
+    } else {
+      if (has_momentum) launch(RmsFunctor<scalar_t, O, false, true>{});
+      else launch(RmsFunctor<scalar_t, O, false, false>{});
+    }
+  });
+  launch_post_step(ops.steps, a.found_inf, at::Tensor(), {}, {}, nullptr, nullptr);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fused_hybrid, CUDA, m) { m.impl("rms_", &rms_); }
+
+}  // namespace cuda
+}  // namespace fused_hybrid
