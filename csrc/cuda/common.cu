@@ -98,7 +98,7 @@ struct PostTable {
 };
 static_assert(sizeof(PostTable) <= 32764, "post-step table exceeds the kernel parameter limit");
 
-__global__ void post_step_kernel(const __grid_constant__ PostTable tab) {
+__global__ void post_step_kernel(FH_GRID_CONSTANT(PostTable) tab) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= tab.n) return;
   const bool skip = tab.found_inf.get() != 0.0;
@@ -137,7 +137,7 @@ void launch_post_step(const std::vector<at::Tensor>& steps, const DeviceScalar& 
       tab.nslots[i] = static_cast<int32_t>(nslots.empty() ? 0 : nslots[t]);
       tab.out_index[i] = static_cast<int32_t>(tensor_ids ? (*tensor_ids)[t] : t);
     }
-    post_step_kernel<<<(tab.n + 127) / 128, 128, 0, stream>>>(tab);
+    FH_LAUNCH((tab.n + 127) / 128, 128, 0, stream, post_step_kernel)(tab);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }

@@ -200,7 +200,8 @@ void ndadam_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_
   a.maximize = maximize;
 
   const std::vector<int64_t> info(row_lens.begin(), row_lens.end());
-  const plan::RowGrid grid = plan::ndadam_grid(numels, info, plan::kMaxBlocks);
+  const plan::RowGrid grid = plan::ndadam_grid(numels, info, geometry().max_blocks, geometry().base_chunk,
+                                                 geometry().max_chunk);
   a.row_scale = grid.row_scale;
   Operands ops = gather_operands(op, params, grads, {exp_avgs, exp_avg_sqs}, steps);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fused_hybrid_ndadam_cuda", [&] {
@@ -214,7 +215,7 @@ void ndadam_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fused_hybrid, CUDA, m) { m.impl("ndadam_", &ndadam_); }
+TORCH_LIBRARY_IMPL(FH_CUDA_NAMESPACE, FH_CUDA_KEY, m) { m.impl("ndadam_", &ndadam_); }
 
 }  // namespace cuda
 }  // namespace fused_hybrid
