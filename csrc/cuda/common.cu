@@ -13,7 +13,9 @@ DeviceScalar device_scalar(const std::optional<at::Tensor>& t, double fallback, 
                            std::vector<at::Tensor>& keep_alive) {
   if (!t.has_value() || !t->defined()) return {nullptr, fallback, false};
   TORCH_CHECK(t->numel() == 1, "fused_hybrid: a scalar tensor argument must have one element");
-  if (t->device().is_cpu()) return {nullptr, t->item<double>(), false};  // host memory: no device sync
+  // A CPU tensor is host memory: read here, no device sync. (Not in the simulator, where CPU tensors are the device
+  // memory: its scalars take the device path below, as GPU tensors do.)
+  if (t->device().is_cpu() && !FH_CPU_TENSORS_ARE_DEVICE) return {nullptr, t->item<double>(), false};
   TORCH_CHECK(t->device() == device, "fused_hybrid: a scalar tensor is on ", t->device(), ", the params on ",
               device);
   at::Tensor x = *t;

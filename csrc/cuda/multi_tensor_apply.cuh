@@ -40,6 +40,7 @@
 // A kernel parameter read in place from the parameter space. The simulator passes it by reference instead: every
 // simulated thread calls the kernel, and a 32 KB table copied per thread would cost more than the kernel.
 #define FH_GRID_CONSTANT(...) const __grid_constant__ __VA_ARGS__
+#define FH_CPU_TENSORS_ARE_DEVICE false
 #endif
 // The ops' namespace and dispatch key: the simulator registers the same kernels as fused_hybrid_sim::* for CPU
 // tensors.

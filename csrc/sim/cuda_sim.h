@@ -128,6 +128,7 @@ Launch<P...> launch(void (*kernel)(P...), dim3 grid, dim3 block) {
 #define FH_LAUNCH(grid, block, smem, stream, ...) \
   ((void)(smem), (void)(stream), ::fh_sim::launch(&__VA_ARGS__, dim3(grid), dim3(block)))
 #define FH_GRID_CONSTANT(...) const __VA_ARGS__&
+#define FH_CPU_TENSORS_ARE_DEVICE true
 #define FH_ASSERT_ALIGNED(ptr, bytes) ::fh_sim::check_aligned(ptr, bytes)
 #define FH_ASSUME_ALIGNED_FAULT() (::fh_sim::config().fault_assume_aligned)
 

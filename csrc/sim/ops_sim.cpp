@@ -6,6 +6,7 @@
 // Python package imports it before this module).
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <Python.h>
@@ -84,12 +85,47 @@ std::vector<int64_t> sim_stats(bool reset) {
   return out;
 }
 
+// Kernels that misuse CUDA on purpose, to show what the simulator reports (tests/test_cuda_sim.py).
+enum SelfTest : int { kDivergentReturn = 0, kDivergentLines = 1, kWarpSums = 2, kSharedBeforeWrite = 3 };
+
+__global__ void self_test_kernel(int what, double* out) {
+  __shared__ double cell;
+  const unsigned t = threadIdx.x;
+  if (what == kDivergentReturn) {
+    if (t == 0) return;  // thread 0 leaves; the others wait for it forever on a GPU (or undefined behaviour)
+    __syncthreads();
+  } else if (what == kDivergentLines) {
+    if (t % 2 == 0) {
+      __syncthreads();
+    } else {
+      __syncthreads();
+    }
+  } else if (what == kWarpSums) {
+    double v = static_cast<double>(t);
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    out[blockIdx.x * blockDim.x + t] = v;
+  } else if (what == kSharedBeforeWrite) {
+    out[blockIdx.x * blockDim.x + t] = cell;  // no thread wrote it in this block
+    __syncthreads();
+    if (t == 0) cell = 1.0;
+  }
+}
+
+// Runs self-test `what` (SelfTest) with `blocks` x `threads`; returns out[blocks * threads].
+at::Tensor sim_self_test(int64_t what, int64_t blocks, int64_t threads) {
+  at::Tensor out = at::zeros({blocks * threads}, at::kDouble);
+  FH_LAUNCH(static_cast<unsigned>(blocks), static_cast<unsigned>(threads), 0, 0, self_test_kernel)(
+      static_cast<int>(what), out.data_ptr<double>());
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(fused_hybrid_sim, m) {
   fused_hybrid::families::define(m);
   m.def("sim_set(str key, int value) -> int", &sim_set);
   m.def("sim_stats(bool reset=False) -> int[]", &sim_stats);
+  m.def("sim_self_test(int what, int blocks, int threads) -> Tensor", &sim_self_test);
 }
 
 TORCH_LIBRARY_IMPL(fused_hybrid_sim, Autograd, m) { fused_hybrid::families::autograd_fallthrough(m); }
