@@ -176,7 +176,8 @@ int multi_tensor_apply(const std::vector<std::vector<at::Tensor>>& lists, const 
       meta.block_chunk[b] = static_cast<int32_t>(l.block_chunk[b]);
     }
     meta.slot_base = l.slot_base;
-    FH_LAUNCH(static_cast<unsigned>(l.block_tensor.size()), kBlockSize, 0, stream, multi_tensor_kernel<Meta, F>)(meta, f);
+    const auto blocks = static_cast<unsigned>(l.block_tensor.size());
+    FH_LAUNCH(blocks, kBlockSize, 0, stream, multi_tensor_kernel<Meta, F>)(meta, f);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   return static_cast<int>(launches.size());

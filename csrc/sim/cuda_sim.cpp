@@ -151,17 +151,18 @@ std::string where(const std::source_location& w) {
     if (ids.size() > 1) os << ".." << ids.back();
     os << ")";
   };
-  for (unsigned i = 0; i < n; ++i) {
-    const Thread& t = ts[i];
-    if (t.state == State::kBlockBarrier || t.state == State::kWarpBarrier) {
-      list(t.state == State::kBlockBarrier ? "wait at __syncthreads" : "wait in __shfl_xor_sync",
-           [&](const Thread& u) { return u.state == t.state && u.where.line() == t.where.line(); });
-      os << " at " << where(t.where) << ";";
-      break;
-    }
+  const Thread* first = nullptr;  // the first waiting thread: the barrier named in the message
+  for (unsigned i = 0; i < n && first == nullptr; ++i)
+    if (ts[i].state != State::kDone) first = &ts[i];
+  auto at_first = [&](const Thread& u) {
+    return first != nullptr && u.state == first->state && u.where.line() == first->where.line();
+  };
+  if (first != nullptr) {
+    list(first->state == State::kBlockBarrier ? "wait at __syncthreads" : "wait in __shfl_xor_sync", at_first);
+    os << " at " << where(first->where) << ";";
   }
   list("returned", [](const Thread& u) { return u.state == State::kDone; });
-  list("wait elsewhere", [&](const Thread& u) { return u.state != State::kDone; });
+  list("wait elsewhere", [&](const Thread& u) { return u.state != State::kDone && !at_first(u); });
   throw std::runtime_error(os.str());
 }
 
