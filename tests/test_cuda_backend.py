@@ -88,7 +88,7 @@ def test_matches_reference_fp32(tg, case):
     tg.compare(tg.run(cls, "reference", kw), tg.run(cls, tg.backend, kw), torch.float32)
 
 
-ND_SHAPES = ((5,), (7, 3), (4, 3, 2, 2), (3, 1500), (2, 5000), (0, 4), (1,), (2, 5, 3))
+ND_SHAPES = ((5,), (7, 3), (4, 3, 2, 2), (3, 1500), (2, 5000), (0, 4), (5, 0), (1,), (2, 5, 3))
 
 
 @pytest.mark.parametrize("kw", [{}, dict(weight_decay=0.1, maximize=True, lr=1e-2)])

@@ -26,7 +26,8 @@ needs_sim = pytest.mark.skipif(not _ext.has_sim(), reason=f"cuda_sim unavailable
 # small base chunk below, 5 chunks of 2048 (the last one short).
 SIZES = (1, 3, 17, 4097, 0, 9001)
 # (6, 2048): long rows, a block each (block_sum); the others warp rows (warp_sum) and plain Adam for 1-D.
-ND_SHAPES = ((5,), (7, 3), (4, 3, 2, 2), (3, 1500), (6, 2048), (0, 4), (1,))
+# (5, 0): 5 empty vectors (the CUDA op refused their 5-element v until cuda_sim ran it).
+ND_SHAPES = ((5,), (7, 3), (4, 3, 2, 2), (3, 1500), (6, 2048), (0, 4), (5, 0), (1,))
 STEPS = 3
 _M = Matrix("cpu", SIZES, STEPS)
 

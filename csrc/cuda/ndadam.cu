@@ -185,8 +185,10 @@ void ndadam_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_
     const int64_t n = params[i].numel(), L = row_lens[i];
     TORCH_CHECK(L >= 0 && (L == 0 || n % L == 0), op, ": row_lens[", i, "] = ", L, " does not divide ", n);
     TORCH_CHECK(exp_avgs[i].numel() == n, op, ": exp_avgs[", i, "] must have the param's size");
-    TORCH_CHECK(exp_avg_sqs[i].numel() == (L == 0 ? n : n / L), op, ": exp_avg_sqs[", i, "] must have ",
-                L == 0 ? n : n / L, " elements");
+    // An empty param updates nothing, so its v may have any shape: a (5, 0) weight is 5 vectors of length 0 (row_len
+    // 0, v of 5 elements), which the cpu op and the reference accept (found by running this op under cuda_sim).
+    TORCH_CHECK(n == 0 || exp_avg_sqs[i].numel() == (L == 0 ? n : n / L), op, ": exp_avg_sqs[", i,
+                "] must have ", L == 0 ? n : n / L, " elements");
     numels.push_back(n);
   }
   const c10::cuda::CUDAGuard guard(dev);
