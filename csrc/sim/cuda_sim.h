@@ -2,15 +2,17 @@
 // tensors (the fused_hybrid._C_sim extension, backend "cuda_sim"), so that kernels no GPU has run are tested in CI.
 //
 // What the kernels use, and how it is simulated:
-//   - __global__ / __device__ / __host__ / __forceinline__ / __launch_bounds__ / __grid_constant__: plain C++.
+//   - __global__ / __device__ / __host__ / __forceinline__ / __launch_bounds__ / __grid_constant__: plain C++;
+//     kernel parameters (FH_GRID_CONSTANT) are references to the launch's one copy.
 //   - threadIdx, blockIdx, blockDim, gridDim (1-D): globals the scheduler sets before it resumes a thread.
-//   - The threads of a block are fibers (ucontext, one stack each) on the calling OS thread, run round-robin: each
-//     runs until it reaches a barrier or returns; blocks run one after another. No preemption, so a run is
+//   - The threads of a block are fibers (a stack each; cuda_sim.cpp: started by makecontext, switched by
+//     _setjmp/_longjmp) on the calling OS thread, run round-robin: each runs until it reaches a barrier or
+//     returns; blocks run one after another. No preemption, so a run is
 //     deterministic, and the order (threads within a block, blocks within a grid) is a setting: reversed or seeded
 //     shuffles must give bitwise the same results, or a kernel depends on an order CUDA does not promise.
-//   - __syncthreads: a block barrier. Every thread must reach the same barrier (the same source line, the same
-//     number of times); a thread that returns while others wait, or threads waiting at different lines, is an
-//     error (divergent barrier), not a hang.
+//   - __syncthreads: a block barrier. Every thread must reach the same barrier (the same source line); a thread
+//     that returns while others wait, or threads waiting at different lines, is an error (divergent barrier), not
+//     a hang.
 //   - __shfl_xor_sync: a per-warp exchange plus a warp barrier (lanes of one warp only; other warps run on).
 //   - static __shared__ variables: ordinary statics in their own ELF section, one copy (blocks run one at a
 //     time), filled with 0xff bytes (a NaN in every float type) before each block: a read before any write of
