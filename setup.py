@@ -7,12 +7,15 @@ CPU kernels are always built. CUDA kernels are built when torch has CUDA and a C
 the root above the real nvcc: torch derives it from the nvcc on PATH, which is wrong when that nvcc is a wrapper
 script (as on our machines) and then linking fails with -lcudart. The target archs come from TORCH_CUDA_ARCH_LIST;
 unset, torch builds for the GPU present, and with no GPU we default to "8.0;9.0".
-FUSED_HYBRID_SKIP_EXTENSION=1 installs the pure-Python package only.
+FUSED_HYBRID_SKIP_EXTENSION=1 installs the pure-Python package only. fused_hybrid._C_sim (the CUDA kernels
+built by the host compiler against a SIMT simulator, backend "cuda_sim") is built on Linux unless
+FUSED_HYBRID_BUILD_SIM=0.
 """
 import glob
 import os
 import shutil
 import subprocess
+import sys
 
 from setuptools import setup
 
@@ -72,7 +75,11 @@ def _extensions():
         # torch.optim / the reference to a few ulps. -Werror all-warnings: nvcc's own diagnostics are errors;
         # -Xcompiler -Wall -Werror: so are the host compiler's for our .cu files. -Xptxas -v prints registers and
         # spills of every kernel in the build log (issue 8).
-        nvcc = ["-O3", "-std=c++20", "-lineinfo", "--expt-relaxed-constexpr", "-Xcompiler", "-Wall",
+        # -fmad=false: no multiply-add contraction. The kernels are memory-bound (a few flops per 20-36 bytes
+        # moved), so FMAs buy no time; without them every operation rounds as written, so the GPU computes the
+        # same bits as the cpu backend (built without FMA, csrc/cpu/multi_tensor.h) and as the simulated kernels
+        # (_C_sim, -ffp-contract=off), and tests can compare them bitwise instead of to 1-3 ulps.
+        nvcc = ["-O3", "-std=c++20", "-lineinfo", "--expt-relaxed-constexpr", "-fmad=false", "-Xcompiler", "-Wall",
                 "-Xcompiler", "-Werror", "-Werror", "all-warnings", "-Xptxas", "-v"]
         ext = cpp_extension.CUDAExtension("fused_hybrid._C", sources, include_dirs=include,
                                           define_macros=define_macros,
@@ -82,8 +89,33 @@ def _extensions():
         ext = cpp_extension.CppExtension("fused_hybrid._C", sources, include_dirs=include,
                                          define_macros=define_macros, extra_compile_args={"cxx": cxx},
                                          extra_link_args=["-fopenmp"])
-    print(f"fused_hybrid: building the extension with CUDA kernels: {with_cuda} (toolkit: {cuda_root})")
-    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+    exts = [ext]
+    sim = _sim_extension(cpp_extension, include)
+    if sim is not None:
+        exts.append(sim)
+    print(f"fused_hybrid: building the extension with CUDA kernels: {with_cuda} (toolkit: {cuda_root}); "
+          f"simulated CUDA kernels (_C_sim): {sim is not None}")
+    return exts, {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+
+
+def _sim_extension(cpp_extension, include):
+    """fused_hybrid._C_sim: csrc/cuda's kernels built by the host compiler against the SIMT simulator (csrc/sim),
+    registered as torch.ops.fused_hybrid_sim.* for CPU tensors (backend "cuda_sim"). A separate library, never
+    linked into _C. Built where the simulator runs (Linux: ucontext fibers, an ELF section for __shared__);
+    FUSED_HYBRID_BUILD_SIM=0/1 forces it off or on."""
+    force = os.environ.get("FUSED_HYBRID_BUILD_SIM")
+    if force == "0" or (force is None and not sys.platform.startswith("linux")):
+        return None
+    # -ffp-contract=off: GCC would otherwise fuse multiply-adds where the target has FMA; the GPU build has
+    # -fmad=false, so both round every operation as written. -O1: the kernels' speed here is the fibers', not
+    # the arithmetic's, and it halves the compile time of -O3. -Wno-unknown-pragmas: the sources' #pragma unroll.
+    cxx = ["-O1", "-std=c++20", "-ffp-contract=off", "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-function",
+           "-Werror"]
+    return cpp_extension.CppExtension(
+        "fused_hybrid._C_sim", sorted(glob.glob("csrc/sim/*.cpp")),
+        # The shim directory first: its c10/cuda headers replace torch's (which need the CUDA toolkit).
+        include_dirs=[os.path.join(ROOT, "csrc", "sim", "shim")] + include,
+        define_macros=[("TORCH_EXTENSION_NAME", "_C_sim")], extra_compile_args={"cxx": cxx})
 
 
 ext_modules, cmdclass = _extensions()

@@ -31,9 +31,13 @@ FAKES = {**{op: _fake for op in OPS}, "swats_args": _swats_args, "swats_totals":
 def register() -> None:
     if not _ext.loaded():
         return
-    for op, fake in FAKES.items():
+    # The simulated CUDA kernels' namespace has the family ops only (SWATS's bookkeeping ops are fused_hybrid's).
+    names = [f"fused_hybrid::{op}" for op in FAKES]
+    if _ext.has_sim():
+        names += [f"fused_hybrid_sim::{op}" for op in OPS]
+    for name in names:
         try:
-            torch.library.register_fake(f"fused_hybrid::{op}")(fake)
+            torch.library.register_fake(name)(FAKES[name.split("::")[1]])
         except RuntimeError as exc:  # registered already (module reloaded)
             if "already" not in str(exc):
                 raise

@@ -87,7 +87,7 @@ def test_unavailable_backend_is_an_error_not_a_fallback():
 
 def test_backends_reports_every_backend():
     status = fh.backends()
-    assert set(status) == {"reference", "cpu", "triton", "cuda"}
+    assert set(status) == {"reference", "cpu", "triton", "cuda", "cuda_sim"}
     assert status["reference"].startswith("available")
     for s in status.values():
         assert s.startswith("available") or s.startswith("unavailable: ")

@@ -1,7 +1,9 @@
 """backend="cuda" (the extension's multi-tensor-apply kernels, csrc/cuda) against backend="reference".
 
-The matrix needs a CUDA device and is skipped without one ('needs a CUDA device'); what can be checked without a
-GPU is checked here too: that an extension built with CUDA really contains the CUDA kernels.
+Each GPU test runs twice: on backend="cuda" (needs a CUDA device, skipped without one: 'needs a CUDA device') and on
+backend="cuda_sim", the same kernels under the SIMT simulator on CPU tensors (csrc/sim), which runs everywhere. On a
+GPU machine, test_cuda_matches_cuda_sim_bitwise then checks the two against each other. What can be checked
+without a GPU is checked here too: that an extension built with CUDA really contains the CUDA kernels.
 """
 
 import math
@@ -13,6 +15,7 @@ import fused_hybrid as fh
 from backend_matrix import CASES, Matrix, case_id
 from fused_hybrid import _ext
 from fused_hybrid.backends import cuda as cb
+from fused_hybrid.backends import cuda_sim as cs
 
 OPS = ("sgd_", "adaptive_", "mas_", "ndadam_")
 
@@ -48,112 +51,123 @@ def test_cuda_kernels_registered_when_built_with_cuda():
 # ------------------------------------------------------------------------------------------------------------------
 # On a GPU
 
-DEVICE = "cuda"
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 needs_backend = pytest.mark.skipif(not (torch.cuda.is_available() and cb.available(torch.device("cuda"))),
                                    reason="needs a CUDA device and the extension built with its CUDA kernels")
+needs_sim = pytest.mark.skipif(not cs.available(torch.device("cpu")),
+                               reason=f"cuda_sim unavailable: {cs.why_unavailable(torch.device('cpu'))}")
 
 # 1, 3, 17: tails only; 4097: one vector part and a 1-element tail; 0: empty; 70001: two chunks of 65536.
 SIZES = (1, 3, 17, 4097, 0, 70001)
 STEPS = 3
 
 
-_M = Matrix(DEVICE, SIZES, STEPS, f32=dict(rtol=1e-5, atol=1e-6))
-_params, _run, _tol, _compare, _id = _M.params, _M.run, _M.tol, _M.compare, case_id
+class Target:
+    """A backend and the device of its tensors, with the harness on that device."""
+
+    def __init__(self, backend, device):
+        self.backend, self.device = backend, device
+        self.m = Matrix(device, SIZES, STEPS, f32=dict(rtol=1e-5, atol=1e-6))
+        self.run, self.compare, self.tol = self.m.run, self.m.compare, self.m.tol
 
 
-@needs_backend
+TARGETS = {"cuda": Target("cuda", "cuda"), "cuda_sim": Target("cuda_sim", "cpu")}
+
+
+@pytest.fixture(params=[pytest.param("cuda", marks=needs_backend), pytest.param("cuda_sim", marks=needs_sim)])
+def tg(request):
+    return TARGETS[request.param]
+
+
+_id = case_id
+
+
 @pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
-def test_matches_reference_fp32(case):
+def test_matches_reference_fp32(tg, case):
     cls, kw = case
-    _compare(_run(cls, "reference", kw), _run(cls, "cuda", kw), torch.float32)
+    tg.compare(tg.run(cls, "reference", kw), tg.run(cls, tg.backend, kw), torch.float32)
 
 
-ND_SHAPES = ((5,), (7, 3), (4, 3, 2, 2), (3, 1500), (2, 5000), (0, 4), (1,), (2, 5, 3))
+ND_SHAPES = ((5,), (7, 3), (4, 3, 2, 2), (3, 1500), (2, 5000), (0, 4), (5, 0), (1,), (2, 5, 3))
 
 
-@needs_backend
 @pytest.mark.parametrize("kw", [{}, dict(weight_decay=0.1, maximize=True, lr=1e-2)])
-def test_ndadam_matches_reference(kw):
-    _compare(_run(fh.NDAdam, "reference", kw, sizes=ND_SHAPES), _run(fh.NDAdam, "cuda", kw, sizes=ND_SHAPES),
-             torch.float32)
+def test_ndadam_matches_reference(tg, kw):
+    tg.compare(tg.run(fh.NDAdam, "reference", kw, sizes=ND_SHAPES),
+               tg.run(fh.NDAdam, tg.backend, kw, sizes=ND_SHAPES), torch.float32)
 
 
-@needs_backend
-def test_ndadam_blocks_loop_over_rows_when_the_grid_is_scaled():
+def test_ndadam_blocks_loop_over_rows_when_the_grid_is_scaled(tg):
     """2100 rows of 2048 need more blocks than one launch holds: ndadam_grid doubles every chunk (2 long rows per
     block, 1-D chunks of 131072), so blocks loop over rows; the result must not change."""
     shapes = ((2100, 2048), (3, 5000), (7, 3), (140001,))
     assert list(torch.ops.fused_hybrid.plan_ndadam([math.prod(s) for s in shapes],
                                                    [math.prod(s[1:]) if len(s) > 1 else 0 for s in shapes]))[0] == 2
-    _compare(_run(fh.NDAdam, "reference", {}, sizes=shapes, steps=2),
-             _run(fh.NDAdam, "cuda", {}, sizes=shapes, steps=2), torch.float32)
+    tg.compare(tg.run(fh.NDAdam, "reference", {}, sizes=shapes, steps=2),
+               tg.run(fh.NDAdam, tg.backend, {}, sizes=shapes, steps=2), torch.float32)
 
 
-@needs_backend
-def test_ndadam_vec_axes_inner():
+def test_ndadam_vec_axes_inner(tg):
     sizes = ((3, 4, 5), (2, 6, 7))
     groups = lambda ps: [{"params": ps, "vec_axes": [1]}]  # noqa: E731
-    _compare(_run(fh.NDAdam, "reference", {}, sizes=sizes, groups=groups),
-             _run(fh.NDAdam, "cuda", {}, sizes=sizes, groups=groups), torch.float32)
+    tg.compare(tg.run(fh.NDAdam, "reference", {}, sizes=sizes, groups=groups),
+               tg.run(fh.NDAdam, tg.backend, {}, sizes=sizes, groups=groups), torch.float32)
 
 
 LOW = [(fh.Adam, {}), (fh.SGD, dict(lr=0.1, momentum=0.9)), (fh.Padam, {}), (fh.AdaBound, {}),
        (fh.SWATS, dict(lr=1e-2)), (fh.MAS, dict(variant="normalized", momentum=0.9)), (fh.NDAdam, {})]
 
 
-@needs_backend
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
 @pytest.mark.parametrize("case", LOW, ids=[_id(c) for c in LOW])
-def test_other_dtypes(case, dtype):
+def test_other_dtypes(tg, case, dtype):
     cls, kw = case
     sizes = ND_SHAPES if cls is fh.NDAdam else (1, 17, 4097, 0, 70001)
-    _compare(_run(cls, "reference", kw, dtype, sizes=sizes, steps=2),
-             _run(cls, "cuda", kw, dtype, sizes=sizes, steps=2), dtype)
+    tg.compare(tg.run(cls, "reference", kw, dtype, sizes=sizes, steps=2),
+               tg.run(cls, tg.backend, kw, dtype, sizes=sizes, steps=2), dtype)
 
 
-@needs_backend
-def test_many_tensors_span_several_launches():
+def test_many_tensors_span_several_launches(tg):
     """More tensors than one argument table holds (277 for the adaptive op's 6 lists), and mixed sizes."""
     g = torch.Generator().manual_seed(7)
     sizes = [int(s) for s in torch.randint(0, 300, (700,), generator=g)] + [0, 1, 2049, 140000]
     groups = lambda ps: [{"params": ps[::2]}, {"params": ps[1::2], "lr": 3e-3, "weight_decay": 0.1}]  # noqa: E731
     for cls, kw in [(fh.Adam, {}), (fh.SGD, dict(momentum=0.9)), (fh.SWATS, dict(lr=1e-2)),
                     (fh.MAS, dict(variant="vector"))]:
-        _compare(_run(cls, "reference", kw, sizes=sizes, groups=groups, steps=2),
-                 _run(cls, "cuda", kw, sizes=sizes, groups=groups, steps=2), torch.float32)
+        tg.compare(tg.run(cls, "reference", kw, sizes=sizes, groups=groups, steps=2),
+                   tg.run(cls, tg.backend, kw, sizes=sizes, groups=groups, steps=2), torch.float32)
 
 
-@needs_backend
-def test_misaligned_params():
+def test_misaligned_params(tg):
     """Pointers that are not 16-byte aligned take the scalar path."""
     def run(backend):
-        base = torch.randn(4 * 4097 + 1, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+        base = torch.randn(4 * 4097 + 1, generator=torch.Generator().manual_seed(3)).to(tg.device)
         ps = [torch.nn.Parameter(base[1:4098]), torch.nn.Parameter(base[4099:4099 + 17])]
         assert ps[0].data_ptr() % 16 != 0
         opt = fh.Adam(ps, lr=1e-2, backend=backend)
         for k in range(2):
             for p in ps:
-                p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(k)).to(DEVICE)
+                p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(k)).to(tg.device)
             opt.step()
         return ps
-    for x, y in zip(run("reference"), run("cuda")):
-        torch.testing.assert_close(y.detach(), x.detach(), **_tol(torch.float32))
+    for x, y in zip(run("reference"), run(tg.backend)):
+        torch.testing.assert_close(y.detach(), x.detach(), **tg.tol(torch.float32))
 
 
-@needs_backend
-def test_tensor_lr_grad_scale_found_inf():
-    _M.check_scaler_protocol("cuda", SIZES, ND_SHAPES)
+def test_tensor_lr_grad_scale_found_inf(tg):
+    tg.m.check_scaler_protocol(tg.backend, SIZES, ND_SHAPES)
 
 
-@needs_backend
-def test_swats_partials_reproducible_and_match_reference():
+def test_swats_partials_reproducible_and_match_reference(tg):
     """<p,g>, <p,p> from per-chunk slots summed in a fixed order: identical run to run, close to float64 torch."""
     from fused_hybrid import hyper as H
     from fused_hybrid.backends import reference as rb
 
+    DEVICE = tg.device
+    be_under_test = cb if tg.backend == "cuda" else cs
+
     def call(be):
-        ps = _params((1, 4097, 300001), torch.float32, seed=5)
+        ps = tg.m.params((1, 4097, 300001), torch.float32, seed=5)
         gen = torch.Generator().manual_seed(6)
         gs = [torch.randn(p.shape, generator=gen).to(DEVICE) for p in ps]
         ms = [torch.randn(p.shape, generator=gen).to(DEVICE) for p in ps]
@@ -167,9 +181,14 @@ def test_swats_partials_reproducible_and_match_reference():
         with torch.no_grad():
             be.adaptive([p.detach() for p in ps], gs, ms, vs, [], steps, hp, None, None, sw)
         return sw.partials.cpu()
-    a, b, r = call(cb), call(cb), call(rb)
+    a, b, r = call(be_under_test), call(be_under_test), call(rb)
     assert torch.equal(a, b)
     torch.testing.assert_close(a, r, rtol=1e-6, atol=1e-12)
+
+
+# Only on a GPU: CUDA graphs, a 2^31-element tensor.
+DEVICE = "cuda"
+_params = TARGETS["cuda"].m.params
 
 
 @needs_backend
@@ -213,13 +232,12 @@ def test_cuda_graph_capture_matches_eager():
             torch.testing.assert_close(y.detach(), x.detach(), rtol=0, atol=0)
 
 
-@needs_backend
-def test_grad_scaler_skips_inf_step():
-    model = torch.nn.Linear(64, 32).to(DEVICE)
-    opt = fh.Adam(model.parameters(), lr=1e-2, backend="cuda")
-    scaler = torch.amp.GradScaler("cuda")
+def test_grad_scaler_skips_inf_step(tg):
+    model = torch.nn.Linear(64, 32).to(tg.device)
+    opt = fh.Adam(model.parameters(), lr=1e-2, backend=tg.backend)
+    scaler = torch.amp.GradScaler(tg.device)
     before = [p.detach().clone() for p in model.parameters()]
-    loss = model(torch.randn(8, 64, device=DEVICE)).sum()
+    loss = model(torch.randn(8, 64, device=tg.device)).sum()
     scaler.scale(loss).backward()
     next(model.parameters()).grad[0, 0] = float("inf")
     scaler.step(opt)
@@ -241,3 +259,30 @@ def test_tensor_over_2_pow_31_elements():
         pytest.skip("not enough GPU memory")
     fh.SGD([p], lr=0.5, backend="cuda").step()
     assert float(p[0]) == -0.5 and float(p[-1]) == -0.5 and float(p[2**31 + 1]) == -0.5
+
+
+# Padam's generic partial power is exp2(2p * log2(x)): the GPU's exp2/log2 are not the host libm's (a few ulps).
+NOT_BITWISE_ON_GPU = {"Padam-partial=0.3-maximize=True"}
+
+
+@needs_backend
+@needs_sim
+@pytest.mark.parametrize("case", CASES + LOW, ids=[_id(c) for c in CASES + LOW])
+def test_cuda_matches_cuda_sim_bitwise(case):
+    """The GPU and the simulator run the same kernels, the same reduction trees and (nvcc -fmad=false, host
+    -ffp-contract=off) the same roundings: params and state bitwise equal, float64 included."""
+    cls, kw = case
+    gpu, sim = TARGETS["cuda"], TARGETS["cuda_sim"]
+    exact = _id(case) not in NOT_BITWISE_ON_GPU
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        sizes = ND_SHAPES if cls is fh.NDAdam else SIZES
+        a = gpu.run(cls, "cuda", kw, dtype, sizes=sizes)
+        b = sim.run(cls, "cuda_sim", kw, dtype, sizes=sizes)
+        if not exact:
+            sim.compare(b, a, dtype)
+            continue
+        for x, y in zip(a[0], b[0]):
+            assert torch.equal(x.detach().cpu(), y.detach())
+            for key, v in a[1].state[x].items():
+                if isinstance(v, torch.Tensor):
+                    assert torch.equal(v.cpu(), b[1].state[y][key]), key

@@ -91,8 +91,11 @@ ALIGNED_FP32 = {
 # special values; torch's own fused Adam has the same calls) in five 16-bit / float64 instantiations. No float32
 # kernel spills. The bound keeps any growth visible. (MAS's fp16 apply pass joined the list in session 3, when that
 # pass began summing its tensor's slots itself: 12 bytes kept across the unrolled loop's slow-path calls.)
+# Since the build uses -fmad=false (issue 14: the GPU rounds as the cpu backend and the simulator do), measured
+# again: MAS's bf16 apply pass keeps 24 bytes (8 more: the uncontracted multiply-adds hold more values across the
+# slow-path calls), the fp16 one 16, the float64 one 8; the SWATS 16-bit kernels none (their limit stays).
 SPILL_ALLOWED = {"AdaptiveFunctor<BFloat16,float,false,true>": 16, "AdaptiveFunctor<Half,float,false,true>": 16,
-                 "MasFunctor<BFloat16,float,2,true>": 16, "MasFunctor<Half,float,2,true>": 16,
+                 "MasFunctor<BFloat16,float,2,true>": 24, "MasFunctor<Half,float,2,true>": 16,
                  "MasFunctor<double,double,2,false>": 16}
 
 

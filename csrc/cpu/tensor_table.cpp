@@ -7,17 +7,6 @@
 
 namespace fused_hybrid {
 
-std::vector<at::Tensor> grads_of(at::TensorList params) {
-  std::vector<at::Tensor> grads;
-  grads.reserve(params.size());
-  for (const auto& p : params) {
-    const at::Tensor& g = p.grad();
-    TORCH_CHECK(g.defined(), kNoGradient);
-    grads.push_back(g);
-  }
-  return grads;
-}
-
 namespace {
 
 // The dims mixed by splitmix64's finalizer (Steele, Lea, Flood 2014): a reshape that keeps numel and data pointer

@@ -58,7 +58,17 @@ void register_tensor_table();
 // reads cost ~0.15 ms in Python). Throws, before anything is written, when a param has no gradient; the optimizer
 // then takes its general path (kNoGradient names the error it recognizes).
 constexpr const char* kNoGradient = "fused_hybrid: a parameter of the table has no gradient";
-std::vector<at::Tensor> grads_of(at::TensorList params);
+// (Inline: the simulated CUDA kernels' library, csrc/sim, reads them too.)
+inline std::vector<at::Tensor> grads_of(at::TensorList params) {
+  std::vector<at::Tensor> grads;
+  grads.reserve(params.size());
+  for (const auto& p : params) {
+    const at::Tensor& g = p.grad();
+    TORCH_CHECK(g.defined(), kNoGradient);
+    grads.push_back(g);
+  }
+  return grads;
+}
 
 namespace detail {
 

@@ -205,7 +205,7 @@ void adaptive_(at::TensorList params, at::TensorList grads_in, at::TensorList ex
                                  steps);
   std::vector<int64_t> numels;
   for (const auto& p : params) numels.push_back(p.numel());
-  const plan::ChunkGrid grid = plan::chunk_grid(numels, plan::kMaxBlocks);
+  const plan::ChunkGrid grid = plan::chunk_grid(numels, geometry());
   const int64_t chunk = grid.chunk_size, total = grid.slots;
   const std::vector<int64_t>& chunks = grid.chunks;
   const std::vector<int64_t>& slot_begin = grid.slot_begin;
@@ -236,7 +236,7 @@ void adaptive_(at::TensorList params, at::TensorList grads_in, at::TensorList ex
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fused_hybrid, CUDA, m) { m.impl("adaptive_", &adaptive_); }
+TORCH_LIBRARY_IMPL(FH_CUDA_NAMESPACE, FH_CUDA_KEY, m) { m.impl("adaptive_", &adaptive_); }
 
 }  // namespace cuda
 }  // namespace fused_hybrid

@@ -13,7 +13,9 @@ DeviceScalar device_scalar(const std::optional<at::Tensor>& t, double fallback, 
                            std::vector<at::Tensor>& keep_alive) {
   if (!t.has_value() || !t->defined()) return {nullptr, fallback, false};
   TORCH_CHECK(t->numel() == 1, "fused_hybrid: a scalar tensor argument must have one element");
-  if (t->device().is_cpu()) return {nullptr, t->item<double>(), false};  // host memory: no device sync
+  // A CPU tensor is host memory: read here, no device sync. (Not in the simulator, where CPU tensors are the device
+  // memory: its scalars take the device path below, as GPU tensors do.)
+  if (t->device().is_cpu() && !FH_CPU_TENSORS_ARE_DEVICE) return {nullptr, t->item<double>(), false};
   TORCH_CHECK(t->device() == device, "fused_hybrid: a scalar tensor is on ", t->device(), ", the params on ",
               device);
   at::Tensor x = *t;
@@ -98,7 +100,7 @@ struct PostTable {
 };
 static_assert(sizeof(PostTable) <= 32764, "post-step table exceeds the kernel parameter limit");
 
-__global__ void post_step_kernel(const __grid_constant__ PostTable tab) {
+__global__ void post_step_kernel(FH_GRID_CONSTANT(PostTable) tab) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= tab.n) return;
   const bool skip = tab.found_inf.get() != 0.0;
@@ -137,7 +139,7 @@ void launch_post_step(const std::vector<at::Tensor>& steps, const DeviceScalar& 
       tab.nslots[i] = static_cast<int32_t>(nslots.empty() ? 0 : nslots[t]);
       tab.out_index[i] = static_cast<int32_t>(tensor_ids ? (*tensor_ids)[t] : t);
     }
-    post_step_kernel<<<(tab.n + 127) / 128, 128, 0, stream>>>(tab);
+    FH_LAUNCH((tab.n + 127) / 128, 128, 0, stream, post_step_kernel)(tab);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }

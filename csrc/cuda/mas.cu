@@ -201,7 +201,7 @@ void mas_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avg
   std::vector<int64_t> numels;
   for (const auto& p : params) numels.push_back(p.numel());
   const bool reducing = variant != kSum;
-  const plan::ChunkGrid grid = plan::chunk_grid(numels, plan::kMaxBlocks, /*min_chunks=*/reducing ? 1 : 0);
+  const plan::ChunkGrid grid = plan::chunk_grid(numels, geometry(), /*min_chunks=*/reducing ? 1 : 0);
   const auto dtype = params[0].scalar_type();
   auto run = [&](auto mode_tag) {
     constexpr int kMode = decltype(mode_tag)::value;
@@ -229,7 +229,7 @@ void mas_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avg
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fused_hybrid, CUDA, m) { m.impl("mas_", &mas_); }
+TORCH_LIBRARY_IMPL(FH_CUDA_NAMESPACE, FH_CUDA_KEY, m) { m.impl("mas_", &mas_); }
 
 }  // namespace cuda
 }  // namespace fused_hybrid

@@ -31,10 +31,35 @@
 
 #include "fused_hybrid/launch_plan.h"
 
+// Hooks of the SIMT simulator (csrc/sim/cuda_sim.h defines them first when it builds these sources with the host
+// compiler); under nvcc they are the plain CUDA forms.
+#ifndef FUSED_HYBRID_SIM
+#define FH_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
+#define FH_ASSERT_ALIGNED(ptr, bytes)  // the hardware faults on a misaligned vector access
+#define FH_ASSUME_ALIGNED_FAULT() false
+// A kernel parameter read in place from the parameter space. The simulator passes it by reference instead: every
+// simulated thread calls the kernel, and a 32 KB table copied per thread would cost more than the kernel.
+#define FH_GRID_CONSTANT(...) const __grid_constant__ __VA_ARGS__
+#define FH_CPU_TENSORS_ARE_DEVICE false
+#endif
+// The ops' namespace and dispatch key: the simulator registers the same kernels as fused_hybrid_sim::* for CPU
+// tensors.
+#ifndef FH_CUDA_NAMESPACE
+#define FH_CUDA_NAMESPACE fused_hybrid
+#define FH_CUDA_KEY CUDA
+#endif
+
 namespace fused_hybrid {
 namespace cuda {
 
 constexpr int kILP = 4;
+
+// The launch geometry (launch_plan.h: Geometry): the defaults on a GPU; the simulator's tests shrink it.
+#ifdef FUSED_HYBRID_SIM
+inline const plan::Geometry& geometry() { return fh_sim::geometry(); }
+#else
+constexpr plan::Geometry geometry() { return {}; }
+#endif
 
 // For the per-element lambdas handed to chunk_elementwise: they are called from 5 places (4 unrolled + the tail)
 // and capture by reference; if the inliner leaves one out of line, its captures go to the stack (seen as 8-16 B
@@ -112,8 +137,8 @@ struct TensorListMeta {
 };
 
 template <typename Meta, typename F>
-__global__ void __launch_bounds__(kBlockSize) multi_tensor_kernel(const __grid_constant__ Meta meta,
-                                                                 const __grid_constant__ F f) {
+__global__ void __launch_bounds__(kBlockSize) multi_tensor_kernel(FH_GRID_CONSTANT(Meta) meta,
+                                                                 FH_GRID_CONSTANT(F) f) {
   f(meta);
 }
 
@@ -128,7 +153,8 @@ int multi_tensor_apply(const std::vector<std::vector<at::Tensor>>& lists, const 
   using Meta = TensorListMeta<D>;
   static_assert(sizeof(Meta) + sizeof(F) <= 32764, "kernel arguments exceed CUDA's 32764-byte limit");
   TORCH_CHECK(lists.size() == static_cast<size_t>(D), "multi_tensor_apply: expected ", D, " tensor lists");
-  const auto launches = plan::plan_launches(chunks, Meta::kMaxTensors, Meta::kMaxBlocks);
+  const auto launches = plan::plan_launches(chunks, std::min<int64_t>(Meta::kMaxTensors, geometry().max_tensors),
+                                            std::min<int64_t>(Meta::kMaxBlocks, geometry().max_blocks));
   if (launches.empty()) return 0;
   const auto stream = c10::cuda::getCurrentCUDAStream();
   Meta meta;
@@ -150,7 +176,8 @@ int multi_tensor_apply(const std::vector<std::vector<at::Tensor>>& lists, const 
       meta.block_chunk[b] = static_cast<int32_t>(l.block_chunk[b]);
     }
     meta.slot_base = l.slot_base;
-    multi_tensor_kernel<Meta, F><<<static_cast<unsigned>(l.block_tensor.size()), kBlockSize, 0, stream>>>(meta, f);
+    const auto blocks = static_cast<unsigned>(l.block_tensor.size());
+    FH_LAUNCH(blocks, kBlockSize, 0, stream, multi_tensor_kernel<Meta, F>)(meta, f);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   return static_cast<int>(launches.size());
@@ -165,11 +192,12 @@ struct alignas(sizeof(T) * kILP) Vec {
 
 template <typename T>
 __device__ __forceinline__ bool is_aligned(const T* p) {
-  return reinterpret_cast<uintptr_t>(p) % (sizeof(T) * kILP) == 0;
+  return FH_ASSUME_ALIGNED_FAULT() || reinterpret_cast<uintptr_t>(p) % (sizeof(T) * kILP) == 0;
 }
 
 template <typename T>
 __device__ __forceinline__ void load_vec(T (&r)[kILP], const T* p, int64_t vi) {
+  FH_ASSERT_ALIGNED(p + vi * kILP, sizeof(Vec<T>));
   const Vec<T> x = reinterpret_cast<const Vec<T>*>(p)[vi];
 #pragma unroll
   for (int i = 0; i < kILP; ++i) r[i] = x.v[i];
@@ -177,6 +205,7 @@ __device__ __forceinline__ void load_vec(T (&r)[kILP], const T* p, int64_t vi) {
 
 template <typename T>
 __device__ __forceinline__ void store_vec(T* p, int64_t vi, const T (&r)[kILP]) {
+  FH_ASSERT_ALIGNED(p + vi * kILP, sizeof(Vec<T>));
   Vec<T> x;
 #pragma unroll
   for (int i = 0; i < kILP; ++i) x.v[i] = r[i];

@@ -185,8 +185,10 @@ void ndadam_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_
     const int64_t n = params[i].numel(), L = row_lens[i];
     TORCH_CHECK(L >= 0 && (L == 0 || n % L == 0), op, ": row_lens[", i, "] = ", L, " does not divide ", n);
     TORCH_CHECK(exp_avgs[i].numel() == n, op, ": exp_avgs[", i, "] must have the param's size");
-    TORCH_CHECK(exp_avg_sqs[i].numel() == (L == 0 ? n : n / L), op, ": exp_avg_sqs[", i, "] must have ",
-                L == 0 ? n : n / L, " elements");
+    // An empty param updates nothing, so its v may have any shape: a (5, 0) weight is 5 vectors of length 0 (row_len
+    // 0, v of 5 elements), which the cpu op and the reference accept (found by running this op under cuda_sim).
+    TORCH_CHECK(n == 0 || exp_avg_sqs[i].numel() == (L == 0 ? n : n / L), op, ": exp_avg_sqs[", i,
+                "] must have ", L == 0 ? n : n / L, " elements");
     numels.push_back(n);
   }
   const c10::cuda::CUDAGuard guard(dev);
@@ -200,7 +202,8 @@ void ndadam_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_
   a.maximize = maximize;
 
   const std::vector<int64_t> info(row_lens.begin(), row_lens.end());
-  const plan::RowGrid grid = plan::ndadam_grid(numels, info, plan::kMaxBlocks);
+  const plan::RowGrid grid = plan::ndadam_grid(numels, info, geometry().max_blocks, geometry().base_chunk,
+                                                 geometry().max_chunk);
   a.row_scale = grid.row_scale;
   Operands ops = gather_operands(op, params, grads, {exp_avgs, exp_avg_sqs}, steps);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fused_hybrid_ndadam_cuda", [&] {
@@ -214,7 +217,7 @@ void ndadam_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fused_hybrid, CUDA, m) { m.impl("ndadam_", &ndadam_); }
+TORCH_LIBRARY_IMPL(FH_CUDA_NAMESPACE, FH_CUDA_KEY, m) { m.impl("ndadam_", &ndadam_); }
 
 }  // namespace cuda
 }  // namespace fused_hybrid

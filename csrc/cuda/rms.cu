@@ -88,7 +88,7 @@ void rms_(at::TensorList params, at::TensorList grads_in, at::TensorList square_
                                  steps);
   std::vector<int64_t> numels;
   for (const auto& p : params) numels.push_back(p.numel());
-  const plan::ChunkGrid grid = plan::chunk_grid(numels, plan::kMaxBlocks);
+  const plan::ChunkGrid grid = plan::chunk_grid(numels, geometry());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fused_hybrid_rms_cuda", [&] {
     using O = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     auto launch = [&](auto f) {
@@ -108,7 +108,7 @@ void rms_(at::TensorList params, at::TensorList grads_in, at::TensorList square_
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fused_hybrid, CUDA, m) { m.impl("rms_", &rms_); }
+TORCH_LIBRARY_IMPL(FH_CUDA_NAMESPACE, FH_CUDA_KEY, m) { m.impl("rms_", &rms_); }
 
 }  // namespace cuda
 }  // namespace fused_hybrid

@@ -69,7 +69,8 @@ void sgd_(at::TensorList params, at::TensorList grads_in, at::TensorList momentu
       ids.push_back(static_cast<int64_t>(i));
     }
     if (numels.empty()) continue;
-    const int64_t chunk = plan::pick_chunk_size(numels, plan::kMaxBlocks);
+    const int64_t chunk = plan::pick_chunk_size(numels, geometry().max_blocks, geometry().base_chunk,
+                                                geometry().max_chunk);
     std::vector<int64_t> chunks;
     for (const int64_t n : numels) chunks.push_back(plan::num_chunks(n, chunk));
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fused_hybrid_sgd_cuda", [&] {
@@ -95,7 +96,7 @@ void sgd_(at::TensorList params, at::TensorList grads_in, at::TensorList momentu
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fused_hybrid, CUDA, m) { m.impl("sgd_", &sgd_); }
+TORCH_LIBRARY_IMPL(FH_CUDA_NAMESPACE, FH_CUDA_KEY, m) { m.impl("sgd_", &sgd_); }
 
 }  // namespace cuda
 }  // namespace fused_hybrid

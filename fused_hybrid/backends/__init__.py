@@ -12,8 +12,8 @@ import importlib
 
 import torch
 
-NAMES = ("reference", "cpu", "triton", "cuda")
-# The order "auto" tries them in, per device type.
+NAMES = ("reference", "cpu", "triton", "cuda", "cuda_sim")
+# The order "auto" tries them in, per device type. Never "cuda_sim": the CUDA kernels under a simulator, for tests.
 _AUTO_ORDER = {"cuda": ("cuda", "triton"), "cpu": ("cpu",)}
 
 
@@ -41,7 +41,7 @@ def _module(name: str):
     return mod
 
 
-for _name in ("reference", "cpu", "cuda"):  # cheap to import; triton waits until it is asked for
+for _name in ("reference", "cpu", "cuda", "cuda_sim"):  # cheap to import; triton waits until it is asked for
     _module(_name)
 
 

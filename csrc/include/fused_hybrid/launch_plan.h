@@ -29,6 +29,17 @@ constexpr int64_t kMaxBlocks = 2048;
 constexpr int kTensorBudgetBytes = 18908;
 constexpr int max_tensors_for(int depth) { return kTensorBudgetBytes / (8 * depth + 28); }
 
+// The geometry the host code plans launches with: elements per chunk before pick_chunk_size grows it, and caps on
+// the blocks and tensors of one launch (below the argument table's own sizes). A CUDA build always uses these
+// defaults; the simulator's tests (csrc/sim) shrink them so that tensors of a few thousand elements span several
+// chunks and several launches, which the real geometry only reaches at ~2^27 elements or hundreds of tensors.
+struct Geometry {
+  int64_t base_chunk = 65536;
+  int64_t max_chunk = int64_t(1) << 22;
+  int64_t max_blocks = kMaxBlocks;
+  int64_t max_tensors = int64_t(1) << 30;
+};
+
 struct Launch {
   std::vector<int64_t> tensors;       // global tensor index of each local tensor slot
   std::vector<int32_t> block_tensor;  // local tensor slot of each block
@@ -129,9 +140,9 @@ struct ChunkGrid {
   int64_t slots = 0;
 };
 
-inline ChunkGrid chunk_grid(const std::vector<int64_t>& numels, int64_t max_blocks, int64_t min_chunks = 0) {
+inline ChunkGrid chunk_grid(const std::vector<int64_t>& numels, const Geometry& geo, int64_t min_chunks = 0) {
   ChunkGrid g;
-  g.chunk_size = pick_chunk_size(numels, max_blocks);
+  g.chunk_size = pick_chunk_size(numels, geo.max_blocks, geo.base_chunk, geo.max_chunk);
   for (const int64_t n : numels) {
     g.slot_begin.push_back(g.slots);
     g.chunks.push_back(std::max(min_chunks, num_chunks(n, g.chunk_size)));
