@@ -167,11 +167,11 @@ def train(model_name: str, opt_name: str, seed: int, epochs: int, data, batch_si
     return hist
 
 
-def save_figure(fig, name: str, dpi: int) -> str:
-    """Lay out ``fig``, write it to OUT/name, close it, and return the path written."""
+def save_figure(fig, name: str, dpi: int, out_dir: Path | None = None) -> str:
+    """Lay out ``fig``, write it to (``out_dir`` or OUT)/name, close it, and return the path written."""
     import matplotlib.pyplot as plt
     fig.tight_layout()
-    path = OUT / name
+    path = (out_dir or OUT) / name
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return str(path)
