@@ -72,11 +72,11 @@ class CNN(nn.Module):
 
 
 class LogReg(nn.Module):
-    """Multinomial logistic regression 64 -> 10: 2 tensors (a convex problem)."""
+    """Multinomial logistic regression 64 -> 10 (``n_in`` -> 10): 2 tensors (a convex problem)."""
 
-    def __init__(self):
+    def __init__(self, n_in: int = 64):
         super().__init__()
-        self.fc = nn.Linear(64, 10)
+        self.fc = nn.Linear(n_in, 10)
 
     def forward(self, x):
         return self.fc(x)

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import OUT, evaluate, fh, save_figure, set_threads
+from common import OUT, LogReg, evaluate, fh, save_figure, set_threads
 
 # The paper's table (MNIST-1D row of the mnist1d README / Greydanus & Kobak 2020, Table 1), in %.
 PAPER = {"logreg": 32.0, "mlp": 68.0, "cnn": 94.0}
@@ -58,15 +58,6 @@ def load_mnist1d(num_samples: int | None = None):
 
 
 # -- models (the paper's reference models: LinearBase, MLPBase with hidden 100, ConvBase) ------------------------
-
-class LogReg(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.linear = nn.Linear(40, 10)
-
-    def forward(self, x):
-        return self.linear(x)
-
 
 class MLP(nn.Module):
     """40 -> 100 -> 100 -> 10 with a residual connection around the second layer, as the reference MLP."""
@@ -98,7 +89,7 @@ class CNN(nn.Module):
         return self.linear(h.flatten(1))
 
 
-MODELS = {"logreg": LogReg, "mlp": MLP, "cnn": CNN}
+MODELS = {"logreg": lambda: LogReg(40), "mlp": MLP, "cnn": CNN}
 
 
 def head_and_body(model: nn.Module):
