@@ -304,7 +304,8 @@ def plot_repro(rep: dict, dpi: int, out_dir: Path) -> str:
             _band(ax, runs, "test_acc", f"{impl} test", COLORS[impl], "-" if impl == "fh.Adam" else "--")
             _band(ax, runs, "train_acc", f"{impl} train", COLORS[impl], ":")
         ax.axhline(PAPER[model_name], color="grey", lw=0.8)
-        ax.text(0, PAPER[model_name] + 0.5, f"paper {PAPER[model_name]:.0f} %", color="grey", fontsize=8)
+        ax.text(next(iter(impls.values()))[0]["steps"][-1], PAPER[model_name] - 1,
+                f"paper {PAPER[model_name]:.0f} %", color="grey", fontsize=8, ha="right", va="top")
         ax.set_title(f"{model_name}: Adam lr 1e-2, batch 100")
         ax.set_xlabel("step")
         ax.set_ylabel("accuracy (%)")
@@ -347,7 +348,7 @@ def plot_sweep(sw: dict, sw_rows: list[dict], dpi: int, out_dir: Path) -> list[s
             _band(ax, runs, "test_acc", f"{rule} (lr {res['chosen_lr']:g})", COLORS[rule])
             ax.plot(runs[0]["steps"], [statistics.fmean(r["train_acc"][i] for r in runs)
                                        for i in range(len(runs[0]["steps"]))], ":", color=COLORS[rule], lw=1)
-        ax.set_title(f"{model_name}: test (solid, band = min..max) and train (dotted) accuracy")
+        ax.set_title(f"{model_name}: test (solid; band min..max), train (dotted)", fontsize=10)
         ax.set_xlabel("step")
         ax.set_ylabel("accuracy (%)")
         ax.legend(fontsize=7, loc="lower right")
@@ -369,6 +370,7 @@ def main(argv=None) -> dict:
                     help="smoke run: 1 seed, 500 repro steps, 250 sweep steps at each rule's middle lr")
     ap.add_argument("--out", default=str(OUT), help="folder for mnist1d.json and the plots")
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--from-json", default=None, help="no training: tables and plots from a saved mnist1d.json")
     ap.add_argument("--dpi", type=int, default=110)
     args = ap.parse_args(argv)
     set_threads(args.threads)
@@ -383,6 +385,8 @@ def main(argv=None) -> dict:
     for r in rules:
         if r not in SWEEP:
             raise SystemExit(f"unknown rule {r!r}; choose from {', '.join(SWEEP)}")
+    if args.from_json:
+        return replot(Path(args.from_json), Path(args.out), args)
     t_start = time.perf_counter()
     data = load_mnist1d()
     print(f"MNIST-1D generated locally: {data[0].shape[0]} train / {data[2].shape[0]} test examples of length "
@@ -403,19 +407,32 @@ def main(argv=None) -> dict:
             sw_rows = sweep_rows(result["sweep"])
     result["repro_rows"], result["sweep_rows"] = rep_rows, sw_rows
     result["seconds"] = time.perf_counter() - t_start
-    print_tables(rep_rows, sw_rows)
-    print(f"\ntotal wall time {result['seconds'] / 60:.1f} min")
     out = Path(args.out)
+    report(result, out, args)
+    (out / "mnist1d.json").write_text(json.dumps(result, default=str))
+    print(f"histories: {out / 'mnist1d.json'}")
+    return result
+
+
+def report(result: dict, out: Path, args) -> None:
+    """Print the tables and draw the plots of a finished (or saved) study."""
+    print_tables(result["repro_rows"], result["sweep_rows"])
+    print(f"\ntotal wall time {result['seconds'] / 60:.1f} min")
     out.mkdir(parents=True, exist_ok=True)
     if not args.no_plots:
         paths = []
-        if do_repro:
+        if result.get("repro"):
             paths.append(plot_repro(result["repro"], args.dpi, out))
-        if do_sweep:
-            paths += plot_sweep(result["sweep"], sw_rows, args.dpi, out)
+        if result.get("sweep"):
+            paths += plot_sweep(result["sweep"], result["sweep_rows"], args.dpi, out)
         print("plots: " + ", ".join(paths))
-    (out / "mnist1d.json").write_text(json.dumps(result, default=str))
-    print(f"histories: {out / 'mnist1d.json'}")
+
+
+def replot(path: Path, out: Path, args) -> dict:
+    result = json.loads(path.read_text())
+    result["repro_rows"] = repro_rows(result["repro"]) if result.get("repro") else []
+    result["sweep_rows"] = sweep_rows(result["sweep"]) if result.get("sweep") else []
+    report(result, out, args)
     return result
 
 
