@@ -36,8 +36,10 @@ def test_fh_adam_follows_torch_adam(quick):
     res, _, _ = quick
     for model, impls in res["repro"].items():
         ours, torch_run = impls["fh.Adam"][0], impls["torch.optim.Adam"][0]
-        # Same init, same batches: the first 100 minibatch losses agree to float32 rounding (1e-7 measured), far
-        # below what a wrong bias correction or eps placement would give (~1e-3 within a few steps).
+        # Same init, same batches: the first 100 minibatch losses agree to float32 rounding (1e-7 measured on the
+        # quick run's seed 0), far below what a wrong bias correction or eps placement would give (~1e-3 within a
+        # few steps). Not every seed allows this: on the MLP's seed 2 torch's own fused and for-loop Adam part at
+        # step 9 (a 1-ulp difference amplified; examples/README.md), so the quick run's seed stays 0.
         assert len(ours["batch_loss"]) == 100
         rel = max(abs(a - b) / abs(b) for a, b in zip(ours["batch_loss"], torch_run["batch_loss"]))
         assert rel < 1e-5, (model, rel)
