@@ -50,8 +50,9 @@ PEERS = {
               ("torch-optimi", "optimi", "AdamW", {**_TORCH_ADAM, "weight_decay": 1e-2, "foreach": True,
                                                    "triton": False}),
               # heavyball compiles its update functions with torch.compile (inductor's C++ backend on CPU) on the
-              # first step of each new set of shapes; the warm-up steps absorb that.
-              ("heavyball", "heavyball", "AdamW", {**_TORCH_ADAM, "weight_decay": 1e-2})],
+              # first step of each new set of shapes; the warm-up steps absorb that. By default its step sets
+              # every p.grad to None (consume_grad), which would leave the cases after it nothing to step.
+              ("heavyball", "heavyball", "AdamW", {**_TORCH_ADAM, "weight_decay": 1e-2, "consume_grad": False})],
     "swats": [("torch-optimizer", "torch_optimizer", "SWATS", {}),
               ("pytorch_optimizer", "pytorch_optimizer", "SWATS", {})],
     "adabound": [("torch-optimizer", "torch_optimizer", "AdaBound", {}),
