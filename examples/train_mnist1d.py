@@ -204,7 +204,7 @@ def run_repro(data, seeds, steps, models, bar) -> dict:
     return out
 
 
-def run_sweep(data, seeds, steps, models, rules, lr_points, bar) -> dict:
+def run_sweep(data, seeds, steps, models, rules, lr_points, bar, lr_factor=1.0) -> dict:
     """Train on the first n - 500 training examples, validate on the last 500, test on the test set."""
     xtr, ytr, xte, yte = data
     nval = 500
@@ -215,6 +215,7 @@ def run_sweep(data, seeds, steps, models, rules, lr_points, bar) -> dict:
         for rule in rules:
             grid, make = SWEEP[rule]
             grid = grid if lr_points is None else grid[lr_points]
+            grid = tuple(float(f"{lr * lr_factor:.6g}") for lr in grid)
             per_lr = {}
             for lr in grid:
                 runs = []
@@ -365,6 +366,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=RECIPE["steps"], help="steps of the reproduction runs")
     ap.add_argument("--sweep-steps", type=int, default=RECIPE["steps"], help="steps of each sweep run")
     ap.add_argument("--rules", default=",".join(SWEEP), help="rules of the sweep, comma-separated")
+    ap.add_argument("--lr-factor", type=float, default=1.0,
+                    help="multiplies every rule's lr grid (e.g. 10: does the choice at a grid's top edge hold?)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 1 seed, 500 repro steps, 250 sweep steps at each rule's middle lr")
@@ -403,7 +406,8 @@ def main(argv=None) -> dict:
             result["repro"] = run_repro(data, seeds, args.steps, list(PAPER), bar)
             rep_rows = repro_rows(result["repro"])
         if do_sweep:
-            result["sweep"] = run_sweep(data, seeds, args.sweep_steps, ["mlp", "cnn"], rules, lr_points, bar)
+            result["sweep"] = run_sweep(data, seeds, args.sweep_steps, ["mlp", "cnn"], rules, lr_points, bar,
+                                        args.lr_factor)
             sw_rows = sweep_rows(result["sweep"])
     result["repro_rows"], result["sweep_rows"] = rep_rows, sw_rows
     result["seconds"] = time.perf_counter() - t_start
