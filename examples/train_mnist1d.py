@@ -103,15 +103,15 @@ def head_and_body(model: nn.Module):
 
 # Learning-rate grids: the same budget for every rule, three values half a decade apart around the rule's
 # published default. Adam-type step sizes span Adam's default (1e-3, Kingma & Ba) to the MNIST-1D recipe (1e-2);
-# SGD with momentum 0.9 spans 0.01-0.1 (0.1: Keskar & Socher's and Wilson et al.'s SGD baselines); Padam's
-# official lr is 0.1 (Chen et al.); MAS's step multiplies lr by adam_w or sgd_w = 0.5 twice (see
-# fh.MAS), so its grid sits a half decade higher; ND-Adam's lr is an angle on the unit sphere (Zhang 2017
-# uses 0.05 for CIFAR).
+# SGD with momentum 0.9 spans 0.01-0.1 (0.1: the usual SGD baseline on CIFAR/ImageNet); Padam's official lr is
+# 0.1 (Chen et al.); MAS weights both directions by 0.5 (w -= (sgd_w*lr + adam_w*lr/bc1)*(sgd_w*d_sgd +
+# adam_w*d_adam)), so its grid sits a half decade higher than Adam's; ND-Adam's steps act on unit-norm weight
+# vectors, like SGD's on a normalized scale, so it gets SGD's grid.
 ADAM_LRS = (1e-3, 3e-3, 1e-2)
 SWEEP = {
     # name: (lr grid, make(model, lr))
     "Adam": (ADAM_LRS, lambda m, lr: fh.Adam(m.parameters(), lr=lr)),
-    # torch's default decoupled decay 1e-2 (Loshchilov & Hutter's normalized decay is about this per epoch here).
+    # torch's default decoupled decay, 1e-2.
     "AdamW": (ADAM_LRS, lambda m, lr: fh.AdamW(m.parameters(), lr=lr, weight_decay=1e-2)),
     "SGD-momentum": ((0.01, 0.03, 0.1), lambda m, lr: fh.SGD(m.parameters(), lr=lr, momentum=0.9)),
     # Keskar & Socher's SWATS, fused_hybrid's default (relative) switch test; it starts as Adam.
