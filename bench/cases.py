@@ -5,8 +5,9 @@ Implementations are discovered at run time, never assumed:
   that lacks the rule raises ``BackendUnavailableError`` on the first step and the case is skipped with its
   reason;
 - torch.optim: for-loop (foreach=False), foreach=True and fused=True, each kept only if it steps on the device;
-- peer libraries (torch-optimizer, pytorch_optimizer, adabound): imported lazily, skipped with a note when
-  missing.
+- peer libraries (torch-optimizer, pytorch_optimizer, adabound; for Adam/AdamW the CPU optimizers people pick
+  for offloaded training: DeepSpeed's DeepSpeedCPUAdam, torch-optimi, heavyball): imported lazily, skipped with a
+  note when missing.
 """
 from __future__ import annotations
 
@@ -36,14 +37,32 @@ RULES = {
 }
 DEFAULT_LR = 1e-3
 
-# Peer implementations: rule -> [(label, module, class, kwargs)].
+# Peer implementations: rule -> [(label, module, class, kwargs)]. Their hyperparameters are set to torch's
+# defaults where the peer's differ (optimi and heavyball default to betas (0.9, 0.99), optimi to eps 1e-6,
+# DeepSpeedCPUAdam to AdamW with no decay), so every implementation of a rule computes the same update.
+_TORCH_ADAM = {"betas": (0.9, 0.999), "eps": 1e-8}
 PEERS = {
+    # DeepSpeedCPUAdam (ZeRO-Offload's CPU step: AVX loops, JIT-compiled with ninja on first use and cached under
+    # TORCH_EXTENSIONS_DIR) steps one tensor per C++ call; CPU tensors only (elsewhere its first step raises and
+    # the case is skipped). torch-optimi: its foreach path (no Triton on CPU).
+    "adam": [("DeepSpeedCPUAdam", "deepspeed.ops.adam", "DeepSpeedCPUAdam", {"adamw_mode": False}),
+             ("torch-optimi", "optimi", "Adam", {**_TORCH_ADAM, "foreach": True, "triton": False})],
+    "adamw": [("DeepSpeedCPUAdam", "deepspeed.ops.adam", "DeepSpeedCPUAdam", {"adamw_mode": True,
+                                                                             "weight_decay": 1e-2}),
+              ("torch-optimi", "optimi", "AdamW", {**_TORCH_ADAM, "weight_decay": 1e-2, "foreach": True,
+                                                   "triton": False}),
+              # heavyball compiles its update functions with torch.compile (inductor's C++ backend on CPU) on the
+              # first step of each new set of shapes; the warm-up steps absorb that. By default its step sets
+              # every p.grad to None (consume_grad), which would leave the cases after it nothing to step.
+              ("heavyball", "heavyball", "AdamW", {**_TORCH_ADAM, "weight_decay": 1e-2, "consume_grad": False})],
     "swats": [("torch-optimizer", "torch_optimizer", "SWATS", {}),
               ("pytorch_optimizer", "pytorch_optimizer", "SWATS", {})],
     "adabound": [("torch-optimizer", "torch_optimizer", "AdaBound", {}),
                  ("pytorch_optimizer", "pytorch_optimizer", "AdaBound", {}),
                  ("adabound", "adabound", "AdaBound", {})],
     "padam": [("pytorch_optimizer", "pytorch_optimizer", "PAdam", {"lr": 0.1})],
+    # DeepSpeed's CPU Adagrad (the same JIT-compiled op family as its CPU Adam), with torch's eps.
+    "adagrad": [("DeepSpeedCPUAdagrad", "deepspeed.ops.adagrad", "DeepSpeedCPUAdagrad", {"eps": 1e-10})],
 }
 # Peers whose step moves a different number of bytes than our rule (bytes-model opts) and a note saying why.
 PEER_BYTES = {("pytorch_optimizer", "padam"): ({"amsgrad": False}, "no AMSGrad max: 28 B/el")}
@@ -168,5 +187,5 @@ def build(rules, backends, device, include_torch=True, include_peers=True, notes
     if notes is not None:
         for label, why in missing_peers.items():
             notes.append(f"peer library {label} not installed or not importable ({why}): skipped "
-                         f"(pip install -r examples/requirements.txt adds it)")
+                         f"(pip install --no-deps -r bench/requirements.txt adds it)")
     return cases

@@ -100,7 +100,8 @@ def _versions() -> dict:
     import importlib.metadata as md
 
     out = {"python": sys.version.split()[0], "torch": torch.__version__}
-    for dist in ("fused_hybrid", "torch-optimizer", "pytorch_optimizer", "adabound", "triton"):
+    for dist in ("fused_hybrid", "torch-optimizer", "pytorch_optimizer", "adabound", "deepspeed", "torch-optimi",
+                 "heavyball", "triton"):
         try:
             out[dist] = md.version(dist)
         except md.PackageNotFoundError:
@@ -281,12 +282,26 @@ def format_shape_table(block: dict, device: torch.device) -> str:
         prev = row[0]
         lines.append("  ".join(c.rjust(w) if i in (2, 3, 5, 6, 7, 8, 9) else c.ljust(w)
                                for i, (c, w) in enumerate(zip(row, widths))).rstrip())
+    lines += peer_ratio_lines(block)
     grouped: dict[tuple, list] = {}
     for s in block["skipped"]:
         grouped.setdefault((s["impl"], s["reason"]), []).append(s["rule"])
     for (impl, reason), rules in grouped.items():
         lines.append(f"  skipped {impl} for {', '.join(rules)}: {reason}")
     return "\n".join(lines)
+
+
+def peer_ratio_lines(block: dict) -> list[str]:
+    """Per rule, each peer library's time over the fastest fused_hybrid case's (> 1: fused_hybrid is faster)."""
+    out = []
+    for rule in dict.fromkeys(r["rule"] for r in block["results"]):
+        rows = [r for r in block["results"] if r["rule"] == rule]
+        ours = min((r for r in rows if r["family"] == "fused_hybrid"), key=lambda r: r["ms"], default=None)
+        peers = [r for r in rows if r["family"] == "peer"]
+        if ours is not None and peers:
+            out.append(f"  {rule}: peer ms / {ours['impl']} ms: "
+                       + ", ".join(f"{r['impl']} {r['ms'] / ours['ms']:.2f}x" for r in peers))
+    return out
 
 
 def format_memory_table(blocks: list[dict]) -> str:

@@ -72,11 +72,11 @@ class CNN(nn.Module):
 
 
 class LogReg(nn.Module):
-    """Multinomial logistic regression 64 -> 10: 2 tensors (a convex problem)."""
+    """Multinomial logistic regression 64 -> 10 (``n_in`` -> 10): 2 tensors (a convex problem)."""
 
-    def __init__(self):
+    def __init__(self, n_in: int = 64):
         super().__init__()
-        self.fc = nn.Linear(64, 10)
+        self.fc = nn.Linear(n_in, 10)
 
     def forward(self, x):
         return self.fc(x)
@@ -167,11 +167,11 @@ def train(model_name: str, opt_name: str, seed: int, epochs: int, data, batch_si
     return hist
 
 
-def save_figure(fig, name: str, dpi: int) -> str:
-    """Lay out ``fig``, write it to OUT/name, close it, and return the path written."""
+def save_figure(fig, name: str, dpi: int, out_dir: Path | None = None) -> str:
+    """Lay out ``fig``, write it to (``out_dir`` or OUT)/name, close it, and return the path written."""
     import matplotlib.pyplot as plt
     fig.tight_layout()
-    path = OUT / name
+    path = (out_dir or OUT) / name
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return str(path)

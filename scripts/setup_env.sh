@@ -14,7 +14,10 @@ fi
 export PATH="$VENV/bin:$PATH"
 # expecttest: torch.testing._internal (torch's OptimizerInfo database, which tests/test_conformance.py runs) needs it.
 echo "== installing torch 2.14.1 and tools (no-op when present)"
-python -m pip install -q --disable-pip-version-check "torch==2.14.1" numpy pytest ninja setuptools wheel expecttest 2>&1 \
+# mnist1d and tqdm: tests/test_examples_smoke.py runs examples/train_mnist1d.py --quick. The bench's optional
+# peers (bench/requirements.txt: DeepSpeed, torch-optimi, heavyball, ...) are not installed here.
+python -m pip install -q --disable-pip-version-check "torch==2.14.1" numpy pytest ninja setuptools wheel expecttest \
+  mnist1d tqdm 2>&1 \
   | grep -v -E "^WARNING: Location|is ignored: it is neither" || true
 
 # The CUDA toolkit root: torch derives it from the nvcc on PATH, which is a wrapper script on some machines
