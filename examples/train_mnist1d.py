@@ -126,6 +126,9 @@ SWEEP = {
     "MAS-normalized": ((3e-3, 1e-2, 3e-2), lambda m, lr: fh.MAS(m.parameters(), lr=lr, variant="normalized")),
     "MAS-vector": ((3e-3, 1e-2, 3e-2), lambda m, lr: fh.MAS(m.parameters(), lr=lr, variant="vector")),
     "ND-Adam": ((0.01, 0.03, 0.1), lambda m, lr: fh.NDAdam(m.parameters(), lr=lr)),
+    # The lecture's RMSProp (seed 002) and Adagrad, each around torch.optim's default lr of 1e-2.
+    "RMSprop": (ADAM_LRS, lambda m, lr: fh.RMSprop(m.parameters(), lr=lr)),
+    "Adagrad": ((3e-3, 1e-2, 3e-2), lambda m, lr: fh.Adagrad(m.parameters(), lr=lr)),
     # Kone, Zhu & Chan's layer-wise split: Adam on the body, SGD with momentum on the classifier head, the head's
     # lr ten times the body's (the SGD grid above, point for point).
     "Adam-body/SGD-head": (ADAM_LRS, lambda m, lr: fh.Hybrid(

@@ -25,7 +25,7 @@ OPS = ("sgd_", "adaptive_", "mas_", "ndadam_")
 
 def test_backend_module_contract():
     assert cb.NAME == "cuda"
-    assert cb.RULES <= {"sgd", "adaptive", "mas", "ndadam"}
+    assert cb.RULES <= {"sgd", "adaptive", "mas", "ndadam", "rms"}
     assert not cb.available(torch.device("cpu"))
     assert "CUDA tensors only" in cb.why_unavailable(torch.device("cpu"))
     if not torch.cuda.is_available():
