@@ -122,9 +122,9 @@ class HybridOptimizer(torch.optim.Optimizer):
         rules.check_keywords(rule, defaults, {g["rule"] for g in self.param_groups})
 
     def _reset_caches(self) -> None:
-        """Drop everything derived from the groups and state (plans, tables, SWATS's layout)."""
-        self._plans: dict[int, tuple] = {}
-        self._swats = None  # swats.Controller, made when a step first needs it
+        """Drop everything derived from the groups and state: the plans and SWATS's controller (``_invalidate``),
+        and which momentum buffers are fresh (a new state or a loaded checkpoint decides that anew)."""
+        self._invalidate()
         self._fresh_buffers: set = set()
 
     # -- groups ---------------------------------------------------------------------------------------------------
@@ -152,8 +152,9 @@ class HybridOptimizer(torch.optim.Optimizer):
         self._invalidate()
 
     def _invalidate(self) -> None:
-        self._plans = {}
-        self._swats = None
+        """Drop the plans (with their tables) and SWATS's controller: rebuilt by the next step."""
+        self._plans: dict[int, tuple] = {}
+        self._swats = None  # swats.Controller, made when a step first needs it
 
     # -- step -----------------------------------------------------------------------------------------------------
 
