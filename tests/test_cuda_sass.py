@@ -85,6 +85,10 @@ ALIGNED_FP32 = {
     "AdaptiveFunctor<float,float,true,true>": (5 + 3, 4 + 2),
     "MasFunctor<float,float,0,false>": (4, 3),
     "MasFunctor<float,float,0,true>": (5, 4),
+    "RmsFunctor<float,float,false,false>": (3, 2),  # w, g, sq -> w, sq
+    "RmsFunctor<float,float,true,false>": (4, 3),   # + grad_avg (centered)
+    "RmsFunctor<float,float,false,true>": (4, 3),   # + momentum buffer
+    "RmsFunctor<float,float,true,true>": (5, 4),
 }
 # Known exceptions to "no local memory", measured on sm_90 with CUDA 13.0: 4-16 bytes saved and restored around
 # the out-of-line slow paths of IEEE float division / sqrt (div.rn / sqrt.rn call a subroutine for denormals and
@@ -99,9 +103,15 @@ SPILL_ALLOWED = {"AdaptiveFunctor<BFloat16,float,false,true>": 16, "AdaptiveFunc
                  "MasFunctor<double,double,2,false>": 16}
 
 
+# Spill loads + stores allowed per (arch, kernel) outside SPILL_ALLOWED. sm_80 (built by a default install, not by
+# CI, which builds sm_90 only): ptxas keeps one 4-byte spill store/load pair in the fp32 SWATS kernel under
+# -fmad=false, with no stack frame (measured 2026-11-29 with CUDA 13.0).
+LDST_ALLOWED = {("sm_80", "AdaptiveFunctor<float,float,false,true>"): 2}
+
+
 def test_every_rule_has_kernels(kernels):
     names = {n for _, n in kernels}
-    for fam in ("SgdFunctor", "AdaptiveFunctor", "MasFunctor", "NdAdamFunctor"):
+    for fam in ("SgdFunctor", "AdaptiveFunctor", "MasFunctor", "NdAdamFunctor", "RmsFunctor"):
         for dt in ("float,float", "double,double", "Half,float", "BFloat16,float"):
             assert any(n.startswith(f"{fam}<{dt}") for n in names), (fam, dt)
     assert "post_step_kernel" in names
@@ -123,7 +133,8 @@ def test_no_spills(kernels):
             assert k.get("stack", 0) <= SPILL_ALLOWED[name], (arch, name, k)
             continue
         assert k.get("stack", 0) == 0, (arch, name, k)
-        assert _count(k["ops"], "LDL", False) + _count(k["ops"], "STL", False) == 0, (arch, name)
+        spills = _count(k["ops"], "LDL", False) + _count(k["ops"], "STL", False)
+        assert spills <= LDST_ALLOWED.get((arch, name), 0), (arch, name, spills)
         if "<float,float" in name:
             assert k.get("stack", 0) == 0
 
