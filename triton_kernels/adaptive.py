@@ -27,7 +27,6 @@ L_V = tl.constexpr(3)
 L_VMAX = tl.constexpr(4)
 L_BUF = tl.constexpr(5)
 L_STEP = tl.constexpr(6)
-N_LISTS = 7
 
 
 @triton.jit

@@ -29,7 +29,6 @@ L_M = tl.constexpr(2)
 L_V = tl.constexpr(3)
 L_BUF = tl.constexpr(4)
 L_STEP = tl.constexpr(5)
-N_LISTS = 6
 
 
 @triton.jit

@@ -22,7 +22,6 @@ L_G = tl.constexpr(1)
 L_M = tl.constexpr(2)
 L_V = tl.constexpr(3)
 L_STEP = tl.constexpr(4)
-N_LISTS = 5
 META_W = 6  # numel, chunk begin, chunk end, flag, L (vector length), inner stride
 
 

@@ -8,7 +8,6 @@ from .common import chunk_header, f64, inv_scale, load_lr, load_w_grad, skip_ste
 L_P = tl.constexpr(0)
 L_G = tl.constexpr(1)
 L_BUF = tl.constexpr(2)
-N_LISTS = 3
 
 
 @triton.jit
