@@ -85,16 +85,12 @@ FH_HD T sgd_direction_from_buffer(T g, T buf, T momentum, bool nesterov) {
   return nesterov ? g + momentum * buf : buf;
 }
 
-// As sgd_direction, with 1 - dampening computed by the caller in double (see OneMinus).
+// torch.optim.SGD's buffer update and direction, with 1 - dampening computed by the caller in double (see
+// OneMinus).
 template <typename T>
 FH_HD T sgd_direction_exact(T g, T& buf, T momentum, T one_minus_dampening, bool nesterov, bool first) {
   buf = first ? g : buf * momentum + one_minus_dampening * g;
   return sgd_direction_from_buffer(g, buf, momentum, nesterov);
-}
-
-template <typename T>
-FH_HD T sgd_direction(T g, T& buf, T momentum, T dampening, bool nesterov, bool first) {
-  return sgd_direction_exact(g, buf, momentum, T(1) - dampening, nesterov, first);
 }
 
 // The plain SGD step w - lr*d, written w + (-lr)*d as torch's add_(d, alpha=-lr) computes it.
@@ -174,11 +170,6 @@ FH_HD void adam_moments_exact(T& m, T& v, T g, T beta2, T one_minus_beta1, T one
   v = v * beta2 + one_minus_beta2 * g * g;
 }
 
-template <typename T>
-FH_HD void adam_moments(T& m, T& v, T g, T beta1, T beta2) {
-  adam_moments_exact(m, v, g, beta2, T(1) - beta1, T(1) - beta2);
-}
-
 // x^(2p) for Padam's partial power, with exact nested square roots for p = 1/2, 1/4, 1/8.
 template <typename T>
 FH_HD T partial_power(T x, T p) {
@@ -202,12 +193,6 @@ FH_HD void adaptive_weight_decay_exact(T& w, T& g, T weight_decay, T decay, bool
     if (decoupled) w = w * decay;
     else g = l2_weight_decay(g, w, weight_decay);
   }
-}
-
-// As adaptive_weight_decay_exact with decay = 1 - lr*wd computed in T.
-template <typename T>
-FH_HD void adaptive_weight_decay(T& w, T& g, T lr, T weight_decay, bool decoupled) {
-  adaptive_weight_decay_exact(w, g, weight_decay, T(1) - lr * weight_decay, decoupled);
 }
 
 // One adaptive step on one element, with the 1 - x scalars from the caller (see OneMinus). Returns p, the change
@@ -261,22 +246,11 @@ FH_HD T mas_adam_direction_exact(T& m, T& v, T d, T beta2, T one_minus_beta1, T 
   return adam_direction(m, v, bc2_sqrt, eps);
 }
 
-template <typename T>
-FH_HD T mas_adam_direction(T& m, T& v, T d, T beta1, T beta2, T bc2_sqrt, T eps) {
-  return mas_adam_direction_exact(m, v, d, beta2, T(1) - beta1, T(1) - beta2, bc2_sqrt, eps);
-}
-
 // The "sum" variant with its step size coef = sgd_w*lr + adam_w*eta_a from the caller (computed in double):
 // w -= coef * (sgd_w*d_s + adam_w*d_a).
 template <typename T>
 FH_HD void mas_sum_update_exact(T& w, T d_a, T d_s, T adam_w, T sgd_w, T coef) {
   w = w + (d_s * sgd_w + d_a * adam_w) * (-coef);
-}
-
-// The "sum" variant: w -= (sgd_w*lr + adam_w*eta_a) * (sgd_w*d_s + adam_w*d_a).
-template <typename T>
-FH_HD void mas_sum_update(T& w, T d_a, T d_s, T lr, T eta_a, T adam_w, T sgd_w) {
-  mas_sum_update_exact(w, d_a, d_s, adam_w, sgd_w, sgd_w * lr + adam_w * eta_a);
 }
 
 // The reducing MAS variants (seed 003, III.B; reference.mas_update), applied once the per-tensor sums are known.
@@ -322,20 +296,10 @@ FH_HD void ndadam_first_moment_exact(T& m, T g, T one_minus_beta1) {
   m = lerp(m, g, one_minus_beta1);
 }
 
-template <typename T>
-FH_HD void ndadam_first_moment(T& m, T g, T beta1) {
-  ndadam_first_moment_exact(m, g, T(1) - beta1);
-}
-
 // The vector's second moment, one scalar per vector: v = b2*v + (1-b2)*<g, g> (1 - b2 from the caller).
 template <typename T>
 FH_HD T ndadam_second_moment_exact(T v, T gg, T beta2, T one_minus_beta2) {
   return v * beta2 + one_minus_beta2 * gg;
-}
-
-template <typename T>
-FH_HD T ndadam_second_moment(T v, T gg, T beta2) {
-  return ndadam_second_moment_exact(v, gg, beta2, T(1) - beta2);
 }
 
 // The per-vector denominator sqrt(v) + eps.
