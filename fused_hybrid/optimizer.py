@@ -363,7 +363,7 @@ class HybridOptimizer(torch.optim.Optimizer):
                 self._check_saved_state(p, value, param_group_of[id(p)], key)
                 new_state[p].update({k: self._cast_state(p, k, v) for k, v in value.items()})
             elif key == sw.STATE_KEY:  # an older checkpoint of ours: the switch state moves to its anchor's state
-                anchor = next(p for g in new_groups if g["rule"] == "swats" for p in g["params"])
+                anchor = sw.anchor(new_groups)
                 sw.write_state(new_state[anchor], {k: (v.to(anchor.device).clone() if isinstance(v, torch.Tensor)
                                                        else v) for k, v in value.items()})
             else:

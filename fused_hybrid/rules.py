@@ -11,7 +11,7 @@ reads these specs and knows no rule by name.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import torch
@@ -164,7 +164,7 @@ def _vmax(flag: str) -> State:
 # Rules
 
 
-def _no_check(group) -> None:
+def _nothing(group) -> None:
     pass
 
 
@@ -187,12 +187,12 @@ class Rule:
     defaults: dict[str, Any]
     state: tuple[State, ...]
     record: Callable[[dict], Any]
-    check: Callable[[dict], None] = _no_check
+    check: Callable[[dict], None] = _nothing
     step_args: Callable[..., dict] = _no_args
     after: Callable[..., None] | None = None
     sharded_ok: bool = True
     complex_ok: bool = True
-    fill: Callable[[dict], None] = field(default=_no_check)
+    fill: Callable[[dict], None] = _nothing  # completes a group after its defaults (AdaBound's base_lr)
 
 
 def _common_record(group: dict) -> dict:
@@ -309,7 +309,7 @@ def _sgd_after(opt, bucket, kwargs) -> None:
 
 SGD = Rule("sgd", "sgd", dict(lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
                               maximize=False),
-           (State("momentum_buffer", "momentum_buffers", when=lambda g: g["momentum"] != 0, fresh=True),),
+           (replace(MOMENTUM, fresh=True),),
            lambda g: H.SGD(lr=g["lr"], momentum=g["momentum"], dampening=g["dampening"], nesterov=g["nesterov"],
                            weight_decay=g["weight_decay"], maximize=g["maximize"]),
            check=_check_momentum, step_args=_sgd_args, after=_sgd_after)

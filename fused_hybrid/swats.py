@@ -47,6 +47,11 @@ def write_state(anchor_state: dict, st: dict) -> None:
         anchor_state[_PREFIX + k] = st[k]
 
 
+def anchor(param_groups: list[dict]) -> torch.Tensor:
+    """The first SWATS parameter: its optimizer state holds the switch state (``read_state``)."""
+    return next(p for g in param_groups if g["rule"] == "swats" for p in g["params"])
+
+
 def is_switch_key(key: str) -> bool:
     return isinstance(key, str) and key.startswith(_PREFIX)
 
@@ -305,14 +310,14 @@ class Controller:
     groups, a checkpoint load); nothing in it reads a device value."""
 
     def __init__(self, param_groups: list[dict], state: dict, granularity: str):
-        anchor = next(p for g in param_groups if g["rule"] == "swats" for p in g["params"])
+        first = anchor(param_groups)
         # The bookkeeping runs fused (C++ ops on the CPU, Triton kernels on a GPU: fused_impl) when fused backends
         # step the SWATS tensors; the reference backend keeps the plain-PyTorch version.
         fused = all(g["backend"] != "reference" for g in param_groups if g["rule"] == "swats")
-        self.layout = Layout(param_groups, granularity, anchor.device, fused=fused)
-        st = read_state(state[anchor])
+        self.layout = Layout(param_groups, granularity, first.device, fused=fused)
+        st = read_state(state[first])
         self.state = self.layout.new_state() if st is None else self.layout.adopt_state(st)
-        write_state(state[anchor], self.state)
+        write_state(state[first], self.state)
         self._step = None  # (vecs, phase, sgd_lr) of the step being taken
 
     def args(self, param_groups: list[dict], gi: int, bucket, group: dict) -> SwatsArgs:

@@ -1,13 +1,12 @@
 """The torch.optim contract: bad input, param groups, schedulers, closures, checkpoints, backends."""
 import copy
-import io
 import math
 
 import pytest
 import torch
 
 import fused_hybrid as fh
-from util import feed_grads, make_params, max_rel_err, quadratic_grads
+from util import feed_grads, make_params, max_rel_err, quadratic_grads, roundtrip
 
 ALL = [
     (fh.Adam, {}), (fh.AdamW, {}), (fh.SGD, dict(momentum=0.9)), (fh.Padam, {}), (fh.AdamClip, dict(sgd_lr=0.1)),
@@ -200,13 +199,6 @@ def test_real_grad_scaler_on_cpu():
 
 # -- checkpoints -------------------------------------------------------------------------------------------------
 
-def _roundtrip(sd):
-    buf = io.BytesIO()
-    torch.save(sd, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=False)
-
-
 @pytest.mark.parametrize("cls,kwargs", ALL, ids=IDS)
 def test_resume_gives_the_same_trajectory(cls, kwargs):
     a, b = make_params()
@@ -216,7 +208,7 @@ def test_resume_gives_the_same_trajectory(cls, kwargs):
         quadratic_grads([a, b], k, noise=0.0 if cls is fh.SWATS else 0.1)
         o1.step()
         if k == 19:  # o2 is rebuilt from a checkpoint half way
-            sd = _roundtrip(o2.state_dict())
+            sd = roundtrip(o2.state_dict())
             params = [p for p in b]
             o2 = cls(params, **{"lr": 1e-2, **kwargs})
             o2.load_state_dict(sd)
@@ -238,7 +230,7 @@ def test_swats_checkpoint_after_the_switch_resumes_in_sgd_phase():
     info = opt.switch_info()
     assert info[0]["switched"]
     opt2 = fh.SWATS(a, lr=1e-2, switch_rtol=0.05)
-    opt2.load_state_dict(_roundtrip(opt.state_dict()))
+    opt2.load_state_dict(roundtrip(opt.state_dict()))
     assert opt2.switch_info() == info
     with pytest.raises(ValueError, match="granularity"):
         fh.SWATS(a, granularity="tensor").load_state_dict(opt.state_dict())
@@ -250,7 +242,7 @@ def test_torch_adam_checkpoint_loads_into_adam_and_swats():
     for k in range(10):
         feed_grads([a], k)
         t.step()
-    sd = _roundtrip(t.state_dict())
+    sd = roundtrip(t.state_dict())
     for p, q, r in zip(a, b, c):
         q.data.copy_(p.data)
         r.data.copy_(p.data)
@@ -275,7 +267,7 @@ def test_torch_sgd_checkpoint_loads():
     for p, q in zip(a, b):
         q.data.copy_(p.data)
     ours = fh.SGD(b, lr=0.1, momentum=0.9)
-    ours.load_state_dict(_roundtrip(t.state_dict()))
+    ours.load_state_dict(roundtrip(t.state_dict()))
     for k in range(5, 10):
         feed_grads([a, b], k)
         t.step()
@@ -289,7 +281,7 @@ def test_bf16_state_stays_float32_through_a_checkpoint():
     feed_grads([a], 0)
     opt.step()
     opt2 = fh.Adam(a, lr=1e-2)
-    opt2.load_state_dict(_roundtrip(opt.state_dict()))
+    opt2.load_state_dict(roundtrip(opt.state_dict()))
     assert opt2.state[a[0]]["exp_avg"].dtype == torch.float32
     assert torch.equal(opt2.state[a[0]]["exp_avg"], opt.state[a[0]]["exp_avg"])
 

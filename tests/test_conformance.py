@@ -11,7 +11,6 @@ Deliberate deviations from torch (see the README): ``foreach`` / ``fused`` choos
 so torch's errors about tensor lr or betas "with foreach=True" do not apply.
 """
 import copy
-import io
 import pickle
 
 import pytest
@@ -23,6 +22,7 @@ from torch.testing._internal.common_optimizers import OptimizerErrorEnum, optim_
 
 import fused_hybrid as fh
 from fused_hybrid import rules
+from util import roundtrip
 
 OURS = {torch.optim.Adam: fh.Adam, torch.optim.AdamW: fh.AdamW, torch.optim.SGD: fh.SGD,
         torch.optim.RMSprop: fh.RMSprop, torch.optim.Adagrad: fh.Adagrad}
@@ -77,13 +77,6 @@ def _close(xs, ys, dtype):
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-13)
     for x, y in zip(xs, ys):
         torch.testing.assert_close(x.detach(), y.detach(), **tol)
-
-
-def _roundtrip(obj, weights_only=True):
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=weights_only)
 
 
 # -- trajectories against torch's for-loop implementation, with torch's own configs and schedulers ---------------
@@ -364,7 +357,7 @@ def _copy_ways():
     return {
         "deepcopy": copy.deepcopy,
         "pickle": lambda o: pickle.loads(pickle.dumps(o)),
-        "torch.save": lambda o: _roundtrip(o, weights_only=False),
+        "torch.save": roundtrip,
     }
 
 
@@ -414,7 +407,7 @@ def test_checkpoints_move_both_ways_with_torch(oi, kwargs, backend):
         for p, q in zip(a, b):
             q.data.copy_(p.data)
         o2 = second(b)
-        o2.load_state_dict(_roundtrip(o1.state_dict()))
+        o2.load_state_dict(roundtrip(o1.state_dict(), weights_only=True))
         for k in range(4, 9):
             _feed([a, b], k)
             o1.step()

@@ -1,6 +1,8 @@
 """Shared test helpers: random problems that feed identical gradients to several optimizers."""
 from __future__ import annotations
 
+import io
+
 import torch
 
 SHAPES = [(1,), (3,), (17,), (4097,), (33, 65), (8, 3, 3, 3)]
@@ -32,6 +34,14 @@ def quadratic_grads(param_lists, step: int, seed=0, noise=0.1):
     for params in param_lists:
         for p, a, n in zip(params, curv, noises):
             p.grad = (a * p.detach().double() + n).to(p.dtype)
+
+
+def roundtrip(obj, weights_only=False):
+    """``obj`` through torch.save / torch.load in memory (a checkpoint file's round trip)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=weights_only)
 
 
 def max_rel_err(xs, ys):
