@@ -106,7 +106,7 @@ def _record(names: list[str]) -> list[dict]:
 
     tb._launch = recorder
     from fused_hybrid import swats as sw
-    sw.fused_impl = lambda device: "triton"  # SWATS's bookkeeping as on a GPU: the Triton kernels
+    sw.bookkeeping = lambda groups, device: "triton"  # SWATS's bookkeeping as on a GPU: the Triton kernels
     for name in names:
         cls_name, kw, dtype = CONFIGS[name]
         current["name"] = name

@@ -8,8 +8,9 @@ from __future__ import annotations
 import torch
 
 from . import _ext
+from .families import FAMILIES
 
-OPS = ("sgd_", "adaptive_", "mas_", "ndadam_", "rms_")
+OPS = tuple(f"{name}_" for name in FAMILIES)
 
 
 def _fake(*args, **kwargs):

@@ -1,7 +1,10 @@
 """Per-step hyperparameter records handed from the optimizer wrappers to every backend.
 
 The wrappers turn a parameter group into one of these once per step; backends never read group dicts, so a
-backend is a set of plain functions over tensor lists plus one of these records.
+backend is a set of plain functions over tensor lists plus one of these records. A record's fields, in order, are
+its family's op arguments (``fused_hybrid.families`` builds the op schemas from them; csrc/op_families.h declares
+the same lists in C++, and tests/test_shared_constants.py checks that they agree), so a field's type is what
+the ops take: float, bool, or an int code (the codes below).
 """
 from __future__ import annotations
 
@@ -19,6 +22,9 @@ CLIP_ADABOUND = 2  # AdaBound: bounds from final_lr (scaled by lr/base_lr, see A
 
 PHASE_ADAM = 0
 PHASE_SGD = 1
+
+# MAS's variants (seed 003, section III.B), by code.
+MAS_VARIANTS = ("sum", "correction", "normalized", "vector")
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,7 @@ class SGD:
     dampening: float = 0.0
     nesterov: bool = False
     weight_decay: float = 0.0
+    decoupled: bool = False  # w *= 1 - lr*wd before the step (AdamW's form); else L2 (g += wd*w)
     maximize: bool = False
 
 
@@ -61,12 +68,13 @@ class MAS:
     beta2: float
     eps: float
     weight_decay: float = 0.0
+    decoupled: bool = False
     momentum: float = 0.0
     dampening: float = 0.0
     nesterov: bool = False
     adam_w: float = 0.5
     sgd_w: float = 0.5
-    variant: str = "sum"
+    variant: int = 0  # MAS_VARIANTS.index(name)
     maximize: bool = False
 
 
@@ -90,6 +98,7 @@ class RMS:
     add: float
     eps: float
     weight_decay: float = 0.0
+    decoupled: bool = False  # decay with the group's lr (not Adagrad's decayed one)
     momentum: float = 0.0
     centered: bool = False
     lr_decay: float = 0.0

@@ -236,13 +236,9 @@ class HybridOptimizer(torch.optim.Optimizer):
         for gi, group in enumerate(self.param_groups):
             hp = rules.record(group)
             plan = self._fast_plan(gi, group)
-            if plan is not None:
-                try:
-                    self._step_bucket(gi, group, hp, plan[0], None, grad_scale, found_inf)
-                    continue
-                except RuntimeError as exc:  # some param has no gradient this step: nothing was changed
-                    if plan[0].backend.NO_GRADIENT not in str(exc):
-                        raise
+            # False: some param has no gradient this step; nothing was changed, and the general path skips it.
+            if plan is not None and self._step_bucket(gi, group, hp, plan[0], None, grad_scale, found_inf) is not False:
+                continue
             all_grads = _grads_of(group["params"])
             for b in self._plan(gi, group, all_grads):
                 grads = all_grads if b.whole else [all_grads[j] for j in b.idx]
@@ -254,8 +250,8 @@ class HybridOptimizer(torch.optim.Optimizer):
     def _step_bucket(self, gi, group, hp, b, grads, grad_scale, found_inf) -> None:
         """One call of the rule family's backend function for bucket ``b`` of group ``gi`` with its hyperparameter
         record ``hp``, every argument by keyword: the rule's state lists (``State.arg``) and its ``step_args``.
-        grads None: the backend reads the params' .grad itself (and raises before changing anything if one is
-        missing)."""
+        grads None: the backend reads the params' .grad itself, and returns False, having changed nothing, if one
+        is missing (GRADS_FROM_PARAMS backends only)."""
         rule = rules.RULES[group["rule"]]
         if b.viewed:
             if torch.compiler.is_compiling():
@@ -265,12 +261,15 @@ class HybridOptimizer(torch.optim.Optimizer):
             grads = [_real(g) for g in grads]
         kwargs = {s.arg: b.state_list(s.key) for s in rule.state if s.arg is not None}
         kwargs.update(rule.step_args(self, gi, group, b))
-        getattr(b.backend, rule.family)(
+        stepped = getattr(b.backend, rule.family)(
             params=b.params, grads=grads, hp=hp, cache=b.cache,
             grad_scale=None if grad_scale is None else grad_scale.to(b.device),
             found_inf=None if found_inf is None else found_inf.to(b.device), **kwargs)
+        if stepped is False:
+            return False
         if rule.after is not None:
             rule.after(self, b, kwargs)
+        return True
 
     # -- SWATS ----------------------------------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ COMMON = dict(backend="auto", capturable=False, foreach=None, fused=None, differ
 # Keys set by the wrappers or by LR schedulers, allowed in any group.
 EXTRA_KEYS = {"rule", "params", "initial_lr", "base_lr", "param_names"}
 
-MAS_VARIANTS = ("sum", "correction", "normalized", "vector")
+MAS_VARIANTS = H.MAS_VARIANTS
 
 _ADAM_BETAS = (0.9, 0.999)
 
@@ -202,10 +202,16 @@ def _common_record(group: dict) -> dict:
                 maximize=group["maximize"])
 
 
+def _decoupled(group: dict) -> bool:
+    """Every rule but ND-Adam's takes ``decoupled_weight_decay``: w *= 1 - lr*wd (the group's lr) before the
+    rule's own step, AdamW's form (Loshchilov & Hutter 2019), instead of L2's g += wd*w. AdaBound with it is
+    AdaBoundW (asked for in Luolc/AdaBound PR 14 and jettify/pytorch-optimizer PR 144)."""
+    return bool(group["decoupled_weight_decay"])
+
+
 # Adam / AdamW / AMSGrad (torch.optim.Adam, AdamW: same trajectory).
 def _record_adam(group):
-    return H.Adaptive(**_common_record(group), decoupled=bool(group.get("decoupled_weight_decay", False)),
-                      amsgrad=group["amsgrad"])
+    return H.Adaptive(**_common_record(group), decoupled=_decoupled(group), amsgrad=group["amsgrad"])
 
 
 _ADAPTIVE_STATE = (STEP, EXP_AVG, EXP_AVG_SQ, _vmax("amsgrad"))
@@ -223,8 +229,9 @@ def _check_padam(group):
 
 
 PADAM = Rule("padam", "adaptive", dict(lr=0.1, betas=_ADAM_BETAS, partial=0.125, eps=1e-8, weight_decay=0.0,
-                                       amsgrad=True, maximize=False), _ADAPTIVE_STATE,
-             lambda g: H.Adaptive(**_common_record(g), amsgrad=g["amsgrad"], form=H.FORM_PAPER, partial=g["partial"]),
+                                       amsgrad=True, decoupled_weight_decay=False, maximize=False), _ADAPTIVE_STATE,
+             lambda g: H.Adaptive(**_common_record(g), decoupled=_decoupled(g), amsgrad=g["amsgrad"],
+                                  form=H.FORM_PAPER, partial=g["partial"]),
              check=_check_padam)
 
 
@@ -240,12 +247,13 @@ def _check_adamclip(group):
 
 def _record_adamclip(group):
     s = float(group["sgd_lr"])
-    return H.Adaptive(**_common_record(group), amsgrad=group["amsgrad"], form=H.FORM_PAPER, clip_mode=H.CLIP_CONST,
-                      clip_lo=group["lower"] * s, clip_hi=group["upper"] * s)
+    return H.Adaptive(**_common_record(group), decoupled=_decoupled(group), amsgrad=group["amsgrad"],
+                      form=H.FORM_PAPER, clip_mode=H.CLIP_CONST, clip_lo=group["lower"] * s, clip_hi=group["upper"] * s)
 
 
 ADAMCLIP = Rule("adamclip", "adaptive", dict(lr=1e-3, sgd_lr=None, lower=1.0, upper=math.inf, betas=_ADAM_BETAS,
-                                             eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False),
+                                             eps=1e-8, weight_decay=0.0, amsgrad=False, decoupled_weight_decay=False,
+                                             maximize=False),
                 _ADAPTIVE_STATE, _record_adamclip, check=_check_adamclip)
 
 
@@ -257,7 +265,8 @@ def _check_adabound(group):
 
 def _record_adabound(group):
     base = group["base_lr"]
-    return H.Adaptive(**_common_record(group), amsgrad=group["amsbound"], form=H.FORM_PAPER,
+    return H.Adaptive(**_common_record(group), decoupled=_decoupled(group), amsgrad=group["amsbound"],
+    form=H.FORM_PAPER,
                       clip_mode=H.CLIP_ADABOUND, final_lr=group["final_lr"] / base if base > 0 else group["final_lr"],
                       final_lr_relative=base > 0, gamma=group["gamma"])
 
@@ -269,7 +278,8 @@ def _fill_adabound(group):
 
 
 ADABOUND = Rule("adabound", "adaptive", dict(lr=1e-3, betas=_ADAM_BETAS, final_lr=0.1, gamma=1e-3, eps=1e-8,
-                                             weight_decay=0.0, amsbound=False, maximize=False),
+                                             weight_decay=0.0, amsbound=False, decoupled_weight_decay=False,
+                                             maximize=False),
                 (STEP, EXP_AVG, EXP_AVG_SQ, _vmax("amsbound")), _record_adabound, check=_check_adabound,
                 fill=_fill_adabound)
 
@@ -290,7 +300,8 @@ def _swats_after(opt, bucket, kwargs) -> None:
 
 
 SWATS = Rule("swats", "adaptive", dict(lr=1e-3, betas=_ADAM_BETAS, eps=1e-9, weight_decay=0.0, amsgrad=False,
-                                       nesterov=False, switch_rtol=1e-3, switch_atol=0.0, maximize=False),
+                                       nesterov=False, switch_rtol=1e-3, switch_atol=0.0, decoupled_weight_decay=False,
+                                       maximize=False),
              _ADAPTIVE_STATE + (State("momentum_buffer", None),), _record_adam, check=_check_swats,
              step_args=_swats_args, after=_swats_after)
 
@@ -308,10 +319,10 @@ def _sgd_after(opt, bucket, kwargs) -> None:
 
 
 SGD = Rule("sgd", "sgd", dict(lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
-                              maximize=False),
+                              decoupled_weight_decay=False, maximize=False),
            (replace(MOMENTUM, fresh=True),),
            lambda g: H.SGD(lr=g["lr"], momentum=g["momentum"], dampening=g["dampening"], nesterov=g["nesterov"],
-                           weight_decay=g["weight_decay"], maximize=g["maximize"]),
+                           weight_decay=g["weight_decay"], decoupled=_decoupled(g), maximize=g["maximize"]),
            check=_check_momentum, step_args=_sgd_args, after=_sgd_after)
 
 
@@ -325,16 +336,21 @@ def _check_mas(group):
 
 
 MAS = Rule("mas", "mas", dict(lr=1e-3, betas=_ADAM_BETAS, eps=1e-8, weight_decay=0.0, momentum=0.0, dampening=0.0,
-                              nesterov=False, adam_w=0.5, sgd_w=0.5, variant="sum", maximize=False),
+                              nesterov=False, adam_w=0.5, sgd_w=0.5, variant="sum", decoupled_weight_decay=False,
+                              maximize=False),
            (STEP, EXP_AVG, EXP_AVG_SQ, MOMENTUM),
-           lambda g: H.MAS(**_common_record(g), momentum=g["momentum"], dampening=g["dampening"],
-                           nesterov=g["nesterov"], adam_w=float(g["adam_w"]), sgd_w=float(g["sgd_w"]),
-                           variant=g["variant"]),
+           lambda g: H.MAS(**_common_record(g), decoupled=_decoupled(g), momentum=g["momentum"],
+                           dampening=g["dampening"], nesterov=g["nesterov"], adam_w=float(g["adam_w"]),
+                           sgd_w=float(g["sgd_w"]), variant=MAS_VARIANTS.index(g["variant"])),
            check=_check_mas)
 
 
 # ND-Adam (Zhang 2017, Algorithm 1): one second moment per weight vector.
 def _check_ndadam(group):
+    if group["decoupled_weight_decay"]:
+        raise ValueError("Invalid decoupled_weight_decay: ND-Adam renormalizes every weight vector after each step "
+                         "(Zhang 2017, Algorithm 1), which undoes a decoupled shrink of w; its weight_decay is L2 "
+                         "(added to the gradient before the projection)")
     if group["vec_axes"] is not None:
         axes = list(group["vec_axes"])
         if not axes or any((not isinstance(a, int)) or a < 0 for a in axes):
@@ -349,7 +365,7 @@ def _ndadam_args(opt, gi, group, bucket) -> dict:
 
 
 NDADAM = Rule("ndadam", "ndadam", dict(lr=1e-3, betas=_ADAM_BETAS, eps=1e-8, weight_decay=0.0, vec_axes=None,
-                                       maximize=False),
+                                       decoupled_weight_decay=False, maximize=False),
               (STEP, EXP_AVG, State("exp_avg_sq", "exp_avg_sqs", shape="vectors")),
               lambda g: H.NDAdam(**_common_record(g)), check=_check_ndadam, step_args=_ndadam_args,
               sharded_ok=False, complex_ok=False)
@@ -363,12 +379,12 @@ def _check_rmsprop(group):
 
 
 RMSPROP = Rule("rmsprop", "rms", dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
-                                      maximize=False),
+                                      decoupled_weight_decay=False, maximize=False),
                (STEP, State("square_avg", "square_avgs"), MOMENTUM,
                 State("grad_avg", "grad_avgs", when=lambda g: bool(g["centered"]))),
                lambda g: H.RMS(lr=g["lr"], keep=float(g["alpha"]), add=1.0 - float(g["alpha"]), eps=g["eps"],
-                               weight_decay=g["weight_decay"], momentum=g["momentum"], centered=bool(g["centered"]),
-                               maximize=g["maximize"]),
+                               weight_decay=g["weight_decay"], decoupled=_decoupled(g), momentum=g["momentum"],
+                               centered=bool(g["centered"]), maximize=g["maximize"]),
                check=_check_rmsprop)
 
 
@@ -378,10 +394,10 @@ def _check_adagrad(group):
 
 
 ADAGRAD = Rule("adagrad", "rms", dict(lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0,
-                                      eps=1e-10, maximize=False),
+                                      eps=1e-10, decoupled_weight_decay=False, maximize=False),
                (STEP, State("sum", "square_avgs", init="initial_accumulator_value")),
                lambda g: H.RMS(lr=g["lr"], keep=1.0, add=1.0, eps=g["eps"], weight_decay=g["weight_decay"],
-                               lr_decay=float(g["lr_decay"]), maximize=g["maximize"]),
+                               decoupled=_decoupled(g), lr_decay=float(g["lr_decay"]), maximize=g["maximize"]),
                check=_check_adagrad)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from .backends import module
 from .hyper import PHASE_ADAM, PHASE_SGD, SwatsArgs
 
 GRANULARITIES = ("global", "group", "tensor")
@@ -60,17 +61,21 @@ IMPLS = ("torch", "cpu", "triton")
 
 
 def fused_impl(device: torch.device) -> str:
-    """Where the bookkeeping runs fused for SWATS tensors on ``device``: the C++ ops on the CPU
-    (csrc/cpu/swats.cpp, 3 calls), the Triton kernels on a GPU (triton_kernels/swats.py, 2 launches), else the
-    torch ops below (~70 small ops)."""
-    if device.type == "cpu":
-        from . import _ext
-        return "cpu" if _ext.loaded() else "torch"
-    from .backends import triton as tb
-    # Triton's NVIDIA backend targets compute capability 8.0 and newer; older GPUs keep the torch ops.
-    if not tb.available(device) or (device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 0)):
-        return "torch"
-    return "triton"
+    """Where the bookkeeping runs fused for SWATS tensors on ``device``: the ``swats_bookkeeping`` of the backend
+    ``backend="auto"`` picks there (the cpu backend: its C++ ops, csrc/cpu/swats.cpp, 3 calls; the cuda and triton
+    backends on a GPU: the Triton backend's kernels, triton_kernels/swats.py, 2 launches), else the torch ops
+    below (~70 small ops)."""
+    from .backends import resolve
+    return resolve("auto", device, "adaptive").swats_bookkeeping(device)
+
+
+def bookkeeping(param_groups: list[dict], device: torch.device) -> str:
+    """The bookkeeping of the backend(s) that step the SWATS groups (their ``swats_bookkeeping``); the torch ops
+    when the groups' backends disagree."""
+    from .backends import resolve
+    kinds = {resolve(g["backend"], device, "adaptive").swats_bookkeeping(device)
+             for g in param_groups if g["rule"] == "swats"}
+    return kinds.pop() if len(kinds) == 1 else "torch"
 
 
 class Layout:
@@ -185,14 +190,7 @@ def per_tensor_args(layout: Layout, st: dict, vecs: dict) -> tuple[torch.Tensor,
         return torch.ops.fused_hybrid.swats_args(layout.seg_of, st["phase"], st["Lambda"], st["lr_ref"], vecs["lr"],
                                                  vecs["one_minus_b1"])
     if layout.impl == "triton":
-        from .backends import triton_launch as tb
-        from .triton_kernels import swats as ks
-        phase = torch.empty(layout.T, dtype=torch.int32, device=layout.device)
-        sgd_lr = torch.empty(layout.T, dtype=torch.float64, device=layout.device)
-        if layout.T:
-            tb._launch(ks.swats_args_kernel, (-(-layout.T // _BLOCK),), layout.seg_of, st["phase"], st["Lambda"],
-                       st["lr_ref"], vecs["lr"], vecs["one_minus_b1"], phase, sgd_lr, layout.T, BLOCK=_BLOCK)
-        return phase, sgd_lr
+        return module("triton").swats_per_tensor(layout.seg_of, st, vecs)
     seg = layout.seg_of
     phase = st["phase"][seg]
     in_sgd = phase == PHASE_SGD
@@ -266,25 +264,16 @@ def switch_update(layout: Layout, st: dict, vecs: dict, partials: torch.Tensor, 
     finalize(layout, st, vecs, segment_totals(layout, partials, stepped, process_group), found_inf)
 
 
-_BLOCK = 256  # tensors per program of the Triton bookkeeping kernels
-
-
 def _switch_kernel(layout, st, vecs, partials, stepped, totals, found_inf, mode: int) -> None:
-    """One launch of triton_kernels.swats.swats_switch_kernel over the segments (see its docstring for ``mode``),
-    through the Triton backend's ``triton_launch._launch`` (where launches are counted)."""
+    """The Triton backend's switch-test kernel over the segments (``swats_switch``; ``mode``: see its docstring)."""
     if layout.S == 0:
         return
-    from .backends import triton_launch as tb
-    from .triton_kernels import swats as ks
     if st is None:  # mode 0 reads and writes no state: seg_of fills the state arguments' places
-        st = {k: layout.seg_of for k in ("phase", "lam", "Lambda", "switch_step", "seg_step", "gamma", "lr_ref")}
+        st = {k: layout.seg_of for k in _VEC_KEYS}
         vecs = {k: layout.seg_of for k in ("lr", "b2", "rtol", "atol")}
     if found_inf is not None:
         found_inf = found_inf.to(device=layout.device, dtype=torch.float32).reshape(1)
-    tb._launch(ks.swats_switch_kernel, (layout.S,), layout.members, layout.members.shape[1], layout.T, partials,
-               stepped, totals, found_inf, st["phase"], st["lam"], st["Lambda"], st["switch_step"], st["seg_step"],
-               st["gamma"], st["lr_ref"], vecs["lr"], vecs["b2"], vecs["rtol"], vecs["atol"], MODE=mode,
-               HAS_STEPPED=stepped is not None, HAS_FOUND_INF=found_inf is not None, BLOCK=_BLOCK)
+    module("triton").swats_switch(layout.members, layout.T, partials, stepped, totals, found_inf, st, vecs, mode)
 
 
 def info(st: dict, beta2: list[float]) -> list[dict]:
@@ -311,10 +300,9 @@ class Controller:
 
     def __init__(self, param_groups: list[dict], state: dict, granularity: str):
         first = anchor(param_groups)
-        # The bookkeeping runs fused (C++ ops on the CPU, Triton kernels on a GPU: fused_impl) when fused backends
-        # step the SWATS tensors; the reference backend keeps the plain-PyTorch version.
-        fused = all(g["backend"] != "reference" for g in param_groups if g["rule"] == "swats")
-        self.layout = Layout(param_groups, granularity, first.device, fused=fused)
+        # The bookkeeping is a capability of the backend that steps the SWATS tensors (``bookkeeping``): the cpu
+        # backend's C++ ops, the Triton kernels for the GPU backends, the plain-PyTorch ops for the reference.
+        self.layout = Layout(param_groups, granularity, first.device, impl=bookkeeping(param_groups, first.device))
         st = read_state(state[first])
         self.state = self.layout.new_state() if st is None else self.layout.adopt_state(st)
         write_state(state[first], self.state)

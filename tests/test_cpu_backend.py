@@ -309,9 +309,12 @@ def test_adaptive_op_overwrites_poisoned_partials():
     steps = [torch.zeros(()) for _ in shapes]
     phase = torch.tensor([0, 0, 0, 1], dtype=torch.int32)
     partials = torch.full((4, 2), float("nan"), dtype=torch.float64)
-    torch.ops.fused_hybrid.adaptive_(ps, gs, z(), z(), [], steps, z(), 1e-3, None, 0.9, 0.999, 1e-8, 0.0, False,
-                                     False, False, 0, 0.5, 0, 0.0, math.inf, 0.0, False, 0.0, None, None, phase,
-                                     torch.full((4,), 0.01, dtype=torch.float64), partials, False)
+    from fused_hybrid import hyper as H
+    from fused_hybrid.families import FAMILIES
+    hp = H.Adaptive(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8)
+    torch.ops.fused_hybrid.adaptive_(ps, gs, z(), z(), [], steps, z(), **FAMILIES["adaptive"].kwargs(hp),
+                                     swats_phase=phase, swats_sgd_lr=torch.full((4,), 0.01, dtype=torch.float64),
+                                     swats_partials=partials, swats_nesterov=False, grad_scale=None, found_inf=None)
     assert not partials.isnan().any()
     assert partials[1].eq(0).all() and partials[3].eq(0).all()  # empty tensor; SGD phase
     assert (partials[[0, 2], 0] < 0).all() and (partials[[0, 2], 1] > 0).all()  # <p,g> < 0 < <p,p> for Adam
@@ -370,15 +373,33 @@ def test_table_and_list_entry_points_agree(cfg, backend):
         assert tables and all(isinstance(t, torch.ScriptObject) for t in tables)
 
 
+# The sgd ops' keyword arguments for a plain step of lr 0.1 (the ops take every scalar by keyword).
+SGD_KW = dict(firsts=[], lr=0.1, lr_tensor=None, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
+              decoupled=False, maximize=False, grad_scale=None, found_inf=None)
+
+
+def test_table_op_says_when_a_param_has_no_gradient():
+    """The fast path's table op reads the params' .grad itself: a missing one is an expected case (a frozen layer this
+    step), answered False with nothing changed, not an exception the caller has to parse."""
+    p, q = torch.zeros(3), torch.zeros(2)
+    p.grad = torch.ones(3)
+    table = torch.classes.fused_hybrid.TensorTable([[p, q], []])
+    assert torch.ops.fused_hybrid.sgd_table_(table, [], **SGD_KW) is False
+    assert torch.equal(p, torch.zeros(3))
+    q.grad = torch.ones(2)
+    assert torch.ops.fused_hybrid.sgd_table_(table, [], **SGD_KW) is True
+    assert torch.equal(p, torch.full((3,), -0.1)) and torch.equal(q, torch.full((2,), -0.1))
+
+
 def test_table_op_rejects_a_table_of_the_wrong_shape():
     p, g = torch.zeros(3), torch.ones(3)
     op = torch.ops.fused_hybrid.sgd_table_
-    args = ([False], 0.1, None, 0.0, 0.0, False, 0.0, False, None, None)
+    kw = dict(SGD_KW, firsts=[False])
     with pytest.raises(RuntimeError, match="needs a TensorTable of 2 lists"):
-        op(torch.classes.fused_hybrid.TensorTable([[p]]), [g], *args)
+        op(torch.classes.fused_hybrid.TensorTable([[p]]), [g], **kw)
     with pytest.raises(RuntimeError, match="1 params but 2 grads"):
-        op(torch.classes.fused_hybrid.TensorTable([[p], []]), [g, g], *args)
-    op(torch.classes.fused_hybrid.TensorTable([[p], []]), [g], *args)
+        op(torch.classes.fused_hybrid.TensorTable([[p], []]), [g, g], **kw)
+    assert op(torch.classes.fused_hybrid.TensorTable([[p], []]), [g], **kw) is True
     assert torch.equal(p, torch.full((3,), -0.1))
 
 
@@ -409,15 +430,15 @@ def test_table_ops_hand_other_devices_to_the_list_ops_kernel():
         xo.adaptive(ps, gs, like(ps), like(ps), like(ps), steps(ps),
                     H.Adaptive(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, amsgrad=True), cache={})
         xo.mas(ps, gs, like(ps), like(ps), like(ps), steps(ps),
-               H.MAS(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, momentum=0.9, variant="vector"), cache={})
+               H.MAS(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, momentum=0.9,
+                     variant=H.MAS_VARIANTS.index("vector")), cache={})
         xo.ndadam(ps, gs, like(ps), [torch.zeros(3, device="meta"), torch.zeros(2, device="meta")], steps(ps),
                   [(), (1,)], H.NDAdam(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8), cache={})
     # The same call on CPU tensors a CPU kernel cannot take is refused: the branch above really changed kernels.
     ps = meta_params([(3,)])
     table = torch.classes.fused_hybrid.TensorTable([[torch.zeros(3)], []])
     with pytest.raises(RuntimeError, match="sgd_"):
-        torch.ops.fused_hybrid.sgd_table_(table, [ps[0].grad], [], 0.1, None, 0.0, 0.0, False, 0.0, False, None,
-                                          None)
+        torch.ops.fused_hybrid.sgd_table_(table, [ps[0].grad], **SGD_KW)
 
 
 def test_table_follows_replaced_state_lists():

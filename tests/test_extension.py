@@ -27,13 +27,16 @@ def test_ops_have_schemas(op):
     assert hasattr(torch.ops.fused_hybrid, op)
 
 
+SGD_KW = dict(firsts=[0], lr=0.1, lr_tensor=None, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
+              decoupled=False, maximize=False, grad_scale=None, found_inf=None)
+
+
 def test_cpu_op_rejects_bad_input_clearly():
     if not _ext.loaded():
         pytest.skip(f"extension not built: {_ext.LOAD_ERROR}")
     p = torch.zeros(4)
     with pytest.raises(RuntimeError, match="grads"):
-        torch.ops.fused_hybrid.sgd_([p], [], [], [0], 0.1, None, 0.0, 0.0, False, 0.0, False, None, None)
+        torch.ops.fused_hybrid.sgd_([p], [], [], **SGD_KW)
     with pytest.raises(RuntimeError, match="contiguous"):
         q = torch.zeros(4, 4).t()
-        torch.ops.fused_hybrid.sgd_([q], [torch.zeros(4, 4).t()], [], [0], 0.1, None, 0.0, 0.0, False, 0.0, False,
-                                    None, None)
+        torch.ops.fused_hybrid.sgd_([q], [torch.zeros(4, 4).t()], [], **SGD_KW)

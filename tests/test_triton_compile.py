@@ -188,25 +188,29 @@ def _op_calls():
     rnd = lambda *s: torch.randn(*s, generator=g).to(DEVICE)  # noqa: E731
     zeros = lambda *s, dt=torch.float32: torch.zeros(*s, dtype=dt, device=DEVICE)  # noqa: E731
     two = lambda mk: [mk(40), mk(7)]  # noqa: E731
-    common = dict(lr_t=torch.tensor(1e-2, device=DEVICE), grad_scale=torch.tensor(2.0, device=DEVICE),
+    common = dict(lr_tensor=torch.tensor(1e-2, device=DEVICE), grad_scale=torch.tensor(2.0, device=DEVICE),
                   found_inf=zeros(1), lr=0.0)
     adam = dict(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1, maximize=False)
     return [
         ("triton_adaptive_", dict(
             params=two(rnd), grads=two(rnd), exp_avgs=two(zeros), exp_avg_sqs=two(zeros), max_exp_avg_sqs=two(zeros),
-            steps=[zeros(()), zeros(())], momentum_buffers=two(zeros),
-            phase=torch.tensor([0, 1], dtype=torch.int32, device=DEVICE),  # tensor 1 in SWATS's SGD phase
-            sgd_lr=torch.tensor([0.0, 0.05], dtype=torch.float64, device=DEVICE),
-            partials=zeros(2, 2, dt=torch.float64),
-            nesterov=False, decoupled=False, amsgrad=True, form=0, partial=0.5, clip_mode=0, clip_lo=0.0,
+            steps=[zeros(()), zeros(())], swats_momentum_buffers=two(zeros),
+            swats_phase=torch.tensor([0, 1], dtype=torch.int32, device=DEVICE),  # tensor 1 in SWATS's SGD phase
+            swats_sgd_lr=torch.tensor([0.0, 0.05], dtype=torch.float64, device=DEVICE),
+            swats_partials=zeros(2, 2, dt=torch.float64),
+            swats_nesterov=False, decoupled=False, amsgrad=True, form=0, partial=0.5, clip_mode=0, clip_lo=0.0,
             clip_hi=float("inf"), final_lr=0.0, final_lr_relative=False, gamma=0.0, **adam, **common)),
         ("triton_sgd_", dict(
-            params=two(rnd), grads=two(rnd), momentum_buffers=two(zeros), firsts=[True, False], momentum=0.9,
-            dampening=0.0, nesterov=True, weight_decay=0.1, maximize=False, **common)),
+            params=two(rnd), grads=two(rnd), momentum_buffers=two(zeros), firsts=[1, 0], momentum=0.9,
+            dampening=0.0, nesterov=True, weight_decay=0.1, decoupled=True, maximize=False, **common)),
         ("triton_mas_", dict(
             params=two(rnd), grads=two(rnd), exp_avgs=two(zeros), exp_avg_sqs=two(zeros), momentum_buffers=two(zeros),
             steps=[zeros(()), zeros(())], momentum=0.9, dampening=0.0, nesterov=False, adam_w=0.5, sgd_w=0.5,
-            variant="vector", **adam, **common)),
+            variant=3, decoupled=False, **adam, **common)),  # variant 3: "vector" (hyper.MAS_VARIANTS)
+        ("triton_rms_", dict(
+            params=two(rnd), grads=two(rnd), square_avgs=two(zeros), grad_avgs=two(zeros), momentum_buffers=two(zeros),
+            steps=[zeros(()), zeros(())], keep=0.99, add=0.01, eps=1e-8, weight_decay=0.1, decoupled=True,
+            momentum=0.9, centered=True, lr_decay=0.0, maximize=False, **common)),
         ("triton_ndadam_", dict(
             params=[rnd(5, 8), rnd(7)], grads=[rnd(5, 8), rnd(7)], exp_avgs=[zeros(5, 8), zeros(7)],
             exp_avg_sqs=[zeros(5, 1), zeros(7)], steps=[zeros(()), zeros(())], axes_flat=[1], axes_len=[1, 0],
@@ -242,8 +246,9 @@ def test_fake_impls_do_nothing():
     from torch._subclasses.fake_tensor import FakeTensorMode
     with FakeTensorMode():
         p, g = torch.zeros(4, device=DEVICE), torch.zeros(4, device=DEVICE)
-        assert torch.ops.fused_hybrid.triton_sgd_([p], [g], [], [], None, None, None, 0.1, 0.0, 0.0, False, 0.0,
-                                                  False) is None
+        assert torch.ops.fused_hybrid.triton_sgd_([p], [g], [], firsts=[], lr=0.1, momentum=0.0, dampening=0.0,
+                                                  nesterov=False, weight_decay=0.0, decoupled=False, maximize=False,
+                                                  lr_tensor=None, grad_scale=None, found_inf=None) is None
 
 
 READ_CASES = [(fh.Adam, dict(lr=1e-2, amsgrad=True)), (fh.SGD, dict(lr=0.1, momentum=0.9)),

@@ -20,7 +20,6 @@ V_SUM = tl.constexpr(0)
 V_CORRECTION = tl.constexpr(1)
 V_NORMALIZED = tl.constexpr(2)
 V_VECTOR = tl.constexpr(3)
-VARIANTS = {"sum": 0, "correction": 1, "normalized": 2, "vector": 3}
 NPP = 4  # partials per chunk (3 used), padded to a power of two
 
 L_P = tl.constexpr(0)
@@ -52,11 +51,13 @@ def mas_reduced_update(d_a, d_s, dot, neg_eta_a, neg_lr, neg_ratio, a_scale, s_s
 
 @triton.jit
 def _mas_block(offs, mask, pp, gp, mp, vp, bp, sc, first, C: tl.constexpr, MASKED: tl.constexpr,
-               HAS_SCALE: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, MOMENTUM: tl.constexpr,
-               NESTEROV: tl.constexpr, VARIANT: tl.constexpr, PASS: tl.constexpr):
+               HAS_SCALE: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, DECOUPLED: tl.constexpr,
+               MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, VARIANT: tl.constexpr, PASS: tl.constexpr):
     inv, wd, omb1, b2, omb2, eps, sqrt_bc2, mom, omd, adam_w, sgd_w, coef, dot, neg_eta_a, neg_lr, neg_ratio, \
-        a_scale, s_scale = sc
-    w, d = load_w_grad(pp, gp, offs, mask, inv, wd, C, MASKED, HAS_SCALE, MAXIMIZE, HAS_WD)
+        a_scale, s_scale, decay = sc
+    w, d = load_w_grad(pp, gp, offs, mask, inv, wd, C, MASKED, HAS_SCALE, MAXIMIZE, HAS_WD and not DECOUPLED)
+    if HAS_WD and DECOUPLED:
+        w = w * decay  # decoupled weight decay: w shrinks where it is written (the sum pass, or pass 1)
     m = tl.load(mp + offs, mask=mask)
     v = tl.load(vp + offs, mask=mask)
     if PASS == 0:
@@ -98,7 +99,7 @@ def mas_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr, pa
                lr: tl.float64, beta1: tl.float64, beta2: tl.float64, eps: tl.float64, wd: tl.float64,
                momentum: tl.float64, dampening: tl.float64, adam_w: tl.float64, sgd_w: tl.float64,
                P: tl.constexpr, C: tl.constexpr, LR_TENSOR: tl.constexpr, HAS_SCALE: tl.constexpr,
-               HAS_FOUND_INF: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr,
+               HAS_FOUND_INF: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, DECOUPLED: tl.constexpr,
                MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, VARIANT: tl.constexpr, PASS: tl.constexpr,
                ALIGNED: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     pid = tl.program_id(0)
@@ -130,13 +131,13 @@ def mas_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr, pa
         sc = (inv_scale(scale_ptr, HAS_SCALE), f64(wd).to(C), (1.0 - b1).to(C), b2.to(C), (1.0 - b2).to(C),
               f64(eps).to(C), sqrt_ieee(bc2).to(C), f64(momentum).to(C), (1.0 - f64(dampening)).to(C),
               aw.to(C), sw.to(C), (-(sw * lr64 + aw * eta_a)).to(C), dot, (-eta_a).to(C), (-lr64).to(C),
-              (-ratio).to(C), (aw * eta_a).to(C), (sw * ratio).to(C))
+              (-ratio).to(C), (aw * eta_a).to(C), (sw * ratio).to(C), (1.0 - lr64 * f64(wd)).to(C))
         first = k == 1.0
         if start + CHUNK <= n:
             for i in range(0, CHUNK, BLOCK):
                 offs = start + i + tl.arange(0, BLOCK)
                 a, b, c = _mas_block(offs, None, pp, gp, mp, vp, bp, sc, first, C, False, HAS_SCALE, MAXIMIZE,
-                                     HAS_WD, MOMENTUM, NESTEROV, VARIANT, PASS)
+                                     HAS_WD, DECOUPLED, MOMENTUM, NESTEROV, VARIANT, PASS)
                 s_dot += a
                 s_aa += b
                 s_ss += c
@@ -144,7 +145,7 @@ def mas_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr, pa
             for j in range(0, n - start, BLOCK):  # (a different name: loop variables outlive the if)
                 offs = start + j + tl.arange(0, BLOCK)
                 a, b, c = _mas_block(offs, offs < n, pp, gp, mp, vp, bp, sc, first, C, True, HAS_SCALE, MAXIMIZE,
-                                     HAS_WD, MOMENTUM, NESTEROV, VARIANT, PASS)
+                                     HAS_WD, DECOUPLED, MOMENTUM, NESTEROV, VARIANT, PASS)
                 s_dot += a
                 s_aa += b
                 s_ss += c

@@ -20,10 +20,12 @@ L_STEP = tl.constexpr(5)
 
 
 @triton.jit
-def _rms_block(offs, mask, pp, gp, sqp, gap, bp, inv, wd, keep, add, eps, mom, neg_lr, C: tl.constexpr,
+def _rms_block(offs, mask, pp, gp, sqp, gap, bp, inv, wd, decay, keep, add, eps, mom, neg_lr, C: tl.constexpr,
                MASKED: tl.constexpr, HAS_SCALE: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr,
-               CENTERED: tl.constexpr, MOMENTUM: tl.constexpr):
-    w, g = load_w_grad(pp, gp, offs, mask, inv, wd, C, MASKED, HAS_SCALE, MAXIMIZE, HAS_WD)
+               DECOUPLED: tl.constexpr, CENTERED: tl.constexpr, MOMENTUM: tl.constexpr):
+    w, g = load_w_grad(pp, gp, offs, mask, inv, wd, C, MASKED, HAS_SCALE, MAXIMIZE, HAS_WD and not DECOUPLED)
+    if HAS_WD and DECOUPLED:
+        w = w * decay  # decoupled weight decay with the group's lr (not Adagrad's decayed one)
     sq = tl.load(sqp + offs, mask=mask)
     sq = keep * sq + add * g * g  # torch: sq.mul_(keep).addcmul_(g, g, value=add)
     tl.store(sqp + offs, sq, mask=mask)
@@ -47,8 +49,8 @@ def rms_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr,
                lr: tl.float64, keep: tl.float64, add: tl.float64, eps: tl.float64, wd: tl.float64,
                momentum: tl.float64, lr_decay: tl.float64,
                P: tl.constexpr, C: tl.constexpr, LR_TENSOR: tl.constexpr, HAS_SCALE: tl.constexpr,
-               HAS_FOUND_INF: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, CENTERED: tl.constexpr,
-               MOMENTUM: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+               HAS_FOUND_INF: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, DECOUPLED: tl.constexpr,
+               CENTERED: tl.constexpr, MOMENTUM: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     pid = tl.program_id(0)
     t, start, n = chunk_header(chunks, meta, pid, 4, CHUNK)
     if not skip_step(found_ptr, HAS_FOUND_INF):
@@ -60,16 +62,18 @@ def rms_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr,
         stp = table_ptr(ptrs, L_STEP, t, T, tl.float32, False)
         k = tl.load(stp).to(tl.float64) + 1.0
         # torch.optim.Adagrad's clr = lr / (1 + (k-1)*lr_decay), in float64 as on its host.
-        neg_lr = (-(load_lr(lr, lr_ptr, LR_TENSOR) / (1.0 + (k - 1.0) * f64(lr_decay)))).to(C)
+        lr64 = load_lr(lr, lr_ptr, LR_TENSOR)
+        neg_lr = (-(lr64 / (1.0 + (k - 1.0) * f64(lr_decay)))).to(C)
+        decay = (1.0 - lr64 * f64(wd)).to(C)
         inv = inv_scale(scale_ptr, HAS_SCALE)
         sc = (f64(wd).to(C), f64(keep).to(C), f64(add).to(C), f64(eps).to(C), f64(momentum).to(C))
         if start + CHUNK <= n:
             for i in range(0, CHUNK, BLOCK):
                 offs = start + i + tl.arange(0, BLOCK)
-                _rms_block(offs, None, pp, gp, sqp, gap, bp, inv, sc[0], sc[1], sc[2], sc[3], sc[4], neg_lr, C,
-                           False, HAS_SCALE, MAXIMIZE, HAS_WD, CENTERED, MOMENTUM)
+                _rms_block(offs, None, pp, gp, sqp, gap, bp, inv, sc[0], decay, sc[1], sc[2], sc[3], sc[4], neg_lr,
+                           C, False, HAS_SCALE, MAXIMIZE, HAS_WD, DECOUPLED, CENTERED, MOMENTUM)
         else:
             for j in range(0, n - start, BLOCK):  # (a different name: loop variables outlive the if)
                 offs = start + j + tl.arange(0, BLOCK)
-                _rms_block(offs, offs < n, pp, gp, sqp, gap, bp, inv, sc[0], sc[1], sc[2], sc[3], sc[4], neg_lr, C,
-                           True, HAS_SCALE, MAXIMIZE, HAS_WD, CENTERED, MOMENTUM)
+                _rms_block(offs, offs < n, pp, gp, sqp, gap, bp, inv, sc[0], decay, sc[1], sc[2], sc[3], sc[4], neg_lr,
+                           C, True, HAS_SCALE, MAXIMIZE, HAS_WD, DECOUPLED, CENTERED, MOMENTUM)

@@ -37,10 +37,12 @@ def swats_sgd_phase(w, buf, g, b1, neg_sgd_lr, NESTEROV: tl.constexpr):
 
 
 @triton.jit
-def _sgd_block(offs, mask, pp, gp, bp, inv, wd, mom, omd, neg_lr, first, C: tl.constexpr, MASKED: tl.constexpr,
-               HAS_SCALE: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, MOMENTUM: tl.constexpr,
-               NESTEROV: tl.constexpr):
-    w, g = load_w_grad(pp, gp, offs, mask, inv, wd, C, MASKED, HAS_SCALE, MAXIMIZE, HAS_WD)
+def _sgd_block(offs, mask, pp, gp, bp, inv, wd, decay, mom, omd, neg_lr, first, C: tl.constexpr,
+               MASKED: tl.constexpr, HAS_SCALE: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr,
+               DECOUPLED: tl.constexpr, MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr):
+    w, g = load_w_grad(pp, gp, offs, mask, inv, wd, C, MASKED, HAS_SCALE, MAXIMIZE, HAS_WD and not DECOUPLED)
+    if HAS_WD and DECOUPLED:
+        w = w * decay  # decoupled weight decay (AdamW's form): decay first, then the step
     d = g
     if MOMENTUM:
         d, buf = sgd_direction(tl.load(bp + offs, mask=mask), g, mom, omd, first, NESTEROV)
@@ -53,7 +55,7 @@ def _sgd_block(offs, mask, pp, gp, bp, inv, wd, mom, omd, neg_lr, first, C: tl.c
 def sgd_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr,
                lr: tl.float64, momentum: tl.float64, dampening: tl.float64, wd: tl.float64,
                P: tl.constexpr, C: tl.constexpr, LR_TENSOR: tl.constexpr, HAS_SCALE: tl.constexpr,
-               HAS_FOUND_INF: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr,
+               HAS_FOUND_INF: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, DECOUPLED: tl.constexpr,
                MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, ALIGNED: tl.constexpr,
                BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     pid = tl.program_id(0)
@@ -67,14 +69,16 @@ def sgd_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr,
         wd_c = f64(wd).to(C)
         mom = f64(momentum).to(C)
         omd = (1.0 - f64(dampening)).to(C)
-        neg_lr = (-load_lr(lr, lr_ptr, LR_TENSOR)).to(C)
+        lr64 = load_lr(lr, lr_ptr, LR_TENSOR)
+        neg_lr = (-lr64).to(C)
+        decay = (1.0 - lr64 * f64(wd)).to(C)
         if start + CHUNK <= n:
             for i in range(0, CHUNK, BLOCK):
                 offs = start + i + tl.arange(0, BLOCK)
-                _sgd_block(offs, None, pp, gp, bp, inv, wd_c, mom, omd, neg_lr, first, C, False, HAS_SCALE,
-                           MAXIMIZE, HAS_WD, MOMENTUM, NESTEROV)
+                _sgd_block(offs, None, pp, gp, bp, inv, wd_c, decay, mom, omd, neg_lr, first, C, False, HAS_SCALE,
+                           MAXIMIZE, HAS_WD, DECOUPLED, MOMENTUM, NESTEROV)
         else:
             for j in range(0, n - start, BLOCK):  # (a different name: loop variables outlive the if)
                 offs = start + j + tl.arange(0, BLOCK)
-                _sgd_block(offs, offs < n, pp, gp, bp, inv, wd_c, mom, omd, neg_lr, first, C, True, HAS_SCALE,
-                           MAXIMIZE, HAS_WD, MOMENTUM, NESTEROV)
+                _sgd_block(offs, offs < n, pp, gp, bp, inv, wd_c, decay, mom, omd, neg_lr, first, C, True, HAS_SCALE,
+                           MAXIMIZE, HAS_WD, DECOUPLED, MOMENTUM, NESTEROV)

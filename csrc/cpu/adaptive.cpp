@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "adaptive_kernel.h"
+#include "../op_families.h"
 #include "fused_hybrid/contiguous_grads.h"
 #include "fused_hybrid/rules.h"
 #include "multi_tensor.h"
@@ -32,7 +33,7 @@ FH_CPU_CLONES void swats_sgd_chunk(scalar_t* __restrict__ w, const scalar_t* __r
   for (int64_t i = 0; i < n; ++i) {
     opmath_t wi = static_cast<opmath_t>(w[i]);
     opmath_t gi = rules::effective_grad(static_cast<opmath_t>(g[i]), inv, false);  // inv: see signed_inv
-    rules::adaptive_weight_decay_exact(wi, gi, wd, decay, WD == kWdDecoupled);
+    rules::weight_decay_exact(wi, gi, wd, decay, WD == kWdDecoupled);
     rules::swats_sgd_phase(wi, gi, buf[i], beta1, sgd_lr, NESTEROV);
     w[i] = static_cast<scalar_t>(wi);
   }
@@ -57,15 +58,9 @@ SwatsSgdFn<scalar_t, opmath_t> pick_swats_sgd(int wd, bool nesterov) {
 }
 
 void adaptive_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
-               at::TensorList max_exp_avg_sqs, at::TensorList steps, at::TensorList swats_momentum_buffers, double lr,
-               const std::optional<at::Tensor>& lr_tensor, double beta1, double beta2, double eps,
-               double weight_decay, bool decoupled, bool amsgrad, bool maximize, int64_t form, double partial,
-               int64_t clip_mode, double clip_lo, double clip_hi, double final_lr_in, bool final_lr_relative,
-               double gamma,
-               const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf_t,
-               const std::optional<at::Tensor>& swats_phase,
-               const std::optional<at::Tensor>& swats_sgd_lr, const std::optional<at::Tensor>& swats_partials,
-               bool swats_nesterov) {
+               at::TensorList max_exp_avg_sqs, at::TensorList steps, at::TensorList swats_momentum_buffers,
+               const families::adaptive_args& args) {
+  FH_BIND_ARGS(FH_ADAPTIVE_ARGS)
   const ContiguousGrads contiguous(grads_in);
   const at::TensorList grads = contiguous.list();
   static constexpr const char* op = "fused_hybrid::adaptive_";
@@ -92,14 +87,13 @@ void adaptive_(at::TensorList params, at::TensorList grads_in, at::TensorList ex
                     swats_partials->is_contiguous() && swats_partials->numel() == 2 * n,
                 op, ": swats_partials must be a contiguous float64 CPU tensor of shape [T, 2]");
   }
-  if (T == 0 || found_inf(found_inf_t)) return;  // GradScaler found inf/NaN: nothing changes, steps included
+  if (T == 0 || skip_step(found_inf)) return;  // GradScaler found inf/NaN: nothing changes, steps included
   const std::vector<double> ks = advance_steps(op, steps, T);
   const double inv = inv_scale(grad_scale);
   const double lrv = lr_value(lr, lr_tensor);
-  const double final_lr = final_lr_relative ? final_lr_in * lrv : final_lr_in;  // AdaBound: hyper.Adaptive
   const auto chunks = make_chunks(params);
   const int kind = adaptive_kind(form, partial);
-  const int wd_mode = weight_decay == 0.0 ? kWdNone : (decoupled ? kWdDecoupled : kWdL2);
+  const int wd = wd_mode(weight_decay, decoupled);
   std::vector<double> part(swats ? 2 * chunks.size() : 0, 0.0);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fused_hybrid_adaptive", [&] {
@@ -138,31 +132,11 @@ void adaptive_(at::TensorList params, at::TensorList grads_in, at::TensorList ex
         sc[t] = sc[t - 1];
         continue;
       }
-      auto a = torch_form_scalars<opmath_t>(lrv, beta1, beta2, eps, weight_decay, k);
-      a.decoupled = decoupled;
-      a.amsgrad = amsgrad;
-      if (form == rules::kFormPaper) {
-        const double bc1 = 1.0 - std::pow(beta1, k);
-        const double bc2 = 1.0 - std::pow(beta2, k);
-        a.form = rules::kFormPaper;
-        a.step_size = opmath_t(lrv * std::sqrt(bc2) / bc1);
-        a.partial = opmath_t(partial);
-        double lo = 0.0, hi = std::numeric_limits<double>::infinity();  // no clip: see adaptive_chunk
-        if (clip_mode == rules::kClipConst) {
-          lo = clip_lo;
-          hi = clip_hi;
-        } else if (clip_mode == rules::kClipAdaBound) {  // reference.adabound_bounds at this tensor's k
-          lo = final_lr * (1.0 - 1.0 / (gamma * k + 1.0));
-          hi = gamma * k > 0.0 ? final_lr * (1.0 + 1.0 / (gamma * k)) : std::numeric_limits<double>::infinity();
-        }
-        a.clip = rules::kClipConst;
-        a.clip_lo = opmath_t(lo);
-        a.clip_hi = opmath_t(hi);
-      }
-      sc[t] = a;
+      sc[t] = rules::adaptive_scalars<opmath_t>(args, lrv, k, 1.0 - std::pow(beta1, k), 1.0 - std::pow(beta2, k));
+      sc[t].amsgrad = amsgrad;
     }
-    const auto adam_fn = pick_adaptive<scalar_t, opmath_t>(kind, amsgrad, wd_mode, swats);
-    const auto sgd_fn = pick_swats_sgd<scalar_t, opmath_t>(wd_mode, swats_nesterov);
+    const auto adam_fn = pick_adaptive<scalar_t, opmath_t>(kind, amsgrad, wd, swats);
+    const auto sgd_fn = pick_swats_sgd<scalar_t, opmath_t>(wd, swats_nesterov);
     const opmath_t inv_o = signed_inv<opmath_t>(inv, maximize);
     const auto om = one_minus<opmath_t>(beta1, beta2, lrv, weight_decay);
     for_each_chunk(chunks, [&](const Chunk& c) {
@@ -182,11 +156,13 @@ void adaptive_(at::TensorList params, at::TensorList grads_in, at::TensorList ex
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fused_hybrid, CPU, m) { m.impl("adaptive_", &adaptive_); }
+TORCH_LIBRARY_IMPL(fused_hybrid, CPU, m) { m.impl("adaptive_", &families::adaptive_op<&adaptive_>); }
 
 // The table op may carry no tensor argument at all (no grads: they come from the params), so it is registered for
 // every dispatch key, the empty key set included; it serves CPU tensors only and says so otherwise.
-TORCH_LIBRARY_IMPL(fused_hybrid, CompositeExplicitAutograd, m) { impl_table_op<5, &adaptive_>(m, "adaptive_table_"); }
+TORCH_LIBRARY_IMPL(fused_hybrid, CompositeExplicitAutograd, m) {
+  impl_table_op<families::adaptive_lists, &families::adaptive_op<&adaptive_>>(m, "adaptive_table_");
+}
 
 }  // namespace cpu
 }  // namespace fused_hybrid

@@ -37,6 +37,9 @@ inline T signed_inv(double inv, bool maximize) {
 }
 
 enum WeightDecayMode : int { kWdNone = 0, kWdL2 = 1, kWdDecoupled = 2 };
+inline int wd_mode(double weight_decay, bool decoupled) {
+  return weight_decay == 0.0 ? kWdNone : (decoupled ? kWdDecoupled : kWdL2);
+}
 
 inline int adaptive_kind(int64_t form, double partial) {
   if (form == rules::kFormTorch) return kKindTorch;

@@ -48,7 +48,7 @@ double inv_scale(const std::optional<at::Tensor>& grad_scale) {
   return 1.0 / grad_scale->item<double>();  // CPU tensor: a plain memory read, no device sync
 }
 
-bool found_inf(const std::optional<at::Tensor>& found_inf) {
+bool skip_step(const std::optional<at::Tensor>& found_inf) {
   return found_inf.has_value() && found_inf->defined() && found_inf->item<double>() != 0.0;
 }
 

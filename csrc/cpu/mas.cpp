@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "adaptive_kernel.h"  // signed_inv
+#include "../op_families.h"
 #include "fused_hybrid/contiguous_grads.h"
 #include "fused_hybrid/rules.h"
 #include "multi_tensor.h"
@@ -34,6 +35,7 @@ struct MasScalars {
   T bc2_sqrt, adam_w, sgd_w;
   T c_a, c_s;  // pass 2: the coefficients from the per-tensor sums (see mas_)
   T one_minus_beta1, one_minus_beta2, one_minus_dampening, sum_coef;  // in double on the host (rules::OneMinus)
+  T decay;  // 1 - lr*weight_decay (decoupled weight decay), in double on the host
 };
 
 enum MasMode : int {
@@ -46,17 +48,18 @@ enum MasMode : int {
 
 // One chunk in one mode. Every flag is a template parameter (a select on a runtime bool keeps GCC from
 // vectorizing); maximize is folded into the sign of inv (see signed_inv).
-template <typename scalar_t, typename opmath_t, int MODE, bool MOM, bool WD, bool NESTEROV, bool FIRST>
+template <typename scalar_t, typename opmath_t, int MODE, bool MOM, int WD, bool NESTEROV, bool FIRST>
 FH_CPU_CLONES void mas_chunk(scalar_t* __restrict__ w, const scalar_t* __restrict__ g, opmath_t* __restrict__ m,
                              opmath_t* __restrict__ v, opmath_t* __restrict__ buf, int64_t n,
                              const MasScalars<opmath_t>& s, opmath_t inv, double* __restrict__ partials) {
   const opmath_t beta2 = s.beta2, eps = s.eps, wd = s.weight_decay, momentum = s.momentum, bc2_sqrt = s.bc2_sqrt;
   const opmath_t adam_w = s.adam_w, sgd_w = s.sgd_w, c_a = s.c_a, c_s = s.c_s;
   const opmath_t omb1 = s.one_minus_beta1, omb2 = s.one_minus_beta2, omd = s.one_minus_dampening;
-  // The gradient both branches see: unscaled, sign-flipped for maximize, plus L2 weight decay.
+  // The gradient both branches see: unscaled, sign-flipped for maximize, plus L2 weight decay (decoupled decay
+  // shrinks w where it is written instead).
   auto grad = [&](int64_t i, opmath_t wi) {
     opmath_t d = rules::effective_grad(static_cast<opmath_t>(g[i]), inv, false);
-    return WD ? rules::l2_weight_decay(d, wi, wd) : d;
+    return WD == kWdL2 ? rules::l2_weight_decay(d, wi, wd) : d;
   };
   if constexpr (MODE == kModeReduce) {
     // No local is passed by reference here, so `omp simd` can vectorize the float64 sums (in a fixed order).
@@ -78,6 +81,7 @@ FH_CPU_CLONES void mas_chunk(scalar_t* __restrict__ w, const scalar_t* __restric
     for (int64_t i = 0; i < n; ++i) {
       opmath_t wi = static_cast<opmath_t>(w[i]);
       const opmath_t d = grad(i, wi);
+      if constexpr (WD == kWdDecoupled) wi = wi * s.decay;
       if constexpr (MODE == kModeSum) {
         const opmath_t d_a = rules::mas_adam_direction_exact(m[i], v[i], d, beta2, omb1, omb2, bc2_sqrt, eps);
         opmath_t d_s = d;
@@ -103,7 +107,7 @@ template <typename scalar_t, typename opmath_t>
 using MasFn = void (*)(scalar_t*, const scalar_t*, opmath_t*, opmath_t*, opmath_t*, int64_t,
                        const MasScalars<opmath_t>&, opmath_t, double*);
 
-template <typename scalar_t, typename opmath_t, int MODE, bool WD>
+template <typename scalar_t, typename opmath_t, int MODE, int WD>
 MasFn<scalar_t, opmath_t> pick_mas_mom(bool mom, bool nesterov, bool first) {
   if (!mom) return &mas_chunk<scalar_t, opmath_t, MODE, false, WD, false, false>;
   // pass 2 never reads FIRST (the buffer is already updated): one instantiation fewer per mode.
@@ -118,19 +122,19 @@ MasFn<scalar_t, opmath_t> pick_mas_mom(bool mom, bool nesterov, bool first) {
 }
 
 template <typename scalar_t, typename opmath_t, int MODE>
-MasFn<scalar_t, opmath_t> pick_mas(bool mom, bool wd, bool nesterov, bool first) {
-  return wd ? pick_mas_mom<scalar_t, opmath_t, MODE, true>(mom, nesterov, first)
-            : pick_mas_mom<scalar_t, opmath_t, MODE, false>(mom, nesterov, first);
+MasFn<scalar_t, opmath_t> pick_mas(bool mom, int wd, bool nesterov, bool first) {
+  switch (wd) {
+    case kWdNone: return pick_mas_mom<scalar_t, opmath_t, MODE, kWdNone>(mom, nesterov, first);
+    case kWdL2: return pick_mas_mom<scalar_t, opmath_t, MODE, kWdL2>(mom, nesterov, first);
+    default: return pick_mas_mom<scalar_t, opmath_t, MODE, kWdDecoupled>(mom, nesterov, first);
+  }
 }
 
 enum MasVariant : int64_t { kSum = 0, kCorrection = 1, kNormalized = 2, kVector = 3 };
 
 void mas_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
-          at::TensorList momentum_buffers, at::TensorList steps, double lr,
-          const std::optional<at::Tensor>& lr_tensor, double beta1, double beta2, double eps, double weight_decay,
-          double momentum, double dampening, bool nesterov, double adam_w, double sgd_w, int64_t variant,
-          bool maximize, const std::optional<at::Tensor>& grad_scale,
-          const std::optional<at::Tensor>& found_inf_t) {
+          at::TensorList momentum_buffers, at::TensorList steps, const families::mas_args& args) {
+  FH_BIND_ARGS(FH_MAS_ARGS)
   const ContiguousGrads contiguous(grads_in);
   const at::TensorList grads = contiguous.list();
   static constexpr const char* op = "fused_hybrid::mas_";
@@ -139,12 +143,12 @@ void mas_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avg
   check_lists(op, params, grads, {exp_avgs, exp_avg_sqs});
   TORCH_CHECK(variant >= kSum && variant <= kVector, op, ": unknown variant ", variant);
   TORCH_CHECK(!mom || momentum_buffers.size() == T, op, ": momentum needs one buffer per param");
-  if (T == 0 || found_inf(found_inf_t)) return;
+  if (T == 0 || skip_step(found_inf)) return;
   const std::vector<double> ks = advance_steps(op, steps, T);
   const double inv = inv_scale(grad_scale);
   const double lrv = lr_value(lr, lr_tensor);
   const auto chunks = make_chunks(params);
-  const bool wd = weight_decay != 0.0;
+  const int wd = wd_mode(weight_decay, decoupled);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fused_hybrid_mas", [&] {
     using opmath_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
@@ -177,6 +181,7 @@ void mas_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avg
       s.beta2 = opmath_t(beta2);
       s.eps = opmath_t(eps);
       s.weight_decay = opmath_t(weight_decay);
+      s.decay = opmath_t(1.0 - lrv * weight_decay);
       s.momentum = opmath_t(momentum);
       s.bc2_sqrt = opmath_t(std::sqrt(bc2));
       s.adam_w = opmath_t(adam_w);
@@ -242,11 +247,13 @@ void mas_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avg
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fused_hybrid, CPU, m) { m.impl("mas_", &mas_); }
+TORCH_LIBRARY_IMPL(fused_hybrid, CPU, m) { m.impl("mas_", &families::mas_op<&mas_>); }
 
 // The table op may carry no tensor argument at all (no grads: they come from the params), so it is registered for
 // every dispatch key, the empty key set included; it serves CPU tensors only and says so otherwise.
-TORCH_LIBRARY_IMPL(fused_hybrid, CompositeExplicitAutograd, m) { impl_table_op<4, &mas_>(m, "mas_table_"); }
+TORCH_LIBRARY_IMPL(fused_hybrid, CompositeExplicitAutograd, m) {
+  impl_table_op<families::mas_lists, &families::mas_op<&mas_>>(m, "mas_table_");
+}
 
 }  // namespace cpu
 }  // namespace fused_hybrid

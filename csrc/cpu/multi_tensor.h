@@ -121,7 +121,7 @@ void check_lists(const char* op, at::TensorList params, at::TensorList grads,
 
 // 1/grad_scale (1 without a scaler) and whether GradScaler found inf/NaN (then the op changes nothing).
 double inv_scale(const std::optional<at::Tensor>& grad_scale);
-bool found_inf(const std::optional<at::Tensor>& found_inf);
+bool skip_step(const std::optional<at::Tensor>& found_inf);
 // The lr: the 0-dim tensor's value when given, else the float.
 double lr_value(double lr, const std::optional<at::Tensor>& lr_tensor);
 

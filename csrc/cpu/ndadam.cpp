@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "adaptive_kernel.h"
+#include "../op_families.h"
 #include "fused_hybrid/contiguous_grads.h"
 #include "fused_hybrid/rules.h"
 #include "multi_tensor.h"
@@ -87,9 +88,8 @@ struct Work {
 };
 
 void ndadam_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
-             at::TensorList steps, at::IntArrayRef row_lens, double lr, const std::optional<at::Tensor>& lr_tensor,
-             double beta1, double beta2, double eps, double weight_decay, bool maximize,
-             const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf_t) {
+             at::TensorList steps, const families::ndadam_args& args) {
+  FH_BIND_ARGS(FH_NDADAM_ARGS)
   const ContiguousGrads contiguous(grads_in);
   const at::TensorList grads = contiguous.list();
   static constexpr const char* op = "fused_hybrid::ndadam_";
@@ -102,7 +102,7 @@ void ndadam_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_
     TORCH_CHECK(n == 0 || L == 0 || n % L == 0, op, ": tensor ", t, " has ", n,
                 " elements, not a multiple of its row length ", L);
   }
-  if (T == 0 || found_inf(found_inf_t)) return;
+  if (T == 0 || skip_step(found_inf)) return;
   const std::vector<double> ks = advance_steps(op, steps, T);
   const double inv = inv_scale(grad_scale);
   const double lrv = lr_value(lr, lr_tensor);
@@ -177,11 +177,13 @@ void ndadam_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fused_hybrid, CPU, m) { m.impl("ndadam_", &ndadam_); }
+TORCH_LIBRARY_IMPL(fused_hybrid, CPU, m) { m.impl("ndadam_", &families::ndadam_op<&ndadam_>); }
 
 // The table op may carry no tensor argument at all (no grads: they come from the params), so it is registered for
 // every dispatch key, the empty key set included; it serves CPU tensors only and says so otherwise.
-TORCH_LIBRARY_IMPL(fused_hybrid, CompositeExplicitAutograd, m) { impl_table_op<3, &ndadam_>(m, "ndadam_table_"); }
+TORCH_LIBRARY_IMPL(fused_hybrid, CompositeExplicitAutograd, m) {
+  impl_table_op<families::ndadam_lists, &families::ndadam_op<&ndadam_>>(m, "ndadam_table_");
+}
 
 }  // namespace cpu
 }  // namespace fused_hybrid

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "adaptive_kernel.h"  // signed_inv
+#include "../op_families.h"
 #include "fused_hybrid/contiguous_grads.h"
 #include "fused_hybrid/rules.h"
 #include "multi_tensor.h"
@@ -17,15 +18,15 @@ namespace {
 
 // One chunk. The flags are template parameters (GCC does not vectorize a select on a runtime bool); maximize
 // travels as the sign of inv (see signed_inv). lr is this tensor's lr / (1 + (k-1)*lr_decay), in double.
-template <typename scalar_t, typename opmath_t, bool WD, bool CENTERED, bool MOM>
+template <typename scalar_t, typename opmath_t, int WD, bool CENTERED, bool MOM>
 FH_CPU_CLONES void rms_chunk(scalar_t* __restrict__ w, const scalar_t* __restrict__ g, opmath_t* __restrict__ sq,
                              opmath_t* __restrict__ g_avg, opmath_t* __restrict__ buf, int64_t n, opmath_t lr,
                              opmath_t keep, opmath_t add, opmath_t eps, opmath_t momentum, opmath_t wd,
-                             opmath_t inv) {
+                             opmath_t decay, opmath_t inv) {
   for (int64_t i = 0; i < n; ++i) {
-    const opmath_t wi = static_cast<opmath_t>(w[i]);
+    opmath_t wi = static_cast<opmath_t>(w[i]);
     opmath_t gi = rules::effective_grad(static_cast<opmath_t>(g[i]), inv, false);
-    if constexpr (WD) gi = rules::l2_weight_decay(gi, wi, wd);
+    if constexpr (WD != kWdNone) rules::weight_decay_exact(wi, gi, wd, decay, WD == kWdDecoupled);
     opmath_t ga = CENTERED ? g_avg[i] : opmath_t(0);
     opmath_t b = MOM ? buf[i] : opmath_t(0);
     const opmath_t avg = rules::rms_denominator(gi, sq[i], ga, keep, add, eps, CENTERED);
@@ -37,9 +38,9 @@ FH_CPU_CLONES void rms_chunk(scalar_t* __restrict__ w, const scalar_t* __restric
 
 template <typename scalar_t, typename opmath_t>
 using RmsFn = void (*)(scalar_t*, const scalar_t*, opmath_t*, opmath_t*, opmath_t*, int64_t, opmath_t, opmath_t,
-                       opmath_t, opmath_t, opmath_t, opmath_t, opmath_t);
+                       opmath_t, opmath_t, opmath_t, opmath_t, opmath_t, opmath_t);
 
-template <typename scalar_t, typename opmath_t, bool WD>
+template <typename scalar_t, typename opmath_t, int WD>
 RmsFn<scalar_t, opmath_t> pick_rms_wd(bool centered, bool mom) {
   if (centered) {
     return mom ? &rms_chunk<scalar_t, opmath_t, WD, true, true> : &rms_chunk<scalar_t, opmath_t, WD, true, false>;
@@ -48,9 +49,8 @@ RmsFn<scalar_t, opmath_t> pick_rms_wd(bool centered, bool mom) {
 }
 
 void rms_(at::TensorList params, at::TensorList grads_in, at::TensorList square_avgs, at::TensorList grad_avgs,
-          at::TensorList momentum_buffers, at::TensorList steps, double lr, const std::optional<at::Tensor>& lr_tensor,
-          double keep, double add, double eps, double weight_decay, double momentum, bool centered, double lr_decay,
-          bool maximize, const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf_t) {
+          at::TensorList momentum_buffers, at::TensorList steps, const families::rms_args& args) {
+  FH_BIND_ARGS(FH_RMS_ARGS)
   const ContiguousGrads contiguous(grads_in);
   const at::TensorList grads = contiguous.list();
   static constexpr const char* op = "fused_hybrid::rms_";
@@ -59,7 +59,7 @@ void rms_(at::TensorList params, at::TensorList grads_in, at::TensorList square_
   check_lists(op, params, grads, {square_avgs});
   TORCH_CHECK(!centered || grad_avgs.size() == T, op, ": centered needs one grad_avg per param");
   TORCH_CHECK(!has_momentum || momentum_buffers.size() == T, op, ": momentum needs one buffer per param");
-  if (T == 0 || found_inf(found_inf_t)) return;  // GradScaler found inf/NaN: nothing changes, steps included
+  if (T == 0 || skip_step(found_inf)) return;  // GradScaler found inf/NaN: nothing changes, steps included
   const std::vector<double> ks = advance_steps(op, steps, T);
   const double inv = inv_scale(grad_scale);
   const double lrv = lr_value(lr, lr_tensor);
@@ -84,26 +84,30 @@ void rms_(at::TensorList params, at::TensorList grads_in, at::TensorList square_
       if (has_momentum) pbuf[t] = data_as<opmath_t>(momentum_buffers[t]);
       lrs[t] = static_cast<opmath_t>(lrv / (1.0 + (ks[t] - 1.0) * lr_decay));  // torch.optim.Adagrad's clr
     }
-    const RmsFn<scalar_t, opmath_t> fn = weight_decay != 0.0
-                                             ? pick_rms_wd<scalar_t, opmath_t, true>(centered, has_momentum)
-                                             : pick_rms_wd<scalar_t, opmath_t, false>(centered, has_momentum);
+    const int wd = wd_mode(weight_decay, decoupled);
+    const bool mom = has_momentum;
+    const RmsFn<scalar_t, opmath_t> fn = wd == kWdNone ? pick_rms_wd<scalar_t, opmath_t, kWdNone>(centered, mom)
+                                         : wd == kWdL2 ? pick_rms_wd<scalar_t, opmath_t, kWdL2>(centered, mom)
+                                                       : pick_rms_wd<scalar_t, opmath_t, kWdDecoupled>(centered, mom);
     const opmath_t inv_o = signed_inv<opmath_t>(inv, maximize);
     for_each_chunk(chunks, [&](const Chunk& c) {
       const int64_t t = c.tensor, b = c.begin;
       fn(pw[t] + b, pg[t] + b, psq[t] + b, centered ? pga[t] + b : nullptr, has_momentum ? pbuf[t] + b : nullptr,
          c.end - b, lrs[t], opmath_t(keep), opmath_t(add), opmath_t(eps), opmath_t(momentum), opmath_t(weight_decay),
-         inv_o);
+         opmath_t(1.0 - lrv * weight_decay), inv_o);
     });
   });
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fused_hybrid, CPU, m) { m.impl("rms_", &rms_); }
+TORCH_LIBRARY_IMPL(fused_hybrid, CPU, m) { m.impl("rms_", &families::rms_op<&rms_>); }
 
 // The table op may carry no tensor argument at all (no grads: they come from the params), so it is registered for
 // every dispatch key, the empty key set included; it serves CPU tensors only and says so otherwise.
-TORCH_LIBRARY_IMPL(fused_hybrid, CompositeExplicitAutograd, m) { impl_table_op<4, &rms_>(m, "rms_table_"); }
+TORCH_LIBRARY_IMPL(fused_hybrid, CompositeExplicitAutograd, m) {
+  impl_table_op<families::rms_lists, &families::rms_op<&rms_>>(m, "rms_table_");
+}
 
 }  // namespace cpu
 }  // namespace fused_hybrid

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "adaptive_kernel.h"  // signed_inv
+#include "../op_families.h"
 #include "fused_hybrid/contiguous_grads.h"
 #include "fused_hybrid/rules.h"
 #include "multi_tensor.h"
@@ -16,14 +17,14 @@ namespace {
 
 // One chunk. Every flag is a template parameter (GCC does not vectorize a select on a runtime bool), and
 // maximize travels as the sign of inv (see signed_inv).
-template <typename scalar_t, typename opmath_t, bool MOM, bool WD, bool NESTEROV, bool FIRST>
+template <typename scalar_t, typename opmath_t, bool MOM, int WD, bool NESTEROV, bool FIRST>
 FH_CPU_CLONES void sgd_chunk(scalar_t* __restrict__ w, const scalar_t* __restrict__ g, opmath_t* __restrict__ buf,
                              int64_t n, opmath_t lr, opmath_t momentum, opmath_t one_minus_dampening, opmath_t wd,
-                             opmath_t inv) {
+                             opmath_t decay, opmath_t inv) {
   for (int64_t i = 0; i < n; ++i) {
-    const opmath_t wi = static_cast<opmath_t>(w[i]);
+    opmath_t wi = static_cast<opmath_t>(w[i]);
     opmath_t gi = rules::effective_grad(static_cast<opmath_t>(g[i]), inv, false);
-    if constexpr (WD) gi = rules::l2_weight_decay(gi, wi, wd);
+    if constexpr (WD != kWdNone) rules::weight_decay_exact(wi, gi, wd, decay, WD == kWdDecoupled);
     opmath_t d = gi;
     if constexpr (MOM) d = rules::sgd_direction_exact(gi, buf[i], momentum, one_minus_dampening, NESTEROV, FIRST);
     w[i] = static_cast<scalar_t>(rules::sgd_step(wi, d, lr));
@@ -32,9 +33,9 @@ FH_CPU_CLONES void sgd_chunk(scalar_t* __restrict__ w, const scalar_t* __restric
 
 template <typename scalar_t, typename opmath_t>
 using SgdFn = void (*)(scalar_t*, const scalar_t*, opmath_t*, int64_t, opmath_t, opmath_t, opmath_t, opmath_t,
-                       opmath_t);
+                       opmath_t, opmath_t);
 
-template <typename scalar_t, typename opmath_t, bool WD>
+template <typename scalar_t, typename opmath_t, int WD>
 SgdFn<scalar_t, opmath_t> pick_sgd_wd(bool mom, bool nesterov, bool first) {
   if (!mom) return &sgd_chunk<scalar_t, opmath_t, false, WD, false, false>;
   if (first) {
@@ -46,15 +47,17 @@ SgdFn<scalar_t, opmath_t> pick_sgd_wd(bool mom, bool nesterov, bool first) {
 }
 
 template <typename scalar_t, typename opmath_t>
-SgdFn<scalar_t, opmath_t> pick_sgd(bool mom, bool wd, bool nesterov, bool first) {
-  return wd ? pick_sgd_wd<scalar_t, opmath_t, true>(mom, nesterov, first)
-            : pick_sgd_wd<scalar_t, opmath_t, false>(mom, nesterov, first);
+SgdFn<scalar_t, opmath_t> pick_sgd(bool mom, int wd, bool nesterov, bool first) {
+  switch (wd) {
+    case kWdNone: return pick_sgd_wd<scalar_t, opmath_t, kWdNone>(mom, nesterov, first);
+    case kWdL2: return pick_sgd_wd<scalar_t, opmath_t, kWdL2>(mom, nesterov, first);
+    default: return pick_sgd_wd<scalar_t, opmath_t, kWdDecoupled>(mom, nesterov, first);
+  }
 }
 
-void sgd_(at::TensorList params, at::TensorList grads_in, at::TensorList momentum_buffers, at::IntArrayRef firsts,
-          double lr, const std::optional<at::Tensor>& lr_tensor, double momentum, double dampening, bool nesterov,
-          double weight_decay, bool maximize, const std::optional<at::Tensor>& grad_scale,
-          const std::optional<at::Tensor>& found_inf_t) {
+void sgd_(at::TensorList params, at::TensorList grads_in, at::TensorList momentum_buffers,
+          const families::sgd_args& args) {
+  FH_BIND_ARGS(FH_SGD_ARGS)
   const ContiguousGrads contiguous(grads_in);
   const at::TensorList grads = contiguous.list();
   const bool has_momentum = momentum != 0.0;
@@ -63,7 +66,7 @@ void sgd_(at::TensorList params, at::TensorList grads_in, at::TensorList momentu
               "fused_hybrid::sgd_: momentum needs one buffer per param");
   TORCH_CHECK(firsts.empty() || firsts.size() == params.size(),
               "fused_hybrid::sgd_: firsts needs one flag per param (or none: no buffer is fresh)");
-  if (params.empty() || found_inf(found_inf_t)) return;
+  if (params.empty() || skip_step(found_inf)) return;
   const double inv = inv_scale(grad_scale);
   const double lrv = lr_value(lr, lr_tensor);
   const auto chunks = make_chunks(params);
@@ -82,7 +85,7 @@ void sgd_(at::TensorList params, at::TensorList grads_in, at::TensorList momentu
       pg[i] = data_as<scalar_t>(grads[i]);
       if (has_momentum) pbuf[i] = data_as<opmath_t>(momentum_buffers[i]);
     }
-    const bool wd = weight_decay != 0.0;
+    const int wd = wd_mode(weight_decay, decoupled);
     const SgdFn<scalar_t, opmath_t> fns[2] = {pick_sgd<scalar_t, opmath_t>(has_momentum, wd, nesterov, false),
                                               pick_sgd<scalar_t, opmath_t>(has_momentum, wd, nesterov, true)};
     const opmath_t inv_o = signed_inv<opmath_t>(inv, maximize);
@@ -90,18 +93,21 @@ void sgd_(at::TensorList params, at::TensorList grads_in, at::TensorList momentu
       const int64_t t = c.tensor, b = c.begin;
       const bool first = !firsts.empty() && firsts[t] != 0;
       fns[first ? 1 : 0](pw[t] + b, pg[t] + b, has_momentum ? pbuf[t] + b : nullptr, c.end - b, opmath_t(lrv),
-                         opmath_t(momentum), opmath_t(1.0 - dampening), opmath_t(weight_decay), inv_o);
+                         opmath_t(momentum), opmath_t(1.0 - dampening), opmath_t(weight_decay),
+                         opmath_t(1.0 - lrv * weight_decay), inv_o);
     });
   });
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fused_hybrid, CPU, m) { m.impl("sgd_", &sgd_); }
+TORCH_LIBRARY_IMPL(fused_hybrid, CPU, m) { m.impl("sgd_", &families::sgd_op<&sgd_>); }
 
 // The table op may carry no tensor argument at all (no grads: they come from the params), so it is registered for
 // every dispatch key, the empty key set included; it serves CPU tensors only and says so otherwise.
-TORCH_LIBRARY_IMPL(fused_hybrid, CompositeExplicitAutograd, m) { impl_table_op<1, &sgd_>(m, "sgd_table_"); }
+TORCH_LIBRARY_IMPL(fused_hybrid, CompositeExplicitAutograd, m) {
+  impl_table_op<families::sgd_lists, &families::sgd_op<&sgd_>>(m, "sgd_table_");
+}
 
 }  // namespace cpu
 }  // namespace fused_hybrid

@@ -24,7 +24,7 @@ int64_t shape_hash(at::IntArrayRef sizes) {
 
 }  // namespace
 
-std::tuple<at::Tensor, bool> TensorTable::snapshot() const {
+std::tuple<at::Tensor, bool, bool> TensorTable::snapshot() const {
   const at::TensorList params = list(0);
   const int64_t T = static_cast<int64_t>(params.size());
   const int64_t rows = 3 + static_cast<int64_t>(lists_.size());
@@ -35,7 +35,7 @@ std::tuple<at::Tensor, bool> TensorTable::snapshot() const {
   for (int64_t t = 0; t < T; ++t) {
     const at::Tensor& p = params[t];
     const at::Tensor& g = p.grad();
-    TORCH_CHECK(g.defined(), kNoGradient);
+    if (!g.defined()) return {at::zeros({0}, at::TensorOptions().dtype(at::kLong)), false, false};  // (see snapshot)
     usable = usable && g.layout() == at::kStrided && g.is_contiguous() && g.scalar_type() == p.scalar_type() &&
              g.numel() == p.numel() && g.device() == p.device() && p.scalar_type() == params[0].scalar_type();
     o[t] = p.numel();
@@ -50,7 +50,7 @@ std::tuple<at::Tensor, bool> TensorTable::snapshot() const {
                 " tensors for ", T, " params");
     for (int64_t t = 0; t < T; ++t) o[(3 + static_cast<int64_t>(l)) * T + t] = ptr(xs[t]);
   }
-  return {out, usable};
+  return {out, usable, true};
 }
 
 void register_tensor_table() {

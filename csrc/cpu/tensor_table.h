@@ -41,10 +41,11 @@ struct TensorTable : torch::CustomClassHolder {
   // The Triton backend's change detector (it launches on raw pointers, in device tables it builds once): an int64
   // CPU tensor [3 + size(), T] holding each param's numel and a 64-bit hash of its shape (ND-Adam's tables follow
   // the shape), then the data pointers of the params, of their .grad and of every other list's tensors (a row of
-  // 0 for an empty list). Equal snapshots mean the tables built for the earlier one still describe these tensors. `usable` is false when a gradient cannot be read through its
-  // param's flat layout (not dense and contiguous, another dtype or size) or the params mix dtypes: the caller
-  // then takes its general path. A missing gradient throws kNoGradient.
-  std::tuple<at::Tensor, bool> snapshot() const;
+  // 0 for an empty list). Equal snapshots mean the tables built for the earlier one still describe these tensors.
+  // `usable` is false when a gradient cannot be read through its param's flat layout (not dense and contiguous,
+  // another dtype or size) or the params mix dtypes: the caller then takes its general path. A missing gradient
+  // makes `complete` false (and the snapshot empty): the caller steps nothing and says so (see grads_of).
+  std::tuple<at::Tensor, bool, bool> snapshot() const;
 
  private:
   std::vector<std::vector<at::Tensor>> lists_;
@@ -55,19 +56,18 @@ struct TensorTable : torch::CustomClassHolder {
 void register_tensor_table();
 
 // The params' .grad, read here instead of in Python (the eager fast path passes no gradient list: 2000 `.grad`
-// reads cost ~0.15 ms in Python). Throws, before anything is written, when a param has no gradient; the optimizer
-// then takes its general path (kNoGradient names the error it recognizes).
-constexpr const char* kNoGradient = "fused_hybrid: a parameter of the table has no gradient";
+// reads cost ~0.15 ms in Python). False, before anything is written, when a param has no gradient: the table op
+// then steps nothing and returns false, and the optimizer takes its general path (which skips that param). A
+// result, not an exception: a missing gradient is an expected case, not an error.
 // (Inline: the simulated CUDA kernels' library, csrc/sim, reads them too.)
-inline std::vector<at::Tensor> grads_of(at::TensorList params) {
-  std::vector<at::Tensor> grads;
+inline bool grads_of(at::TensorList params, std::vector<at::Tensor>& grads) {
   grads.reserve(params.size());
   for (const auto& p : params) {
     const at::Tensor& g = p.grad();
-    TORCH_CHECK(g.defined(), kNoGradient);
+    if (!g.defined()) return false;
     grads.push_back(g);
   }
-  return grads;
+  return true;
 }
 
 namespace detail {
@@ -104,15 +104,18 @@ struct TableCall<N, Impl, Types<Rest...>> {
     return name;
   }
 
-  static void call(const c10::intrusive_ptr<TensorTable>& table, at::TensorList grads, Rest... rest) {
+  // True when it stepped; false when grads is empty (read the params' .grad) and a param has none.
+  static bool call(const c10::intrusive_ptr<TensorTable>& table, at::TensorList grads, Rest... rest) {
     TORCH_CHECK(table->size() == N + 1, "fused_hybrid: this op needs a TensorTable of ", N + 1, " lists, got ",
                 table->size());
     if (grads.empty() && !table->list(0).empty()) {
-      const std::vector<at::Tensor> own = grads_of(table->list(0));
+      std::vector<at::Tensor> own;
+      if (!grads_of(table->list(0), own)) return false;
       with(std::make_index_sequence<N>{}, *table, own, rest...);
-      return;
+      return true;
     }
     with(std::make_index_sequence<N>{}, *table, grads, rest...);
+    return true;
   }
   template <size_t... I>
   static void with(std::index_sequence<I...>, const TensorTable& table, at::TensorList grads, Rest... rest) {

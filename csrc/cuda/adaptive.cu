@@ -10,6 +10,7 @@
 
 #include <cmath>
 
+#include "../op_families.h"
 #include "fused_hybrid/contiguous_grads.h"
 #include "fused_hybrid/rules.h"
 #include "multi_tensor_apply.cuh"
@@ -21,54 +22,17 @@ namespace {
 // Hyperparameters of one call (per-step scalars are derived on the device from each tensor's step count).
 struct AdaptiveArgs : StepScalars {
   double beta1, beta2, eps, weight_decay, partial, clip_lo, clip_hi, final_lr, gamma;
-  int form, clip;
+  int form, clip_mode;
   bool decoupled, maximize, swats_nesterov, final_lr_relative;
   const int32_t* swats_phase;  // [T] (op tensor index), or nullptr without SWATS
   const double* swats_sgd_lr;  // [T]
   double* slots;               // [total chunks, 2]: this chunk's <p, g>, <p, p>
 };
 
-// The per-step scalars of fused_hybrid/reference.py (computed in double, rounded to the compute type once, as
-// torch does with Python-float scalars).
 // The 1 - x scalars, computed in double and rounded once (rules::OneMinus).
 template <typename O>
 __device__ __forceinline__ rules::OneMinus<O> one_minus(const AdaptiveArgs& a, double lr) {
   return {static_cast<O>(1.0 - a.beta1), static_cast<O>(1.0 - a.beta2), static_cast<O>(1.0 - lr * a.weight_decay)};
-}
-
-template <typename O>
-__device__ __forceinline__ rules::AdaptiveScalars<O> adaptive_scalars(const AdaptiveArgs& a, double lr, double k) {
-  rules::AdaptiveScalars<O> s;
-  const double bc1 = 1.0 - pow_step(a.beta1, k);
-  const double bc2 = 1.0 - pow_step(a.beta2, k);
-  s.lr = static_cast<O>(lr);
-  s.beta1 = static_cast<O>(a.beta1);
-  s.beta2 = static_cast<O>(a.beta2);
-  s.eps = static_cast<O>(a.eps);
-  s.weight_decay = static_cast<O>(a.weight_decay);
-  s.form = a.form;
-  s.clip = a.clip;
-  s.decoupled = a.decoupled;
-  s.amsgrad = false;  // set by the functor
-  s.partial = static_cast<O>(a.partial);
-  s.bc2_sqrt = static_cast<O>(::sqrt(bc2));
-  s.clip_lo = O(0);
-  s.clip_hi = O(0);
-  if (a.form == rules::kFormTorch) {
-    s.step_size = static_cast<O>(lr / bc1);
-  } else {
-    s.step_size = static_cast<O>(lr * ::sqrt(bc2) / bc1);
-    if (a.clip == rules::kClipConst) {
-      s.clip_lo = static_cast<O>(a.clip_lo);
-      s.clip_hi = static_cast<O>(a.clip_hi);
-    } else if (a.clip == rules::kClipAdaBound) {  // reference.adabound_bounds
-      const double gk = a.gamma * k;
-      const double final_lr = a.final_lr_relative ? a.final_lr * lr : a.final_lr;  // lr as read on the device
-      s.clip_lo = static_cast<O>(final_lr * (1.0 - 1.0 / (gk + 1.0)));
-      s.clip_hi = static_cast<O>(gk > 0.0 ? final_lr * (1.0 + 1.0 / gk) : static_cast<double>(INFINITY));
-    }
-  }
-  return s;
 }
 
 // Lists: 0 params, 1 grads, 2 exp_avgs, 3 exp_avg_sqs, 4 max_exp_avg_sqs, 5 SWATS momentum buffers; aux: steps.
@@ -97,7 +61,7 @@ struct AdaptiveFunctor {
         const bool decoupled = a.decoupled, nesterov = a.swats_nesterov;
         chunk_elementwise<1>(w, g, st, n, [&](O& wv, O gv, O(&s)[1]) FH_INLINE_LAMBDA {
           O gi = rules::effective_grad(gv, inv, maximize);
-          rules::adaptive_weight_decay_exact(wv, gi, wd, decay, decoupled);
+          rules::weight_decay_exact(wv, gi, wd, decay, decoupled);
           rules::swats_sgd_phase(wv, gi, s[0], b1, sgd_lr, nesterov);
         });
         if (threadIdx.x == 0) {
@@ -108,7 +72,9 @@ struct AdaptiveFunctor {
       }
     }
     const float k = *static_cast<const float*>(meta.aux[t]) + 1.0f;  // this step's count (post-step writes it)
-    rules::AdaptiveScalars<O> sc = adaptive_scalars<O>(a, lr, static_cast<double>(k));
+    const double kd = static_cast<double>(k);
+    rules::AdaptiveScalars<O> sc =
+        rules::adaptive_scalars<O>(a, lr, kd, 1.0 - pow_step(a.beta1, kd), 1.0 - pow_step(a.beta2, kd));
     sc.amsgrad = kAmsgrad;
     const rules::OneMinus<O> om = one_minus<O>(a, lr);
     constexpr int S = kAmsgrad ? 3 : 2;
@@ -140,15 +106,9 @@ struct AdaptiveFunctor {
 };
 
 void adaptive_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
-               at::TensorList max_exp_avg_sqs, at::TensorList steps, at::TensorList swats_momentum_buffers, double lr,
-               const std::optional<at::Tensor>& lr_tensor, double beta1, double beta2, double eps,
-               double weight_decay, bool decoupled, bool amsgrad, bool maximize, int64_t form, double partial,
-               int64_t clip_mode, double clip_lo, double clip_hi, double final_lr, bool final_lr_relative,
-               double gamma,
-               const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
-               const std::optional<at::Tensor>& swats_phase,
-               const std::optional<at::Tensor>& swats_sgd_lr, const std::optional<at::Tensor>& swats_partials,
-               bool swats_nesterov) {
+               at::TensorList max_exp_avg_sqs, at::TensorList steps, at::TensorList swats_momentum_buffers,
+               const families::adaptive_args& args) {
+  FH_BIND_ARGS(FH_ADAPTIVE_ARGS)
   const ContiguousGrads contiguous(grads_in);
   const at::TensorList grads = contiguous.list();
   const char* op = "fused_hybrid::adaptive_";
@@ -191,7 +151,7 @@ void adaptive_(at::TensorList params, at::TensorList grads_in, at::TensorList ex
   a.final_lr_relative = final_lr_relative;
   a.gamma = gamma;
   a.form = static_cast<int>(form);
-  a.clip = static_cast<int>(clip_mode);
+  a.clip_mode = static_cast<int>(clip_mode);
   a.decoupled = decoupled;
   a.maximize = maximize;
   a.swats_nesterov = swats_nesterov;
@@ -236,7 +196,7 @@ void adaptive_(at::TensorList params, at::TensorList grads_in, at::TensorList ex
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(FH_CUDA_NAMESPACE, FH_CUDA_KEY, m) { m.impl("adaptive_", &adaptive_); }
+TORCH_LIBRARY_IMPL(FH_CUDA_NAMESPACE, FH_CUDA_KEY, m) { m.impl("adaptive_", &families::adaptive_op<&adaptive_>); }
 
 }  // namespace cuda
 }  // namespace fused_hybrid

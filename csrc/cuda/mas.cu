@@ -20,6 +20,7 @@
 
 #include <cmath>
 
+#include "../op_families.h"
 #include "fused_hybrid/contiguous_grads.h"
 #include "fused_hybrid/rules.h"
 #include "multi_tensor_apply.cuh"
@@ -34,7 +35,7 @@ enum Mode : int { kModeSum = 0, kModeReduce = 1, kModeApply = 2 };
 struct MasArgs : StepScalars {
   double beta1, beta2, eps, weight_decay, momentum, dampening, adam_w, sgd_w;
   int variant;
-  bool nesterov, maximize;
+  bool decoupled, nesterov, maximize;
   double* slots;  // reducing variants: [chunks, kSlotWidth], see kSlot*
 };
 
@@ -79,10 +80,12 @@ struct MasFunctor {
     const O om_damp = static_cast<O>(1.0 - a.dampening);
     const O coef = static_cast<O>(a.sgd_w * lrd + a.adam_w * eta);
     const bool nesterov = a.nesterov, maximize = a.maximize, first = k == 1.0;
-    const bool has_wd = wd != O(0);
+    // L2 weight decay joins the gradient; decoupled decay shrinks w (by `decay`, 1 when off) where it is written.
+    const bool l2 = wd != O(0) && !a.decoupled;
+    const O decay = wd != O(0) && a.decoupled ? static_cast<O>(1.0 - lrd * a.weight_decay) : O(1);
     auto direction = [&](O wv, O gv) FH_INLINE_LAMBDA {
       O d = rules::effective_grad(gv, inv, maximize);
-      if (has_wd) d = rules::l2_weight_decay(d, wv, wd);
+      if (l2) d = rules::l2_weight_decay(d, wv, wd);
       return d;
     };
     constexpr int S = kMom ? 3 : 2;
@@ -95,6 +98,7 @@ struct MasFunctor {
         O d_s = d;
         if constexpr (kMom) d_s = rules::sgd_direction_exact(d, s[kMom ? 2 : 0], momentum, om_damp, nesterov, first);
         if constexpr (kMode == kModeSum) {
+          wv = wv * decay;
           rules::mas_sum_update_exact(wv, d_a, d_s, adam_w, sgd_w, coef);
         } else {
           s_as += rules::dot_term(d_a, d_s);
@@ -139,6 +143,7 @@ struct MasFunctor {
       const double ratio = norm_s > 0.0 ? norm_a / norm_s : 0.0;
       if (a.variant == kCorrection && dot < 0.0) {  // the Adam step where the directions disagree
         chunk_elementwise<2, true, false>(w, g, st, n, [&](O& wv, O, O(&s)[2]) FH_INLINE_LAMBDA {
+          wv = wv * decay;
           rules::mas_single_update(wv, rules::adam_direction(s[0], s[1], bc2_sqrt, eps), eta_a);
         });
       } else if (a.variant == kCorrection || a.variant == kNormalized) {  // the SGD step, scaled
@@ -148,6 +153,7 @@ struct MasFunctor {
           const O d = direction(wv, gv);
           O d_s = d;
           if constexpr (kMom) d_s = rules::sgd_direction_from_buffer(d, s[0], momentum, nesterov);
+          wv = wv * decay;
           rules::mas_single_update(wv, d_s, c_s);
         };
         chunk_elementwise<kMom ? 1 : 0, true, false>(w, g, sb, n, elem_s);
@@ -157,6 +163,7 @@ struct MasFunctor {
           const O d = direction(wv, gv);
           O d_s = d;
           if constexpr (kMom) d_s = rules::sgd_direction_from_buffer(d, s[kMom ? 2 : 0], momentum, nesterov);
+          wv = wv * decay;
           rules::mas_vector_update(wv, rules::adam_direction(s[0], s[1], bc2_sqrt, eps), d_s, c_a, c_s);
         });
       }
@@ -165,10 +172,8 @@ struct MasFunctor {
 };
 
 void mas_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
-          at::TensorList momentum_buffers, at::TensorList steps, double lr, const std::optional<at::Tensor>& lr_tensor,
-          double beta1, double beta2, double eps, double weight_decay, double momentum, double dampening,
-          bool nesterov, double adam_w, double sgd_w, int64_t variant, bool maximize,
-          const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+          at::TensorList momentum_buffers, at::TensorList steps, const families::mas_args& args) {
+  FH_BIND_ARGS(FH_MAS_ARGS)
   const ContiguousGrads contiguous(grads_in);
   const at::TensorList grads = contiguous.list();
   const char* op = "fused_hybrid::mas_";
@@ -193,6 +198,7 @@ void mas_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avg
   a.sgd_w = sgd_w;
   a.variant = static_cast<int>(variant);
   a.nesterov = nesterov;
+  a.decoupled = decoupled;
   a.maximize = maximize;
   a.slots = nullptr;
 
@@ -229,7 +235,7 @@ void mas_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avg
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(FH_CUDA_NAMESPACE, FH_CUDA_KEY, m) { m.impl("mas_", &mas_); }
+TORCH_LIBRARY_IMPL(FH_CUDA_NAMESPACE, FH_CUDA_KEY, m) { m.impl("mas_", &families::mas_op<&mas_>); }
 
 }  // namespace cuda
 }  // namespace fused_hybrid

@@ -17,6 +17,7 @@
 
 #include <cmath>
 
+#include "../op_families.h"
 #include "fused_hybrid/contiguous_grads.h"
 #include "fused_hybrid/rules.h"
 #include "multi_tensor_apply.cuh"
@@ -169,9 +170,8 @@ struct NdAdamFunctor {
 };
 
 void ndadam_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
-             at::TensorList steps, at::IntArrayRef row_lens, double lr, const std::optional<at::Tensor>& lr_tensor,
-             double beta1, double beta2, double eps, double weight_decay, bool maximize,
-             const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+             at::TensorList steps, const families::ndadam_args& args) {
+  FH_BIND_ARGS(FH_NDADAM_ARGS)
   const ContiguousGrads contiguous(grads_in);
   const at::TensorList grads = contiguous.list();
   const char* op = "fused_hybrid::ndadam_";
@@ -217,7 +217,7 @@ void ndadam_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(FH_CUDA_NAMESPACE, FH_CUDA_KEY, m) { m.impl("ndadam_", &ndadam_); }
+TORCH_LIBRARY_IMPL(FH_CUDA_NAMESPACE, FH_CUDA_KEY, m) { m.impl("ndadam_", &families::ndadam_op<&ndadam_>); }
 
 }  // namespace cuda
 }  // namespace fused_hybrid

@@ -5,6 +5,7 @@
 #include <c10/util/irange.h>
 #include <torch/library.h>
 
+#include "../op_families.h"
 #include "fused_hybrid/contiguous_grads.h"
 #include "fused_hybrid/rules.h"
 #include "multi_tensor_apply.cuh"
@@ -15,7 +16,7 @@ namespace {
 
 struct RmsArgs : StepScalars {
   double keep, add, eps, weight_decay, momentum, lr_decay;
-  bool maximize;
+  bool decoupled, maximize;
 };
 
 // Lists: 0 params, 1 grads, 2 square_avgs, 3 grad_avgs (centered), 4 momentum buffers; aux: the step tensors.
@@ -38,14 +39,16 @@ struct RmsFunctor {
     if constexpr (kMomentum) st[j++] = static_cast<O*>(meta.addresses[4][t]) + start;
     const float k = *static_cast<const float*>(meta.aux[t]) + 1.0f;  // this step's count (post-step writes it)
     // torch.optim.Adagrad's clr = lr / (1 + (k-1)*lr_decay), in double as on its host (lr_decay 0: RMSprop).
-    const O lr = static_cast<O>(a.lr.get() / (1.0 + (static_cast<double>(k) - 1.0) * a.lr_decay));
+    const double group_lr = a.lr.get();
+    const O lr = static_cast<O>(group_lr / (1.0 + (static_cast<double>(k) - 1.0) * a.lr_decay));
+    const O decay = static_cast<O>(1.0 - group_lr * a.weight_decay);  // decoupled: the group's lr, not clr
     const O inv = static_cast<O>(1.0 / a.grad_scale.get());
     const O keep = static_cast<O>(a.keep), add = static_cast<O>(a.add), eps = static_cast<O>(a.eps);
     const O wd = static_cast<O>(a.weight_decay), mom = static_cast<O>(a.momentum);
-    const bool maximize = a.maximize;
+    const bool maximize = a.maximize, decoupled = a.decoupled;
     chunk_elementwise<S>(w, g, st, n, [&](O& wv, O gv, O(&s)[S]) FH_INLINE_LAMBDA {
       O gi = rules::effective_grad(gv, inv, maximize);
-      if (wd != O(0)) gi = rules::l2_weight_decay(gi, wv, wd);
+      rules::weight_decay_exact(wv, gi, wd, decay, decoupled);
       O ga = O(0), buf = O(0);
       if constexpr (kCentered) ga = s[1];
       if constexpr (kMomentum) buf = s[S - 1];
@@ -58,9 +61,8 @@ struct RmsFunctor {
 };
 
 void rms_(at::TensorList params, at::TensorList grads_in, at::TensorList square_avgs, at::TensorList grad_avgs,
-          at::TensorList momentum_buffers, at::TensorList steps, double lr, const std::optional<at::Tensor>& lr_tensor,
-          double keep, double add, double eps, double weight_decay, double momentum, bool centered, double lr_decay,
-          bool maximize, const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+          at::TensorList momentum_buffers, at::TensorList steps, const families::rms_args& args) {
+  FH_BIND_ARGS(FH_RMS_ARGS)
   const ContiguousGrads contiguous(grads_in);
   const at::TensorList grads = contiguous.list();
   const char* op = "fused_hybrid::rms_";
@@ -82,6 +84,7 @@ void rms_(at::TensorList params, at::TensorList grads_in, at::TensorList square_
   a.momentum = momentum;
   a.lr_decay = lr_decay;
   a.maximize = maximize;
+  a.decoupled = decoupled;
   Operands ops = gather_operands(op, params, grads,
                                  {square_avgs, centered ? grad_avgs : at::TensorList(),
                                   has_momentum ? momentum_buffers : at::TensorList()},
@@ -108,7 +111,7 @@ void rms_(at::TensorList params, at::TensorList grads_in, at::TensorList square_
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(FH_CUDA_NAMESPACE, FH_CUDA_KEY, m) { m.impl("rms_", &rms_); }
+TORCH_LIBRARY_IMPL(FH_CUDA_NAMESPACE, FH_CUDA_KEY, m) { m.impl("rms_", &families::rms_op<&rms_>); }
 
 }  // namespace cuda
 }  // namespace fused_hybrid

@@ -4,6 +4,7 @@
 #include <c10/util/irange.h>
 #include <torch/library.h>
 
+#include "../op_families.h"
 #include "fused_hybrid/contiguous_grads.h"
 #include "fused_hybrid/rules.h"
 #include "multi_tensor_apply.cuh"
@@ -17,7 +18,8 @@ template <typename P, typename O, bool kMomentum>
 struct SgdFunctor {
   DeviceScalar lr, grad_scale, found_inf;
   O momentum, one_minus_dampening, weight_decay;  // 1 - dampening rounded once from double (rules::OneMinus)
-  bool nesterov, maximize, first;
+  double weight_decay_d;  // for 1 - lr*weight_decay, in double with the lr read on the device
+  bool decoupled, nesterov, maximize, first;
 
   __device__ __forceinline__ void operator()(const TensorListMeta<3>& meta) const {
     if (found_inf.get() != 0.0) return;
@@ -27,11 +29,13 @@ struct SgdFunctor {
     P* w = static_cast<P*>(meta.addresses[0][t]) + start;
     const P* g = static_cast<const P*>(meta.addresses[1][t]) + start;
     O* const st[1] = {kMomentum ? static_cast<O*>(meta.addresses[2][t]) + start : nullptr};
-    const O lrv = static_cast<O>(lr.get());
+    const double lr_d = lr.get();
+    const O lrv = static_cast<O>(lr_d);
+    const O decay = static_cast<O>(1.0 - lr_d * weight_decay_d);
     const O inv = static_cast<O>(1.0 / grad_scale.get());
     chunk_elementwise<kMomentum ? 1 : 0>(w, g, st, n, [&](O& wv, O gv, O(&s)[1]) FH_INLINE_LAMBDA {
       O gi = rules::effective_grad(gv, inv, maximize);
-      if (weight_decay != O(0)) gi = rules::l2_weight_decay(gi, wv, weight_decay);
+      rules::weight_decay_exact(wv, gi, weight_decay, decay, decoupled);
       O d = gi;
       if constexpr (kMomentum) d = rules::sgd_direction_exact(gi, s[0], momentum, one_minus_dampening, nesterov, first);
       wv = rules::sgd_step(wv, d, lrv);
@@ -39,10 +43,9 @@ struct SgdFunctor {
   }
 };
 
-void sgd_(at::TensorList params, at::TensorList grads_in, at::TensorList momentum_buffers, at::IntArrayRef firsts,
-          double lr, const std::optional<at::Tensor>& lr_tensor, double momentum, double dampening, bool nesterov,
-          double weight_decay, bool maximize, const std::optional<at::Tensor>& grad_scale,
-          const std::optional<at::Tensor>& found_inf) {
+void sgd_(at::TensorList params, at::TensorList grads_in, at::TensorList momentum_buffers,
+          const families::sgd_args& args) {
+  FH_BIND_ARGS(FH_SGD_ARGS)
   const ContiguousGrads contiguous(grads_in);
   const at::TensorList grads = contiguous.list();
   const char* op = "fused_hybrid::sgd_";
@@ -82,6 +85,8 @@ void sgd_(at::TensorList params, at::TensorList grads_in, at::TensorList momentu
         f.momentum = static_cast<O>(momentum);
         f.one_minus_dampening = static_cast<O>(1.0 - dampening);
         f.weight_decay = static_cast<O>(weight_decay);
+        f.weight_decay_d = weight_decay;
+        f.decoupled = decoupled;
         f.nesterov = nesterov;
         f.maximize = maximize;
         f.first = first;
@@ -96,7 +101,7 @@ void sgd_(at::TensorList params, at::TensorList grads_in, at::TensorList momentu
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(FH_CUDA_NAMESPACE, FH_CUDA_KEY, m) { m.impl("sgd_", &sgd_); }
+TORCH_LIBRARY_IMPL(FH_CUDA_NAMESPACE, FH_CUDA_KEY, m) { m.impl("sgd_", &families::sgd_op<&sgd_>); }
 
 }  // namespace cuda
 }  // namespace fused_hybrid

@@ -36,13 +36,17 @@ void table_op(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   std::vector<c10::IValue> rest(args.begin() + 2, args.end());
   TORCH_CHECK(list_op.schema().arguments().size() == table->size() + 1 + rest.size(), name, ": a TensorTable of ",
               table->size(), " lists does not fit ", list_op.schema().name());
-  if (grads.empty() && !table->list(0).empty()) grads = fused_hybrid::grads_of(table->list(0));
   torch::jit::drop(*stack, nargs);
+  if (grads.empty() && !table->list(0).empty() && !fused_hybrid::grads_of(table->list(0), grads)) {
+    stack->emplace_back(false);  // a param has no gradient: nothing stepped (csrc/cpu/tensor_table.h)
+    return;
+  }
   stack->emplace_back(table->list(0).vec());
   stack->emplace_back(std::move(grads));
   for (size_t i = 1; i < table->size(); ++i) stack->emplace_back(table->list(i).vec());
   for (auto& v : rest) stack->push_back(std::move(v));
   list_op.callBoxed(stack);
+  stack->emplace_back(true);
 }
 
 // sim_set(key, value) -> the previous value. Keys: thread_order / block_order (0 forward, 1 reversed, 2 shuffled),

@@ -1,8 +1,10 @@
 """Backend registry: which backends exist, which are usable here, and which one serves a rule on a device.
 
 A backend is a module with ``NAME``, ``RULES`` (the rule families it implements: "adaptive", "sgd", "mas",
-"ndadam"), ``available(device) -> bool``, ``why_unavailable(device) -> str`` and one function per rule family
-(see ``backends/reference.py`` for the API). ``backend="auto"`` picks the first usable fused backend for the
+"ndadam", "rms"), ``available(device) -> bool``, ``why_unavailable(device) -> str``, one function per rule family
+(see ``backends/reference.py`` for the API) and ``swats_bookkeeping(device)``: how SWATS's switch test runs next to
+its steps ("torch": plain-PyTorch ops; "cpu": the C++ extension's ops; "triton": the Triton backend's kernels,
+through this registry). ``backend="auto"`` picks the first usable fused backend for the
 device that implements the rule, else the reference; a backend named explicitly is used or a
 ``BackendUnavailableError`` says why not: never a silent fallback.
 """
@@ -43,6 +45,12 @@ def _module(name: str):
 
 for _name in ("reference", "cpu", "cuda", "cuda_sim"):  # cheap to import; triton waits until it is asked for
     _module(_name)
+
+
+def module(name: str):
+    """The backend module ``name`` (for a capability one backend borrows from another: the cuda backend's SWATS
+    bookkeeping is the Triton backend's)."""
+    return _module(name)
 
 
 def check_name(name: str) -> None:

@@ -12,11 +12,16 @@ from __future__ import annotations
 import torch
 
 from .. import _ext
-from .extension_ops import NO_GRADIENT, adaptive, mas, ndadam, ndadam_layout, rms, sgd  # noqa: F401  (backend API)
+from .extension_ops import adaptive, mas, ndadam, ndadam_layout, rms, sgd  # noqa: F401  (backend API)
 
 NAME = "cpu"
 RULES = frozenset({"adaptive", "sgd", "mas", "ndadam", "rms"})
 GRADS_FROM_PARAMS = True  # the optimizer's fast path may pass grads=None (extension_ops)
+
+
+def swats_bookkeeping(device: torch.device) -> str:
+    """SWATS's switch test: the extension's ops (csrc/cpu/swats.cpp)."""
+    return "cpu"
 
 
 def available(device: torch.device) -> bool:

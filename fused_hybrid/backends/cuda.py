@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from .. import _ext
-from .extension_ops import NO_GRADIENT, adaptive, mas, ndadam, rms, sgd  # noqa: F401  (the backend API)
+from .extension_ops import adaptive, mas, ndadam, rms, sgd  # noqa: F401  (the backend API)
 
 NAME = "cuda"
 # MAS: every variant ("sum" in one pass; the reducing ones in two passes with per-chunk partials).
@@ -27,6 +27,14 @@ GRADS_FROM_PARAMS = True  # the optimizer's fast path may pass grads=None (exten
 
 def available(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_available() and _ext.has_cuda_kernels()
+
+
+def swats_bookkeeping(device: torch.device) -> str:
+    """SWATS's switch test: the Triton backend's kernels (2 launches, no host sync), borrowed through the registry;
+    the torch ops where Triton cannot run (no triton, or a GPU below compute capability 8.0, which Triton's NVIDIA
+    backend does not target)."""
+    from . import module
+    return module("triton").swats_bookkeeping(device)
 
 
 def why_unavailable(device: torch.device) -> str:

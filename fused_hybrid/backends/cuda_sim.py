@@ -7,7 +7,7 @@ It runs the cuda backend's code path exactly: the same ``extension_ops`` functio
 namespace (fused_hybrid._C_sim registers the same schemas there, for CPU tensors), the same table ops handing the
 lists to the list ops through the dispatcher, and lr, grad_scale, found_inf, the step counts and SWATS's phase are
 read inside the kernels through the same device pointers as on a GPU (a CPU tensor's memory is the "device"
-memory here). SWATS's switch bookkeeping runs where the cpu backend's does for CPU tensors (swats.fused_impl).
+memory here). SWATS's switch bookkeeping runs where the cpu backend's does for CPU tensors (swats_bookkeeping).
 
 ``settings(...)`` changes the simulator for a block of code: the order threads and blocks run in (reversed or
 shuffled results must be bitwise identical), injected faults, and a smaller launch geometry (small tensors then
@@ -20,7 +20,7 @@ import contextlib
 import torch
 
 from .. import _ext
-from .extension_ops import NO_GRADIENT, bind, ndadam_layout  # noqa: F401  (the backend API)
+from .extension_ops import bind, ndadam_layout  # noqa: F401  (the backend API)
 
 NAME = "cuda_sim"
 RULES = frozenset({"sgd", "adaptive", "mas", "ndadam", "rms"})
@@ -28,6 +28,11 @@ GRADS_FROM_PARAMS = True  # the optimizer's fast path may pass grads=None (exten
 
 _OPS = bind("fused_hybrid_sim")
 sgd, adaptive, mas, ndadam, rms = _OPS.sgd, _OPS.adaptive, _OPS.mas, _OPS.ndadam, _OPS.rms
+
+
+def swats_bookkeeping(device: torch.device) -> str:
+    """SWATS's switch test on the simulator's CPU tensors: the extension's CPU ops, as the cpu backend's."""
+    return "cpu"
 
 ORDERS = {"forward": 0, "reversed": 1, "shuffled": 2}
 STATS = ("launches", "blocks", "threads", "block_barriers", "warp_barriers", "vector_accesses")

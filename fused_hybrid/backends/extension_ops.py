@@ -14,32 +14,31 @@ from types import SimpleNamespace
 
 import torch
 
-from ..rules import MAS_VARIANTS
-
-# With a bucket cache, grads=None makes the table op read the params' .grad itself (no Python list of 2000 .grad
-# reads); a missing gradient then raises a RuntimeError containing NO_GRADIENT before anything changes
-# (csrc/cpu/tensor_table.h: kNoGradient).
-NO_GRADIENT = "fused_hybrid: a parameter of the table has no gradient"
+from ..families import FAMILIES, swats_kwargs
 
 # An absent optional state list. One object, so a bucket's table key stays the same from step to step.
 _NONE: tuple = ()
 
 
-def _call(ns: str, op: str, cache, lists: list, grads, *rest) -> None:
-    """torch.ops.<ns>.<op>(lists[0], grads, *lists[1:], *rest), through a cached TensorTable of ``lists`` when the
-    caller keeps a cache for this bucket. The table is rebuilt whenever any list object differs from the ones it
-    was built from (the optimizer keeps its lists per bucket, so in steady state it never is)."""
+def _call(ns: str, family: str, cache, lists: list, grads, kwargs: dict):
+    """torch.ops.<ns>.<family>_(lists[0], grads, *lists[1:], **kwargs), through a cached TensorTable of ``lists``
+    when the caller keeps a cache for this bucket. The table is rebuilt whenever any list object differs from the
+    ones it was built from (the optimizer keeps its lists per bucket, so in steady state it never is). grads None:
+    the op reads the params' .grad; then False means a param has none, and nothing was changed."""
+    op = family + "_"
     if cache is None or torch.compiler.is_compiling():
         if grads is None:
             grads = [p.grad for p in lists[0]]
-        getattr(getattr(torch.ops, ns), op)(lists[0], grads, *lists[1:], *rest)
-        return
+            if any(g is None for g in grads):
+                return False
+        getattr(getattr(torch.ops, ns), op)(lists[0], grads, *lists[1:], **kwargs)
+        return True
     key = tuple(map(id, lists))
     entry = cache.get(op)
     if entry is None or entry[0] != key:
         # The entry holds the lists too, so their ids cannot be reused while it is alive.
         entry = cache[op] = (key, torch.classes.fused_hybrid.TensorTable(lists), lists)
-    _table_op(ns, op)(entry[1], _NONE if grads is None else grads, *rest)
+    return _table_op(ns, op)(entry[1], _NONE if grads is None else grads, **kwargs)
 
 
 _TABLE_OPS: dict = {}
@@ -55,11 +54,6 @@ def _table_op(ns: str, op: str):
         overload = getattr(getattr(torch.ops, ns), op + "table_").default
         fn = _TABLE_OPS[ns, op] = getattr(overload, "_op", overload)
     return fn
-
-
-def _lr(hp):
-    """(float lr, lr tensor or None): a 0-dim tensor lr is read inside the op."""
-    return (0.0, hp.lr) if isinstance(hp.lr, torch.Tensor) else (float(hp.lr), None)
 
 
 def ndadam_layout(p: torch.Tensor, axes) -> tuple[int, list[int] | None]:
@@ -79,48 +73,41 @@ def ndadam_layout(p: torch.Tensor, axes) -> tuple[int, list[int] | None]:
 
 
 def bind(ns: str) -> SimpleNamespace:
-    """The rule-family functions (the backend API: sgd, adaptive, mas, ndadam) on the ops of namespace ``ns``."""
+    """The rule-family functions (the backend API: sgd, adaptive, mas, ndadam, rms) on the ops of namespace ``ns``.
+    Each returns False when the optimizer's fast path (grads=None) finds a param without a gradient (nothing was
+    changed)."""
+    F = FAMILIES
 
     def sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=None, cache=None):
-        lr, lr_t = _lr(hp)
         bufs = momentum_buffers if hp.momentum != 0 else _NONE
         # No flags when no buffer is fresh (every step after the first): the op reads none, and 2000 bools cost
         # ~0.1 ms to convert.
-        _call(ns, "sgd_", cache, [params, bufs], grads, firsts if any(firsts) else _NONE, lr, lr_t, hp.momentum,
-              hp.dampening, hp.nesterov, hp.weight_decay, hp.maximize, grad_scale, found_inf)
+        return _call(ns, "sgd", cache, [params, bufs], grads,
+                     dict(F["sgd"].kwargs(hp), firsts=firsts if any(firsts) else _NONE, grad_scale=grad_scale,
+                          found_inf=found_inf))
 
     def adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, grad_scale=None, found_inf=None,
                  swats=None, cache=None):
-        lr, lr_t = _lr(hp)
-        if swats is None:
-            bufs, phase, sgd_lr, partials, nesterov = _NONE, None, None, None, False
-        else:
-            # phase (int32) and sgd_lr (float64) come from swats.per_tensor_args as the ops check them.
-            bufs, phase, sgd_lr, partials, nesterov = (swats.momentum_buffers, swats.phase, swats.sgd_lr,
-                                                       swats.partials, swats.nesterov)
-        lists = [params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if hp.amsgrad else _NONE, steps, bufs]
-        _call(ns, "adaptive_", cache, lists, grads, lr, lr_t, hp.beta1, hp.beta2, hp.eps, hp.weight_decay,
-              hp.decoupled, hp.amsgrad, hp.maximize, hp.form, hp.partial, hp.clip_mode, hp.clip_lo, hp.clip_hi,
-              hp.final_lr, hp.final_lr_relative, hp.gamma, grad_scale, found_inf, phase, sgd_lr, partials, nesterov)
+        # phase (int32) and sgd_lr (float64) come from swats.per_tensor_args as the ops check them.
+        lists = [params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if hp.amsgrad else _NONE, steps,
+                 _NONE if swats is None else swats.momentum_buffers]
+        return _call(ns, "adaptive", cache, lists, grads,
+                     dict(F["adaptive"].kwargs(hp), **swats_kwargs(swats), grad_scale=grad_scale, found_inf=found_inf))
 
     def mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale=None, found_inf=None,
             cache=None):
-        lr, lr_t = _lr(hp)
         bufs = momentum_buffers if hp.momentum != 0 else _NONE
-        _call(ns, "mas_", cache, [params, exp_avgs, exp_avg_sqs, bufs, steps], grads, lr, lr_t, hp.beta1, hp.beta2,
-              hp.eps, hp.weight_decay, hp.momentum, hp.dampening, hp.nesterov, hp.adam_w, hp.sgd_w,
-              MAS_VARIANTS.index(hp.variant), hp.maximize, grad_scale, found_inf)
+        return _call(ns, "mas", cache, [params, exp_avgs, exp_avg_sqs, bufs, steps], grads,
+                     dict(F["mas"].kwargs(hp), grad_scale=grad_scale, found_inf=found_inf))
 
     def rms(params, grads, square_avgs, steps, hp, grad_scale=None, found_inf=None, grad_avgs=None,
             momentum_buffers=None, cache=None):
-        lr, lr_t = _lr(hp)
         lists = [params, square_avgs, grad_avgs if hp.centered else _NONE,
                  momentum_buffers if hp.momentum != 0 else _NONE, steps]
-        _call(ns, "rms_", cache, lists, grads, lr, lr_t, hp.keep, hp.add, hp.eps, hp.weight_decay, hp.momentum,
-              hp.centered, hp.lr_decay, hp.maximize, grad_scale, found_inf)
+        return _call(ns, "rms", cache, lists, grads, dict(F["rms"].kwargs(hp), grad_scale=grad_scale,
+                                                          found_inf=found_inf))
 
     def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=None, found_inf=None, cache=None):
-        lr, lr_t = _lr(hp)
         # The layouts follow from the shapes and axes alone: kept per bucket while the caller passes the same axes
         # list.
         entry = None if cache is None else cache.get("ndadam_layouts")
@@ -135,6 +122,8 @@ def bind(ns: str) -> SimpleNamespace:
         if any(perm is not None for _, perm in layouts):
             if grads is None:
                 grads = [p.grad for p in params]
+                if any(g is None for g in grads):
+                    return False
             ps, gs, ms, vs = list(params), list(grads), list(exp_avgs), list(exp_avg_sqs)
             for i, (_, perm) in enumerate(layouts):
                 if perm is not None:
@@ -143,12 +132,13 @@ def bind(ns: str) -> SimpleNamespace:
                     gs[i] = grads[i].permute(perm).contiguous()
                     copies.append((views, (ps[i], ms[i], vs[i])))
         # Permuted copies are new tensors every step: they go as lists, not through a cached table.
-        _call(ns, "ndadam_", None if copies else cache, [ps, ms, vs, steps], gs, row_lens, lr, lr_t, hp.beta1,
-              hp.beta2, hp.eps, hp.weight_decay, hp.maximize, grad_scale, found_inf)
-        for views, stepped in copies:
-            for view, new in zip(views, stepped):
+        stepped = _call(ns, "ndadam", None if copies else cache, [ps, ms, vs, steps], gs,
+                        dict(F["ndadam"].kwargs(hp), row_lens=row_lens, grad_scale=grad_scale, found_inf=found_inf))
+        for views, new_values in copies:
+            for view, new in zip(views, new_values):
                 if new.data_ptr() != view.data_ptr():
                     view.copy_(new)
+        return stepped
 
     return SimpleNamespace(sgd=sgd, adaptive=adaptive, mas=mas, ndadam=ndadam, rms=rms)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from .. import reference as R
-from ..hyper import CLIP_ADABOUND, CLIP_CONST, FORM_TORCH, PHASE_SGD
+from ..hyper import CLIP_ADABOUND, CLIP_CONST, FORM_TORCH, MAS_VARIANTS, PHASE_SGD
 
 NAME = "reference"
 
@@ -56,6 +56,16 @@ def _tensors(params, grads, steps, hp, grad_scale):
             p.copy_(w)
 
 
+def _weight_decay(w, g, hp, lr: float) -> None:
+    """Every family's weight decay, before its own step: decoupled (AdamW's form, w *= 1 - lr*wd with the group's
+    lr), or L2 (g += wd*w)."""
+    if hp.weight_decay != 0:
+        if hp.decoupled:
+            w.mul_(1 - lr * hp.weight_decay)
+        else:
+            g.add_(w, alpha=hp.weight_decay)
+
+
 def adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, grad_scale=None, found_inf=None,
              swats=None, cache=None):
     if _skip(found_inf):
@@ -63,11 +73,7 @@ def adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, g
     lr = float(hp.lr)
     for i, w, g, k in _tensors(params, grads, steps, hp, grad_scale):
         m, v = exp_avgs[i], exp_avg_sqs[i]
-        if hp.weight_decay != 0:
-            if hp.decoupled:
-                w.mul_(1 - lr * hp.weight_decay)
-            else:
-                g.add_(w, alpha=hp.weight_decay)
+        _weight_decay(w, g, hp, lr)
         if swats is not None and int(swats.phase[i].item()) == PHASE_SGD:
             R.swats_sgd_phase(w, swats.momentum_buffers[i], g, hp.beta1, float(swats.sgd_lr[i]), swats.nesterov)
             swats.partials[i].zero_()
@@ -93,8 +99,7 @@ def sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=
         return
     lr = float(hp.lr)
     for i, w, g, _ in _tensors(params, grads, None, hp, grad_scale):
-        if hp.weight_decay != 0:
-            g.add_(w, alpha=hp.weight_decay)
+        _weight_decay(w, g, hp, lr)
         d = R.sgd_direction(momentum_buffers[i], g, hp.momentum, hp.dampening, hp.nesterov, firsts[i])
         w.add_(d, alpha=-lr)
 
@@ -105,11 +110,10 @@ def mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_
         return
     lr = float(hp.lr)
     for i, w, d, k in _tensors(params, grads, steps, hp, grad_scale):
-        if hp.weight_decay != 0:
-            d.add_(w, alpha=hp.weight_decay)
+        _weight_decay(w, d, hp, lr)
         d_a, eta_a, d_s = R.mas_steps(exp_avgs[i], exp_avg_sqs[i], momentum_buffers[i], d, lr, hp.beta1, hp.beta2,
                                       hp.eps, k, hp.momentum, hp.dampening, hp.nesterov)
-        w.add_(R.mas_update(d_a, eta_a, d_s, lr, hp.adam_w, hp.sgd_w, hp.variant))
+        w.add_(R.mas_update(d_a, eta_a, d_s, lr, hp.adam_w, hp.sgd_w, MAS_VARIANTS[hp.variant]))
 
 
 def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=None, found_inf=None, cache=None):
@@ -133,8 +137,7 @@ def rms(params, grads, square_avgs, steps, hp, grad_scale=None, found_inf=None, 
         return
     lr = float(hp.lr)
     for i, w, g, k in _tensors(params, grads, steps, hp, grad_scale):
-        if hp.weight_decay != 0:
-            g.add_(w, alpha=hp.weight_decay)
+        _weight_decay(w, g, hp, lr)  # the group's lr, not Adagrad's decayed one
         R.rms_step(w, square_avgs[i], grad_avgs[i] if hp.centered else None,
                    momentum_buffers[i] if hp.momentum != 0 else None, g, lr, hp.keep, hp.add, hp.eps, hp.momentum,
                    hp.lr_decay, k)
@@ -145,3 +148,7 @@ RULES = frozenset({"adaptive", "sgd", "mas", "ndadam", "rms"})
 
 def why_unavailable(device: torch.device) -> str:
     return ""
+
+
+def swats_bookkeeping(device: torch.device) -> str:
+    return "torch"

@@ -25,17 +25,30 @@ import torch
 from .. import _ext
 from . import triton_launch as _l
 from . import triton_ops as _ops
-from .extension_ops import NO_GRADIENT  # noqa: F401  (the backend API)
 
 NAME = "triton"
 RULES = frozenset({"adaptive", "sgd", "mas", "ndadam", "rms"})
 # With the C++ extension loaded, the optimizer's fast path passes grads=None (and a bucket cache): a TensorTable of
-# the bucket's lists then reads the gradients and every pointer in one call (``_Snapshot``), and a missing
-# gradient raises a RuntimeError containing NO_GRADIENT before anything is launched.
+# the bucket's lists then reads the gradients and every pointer in one call (``_Snapshot``); when a param has no
+# gradient the family function launches nothing and returns False.
 GRADS_FROM_PARAMS = _ext.loaded()
 
 def available(device: torch.device) -> bool:
     return why_unavailable(device) == ""
+
+
+def swats_bookkeeping(device: torch.device) -> str:
+    """SWATS's switch test: this backend's kernels (triton_kernels/swats.py: ``swats_per_tensor``,
+    ``swats_switch``) on a GPU Triton targets (compute capability 8.0+); on CPU tensors (the interpreter) the
+    extension's C++ ops when it is built; the torch ops otherwise."""
+    if device.type == "cpu":
+        return "cpu" if _ext.loaded() else "torch"
+    if not available(device) or (device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 0)):
+        return "torch"
+    return "triton"
+
+
+swats_per_tensor, swats_switch = _l.swats_per_tensor, _l.swats_switch  # (the SWATS bookkeeping's kernels)
 
 
 def why_unavailable(device: torch.device) -> str:
@@ -59,13 +72,22 @@ def why_unavailable(device: torch.device) -> str:
 # _mas, _ndadam) directly; under torch.compile the same functions run inside custom ops (triton_ops.py), which the
 # tracer sees as opaque calls that mutate the lists they name: it cannot follow data_ptr() tables.
 
-def _run(eager, op, *args, snap=None) -> None:
-    """One family call: the custom op while torch.compile traces, the direct function otherwise."""
-    if args[0]:  # no params: nothing to do
-        if torch.compiler.is_compiling():
-            op(*args)
-        else:
-            eager(*args, snap=snap)
+def _run(eager, op, params, grads, *args, snap=None) -> bool:
+    """One family call: the custom op while torch.compile traces, the direct function otherwise. grads None (the
+    optimizer's fast path): False, launching nothing, when a param has no gradient."""
+    if not params:
+        return True
+    if grads is None and snap is None:
+        grads = [p.grad for p in params]
+        if any(g is None for g in grads):
+            return False
+    if snap is not None and not snap.ready():
+        return False
+    if torch.compiler.is_compiling():
+        op(params, grads, *args)
+    else:
+        eager(params, grads, *args, snap=snap)
+    return True
 
 
 class _Snapshot:
@@ -74,16 +96,22 @@ class _Snapshot:
     included, in one C++ call. ``tables(build)`` reuses the tables built for an equal snapshot, and rebuilds them
     (``build()``, the general path's construction) when anything moved or resized."""
 
-    __slots__ = ("key", "lists", "keep", "table", "snap", "tab")
+    __slots__ = ("key", "lists", "keep", "table", "snap", "tab", "cur")
 
     def __init__(self, key, lists, keep):
         # The lists (and `keep`) too: the ids in the key stay theirs while this lives.
         self.key, self.lists, self.keep = key, lists, keep
         self.table = torch.classes.fused_hybrid.TensorTable(lists)
-        self.snap = self.tab = None
+        self.snap = self.tab = self.cur = None
+
+    def ready(self) -> bool:
+        """Take this step's snapshot; False when a param has no gradient (then nothing may be launched)."""
+        snap, usable, complete = self.table.snapshot()
+        self.cur = (snap, usable)
+        return complete
 
     def tables(self, build):
-        snap, usable = self.table.snapshot()  # raises NO_GRADIENT before anything is launched
+        snap, usable = self.cur
         if not usable:  # a gradient the kernels cannot read in place: the general path copies it
             return build()
         if self.tab is None or not torch.equal(snap, self.snap):
@@ -108,34 +136,34 @@ def adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, g
              swats=None, cache=None):
     snap = _snapshot(cache, grads, ("adaptive",), [params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if hp.amsgrad else (),
                                                    steps, () if swats is None else swats.momentum_buffers])
-    _run(_l._adaptive, _ops.adaptive, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, grad_scale,
-         found_inf, swats, snap=snap)
+    return _run(_l._adaptive, _ops.adaptive, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp,
+                grad_scale, found_inf, swats, snap=snap)
 
 
 def sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=None, cache=None):
     # A fresh buffer's flag is part of the tables: the first step takes the general path.
     snap = None if any(firsts) else _snapshot(cache, grads, ("sgd",), [params, momentum_buffers
                                                                        if hp.momentum != 0 else ()])
-    _run(_l._sgd, _ops.sgd, params, grads, momentum_buffers, firsts, hp, grad_scale, found_inf, snap=snap)
+    return _run(_l._sgd, _ops.sgd, params, grads, momentum_buffers, firsts, hp, grad_scale, found_inf, snap=snap)
 
 
 def mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale=None, found_inf=None,
         cache=None):
-    snap = _snapshot(cache, grads, ("mas", hp.variant == "sum"),
+    snap = _snapshot(cache, grads, ("mas", hp.variant == 0),
                      [params, exp_avgs, exp_avg_sqs, momentum_buffers if hp.momentum != 0 else (), steps])
-    _run(_l._mas, _ops.mas, params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale, found_inf,
-         snap=snap)
+    return _run(_l._mas, _ops.mas, params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale,
+                found_inf, snap=snap)
 
 
 def rms(params, grads, square_avgs, steps, hp, grad_scale=None, found_inf=None, grad_avgs=None, momentum_buffers=None,
         cache=None):
     snap = _snapshot(cache, grads, ("rms",), [params, square_avgs, grad_avgs if hp.centered else (),
                                               momentum_buffers if hp.momentum != 0 else (), steps])
-    _run(_l._rms, _ops.rms, params, grads, square_avgs, steps, hp, grad_scale, found_inf, grad_avgs, momentum_buffers,
-         snap=snap)
+    return _run(_l._rms, _ops.rms, params, grads, square_avgs, steps, hp, grad_scale, found_inf, grad_avgs,
+                momentum_buffers, snap=snap)
 
 
 def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=None, found_inf=None, cache=None):
     snap = _snapshot(cache, grads, ("ndadam",), [params, exp_avgs, exp_avg_sqs, steps], keep=axes)
-    _run(_l._ndadam, _ops.ndadam, params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale, found_inf,
-         snap=snap)
+    return _run(_l._ndadam, _ops.ndadam, params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale,
+                found_inf, snap=snap)

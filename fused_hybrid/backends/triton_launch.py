@@ -13,7 +13,7 @@ from collections import OrderedDict
 
 import torch
 
-from ..hyper import CLIP_ADABOUND, CLIP_NONE, FORM_PAPER
+from ..hyper import CLIP_ADABOUND, CLIP_NONE, FORM_PAPER, MAS_VARIANTS
 
 try:
     import triton
@@ -162,8 +162,11 @@ def _dtypes(dtype: torch.dtype):
 def _step_flags(dtype: torch.dtype, hp, lr_t, grad_scale, found_inf) -> dict:
     """The constexpr flags every update kernel takes: dtypes, which device scalars it reads, maximize, decay."""
     P, C = _dtypes(dtype)
-    return dict(P=P, C=C, LR_TENSOR=lr_t is not None, HAS_SCALE=grad_scale is not None,
-                HAS_FOUND_INF=found_inf is not None, MAXIMIZE=bool(hp.maximize), HAS_WD=hp.weight_decay != 0)
+    flags = dict(P=P, C=C, LR_TENSOR=lr_t is not None, HAS_SCALE=grad_scale is not None,
+                 HAS_FOUND_INF=found_inf is not None, MAXIMIZE=bool(hp.maximize), HAS_WD=hp.weight_decay != 0)
+    if hasattr(hp, "decoupled"):  # every family but ND-Adam's (which refuses decoupled decay)
+        flags["DECOUPLED"] = bool(hp.decoupled)
+    return flags
 
 
 def _finalize(tab, found_inf, step_list, partials_in=None, out=None, np_=0, npp=1, width=4):
@@ -216,7 +219,7 @@ def _adaptive_launch(tab, dev, hp, grad_scale, found_inf, swats, dtype, BLOCK, C
                 lr, float(hp.beta1), float(hp.beta2), float(hp.eps), float(hp.weight_decay), 2.0 * float(hp.partial),
                 float(hp.clip_lo), float(hp.clip_hi) if clip_mode != CLIP_ADABOUND else float("inf"),
                 float(hp.final_lr), float(hp.gamma),
-                **_step_flags(dtype, hp, lr_t, grad_scale, found_inf), DECOUPLED=bool(hp.decoupled),
+                **_step_flags(dtype, hp, lr_t, grad_scale, found_inf),
                 AMSGRAD=bool(hp.amsgrad), FORM=int(hp.form),
                 POW=hp.form == FORM_PAPER and float(hp.partial) != 0.5, CLIP=int(clip_mode),
                 SWATS=swats is not None, NESTEROV=bool(swats is not None and swats.nesterov), ALIGNED=tab.aligned,
@@ -285,8 +288,8 @@ def _mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad
     BLOCK, CHUNK, opts = _geometry(dev)
     T = len(params)
     use_mom = hp.momentum != 0
-    variant = _km.VARIANTS[hp.variant]
-    reducing = variant != _km.VARIANTS["sum"]
+    variant = int(hp.variant)  # hyper.MAS_VARIANTS code, = triton_kernels/mas.py V_*
+    reducing = variant != MAS_VARIANTS.index("sum")
 
     def build():  # -> (tables, the gradients they point at)
         bufs = list(momentum_buffers) if use_mom else [None] * T
@@ -366,3 +369,32 @@ def _ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=No
                 **_step_flags(params[0].dtype, hp, lr_t, grad_scale, found_inf), ROWS=ND_ROWS, BLOCK_L=block_l,
                 FLAT_BLOCK=BLOCK)
     _finalize(tab, found_inf, _kn.L_STEP, width=_kn.META_W)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# SWATS's switch test (fused_hybrid.swats calls these through the registry when the Triton kernels are the
+# bookkeeping of the backend that steps the SWATS tensors)
+
+SWATS_BLOCK = 256  # tensors per program of the bookkeeping kernels
+
+
+def swats_per_tensor(seg_of, st: dict, vecs: dict):
+    """phase[t] (int32) and the SGD-phase step size (float64) of every SWATS tensor: one launch."""
+    from ..triton_kernels import swats as ks
+    T = seg_of.numel()
+    phase = torch.empty(T, dtype=torch.int32, device=seg_of.device)
+    sgd_lr = torch.empty(T, dtype=torch.float64, device=seg_of.device)
+    if T:
+        _launch(ks.swats_args_kernel, (-(-T // SWATS_BLOCK),), seg_of, st["phase"], st["Lambda"], st["lr_ref"],
+                vecs["lr"], vecs["one_minus_b1"], phase, sgd_lr, T, BLOCK=SWATS_BLOCK)
+    return phase, sgd_lr
+
+
+def swats_switch(members, T: int, partials, stepped, totals, found_inf, st: dict, vecs: dict, mode: int) -> None:
+    """One launch of triton_kernels.swats.swats_switch_kernel over the segments (the rows of ``members``; ``mode``:
+    see the kernel's docstring)."""
+    from ..triton_kernels import swats as ks
+    _launch(ks.swats_switch_kernel, (members.shape[0],), members, members.shape[1], T, partials, stepped, totals,
+            found_inf, st["phase"], st["lam"], st["Lambda"], st["switch_step"], st["seg_step"], st["gamma"],
+            st["lr_ref"], vecs["lr"], vecs["b2"], vecs["rtol"], vecs["atol"], MODE=mode,
+            HAS_STEPPED=stepped is not None, HAS_FOUND_INF=found_inf is not None, BLOCK=SWATS_BLOCK)

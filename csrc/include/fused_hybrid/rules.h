@@ -152,6 +152,45 @@ struct AdaptiveScalars {
   bool decoupled, amsgrad;
 };
 
+// The per-tensor scalars of an adaptive step at step count k: fused_hybrid/reference.py's, computed in double and
+// rounded to T once (as torch does with Python-float scalars), written once for the CPU (host, before its parallel
+// region) and the GPU (in each block). h: the family's hyperparameters (the fields of fused_hybrid.hyper.Adaptive);
+// lr as read (a tensor lr where the kernel runs); bc1 = 1 - beta1^k and bc2 = 1 - beta2^k from the caller (the CPU
+// takes std::pow, the GPU repeated squaring, pow_step). Without a clip the bounds are [0, inf], the identity on
+// every step size the paper form produces; amsgrad is the caller's (a template flag on the GPU).
+template <typename T, typename H>
+FH_HD AdaptiveScalars<T> adaptive_scalars(const H& h, double lr, double k, double bc1, double bc2) {
+  AdaptiveScalars<T> s{};
+  s.lr = static_cast<T>(lr);
+  s.beta1 = static_cast<T>(h.beta1);
+  s.beta2 = static_cast<T>(h.beta2);
+  s.eps = static_cast<T>(h.eps);
+  s.weight_decay = static_cast<T>(h.weight_decay);
+  s.form = static_cast<int>(h.form);
+  s.clip = static_cast<int>(h.clip_mode);
+  s.decoupled = h.decoupled;
+  s.amsgrad = false;
+  s.partial = static_cast<T>(h.partial);
+  s.bc2_sqrt = static_cast<T>(sqrt(bc2));
+  s.clip_lo = T(0);
+  s.clip_hi = static_cast<T>(INFINITY);
+  if (h.form == kFormTorch) {
+    s.step_size = static_cast<T>(lr / bc1);
+    return s;
+  }
+  s.step_size = static_cast<T>(lr * sqrt(bc2) / bc1);
+  if (h.clip_mode == kClipConst) {
+    s.clip_lo = static_cast<T>(h.clip_lo);
+    s.clip_hi = static_cast<T>(h.clip_hi);
+  } else if (h.clip_mode == kClipAdaBound) {  // reference.adabound_bounds; final_lr: see hyper.Adaptive
+    const double gk = h.gamma * k;
+    const double final_lr = h.final_lr_relative ? h.final_lr * lr : h.final_lr;
+    s.clip_lo = static_cast<T>(final_lr * (1.0 - 1.0 / (gk + 1.0)));
+    s.clip_hi = static_cast<T>(gk > 0.0 ? final_lr * (1.0 + 1.0 / gk) : static_cast<double>(INFINITY));
+  }
+  return s;
+}
+
 // The scalars of the form 1 - x that torch.optim and the Python reference compute in double and round once:
 // 1 - float(beta) is not float(1 - beta) (1 - float(0.999) is 1.3e-5 relative away from float(0.001)), so the
 // *_exact functions take them from the caller, who computes them in double. The functions without the suffix
@@ -188,7 +227,7 @@ FH_HD T l2_weight_decay(T g, T w, T weight_decay) {
 // The adaptive family's weight decay, applied before the phase branch of SWATS: decoupled (AdamW) shrinks w
 // by decay = 1 - lr*wd (from the caller, see OneMinus), L2 adds wd*w to g.
 template <typename T>
-FH_HD void adaptive_weight_decay_exact(T& w, T& g, T weight_decay, T decay, bool decoupled) {
+FH_HD void weight_decay_exact(T& w, T& g, T weight_decay, T decay, bool decoupled) {
   if (weight_decay != T(0)) {
     if (decoupled) w = w * decay;
     else g = l2_weight_decay(g, w, weight_decay);
@@ -200,7 +239,7 @@ FH_HD void adaptive_weight_decay_exact(T& w, T& g, T weight_decay, T decay, bool
 // then the g of SWATS's p^T g).
 template <typename T>
 FH_HD T adaptive_update_exact(T& w, T& g, T& m, T& v, T& vmax, const AdaptiveScalars<T>& a, const OneMinus<T>& om) {
-  adaptive_weight_decay_exact(w, g, a.weight_decay, om.lr_wd, a.decoupled);
+  weight_decay_exact(w, g, a.weight_decay, om.lr_wd, a.decoupled);
   adam_moments_exact(m, v, g, a.beta2, om.beta1, om.beta2);
   T vv = v;
   if (a.amsgrad) {
