@@ -7,22 +7,28 @@ from fused_hybrid.triton_kernels import rounding as TR
 
 
 @triton.jit
-def _round_kernel(x_ptr, out_ptr, n, offset, seed_lo, seed_hi, step, tid, MODE: tl.constexpr,
-                  BLOCK: tl.constexpr):
+def _round_kernel(x_ptr, r_ptr, out_ptr, n, offset, seed_lo, seed_hi, step, tid, MODE: tl.constexpr,
+                  HAS_RAND: tl.constexpr, BLOCK: tl.constexpr):
+    """The fused_hybrid::_round_test op in Triton (modes as rounding_test_ops.h; HAS_RAND: the random bits from
+    r_ptr instead of rand32 of the index)."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     x = tl.load(x_ptr + offs, mask=mask, other=0.0)
     idx = offs.to(tl.int64) + offset
+    if HAS_RAND:
+        r = tl.load(r_ptr + offs, mask=mask, other=0).to(tl.uint32)
+    else:
+        r = TR.rand32(seed_lo, seed_hi, step, tid, idx)
     if MODE == 0:
         b = TR.bf16_rne(x)
     elif MODE == 1:
-        b = TR.bf16_sr(x, TR.rand32(seed_lo, seed_hi, step, tid, idx))
+        b = TR.bf16_sr(x, r)
     elif MODE == 2:
         b = TR.fp16_rne(x)
     elif MODE == 3:
-        b = TR.fp16_sr(x, TR.rand32(seed_lo, seed_hi, step, tid, idx))
+        b = TR.fp16_sr(x, r)
     else:
-        b = TR.rand32(seed_lo, seed_hi, step, tid, idx)
+        b = r
     tl.store(out_ptr + offs, b.to(tl.int64), mask=mask)
 
 
@@ -60,9 +66,9 @@ def _philox_kernel(out_ptr, c0, c1, c2, c3, k0, k1, OURS: tl.constexpr):
 
 
 # Configurations compiled for sm_90 by compile_ptx: (name, kernel, signature, constexprs).
-_P = dict(x_ptr="*fp32", out_ptr="*i64", n="i32", offset="i64", seed_lo="i32", seed_hi="i32", step="i32", tid="i32")
-CONFIGS = [(f"round_mode{m}", "_round_kernel", dict(_P, MODE="constexpr", BLOCK="constexpr"), dict(MODE=m, BLOCK=1024))
-           for m in range(5)]
+_P = dict(x_ptr="*fp32", r_ptr="*i64", out_ptr="*i64", n="i32", offset="i64", seed_lo="i32", seed_hi="i32",
+          step="i32", tid="i32", MODE="constexpr", HAS_RAND="constexpr", BLOCK="constexpr")
+CONFIGS = [(f"round_mode{m}", "_round_kernel", _P, dict(MODE=m, HAS_RAND=False, BLOCK=1024)) for m in range(5)]
 CONFIGS += [(f"store_cast_{d}", "_store_cast_kernel", dict(x_ptr="*fp32", out_ptr=f"*{d}", n="i32", BLOCK="constexpr"),
              dict(BLOCK=1024)) for d in ("bf16", "fp16")]
 CONFIGS += [(f"kahan_{d}", "_kahan_kernel", dict(x_ptr="*fp32", w_ptr=f"*{d}", c_ptr=f"*{d}", n="i32",

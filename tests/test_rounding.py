@@ -40,21 +40,22 @@ SEED = 0x9E3779B97F4A7C15 - (1 << 64)  # a negative int64: the 64-bit key's top 
 
 # ---- the implementations under test, one call shape: (x float32, mode, seed, step, tensor_id, offset) -> int64 bits
 
-def py_round(x, mode, seed=0, step=0, tid=0, offset=0):
+def py_round(x, mode, seed=0, step=0, tid=0, offset=0, rand=None):
     if mode in (M_BF16_RNE, M_FP16_RNE):
         return R.bf16_rne(x) if mode == M_BF16_RNE else R.fp16_rne(x)
-    r = R.rand32(seed, step, tid, offset + torch.arange(x.numel(), dtype=torch.int64).view(x.shape))
+    r = rand if rand is not None else \
+        R.rand32(seed, step, tid, offset + torch.arange(x.numel(), dtype=torch.int64).view(x.shape))
     if mode == M_RAND:
         return r
     return R.bf16_sr(x, r) if mode == M_BF16_SR else R.fp16_sr(x, r)
 
 
-def cpp_round(x, mode, seed=0, step=0, tid=0, offset=0):
-    return torch.ops.fused_hybrid._round_test(x, mode, seed, step, tid, offset)
+def cpp_round(x, mode, seed=0, step=0, tid=0, offset=0, rand=None):
+    return torch.ops.fused_hybrid._round_test(x, mode, seed, step, tid, offset, rand)
 
 
-def sim_round(x, mode, seed=0, step=0, tid=0, offset=0):
-    return torch.ops.fused_hybrid_sim._round_test(x, mode, seed, step, tid, offset)
+def sim_round(x, mode, seed=0, step=0, tid=0, offset=0, rand=None):
+    return torch.ops.fused_hybrid_sim._round_test(x, mode, seed, step, tid, offset, rand)
 
 
 if HAS_TRITON:
@@ -63,13 +64,14 @@ if HAS_TRITON:
     from rounding_kernels import _kahan_kernel, _philox_kernel, _round_kernel, _store_cast_kernel
 
 
-def triton_round(x, mode, seed=0, step=0, tid=0, offset=0):
+def triton_round(x, mode, seed=0, step=0, tid=0, offset=0, rand=None):
     x = x.to(DEVICE)
     out = torch.empty(x.shape, dtype=torch.int64, device=DEVICE)
+    r = rand.to(DEVICE) if rand is not None else out
     seed &= (1 << 64) - 1
     block = 1024
-    _round_kernel[(triton.cdiv(x.numel(), block),)](x, out, x.numel(), offset, seed & R.M32, seed >> 32,
-                                                    step, tid, MODE=mode, BLOCK=block)
+    _round_kernel[(triton.cdiv(x.numel(), block),)](x, r, out, x.numel(), offset, seed & R.M32, seed >> 32,
+                                                    step, tid, MODE=mode, HAS_RAND=rand is not None, BLOCK=block)
     return out.cpu()
 
 
@@ -359,40 +361,73 @@ def _toward_zero_and_away(x, dtype):
     return a, b
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_stochastic_rounding_is_exactly_unbiased_over_its_random_bits(dtype):
-    """Over all values of the random bits a rounding consumes, x rounds away from zero for exactly
-    frac * 2^k of them, where frac = (|x| - |a|) / (|b| - |a|) and k is the number of bits: E[result] = x exactly.
-    bf16: the low 16 bits; fp16 normal: the low 13; fp16 subnormal results (|x| < 2^-14): all 32, enumerated as
-    j << 16, which counts exactly when the dropped fraction (in units of 2^-24) has at most 16 bits: x a multiple
-    of 2^-40, down to 2^-40 itself (the 64-bit path, 41 bits below the smallest subnormal's exponent)."""
+def _sr_grid_cases(dtype):
+    """[(x, r, k)]: values x and every value r of the k random bits their rounding consumes (bf16: the low 16
+    bits; fp16 normal results: the low 13; fp16 subnormal results (|x| < 2^-14): all 32, enumerated as j << 16,
+    which counts exactly when the dropped fraction (in units of 2^-24) has at most 16 bits: x a multiple of
+    2^-40, down to 2^-40 itself, 16 bits below the smallest subnormal, where the 64-bit path is needed)."""
     g = torch.Generator().manual_seed(4)
     normal = torch.cat([torch.randn(64, generator=g), torch.randn(16, generator=g) * 1e4,
                         R.bits_float(torch.tensor([0x3F808000, 0x3F818000, 0x7F7FFFFF, 0x7F7F8001, 0x00018000,
                                                    0xBF80FFFF, 0x477FE001, 0x477FFFFF, 0x38800001],
                                                   dtype=torch.int64))])
     if dtype == torch.bfloat16:
-        xs, rs, kbits = normal, torch.arange(1 << 16, dtype=torch.int64), 16
-    else:
-        xs = normal[(normal.abs() >= 2 ** -14) & (normal.abs() < 65536)]
-        rs, kbits = torch.arange(1 << 13, dtype=torch.int64), 13
-    cases = [(xs, rs, kbits)]
-    if dtype == torch.float16:
-        sub = torch.cat([torch.rand(32, generator=g) * 2 ** -14, torch.rand(16, generator=g) * 2 ** -24,
-                         -torch.rand(8, generator=g) * 2 ** -20, torch.tensor([2 ** -25, 3 * 2 ** -26])])
-        sub = (sub * 2.0 ** 40).round() / 2.0 ** 40  # multiples of 2^-40: the dropped fraction has <= 16 bits
-        sub = sub[sub != 0]
-        cases.append((sub, torch.arange(1 << 16, dtype=torch.int64) << 16, 16))
-    for x, r, k in cases:
-        out = R.sr(x[:, None].expand(-1, r.numel()).contiguous(), r[None, :].expand(x.numel(), -1), dtype)
-        a, b = _toward_zero_and_away(x, dtype)
+        return [(normal, torch.arange(1 << 16, dtype=torch.int64), 16)]
+    cases = [(normal[(normal.abs() >= 2 ** -14) & (normal.abs() < 65536)], torch.arange(1 << 13, dtype=torch.int64),
+              13)]
+    sub = torch.cat([torch.rand(32, generator=g) * 2 ** -14, torch.rand(16, generator=g) * 2 ** -24,
+                     -torch.rand(8, generator=g) * 2 ** -20, torch.tensor([2 ** -25, 3 * 2 ** -26, 2 ** -40])])
+    sub = (sub * 2.0 ** 40).round() / 2.0 ** 40  # multiples of 2^-40: the dropped fraction has <= 16 bits
+    cases.append((sub[sub != 0], torch.arange(1 << 16, dtype=torch.int64) << 16, 16))
+    return cases
+
+
+def _grid_ups(x, r, dtype):
+    """(results [len(x), len(r)], number of r that round each x away from zero, (a, b))."""
+    out = R.sr(x[:, None].expand(-1, r.numel()).contiguous(), r[None, :].expand(x.numel(), -1), dtype)
+    a, b = _toward_zero_and_away(x, dtype)
+    return out, (out == b[:, None]).sum(1) * (a != b), (a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_stochastic_rounding_is_exactly_unbiased_over_its_random_bits(dtype):
+    """Over all values of the random bits a rounding consumes, x rounds away from zero for exactly frac * 2^k of
+    them, where frac = (|x| - |a|) / (|b| - |a|): E[result] = x exactly (for values past the largest finite one,
+    b is infinity and the spacing is the top binade's)."""
+    for x, r, k in _sr_grid_cases(dtype):
+        out, ups, (a, b) = _grid_ups(x, r, dtype)
         assert ((out == a[:, None]) | (out == b[:, None])).all()
-        ups = (out == b[:, None]).sum(1) * (a != b)
         af, bf = R.to_float(a, dtype).double(), R.to_float(b, dtype).double()
         inf_b = torch.isinf(bf)
         spacing = torch.where(inf_b, af.abs() - R.to_float((a - 1) & 0xFFFF, dtype).double().abs(), (bf - af).abs())
         frac = torch.where(a == b, 0.0, (x.double().abs() - af.abs()) / spacing)
         assert torch.equal(ups.double(), frac * 2 ** k), (x, ups, frac * 2 ** k)
+
+
+@pytest.mark.parametrize("impl", list(IMPLS.values()))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_stochastic_rounding_given_bits_across_languages(impl, dtype):
+    """The roundings of the grid above with the random bits given, bitwise across languages: for each x the last
+    r that rounds toward zero and the first that rounds away (the carry boundary), and a sparse sample of the
+    rest, with random bits above the consumed ones (which must be ignored alike: fp16's subnormal path in C++ and
+    Triton is a 32-bit split of rounding.py's 64-bit form)."""
+    g = torch.Generator().manual_seed(8)
+    xs, rs = [], []
+    for x, r, k in _sr_grid_cases(dtype):
+        _, ups, _ = _grid_ups(x, r, dtype)
+        for i in range(x.numel()):
+            cut = r.numel() - int(ups[i])
+            pick = torch.cat([r[::509], r[max(cut - 1, 0):cut + 1]])
+            if r[1] == 1:  # the low k bits enumerated: the bits above them random (ignored)
+                pick = pick | (torch.randint(0, 1 << (32 - k), pick.shape, generator=g) << k)
+            else:  # fp16 subnormal results: the top 16 bits enumerated, all 32 consumed: also with random low bits
+                pick = torch.cat([pick, pick | torch.randint(0, 1 << 16, pick.shape, generator=g)])
+            pick = torch.cat([pick, torch.tensor([0, R.M32])])
+            xs.append(x[i].expand(pick.numel()))
+            rs.append(pick)
+    x, r = torch.cat(xs).contiguous(), torch.cat(rs)
+    mode = M_BF16_SR if dtype == torch.bfloat16 else M_FP16_SR
+    _assert_bits_equal(impl(x, mode, rand=r), py_round(x, mode, rand=r), f"{impl.__name__} given bits")
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
@@ -539,17 +574,21 @@ FAMILIES = [(fh.SGD, dict(lr=1e-2, momentum=0.9)), (fh.Adam, dict(lr=1e-2)), (fh
             (fh.SWATS, dict(lr=1e-2)), (fh.MAS, dict(lr=1e-2)), (fh.NDAdam, dict(lr=1e-2))]
 
 
+# Every family in bfloat16 (the interpreter truncated those); float16 casts were already nearest even there, so two
+# families suffice for it.
+FAMILY_CASES = [(cls, kw, torch.bfloat16) for cls, kw in FAMILIES] + \
+    [(cls, kw, torch.float16) for cls, kw in FAMILIES if cls in (fh.SGD, fh.Adam)]
+
+
 @needs_triton
 @pytest.mark.skipif(not _ext.loaded(), reason="needs the cpu backend")
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("case", FAMILIES, ids=[c[0].__name__ for c in FAMILIES])
-def test_triton_16bit_params_match_cpu_bitwise(case, dtype):
+@pytest.mark.parametrize("case", FAMILY_CASES,
+                         ids=[f"{c[0].__name__}-{str(c[2]).split('.')[-1]}" for c in FAMILY_CASES])
+def test_triton_16bit_params_match_cpu_bitwise(case):
     """Every family's parameter store on backend="triton" rounds to nearest even: random 16-bit parameters and
-    gradients, a few steps, bitwise equal to the cpu backend (float32 math in the same order on both; the
-    interpreter's truncating bfloat16 cast made about half the elements differ by an ulp)."""
-    cls, kw = case
-    if dtype == torch.float16 and cls not in (fh.SGD, fh.Adam):
-        pytest.skip("float16 casts were already nearest-even under the interpreter: two families suffice")
+    gradients, a few steps, bitwise equal to the cpu backend (float32 math in the same order on both; with the
+    interpreter's truncating bfloat16 cast, every bfloat16 case here failed)."""
+    cls, kw, dtype = case
     out = {}
     for be in ("cpu", "triton"):
         g = torch.Generator().manual_seed(7)

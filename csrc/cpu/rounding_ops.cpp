@@ -6,6 +6,7 @@
 #include <c10/util/irange.h>
 #include <torch/library.h>
 
+#include <optional>
 #include <vector>
 
 #include "fused_hybrid/rounding_test_ops.h"
@@ -26,16 +27,24 @@ void check_round_test(const at::Tensor& x, int64_t mode, int64_t step, int64_t t
 }
 
 at::Tensor round_test(const at::Tensor& x_in, int64_t mode, int64_t seed, int64_t step, int64_t tensor_id,
-                      int64_t offset) {
+                      int64_t offset, const std::optional<at::Tensor>& rand_in) {
   check_round_test(x_in, mode, step, tensor_id, offset);
   const at::Tensor x = x_in.contiguous();
+  at::Tensor rand;
+  if (rand_in.has_value()) {
+    TORCH_CHECK(rand_in->scalar_type() == at::kLong && rand_in->numel() == x.numel(),
+                "_round_test: rand must be an int64 tensor with one element per element of x");
+    rand = rand_in->contiguous();
+  }
+  const int64_t* rp = rand.defined() ? rand.data_ptr<int64_t>() : nullptr;
   at::Tensor out = at::empty(x.sizes(), x.options().dtype(at::kLong));
   const float* xp = x.data_ptr<float>();
   int64_t* op = out.data_ptr<int64_t>();
   const int m = static_cast<int>(mode);
   for (const auto i : c10::irange(x.numel())) {
     op[i] = r::round_test_element(m, xp[i], static_cast<uint64_t>(seed), static_cast<uint32_t>(step),
-                                  static_cast<uint32_t>(tensor_id), static_cast<uint64_t>(offset + i));
+                                  static_cast<uint32_t>(tensor_id), static_cast<uint64_t>(offset + i),
+                                  rp != nullptr ? rp + i : nullptr);
   }
   return out;
 }

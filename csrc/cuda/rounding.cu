@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <optional>
 #include <vector>
 
 #include "fused_hybrid/rounding_test_ops.h"
@@ -29,11 +30,12 @@ unsigned round_blocks(int64_t n) {
   return static_cast<unsigned>(std::clamp<int64_t>((n + kRoundThreads - 1) / kRoundThreads, 1, kRoundMaxBlocks));
 }
 
-__global__ void round_test_kernel(const float* x, int64_t* out, int64_t n, int mode, uint64_t seed, uint32_t step,
-                                  uint32_t tensor_id, uint64_t offset) {
+__global__ void round_test_kernel(const float* x, const int64_t* rand, int64_t* out, int64_t n, int mode,
+                                  uint64_t seed, uint32_t step, uint32_t tensor_id, uint64_t offset) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    out[i] = r::round_test_element(mode, x[i], seed, step, tensor_id, offset + static_cast<uint64_t>(i));
+    out[i] = r::round_test_element(mode, x[i], seed, step, tensor_id, offset + static_cast<uint64_t>(i),
+                                   rand != nullptr ? rand + i : nullptr);
   }
 }
 
@@ -45,7 +47,7 @@ __global__ void kahan_test_kernel(const float* x, int64_t* w, int64_t* c, int64_
 }
 
 at::Tensor round_test(const at::Tensor& x_in, int64_t mode, int64_t seed, int64_t step, int64_t tensor_id,
-                      int64_t offset) {
+                      int64_t offset, const std::optional<at::Tensor>& rand_in) {
   TORCH_CHECK(x_in.scalar_type() == at::kFloat, "_round_test: x must be float32, got ", x_in.scalar_type());
   TORCH_CHECK(mode >= 0 && mode < r::kRoundTestModes, "_round_test: mode ", mode, " is not 0..",
               r::kRoundTestModes - 1);
@@ -53,12 +55,19 @@ at::Tensor round_test(const at::Tensor& x_in, int64_t mode, int64_t seed, int64_
               "_round_test: step and tensor_id must fit 32 unsigned bits, offset must be >= 0");
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
+  at::Tensor rand;
+  if (rand_in.has_value()) {
+    TORCH_CHECK(rand_in->scalar_type() == at::kLong && rand_in->numel() == x.numel() &&
+                    rand_in->device() == x.device(),
+                "_round_test: rand must be an int64 tensor on x's device with one element per element of x");
+    rand = rand_in->contiguous();
+  }
   at::Tensor out = at::empty(x.sizes(), x.options().dtype(at::kLong));
   const int64_t n = x.numel();
   if (n == 0) return out;
   const auto stream = c10::cuda::getCurrentCUDAStream();
   FH_LAUNCH(round_blocks(n), kRoundThreads, 0, stream, round_test_kernel)(
-      x.data_ptr<float>(), out.data_ptr<int64_t>(), n, static_cast<int>(mode), static_cast<uint64_t>(seed),
+      x.data_ptr<float>(), rand.defined() ? rand.data_ptr<int64_t>() : nullptr, out.data_ptr<int64_t>(), n, static_cast<int>(mode), static_cast<uint64_t>(seed),
       static_cast<uint32_t>(step), static_cast<uint32_t>(tensor_id), static_cast<uint64_t>(offset));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;

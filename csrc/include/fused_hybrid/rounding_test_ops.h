@@ -14,19 +14,25 @@ namespace rounding {
 // element index offset + i:
 //   0 bf16_rne   1 bf16_sr   2 fp16_rne   3 fp16_sr   (16-bit patterns; stochastic modes draw rand32 of the index)
 //   4 rand32 of the index (x unused)
+// With `rand` given (int64, the 32 random bits per element), the stochastic modes use those bits instead of rand32:
+// the tests enumerate every value of the bits a rounding consumes.
 // _kahan_store_test(x, w, c, fp16): rounding.h's kahan_store per element; w, c are 16-bit patterns in int64.
 constexpr const char* kRoundTestSchema =
-    "_round_test(Tensor x, int mode, int seed=0, int step=0, int tensor_id=0, int offset=0) -> Tensor";
+    "_round_test(Tensor x, int mode, int seed=0, int step=0, int tensor_id=0, int offset=0, Tensor? rand=None) "
+    "-> Tensor";
 constexpr const char* kKahanTestSchema = "_kahan_store_test(Tensor x, Tensor w, Tensor c, bool fp16) -> Tensor[]";
 constexpr int kRoundTestModes = 5;
 
-FH_RD int64_t round_test_element(int mode, float x, uint64_t seed, uint32_t step, uint32_t tensor_id, uint64_t idx) {
+// `given`: the element's random bits from the op's `rand` tensor, or nullptr (then rand32 of the index).
+FH_RD int64_t round_test_element(int mode, float x, uint64_t seed, uint32_t step, uint32_t tensor_id, uint64_t idx,
+                                 const int64_t* given) {
+  const uint32_t r = given != nullptr ? static_cast<uint32_t>(*given) : rand32(seed, step, tensor_id, idx);
   switch (mode) {
     case 0: return bf16_rne(x);
-    case 1: return bf16_sr(x, rand32(seed, step, tensor_id, idx));
+    case 1: return bf16_sr(x, r);
     case 2: return fp16_rne(x);
-    case 3: return fp16_sr(x, rand32(seed, step, tensor_id, idx));
-    default: return rand32(seed, step, tensor_id, idx);
+    case 3: return fp16_sr(x, r);
+    default: return r;
   }
 }
 
