@@ -602,3 +602,29 @@ def test_triton_16bit_params_match_cpu_bitwise(case):
         out[be] = [p.detach().cpu().view(torch.int16) for p in ps]
     for a, b in zip(out["cpu"], out["triton"]):
         assert torch.equal(a, b), (a != b).sum().item()
+
+
+# ---- bad input ------------------------------------------------------------------------------------------------------
+
+def test_python_rejects_bad_input():
+    with pytest.raises(TypeError, match="float32"):
+        R.bf16_rne(torch.ones(3, dtype=torch.float64))
+    with pytest.raises(TypeError, match="16-bit float"):
+        R.round_to(torch.ones(3), torch.float32)
+    with pytest.raises(TypeError, match="compensation buffer"):
+        R.kahan_store(torch.ones(3), torch.ones(3, dtype=torch.bfloat16), torch.zeros(3, dtype=torch.float16))
+
+
+@pytest.mark.parametrize("ns", [pytest.param("fused_hybrid", marks=needs_ext),
+                                pytest.param("fused_hybrid_sim", marks=needs_sim)])
+def test_test_ops_reject_bad_input(ns):
+    op = getattr(torch.ops, ns)
+    with pytest.raises(RuntimeError, match="mode 5 is not"):
+        op._round_test(torch.ones(3), 5)
+    with pytest.raises(RuntimeError, match="x must be float32"):
+        op._round_test(torch.ones(3, dtype=torch.float64), 0)
+    with pytest.raises(RuntimeError, match="rand must be an int64 tensor"):
+        op._round_test(torch.ones(3), 1, rand=torch.zeros(2, dtype=torch.int64))
+    with pytest.raises(RuntimeError, match="sizes differ"):
+        op._kahan_store_test(torch.ones(3), torch.zeros(3, dtype=torch.int64), torch.zeros(2, dtype=torch.int64),
+                             False)

@@ -8,7 +8,7 @@
 // _convert_float without a rounding mode) where the GPU's cvt.rn rounds to nearest even, and stochastic rounding
 // has no hardware cast at all on CPUs. Integer arithmetic is the same everywhere.
 //
-// Contents (all `FH_HD`, host and device):
+// Contents (all FH_RD: inline host and device functions):
 //   bf16_rne(x), fp16_rne(x)          float32 -> bits of the nearest bfloat16 / float16, ties to even
 //   bf16_sr(x, r), fp16_sr(x, r)      stochastic rounding with 32 random bits r: rounds |x| up with probability
 //                                     equal to its distance from the value below, in units of the spacing there
@@ -56,8 +56,10 @@ FH_RD float bits_float(uint32_t u) {
 // ---- bfloat16 ----------------------------------------------------------------------------------------------------
 // bfloat16 is float32's upper half (same exponent range), so rounding drops the low 16 bits and propagates the
 // carry; subnormals, the carry into the exponent and the overflow of the largest values to infinity all fall out
-// of the integer addition. NaN: the canonical quiet NaN 0x7FC0, as c10::BFloat16 (torch's CPU cast) produces
-// (adding to a NaN's bits could carry it into infinity).
+// of the integer addition. NaN: the canonical quiet NaN 0x7FC0 of c10::BFloat16's scalar conversion (torch's
+// vectorized CPU cast gives 0xFFFF, measured with torch 2.14, and PTX's cvt a canonical NaN of its own: NaN bits
+// differ between torch's own paths; these are the same on every backend). Adding to a NaN's bits could otherwise
+// carry it into infinity.
 
 FH_RD bool f32_is_nan(uint32_t u) { return (u & 0x7FFFFFFFu) > 0x7F800000u; }
 
