@@ -11,6 +11,7 @@ import triton.language as tl
 
 from .common import (bias_corrections, chunk_header, div_ieee, f64, inv_scale, lerp, load_lr, load_w_grad, skip_step,
                      sqrt_ieee, table_ptr)
+from .rounding import store_cast
 from .sgd import swats_sgd_phase
 
 FORM_TORCH = tl.constexpr(0)
@@ -91,17 +92,17 @@ def _adaptive_block(offs, mask, pp, gp, mp, vp, vmp, bp, sc, C: tl.constexpr, MA
     if sgd_phase:  # a constexpr False unless SWATS; else the tensor's phase, read on the device
         buf = tl.load(bp + offs, mask=mask)
         w, buf = swats_sgd_phase(w, buf, g, b1, neg_sgd_lr, NESTEROV)
-        tl.store(bp + offs, buf, mask=mask)
+        tl.store(bp + offs, store_cast(buf, bp.dtype.element_ty), mask=mask)
     else:
         m = tl.load(mp + offs, mask=mask)
         v = tl.load(vp + offs, mask=mask)
         m, v = adam_moments(m, v, g, omb1, b2, omb2)
-        tl.store(mp + offs, m, mask=mask)
-        tl.store(vp + offs, v, mask=mask)
+        tl.store(mp + offs, store_cast(m, mp.dtype.element_ty), mask=mask)
+        tl.store(vp + offs, store_cast(v, vp.dtype.element_ty), mask=mask)
         v_used = v
         if AMSGRAD:
             vmax = tl.maximum(tl.load(vmp + offs, mask=mask), v)
-            tl.store(vmp + offs, vmax, mask=mask)
+            tl.store(vmp + offs, store_cast(vmax, vmp.dtype.element_ty), mask=mask)
             v_used = vmax
         if FORM == FORM_TORCH:
             p = adam_step_torch_form(m, v_used, sqrt_bc2, eps, neg_step)
@@ -116,7 +117,7 @@ def _adaptive_block(offs, mask, pp, gp, mp, vp, vmp, bp, sc, C: tl.constexpr, MA
         else:
             s = paper_step_size(v_used, eps, step, partial2, lo, hi, C, POW, CLIP != CLIP_NONE)
             w = w - s * m
-    tl.store(pp + offs, w.to(pp.dtype.element_ty), mask=mask)
+    tl.store(pp + offs, store_cast(w, pp.dtype.element_ty), mask=mask)
     return s_pg, s_pp
 
 

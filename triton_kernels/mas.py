@@ -14,6 +14,7 @@ import triton.language as tl
 from .adaptive import adam_direction, adam_moments
 from .common import (bias_corrections, chunk_header, f64, inv_scale, load_lr, load_w_grad, skip_step, sqrt_ieee,
                      table_ptr)
+from .rounding import store_cast
 from .sgd import sgd_dir_from_buf, sgd_direction
 
 V_SUM = tl.constexpr(0)
@@ -62,15 +63,15 @@ def _mas_block(offs, mask, pp, gp, mp, vp, bp, sc, first, C: tl.constexpr, MASKE
     v = tl.load(vp + offs, mask=mask)
     if PASS == 0:
         m, v = adam_moments(m, v, d, omb1, b2, omb2)
-        tl.store(mp + offs, m, mask=mask)
-        tl.store(vp + offs, v, mask=mask)
+        tl.store(mp + offs, store_cast(m, mp.dtype.element_ty), mask=mask)
+        tl.store(vp + offs, store_cast(v, vp.dtype.element_ty), mask=mask)
     d_a = adam_direction(m, v, sqrt_bc2, eps)
     d_s = d
     if MOMENTUM:
         buf = tl.load(bp + offs, mask=mask)
         if PASS == 0:
             d_s, buf = sgd_direction(buf, d, mom, omd, first, NESTEROV)
-            tl.store(bp + offs, buf, mask=mask)
+            tl.store(bp + offs, store_cast(buf, bp.dtype.element_ty), mask=mask)
         else:
             d_s = sgd_dir_from_buf(d, buf, mom, NESTEROV)
     s_dot = tl.zeros((), tl.float64)
@@ -78,7 +79,7 @@ def _mas_block(offs, mask, pp, gp, mp, vp, bp, sc, first, C: tl.constexpr, MASKE
     s_ss = tl.zeros((), tl.float64)
     if VARIANT == V_SUM:
         w = w + mas_sum_update(d_a, d_s, adam_w, sgd_w, coef)
-        tl.store(pp + offs, w.to(pp.dtype.element_ty), mask=mask)
+        tl.store(pp + offs, store_cast(w, pp.dtype.element_ty), mask=mask)
     elif PASS == 0:
         a64 = d_a.to(tl.float64)
         s64 = d_s.to(tl.float64)
@@ -90,7 +91,7 @@ def _mas_block(offs, mask, pp, gp, mp, vp, bp, sc, first, C: tl.constexpr, MASKE
         s_ss = tl.sum(s64 * s64)
     else:
         w = w + mas_reduced_update(d_a, d_s, dot, neg_eta_a, neg_lr, neg_ratio, a_scale, s_scale, VARIANT)
-        tl.store(pp + offs, w.to(pp.dtype.element_ty), mask=mask)
+        tl.store(pp + offs, store_cast(w, pp.dtype.element_ty), mask=mask)
     return s_dot, s_aa, s_ss
 
 

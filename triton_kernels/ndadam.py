@@ -16,6 +16,7 @@ import triton.language as tl
 from .adaptive import CLIP_NONE, FORM_TORCH, _adaptive_block
 from .common import (bias_corrections, chunk_header, div_ieee, effective_grad, f64, inv_scale, lerp, load_lr,
                      skip_step, sqrt_ieee, table_ptr)
+from .rounding import store_cast
 
 L_P = tl.constexpr(0)
 L_G = tl.constexpr(1)
@@ -134,11 +135,11 @@ def _nd_rows(pp, gp, mp, vp, r0, n, L, inner, k, inv, wd_c, omb1, b2_c, omb2, ep
         w, g = _load_wg(pp, gp, offs, mask, inv, scale_w[:, None], wd_c, C, HAS_SCALE, MAXIMIZE, HAS_WD)
         g = nd_project(g, w, gw[:, None])
         m = lerp(tl.load(mp + offs, mask=mask, other=0.0), g, omb1)
-        tl.store(mp + offs, m, mask=mask)
+        tl.store(mp + offs, store_cast(m, mp.dtype.element_ty), mask=mask)
         acc += tl.sum((g * g).to(tl.float64), axis=1)
     v = tl.load(vp + rows, mask=rmask, other=0.0)
     v = v * b2_c + omb2 * acc.to(C)
-    tl.store(vp + rows, v, mask=rmask)
+    tl.store(vp + rows, store_cast(v, vp.dtype.element_ty), mask=rmask)
     # Stage 4: the new w's norm; stage 5: the renormalized store.
     acc = tl.zeros([ROWS], tl.float64)
     for j0 in range(0, L, BLOCK_L):
@@ -152,4 +153,4 @@ def _nd_rows(pp, gp, mp, vp, r0, n, L, inner, k, inv, wd_c, omb1, b2_c, omb2, ep
         offs, mask = _row_tile(base, rmask, j0 + cols0, L, inner)
         w = div_ieee(tl.load(pp + offs, mask=mask, other=0.0).to(C), scale_w[:, None])
         w = nd_new_w(w, tl.load(mp + offs, mask=mask, other=0.0), v[:, None], eps_c, step)
-        tl.store(pp + offs, div_ieee(w, norm[:, None]).to(P), mask=mask)
+        tl.store(pp + offs, store_cast(div_ieee(w, norm[:, None]), P), mask=mask)

@@ -9,6 +9,7 @@ import triton
 import triton.language as tl
 
 from .common import chunk_header, div_ieee, f64, inv_scale, lerp, load_lr, load_w_grad, skip_step, sqrt_ieee, table_ptr
+from .rounding import store_cast
 
 # Operand lists of the pointer table, in this order.
 L_P = tl.constexpr(0)
@@ -28,20 +29,20 @@ def _rms_block(offs, mask, pp, gp, sqp, gap, bp, inv, wd, decay, keep, add, eps,
         w = w * decay  # decoupled weight decay with the group's lr (not Adagrad's decayed one)
     sq = tl.load(sqp + offs, mask=mask)
     sq = keep * sq + add * g * g  # torch: sq.mul_(keep).addcmul_(g, g, value=add)
-    tl.store(sqp + offs, sq, mask=mask)
+    tl.store(sqp + offs, store_cast(sq, sqp.dtype.element_ty), mask=mask)
     if CENTERED:
         ga = lerp(tl.load(gap + offs, mask=mask), g, add)
-        tl.store(gap + offs, ga, mask=mask)
+        tl.store(gap + offs, store_cast(ga, gap.dtype.element_ty), mask=mask)
         avg = sqrt_ieee(sq - ga * ga) + eps
     else:
         avg = sqrt_ieee(sq) + eps
     if MOMENTUM:
         buf = tl.load(bp + offs, mask=mask) * mom + div_ieee(g, avg)
-        tl.store(bp + offs, buf, mask=mask)
+        tl.store(bp + offs, store_cast(buf, bp.dtype.element_ty), mask=mask)
         w = w + neg_lr * buf
     else:
         w = w + neg_lr * div_ieee(g, avg)
-    tl.store(pp + offs, w.to(pp.dtype.element_ty), mask=mask)
+    tl.store(pp + offs, store_cast(w, pp.dtype.element_ty), mask=mask)
 
 
 @triton.jit(do_not_specialize=["T"])  # the tensor count: one compile whatever it is

@@ -4,6 +4,7 @@ import triton
 import triton.language as tl
 
 from .common import chunk_header, f64, inv_scale, load_lr, load_w_grad, skip_step, table_ptr
+from .rounding import store_cast
 
 L_P = tl.constexpr(0)
 L_G = tl.constexpr(1)
@@ -46,9 +47,9 @@ def _sgd_block(offs, mask, pp, gp, bp, inv, wd, decay, mom, omd, neg_lr, first, 
     d = g
     if MOMENTUM:
         d, buf = sgd_direction(tl.load(bp + offs, mask=mask), g, mom, omd, first, NESTEROV)
-        tl.store(bp + offs, buf, mask=mask)
+        tl.store(bp + offs, store_cast(buf, bp.dtype.element_ty), mask=mask)
     w = w + neg_lr * d
-    tl.store(pp + offs, w.to(pp.dtype.element_ty), mask=mask)
+    tl.store(pp + offs, store_cast(w, pp.dtype.element_ty), mask=mask)
 
 
 @triton.jit(do_not_specialize=["T"])  # the tensor count: one compile whatever it is
