@@ -30,7 +30,11 @@ def _counterpart(rule: str, params: list, against: str | None):
     """torch's fused step of the same rule (None), else the peer library labelled ``against``."""
     if against is None:
         name, kw = RULES[rule][4] or (("Adam", {"amsgrad": True}) if RULES[rule][5] == "amsgrad" else ("Adam", {}))
-        return getattr(torch.optim, name)(params, fused=True, lr=DEFAULT_LR, **kw)
+        cls = getattr(torch.optim, name)
+        try:
+            return cls(params, fused=True, lr=DEFAULT_LR, **kw)
+        except (TypeError, RuntimeError):  # no fused implementation (RMSprop): torch's fastest, foreach
+            return cls(params, foreach=True, lr=DEFAULT_LR, **kw)
     for label, module, cls, kw in PEERS.get(rule, []):
         if label == against:
             return _peer_maker(module, cls, kw)(params)

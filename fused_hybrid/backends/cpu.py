@@ -12,10 +12,11 @@ from __future__ import annotations
 import torch
 
 from .. import _ext
+from ..families import FAMILIES
 from .extension_ops import adaptive, mas, ndadam, ndadam_layout, rms, sgd  # noqa: F401  (backend API)
 
 NAME = "cpu"
-RULES = frozenset({"adaptive", "sgd", "mas", "ndadam", "rms"})
+RULES = frozenset(FAMILIES)  # every family
 GRADS_FROM_PARAMS = True  # the optimizer's fast path may pass grads=None (extension_ops)
 
 

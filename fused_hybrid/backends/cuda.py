@@ -17,11 +17,12 @@ from __future__ import annotations
 import torch
 
 from .. import _ext
+from ..families import FAMILIES
 from .extension_ops import adaptive, mas, ndadam, rms, sgd  # noqa: F401  (the backend API)
 
 NAME = "cuda"
 # MAS: every variant ("sum" in one pass; the reducing ones in two passes with per-chunk partials).
-RULES = frozenset({"sgd", "adaptive", "mas", "ndadam", "rms"})
+RULES = frozenset(FAMILIES)  # every family
 GRADS_FROM_PARAMS = True  # the optimizer's fast path may pass grads=None (extension_ops)
 
 

@@ -20,10 +20,11 @@ import contextlib
 import torch
 
 from .. import _ext
+from ..families import FAMILIES
 from .extension_ops import bind, ndadam_layout  # noqa: F401  (the backend API)
 
 NAME = "cuda_sim"
-RULES = frozenset({"sgd", "adaptive", "mas", "ndadam", "rms"})
+RULES = frozenset(FAMILIES)  # every family
 GRADS_FROM_PARAMS = True  # the optimizer's fast path may pass grads=None (extension_ops)
 
 _OPS = bind("fused_hybrid_sim")

@@ -21,6 +21,7 @@ import torch
 
 from .. import reference as R
 from ..hyper import CLIP_ADABOUND, CLIP_CONST, FORM_TORCH, MAS_VARIANTS, PHASE_SGD
+from ..families import FAMILIES
 
 NAME = "reference"
 
@@ -143,7 +144,7 @@ def rms(params, grads, square_avgs, steps, hp, grad_scale=None, found_inf=None, 
                    hp.lr_decay, k)
 
 
-RULES = frozenset({"adaptive", "sgd", "mas", "ndadam", "rms"})
+RULES = frozenset(FAMILIES)  # every family
 
 
 def why_unavailable(device: torch.device) -> str:

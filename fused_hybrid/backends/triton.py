@@ -23,11 +23,12 @@ from __future__ import annotations
 import torch
 
 from .. import _ext
+from ..families import FAMILIES
 from . import triton_launch as _l
 from . import triton_ops as _ops
 
 NAME = "triton"
-RULES = frozenset({"adaptive", "sgd", "mas", "ndadam", "rms"})
+RULES = frozenset(FAMILIES)  # every family
 # With the C++ extension loaded, the optimizer's fast path passes grads=None (and a bucket cache): a TensorTable of
 # the bucket's lists then reads the gradients and every pointer in one call (``_Snapshot``); when a param has no
 # gradient the family function launches nothing and returns False.
