@@ -24,7 +24,8 @@ def _clip(max_grad_norm, norm_type, skip_grad_norm_above) -> dict:
     clips as ``torch.nn.utils.clip_grad_norm_(params, max_grad_norm, norm_type)`` would before the step, over all of
     the optimizer's parameters, without writing the gradients (``p.grad`` is left unclipped); ``opt.grad_norm`` is
     the last step's total norm (a device tensor); ``skip_grad_norm_above`` skips a step whose norm exceeds it or is
-    not finite, as GradScaler skips one."""
+    not finite, as GradScaler skips one. With sharded parameters the norm is all-reduced over ``process_group``
+    (every class takes it): ZeRO-style plain shards need it; FSDP2's DTensors default to their device mesh."""
     return dict(max_grad_norm=max_grad_norm, norm_type=norm_type, skip_grad_norm_above=skip_grad_norm_above)
 
 
@@ -33,12 +34,13 @@ class Adam(HybridOptimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
                  maximize=False, decoupled_weight_decay=False, backend="auto",
-                 max_grad_norm=None, norm_type=2.0, skip_grad_norm_above=None, foreach=None, fused=None,
+                 process_group=None, max_grad_norm=None, norm_type=2.0,
+                 skip_grad_norm_above=None, foreach=None, fused=None,
                  capturable=False, differentiable=False):
         super().__init__(params, "adam", backend=backend, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=decoupled_weight_decay,
                          **_impl(foreach, fused, capturable, differentiable),
-                         **_clip(max_grad_norm, norm_type, skip_grad_norm_above))
+                         **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 
 
 class AdamW(HybridOptimizer):
@@ -46,11 +48,12 @@ class AdamW(HybridOptimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
                  maximize=False, backend="auto",
-                 max_grad_norm=None, norm_type=2.0, skip_grad_norm_above=None,
+                 process_group=None, max_grad_norm=None, norm_type=2.0,
+                 skip_grad_norm_above=None,
                  foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, "adamw", backend=backend, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          amsgrad=amsgrad, maximize=maximize, **_impl(foreach, fused, capturable, differentiable),
-                         **_clip(max_grad_norm, norm_type, skip_grad_norm_above))
+                         **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 
 
 class SGD(HybridOptimizer):
@@ -58,12 +61,13 @@ class SGD(HybridOptimizer):
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, *,
                  maximize=False, backend="auto",
-                 max_grad_norm=None, norm_type=2.0, skip_grad_norm_above=None,
+                 process_group=None, max_grad_norm=None, norm_type=2.0,
+                 skip_grad_norm_above=None,
                  foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, "sgd", backend=backend, lr=lr, momentum=momentum, dampening=dampening,
                          weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
                          **_impl(foreach, fused, capturable, differentiable),
-                         **_clip(max_grad_norm, norm_type, skip_grad_norm_above))
+                         **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 
 
 class RMSprop(HybridOptimizer):
@@ -73,12 +77,13 @@ class RMSprop(HybridOptimizer):
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, *,
                  maximize=False, backend="auto",
-                 max_grad_norm=None, norm_type=2.0, skip_grad_norm_above=None,
+                 process_group=None, max_grad_norm=None, norm_type=2.0,
+                 skip_grad_norm_above=None,
                  foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, "rmsprop", backend=backend, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                          momentum=momentum, centered=centered, maximize=maximize,
                          **_impl(foreach, fused, capturable, differentiable),
-                         **_clip(max_grad_norm, norm_type, skip_grad_norm_above))
+                         **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 
 
 class Adagrad(HybridOptimizer):
@@ -87,12 +92,13 @@ class Adagrad(HybridOptimizer):
 
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10, *,
                  maximize=False, backend="auto",
-                 max_grad_norm=None, norm_type=2.0, skip_grad_norm_above=None,
+                 process_group=None, max_grad_norm=None, norm_type=2.0,
+                 skip_grad_norm_above=None,
                  foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, "adagrad", backend=backend, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                          initial_accumulator_value=initial_accumulator_value, eps=eps, maximize=maximize,
                          **_impl(foreach, fused, capturable, differentiable),
-                         **_clip(max_grad_norm, norm_type, skip_grad_norm_above))
+                         **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 
 
 class Padam(HybridOptimizer):
@@ -103,12 +109,13 @@ class Padam(HybridOptimizer):
 
     def __init__(self, params, lr=0.1, betas=(0.9, 0.999), partial=0.125, eps=1e-8, weight_decay=0.0,
                  amsgrad=True, *, maximize=False, backend="auto",
-                 max_grad_norm=None, norm_type=2.0, skip_grad_norm_above=None,
+                 process_group=None, max_grad_norm=None, norm_type=2.0,
+                 skip_grad_norm_above=None,
                  foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, "padam", backend=backend, lr=lr, betas=betas, partial=partial, eps=eps,
                          weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
                          **_impl(foreach, fused, capturable, differentiable),
-                         **_clip(max_grad_norm, norm_type, skip_grad_norm_above))
+                         **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 
 
 class AdamClip(HybridOptimizer):
@@ -118,12 +125,13 @@ class AdamClip(HybridOptimizer):
 
     def __init__(self, params, lr=1e-3, sgd_lr=None, lower=1.0, upper=math.inf, betas=(0.9, 0.999), eps=1e-8,
                  weight_decay=0.0, amsgrad=False, *, maximize=False, backend="auto",
-                 max_grad_norm=None, norm_type=2.0, skip_grad_norm_above=None,
+                 process_group=None, max_grad_norm=None, norm_type=2.0,
+                 skip_grad_norm_above=None,
                  foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, "adamclip", backend=backend, lr=lr, sgd_lr=sgd_lr, lower=lower, upper=upper,
                          betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
                          **_impl(foreach, fused, capturable, differentiable),
-                         **_clip(max_grad_norm, norm_type, skip_grad_norm_above))
+                         **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 
 
 class AdaBound(HybridOptimizer):
@@ -132,12 +140,13 @@ class AdaBound(HybridOptimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), final_lr=0.1, gamma=1e-3, eps=1e-8, weight_decay=0.0,
                  amsbound=False, *, maximize=False, backend="auto",
-                 max_grad_norm=None, norm_type=2.0, skip_grad_norm_above=None,
+                 process_group=None, max_grad_norm=None, norm_type=2.0,
+                 skip_grad_norm_above=None,
                  foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, "adabound", backend=backend, lr=lr, betas=betas, final_lr=final_lr, gamma=gamma,
                          eps=eps, weight_decay=weight_decay, amsbound=amsbound, maximize=maximize,
                          **_impl(foreach, fused, capturable, differentiable),
-                         **_clip(max_grad_norm, norm_type, skip_grad_norm_above))
+                         **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 
 
 class SWATS(HybridOptimizer):
@@ -172,12 +181,13 @@ class MAS(HybridOptimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum=0.0,
                  dampening=0.0, nesterov=False, adam_w=0.5, sgd_w=0.5, variant="sum", *, maximize=False,
                  backend="auto",
-                 max_grad_norm=None, norm_type=2.0, skip_grad_norm_above=None,
+                 process_group=None, max_grad_norm=None, norm_type=2.0,
+                 skip_grad_norm_above=None,
                  foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, "mas", backend=backend, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          momentum=momentum, dampening=dampening, nesterov=nesterov, adam_w=adam_w, sgd_w=sgd_w,
                          variant=variant, maximize=maximize, **_impl(foreach, fused, capturable, differentiable),
-                         **_clip(max_grad_norm, norm_type, skip_grad_norm_above))
+                         **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 
 
 class NDAdam(HybridOptimizer):
@@ -188,11 +198,12 @@ class NDAdam(HybridOptimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, vec_axes=None, *,
                  maximize=False, backend="auto",
-                 max_grad_norm=None, norm_type=2.0, skip_grad_norm_above=None,
+                 process_group=None, max_grad_norm=None, norm_type=2.0,
+                 skip_grad_norm_above=None,
                  foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, "ndadam", backend=backend, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          vec_axes=vec_axes, maximize=maximize, **_impl(foreach, fused, capturable, differentiable),
-                         **_clip(max_grad_norm, norm_type, skip_grad_norm_above))
+                         **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 
 
 class Hybrid(HybridOptimizer):

@@ -381,3 +381,95 @@ def test_compiled_clipped_step_matches_eager(cls, kw):
         o2.step()
         torch.testing.assert_close(o1.grad_norm, o2.grad_norm, rtol=0, atol=0)
     assert _equal(a, b)
+
+
+# -- 2 processes (gloo): the norm over shards is the norm of the whole model ----------------------------------------
+
+DIST_STEPS = 12
+DIST_CASES = {"adam_l2": (fh.Adam, dict(lr=1e-2), 2.0, 0.05), "sgd_inf": (fh.SGD, dict(lr=5e-2, momentum=0.9),
+                                                                          math.inf, 0.02)}
+
+
+def _dist_train(model, name, process_group=None):
+    """DIST_STEPS steps on the whole batches of tests/test_distributed.py's data, with clipping; the norms."""
+    from test_distributed import _ddp_batch, _ddp_data
+    cls, kw, p, limit = DIST_CASES[name]
+    opt = cls(model.parameters(), max_grad_norm=limit, norm_type=p, skip_grad_norm_above=50 * limit,
+              process_group=process_group, **kw)
+    x, y = _ddp_data()
+    norms = []
+    for step in range(DIST_STEPS):
+        idx = _ddp_batch(step)
+        opt.zero_grad()
+        scale = 1e3 if step == 5 else 1.0  # one spiked step: above skip_grad_norm_above, skipped on every rank
+        (scale * torch.nn.functional.mse_loss(model(x[idx]), y[idx])).backward()
+        opt.step()
+        norms.append(opt.grad_norm.clone())
+    return torch.stack(norms)
+
+
+def _zero_train(params, index, process_group=None):
+    """ZeRO-style: this process steps the tensors ``index`` of the whole model, with ``process_group`` over the
+    ranks that hold the rest (plain tensors: the optimizer sums the partials over it)."""
+    from test_distributed import _grads
+    opt = fh.Adam(params, lr=1e-2, max_grad_norm=0.5, process_group=process_group)
+    norms = []
+    for step in range(DIST_STEPS):
+        for p, g in zip(params, _grads(step, params, index)):
+            p.grad = g
+        opt.step()
+        norms.append(opt.grad_norm.clone())
+    return torch.stack(norms), [p.detach() for p in params]
+
+
+def _dist_worker(rank, world, init_file, result_file):
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+    from test_distributed import SHAPES, _fsdp_model, _initial
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        out = {}
+        for name in DIST_CASES:
+            model = _fsdp_model()
+            for layer in model:
+                if isinstance(layer, torch.nn.Linear):
+                    fully_shard(layer)
+            fully_shard(model)
+            norms = _dist_train(model, name)  # process_group None: the DTensors' mesh
+            out[name] = (norms, [p.full_tensor() for p in model.parameters()])
+        index = list(range(rank, len(SHAPES), world))
+        params = [_initial()[i].clone().requires_grad_() for i in index]
+        out["zero"] = (*_zero_train(params, index, dist.group.WORLD), index)
+        torch.save(out, f"{result_file}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sharded_norm_equals_one_process(tmp_path):
+    """FSDP2 (DTensor params, uneven shards) and ZeRO-style plain shards with process_group, over 2 gloo processes:
+    every rank's grad_norm is the norm of the whole model's gradients, and the clipped (and once skipped) steps
+    follow one process holding the whole model. The partials are float64 sums in another grouping: equal to
+    float64 rounding, not bitwise."""
+    import torch.multiprocessing as mp
+    from test_distributed import SHAPES, _fsdp_model, _initial
+    refs = {}
+    for name in DIST_CASES:
+        model = _fsdp_model()
+        norms = _dist_train(model, name)
+        refs[name] = (norms, [p.detach() for p in model.parameters()])
+        assert (norms > DIST_CASES[name][3]).any() and norms[5] > 50 * DIST_CASES[name][3], name
+    whole = [p.clone().requires_grad_() for p in _initial()]
+    zero_norms, zero_params = _zero_train(whole, list(range(len(SHAPES))))
+    local, _ = _zero_train([_initial()[i].clone().requires_grad_() for i in (0, 2, 4)], [0, 2, 4])
+    assert not torch.allclose(local, zero_norms, rtol=1e-3), "a shard's own norm is not the model's"
+    mp.spawn(_dist_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "out")), nprocs=2, join=True)
+    for rank in range(2):
+        res = torch.load(f"{tmp_path / 'out'}.{rank}", weights_only=False)
+        for name, (norms, params) in refs.items():
+            torch.testing.assert_close(res[name][0], norms, rtol=1e-13, atol=0, msg=name)
+            for a, b in zip(res[name][1], params):
+                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+        norms, params, index = res["zero"]
+        torch.testing.assert_close(norms, zero_norms, rtol=1e-13, atol=0)
+        for i, p in zip(index, params):
+            torch.testing.assert_close(p, zero_params[i], rtol=1e-10, atol=1e-12)
