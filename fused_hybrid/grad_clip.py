@@ -246,7 +246,7 @@ def combine(opt, parts: list, dtypes: set, grad_scale, found_inf):
         coef = torch.clamp(opt.max_grad_norm / (norm + EPS), max=1.0)  # clip_grad_norm_'s own expression
         grad_scale = _effective_scale(coef, grad_scale)
     if opt.skip_grad_norm_above is not None:
-        bad = ~torch.isfinite(norm) | (norm > opt.skip_grad_norm_above)
+        bad = ~(norm <= opt.skip_grad_norm_above)  # above it, or NaN (fails every comparison); inf is above
         found_inf = bad.to(torch.float32) if found_inf is None else torch.maximum(
             found_inf.to(device=dev, dtype=torch.float32), bad.to(torch.float32))
     return grad_scale, found_inf

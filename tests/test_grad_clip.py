@@ -473,3 +473,104 @@ def test_sharded_norm_equals_one_process(tmp_path):
         torch.testing.assert_close(norms, zero_norms, rtol=1e-13, atol=0)
         for i, p in zip(index, params):
             torch.testing.assert_close(p, zero_params[i], rtol=1e-10, atol=1e-12)
+
+
+# -- launches and ops: what bench/gpu_model.py charges a clipped step ---------------------------------------------
+
+def test_combination_ops_match_the_gpu_model():
+    """The per-step combination (0-dim torch ops, one tiny kernel each on a GPU) dispatches the ops the GPU model
+    counts, with GradScaler's tensors: sqrt, cast, clip_grad_norm_'s coefficient (add, reciprocal, mul, clamp),
+    the effective scale (cast, cast, div), and for skip_grad_norm_above (le, not, cast, maximum)."""
+    import os
+    import sys
+    from torch.utils._python_dispatch import TorchDispatchMode
+    sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from bench import gpu_model
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    for key, kw in (("clip", dict(max_grad_norm=1.0)), ("clip_and_skip", dict(max_grad_norm=1.0,
+                                                                               skip_grad_norm_above=9.0))):
+        opt = fh.Adam([torch.zeros(3, requires_grad=True)], backend="reference", **kw)
+        part, scale, found = torch.tensor(4.0, dtype=torch.float64), torch.tensor(8.0), torch.tensor(0.0)
+        Count.n = 0
+        with Count():
+            grad_clip.combine(opt, [(False, part)], {torch.float32}, scale, found)
+        assert Count.n == gpu_model.CLIP_STEP_OPS[key], key
+
+
+@pytest.mark.skipif("cuda_sim" not in BACKENDS, reason="needs the simulated CUDA kernels")
+def test_cuda_norm_is_two_launches_per_bucket():
+    """The CUDA norm: one multi-tensor launch (while the bucket fits one argument table) and the one-block
+    finalize, per bucket; the update launches are unchanged. Smaller tables: more partial launches, same norm."""
+    from fused_hybrid.backends import cuda_sim
+
+    def launches(**clip):
+        ps = _params()
+        opt = fh.Adam(_groups(ps)(1e-2), backend="cuda_sim", **clip)
+        for p, g in zip(ps, _grads(1, torch.float32)):
+            p.grad = g
+        opt.step()  # state creation
+        cuda_sim.stats(reset=True)
+        opt.step()
+        return cuda_sim.stats()["launches"], opt.grad_norm
+
+    base, _ = launches()
+    clipped, norm = launches(max_grad_norm=0.1)
+    assert clipped - base == 2 * 2  # two groups, one bucket each
+    with cuda_sim.settings(max_tensors=1):  # a launch per tensor: 5 partial launches + 2 finalizes
+        more, norm2 = launches(max_grad_norm=0.1)
+        assert more - launches()[0] == len(SHAPES) + 2
+    torch.testing.assert_close(norm2, norm, rtol=0, atol=0)
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="needs the Triton interpreter")
+def test_triton_norm_is_two_launches_per_bucket_and_reads_no_grad_in_python(monkeypatch):
+    """Two launches per bucket; on the optimizer's fast path the gradients' pointers come from one C++ snapshot
+    (no .grad read in Python once the tables are built) and a moved gradient rebuilds the tables."""
+    from fused_hybrid.backends import triton_launch as tl_
+    ps = _params()
+    opt = fh.Adam(ps, backend="triton", max_grad_norm=0.1)
+    for p, g in zip(ps, _grads(1, torch.float32)):
+        p.grad = g
+    opt.step()
+    opt.step()
+    from fused_hybrid.backends import triton_norm
+    calls, built = [], []
+    real, real_table = tl_._launch, triton_norm._table
+    monkeypatch.setattr(tl_, "_launch", lambda k, *a, **kw: (calls.append(k), real(k, *a, **kw)))
+    monkeypatch.setattr(triton_norm, "_table", lambda grads: (built.append(1), real_table(grads))[1])
+    opt.step()
+    assert len([k for k in calls if "norm" in getattr(k, "__name__", str(k))]) == 2
+    assert not built  # the tables of the steps before: no gradient list was made
+    want = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in ps]))
+    torch.testing.assert_close(opt.grad_norm, want, rtol=2e-6, atol=0)
+    ps[1].grad = ps[1].grad * 100  # a new tensor: new pointer
+    opt.step()
+    assert built == [1]
+    want = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in ps]))
+    torch.testing.assert_close(opt.grad_norm, want, rtol=2e-6, atol=0)
+
+
+def test_gpu_model_charges_one_read_of_the_gradients():
+    import os
+    import sys
+    sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from bench import gpu_model
+    shapes = gpu_model.SHAPES["resnet18"]()
+    n = sum(math.prod(s) for s in shapes)
+    p = gpu_model.predict_clip("adam", shapes, "H100")
+    assert p["clip_bytes"] == 4 * n and p["bytes"] == 28 * n
+    cl = p["clip_launches"]
+    assert cl["triton"] == 2 and cl["step"] == gpu_model.CLIP_STEP_OPS["clip"]
+    assert p["triton_clip_ms"] == pytest.approx(p["triton_ms"] + 1e3 * (4 * n / 3.0e12 + (2 + cl["step"]) *
+                                                                        gpu_model.LAUNCH_S))
+    # torch: _foreach_norm reads, _foreach_mul_ reads and writes: three times the bytes of ours
+    assert p["torch_clip_ms"] > 1e3 * 12 * n / 3.0e12
+    if cl["cuda"] is not None:
+        assert cl["cuda"] == 2  # ResNet-18 fits one argument table
