@@ -6,6 +6,8 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -27,19 +29,37 @@ inline double nan_max(double acc, double a) { return (a > acc || a != a) ? a : a
 template <Mode kMode, typename scalar_t, typename C>
 FH_CPU_CLONES double chunk_partial(const scalar_t* __restrict__ g, int64_t n, C inv, double p) {
   if constexpr (kMode == grad_norm::kInf) {
+    // max |x| on the bit patterns: with the sign bit cleared, unsigned integer order is the order of |x|, inf
+    // included, and every NaN pattern is above inf, so a NaN wins as in vector_norm. An integer max vectorizes
+    // (vpmaxud); a float select that lets NaN win does not (6-8x slower single-threaded, measured). The max is
+    // exact, so computing it in C (not double) loses nothing.
+    using U = std::conditional_t<sizeof(C) == 4, uint32_t, uint64_t>;
+    constexpr U kAbs = ~(U(1) << (sizeof(U) * 8 - 1));
     constexpr int64_t L = kLaneSum;
-    double acc[L];
-    for (int64_t j = 0; j < L; ++j) acc[j] = 0.0;
+    U m[L] = {};
+    auto bits = [&](int64_t i) __attribute__((always_inline)) {
+      const C x = static_cast<C>(g[i]) * inv;
+      U b;
+      std::memcpy(&b, &x, sizeof b);
+      return b & kAbs;
+    };
+    // Whole groups of L, then the tail (a bound test inside the lane loop keeps GCC from vectorizing it).
     int64_t i = 0;
     for (; i + L <= n; i += L) {
       for (int64_t j = 0; j < L; ++j) {
-        acc[j] = nan_max(acc[j], std::fabs(static_cast<double>(static_cast<C>(g[i + j]) * inv)));
+        const U b = bits(i + j);
+        m[j] = b > m[j] ? b : m[j];
       }
     }
-    for (int64_t j = 0; i + j < n; ++j) acc[j] = nan_max(acc[j], std::fabs(static_cast<double>(static_cast<C>(g[i + j]) * inv)));
-    double m = 0.0;
-    for (int64_t j = 0; j < L; ++j) m = nan_max(m, acc[j]);
-    return m;
+    for (int64_t j = 0; i + j < n; ++j) {
+      const U b = bits(i + j);
+      m[j] = b > m[j] ? b : m[j];
+    }
+    U r = 0;
+    for (int64_t j = 0; j < L; ++j) r = m[j] > r ? m[j] : r;
+    C out;
+    std::memcpy(&out, &r, sizeof out);
+    return static_cast<double>(out);
   } else {
     return lane_sum(n, [&](int64_t i) {
       const double x = static_cast<double>(static_cast<C>(g[i]) * inv);
