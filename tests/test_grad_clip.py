@@ -574,3 +574,24 @@ def test_gpu_model_charges_one_read_of_the_gradients():
     assert p["torch_clip_ms"] > 1e3 * 12 * n / 3.0e12
     if cl["cuda"] is not None:
         assert cl["cuda"] == 2  # ResNet-18 fits one argument table
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="needs the Triton backend (interpreter)")
+def test_compiled_clipped_step_on_triton(monkeypatch):
+    """torch.compile(fullgraph=True) on backend="triton": the norm is the backend's custom op
+    (fused_hybrid::triton_grad_norm_partial, a fake that returns the 0-dim partial), and the compiled clipped and
+    skipping steps give eager's parameters and norms."""
+    from backend_matrix import small_triton_chunks
+    small_triton_chunks(monkeypatch, 8, 16)
+    torch._dynamo.reset()
+    a, b = _params(), _params()
+    kw = dict(lr=1e-2, max_grad_norm=MAX_NORM, skip_grad_norm_above=6.0)
+    o1, o2 = fh.Adam(a, backend="triton", **kw), fh.Adam(b, backend="triton", **kw)
+    step = torch.compile(o1.step, fullgraph=True)
+    for k in range(4):
+        for p, q, g in zip(a, b, _grads(k, torch.float32)):
+            p.grad, q.grad = g, g.clone()
+        step()
+        o2.step()
+        assert torch.equal(o1.grad_norm, o2.grad_norm)
+    assert _equal(a, b)
