@@ -595,3 +595,42 @@ def test_compiled_clipped_step_on_triton(monkeypatch):
         o2.step()
         assert torch.equal(o1.grad_norm, o2.grad_norm)
     assert _equal(a, b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none is present on this machine")
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("norm_type", [2.0, math.inf])
+def test_gpu_clipped_steps(backend, norm_type):
+    """On a GPU: the clipped step is bitwise clip_grads_with_norm_ (our norm) + the unclipped step, the norm is
+    clip_grad_norm_'s, the spike is skipped, and nothing syncs (torch's sync debug mode raises on a sync)."""
+    if not fh.backends()[backend].startswith("available"):
+        pytest.skip(fh.backends()[backend])
+    dev = torch.device("cuda")
+    limit = MAX_NORM_INF if math.isinf(norm_type) else MAX_NORM
+    a = [p.detach().to(dev).requires_grad_() for p in _params()]
+    b = [p.detach().to(dev).requires_grad_() for p in _params()]
+    o1 = fh.Adam(_groups(a, dev)(1e-2), lr=1e-2, backend=backend, max_grad_norm=limit, norm_type=norm_type,
+                 skip_grad_norm_above=50 * limit)
+    o2 = fh.Adam(_groups(b, dev)(1e-2), lr=1e-2, backend=backend)
+    for k in range(6):
+        grads = [g.to(dev) * (1e4 if k == 4 else 1.0) for g in _grads(k, torch.float32)]
+        for p, g in zip(a, grads):
+            p.grad = g * 2.0 ** 10
+        o1.grad_scale, o1.found_inf = torch.tensor(2.0 ** 10, device=dev), torch.zeros((), device=dev)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            o1.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        for q, g in zip(b, grads):
+            q.grad = g.clone()
+        ref = torch.nn.utils.get_total_norm([q.grad for q in b], norm_type)
+        if math.isinf(norm_type):
+            assert torch.equal(o1.grad_norm, ref)
+        else:
+            torch.testing.assert_close(o1.grad_norm, ref, rtol=2e-6, atol=0)
+        if k != 4:  # the spike: skipped by o1, not stepped by the reference
+            torch.nn.utils.clip_grads_with_norm_(b, limit, o1.grad_norm)
+            o2.step()
+        assert _equal(a, b), k
