@@ -250,23 +250,24 @@ class HybridOptimizer(torch.optim.Optimizer):
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         self._swats_calls = []  # (bucket, SwatsArgs) of this step's SWATS buckets (the rule's ``after`` hook)
-        if grad_clip.active(self):  # norm first, then every bucket with the clipped grad_scale / found_inf
+        groups = self.param_groups
+        if grad_clip.active(self):  # the norm first, then every bucket with the clipped grad_scale / found_inf
             found_inf = grad_clip.step(self, grad_scale, found_inf, _grads_of)
-        else:
-            for gi, group in enumerate(self.param_groups):
-                hp = rules.record(group)
-                plan = self._fast_plan(gi, group)
-                if plan is not None:
-                    try:
-                        self._step_bucket(gi, group, hp, plan[0], None, grad_scale, found_inf)
-                        continue
-                    except RuntimeError as exc:  # some param has no gradient this step: nothing was changed
-                        if plan[0].backend.NO_GRADIENT not in str(exc):
-                            raise
-                all_grads = _grads_of(group["params"])
-                for b in self._plan(gi, group, all_grads):
-                    grads = all_grads if b.whole else [all_grads[j] for j in b.idx]
-                    self._step_bucket(gi, group, hp, b, grads, grad_scale, found_inf)
+            groups = ()  # (stepped)
+        for gi, group in enumerate(groups):
+            hp = rules.record(group)
+            plan = self._fast_plan(gi, group)
+            if plan is not None:
+                try:
+                    self._step_bucket(gi, group, hp, plan[0], None, grad_scale, found_inf)
+                    continue
+                except RuntimeError as exc:  # some param has no gradient this step: nothing was changed
+                    if plan[0].backend.NO_GRADIENT not in str(exc):
+                        raise
+            all_grads = _grads_of(group["params"])
+            for b in self._plan(gi, group, all_grads):
+                grads = all_grads if b.whole else [all_grads[j] for j in b.idx]
+                self._step_bucket(gi, group, hp, b, grads, grad_scale, found_inf)
         if self._swats_calls:
             self._swats_controller().finalize(self._swats_calls, found_inf, self.process_group)
         return loss
