@@ -634,3 +634,26 @@ def test_gpu_clipped_steps(backend, norm_type):
             torch.nn.utils.clip_grads_with_norm_(b, limit, o1.grad_norm)
             o2.step()
         assert _equal(a, b), k
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_norm_does_not_depend_on_alignment_and_takes_empty_tensors(backend):
+    """Gradients at odd addresses (views one element into a buffer: the CUDA kernel's scalar path, Triton's
+    unaligned tables) give bitwise the norm of the same values at aligned addresses; empty tensors count zero."""
+    ps = [torch.zeros(s, requires_grad=True) for s in [(301,), (0,), (17, 3), (0, 4)]]
+    vals = [torch.randn(p.shape) for p in ps]
+
+    def norm(offset, p_):
+        opt = fh.SGD(ps, lr=0.0, backend=backend, norm_type=p_, skip_grad_norm_above=1e30)
+        for q, v in zip(ps, vals):
+            buf = torch.empty(v.numel() + offset)
+            buf[offset:] = v.flatten()
+            q.grad = buf[offset:].view(v.shape)
+        opt.step()
+        return opt.grad_norm
+
+    for p_ in (2.0, math.inf):
+        want = torch.linalg.vector_norm(torch.cat([v.flatten() for v in vals]).double(), p_).float()
+        a, b = norm(0, p_), norm(1, p_)
+        assert torch.equal(a, b), (p_, a, b)
+        torch.testing.assert_close(a, want, rtol=2e-7, atol=0)
