@@ -76,6 +76,10 @@ def main(argv=None) -> dict:
         # What the same rules must cost on an H100 / H200 (bytes model + launch counts): predictions, labelled so.
         from . import gpu_model
         gpu_model.main(["--shapes", "resnet18,gpt_1b"])
+        # Clipped steps (issue 17): max_grad_norm against clip_grad_norm_ + torch's fused / foreach step.
+        from . import clip
+        clip.main(["--device", str(res.get("meta", {}).get("device", "cpu"))] +
+                  (["--threads", str(args.threads)] if args.threads else []))
         import torch
         if torch.cuda.is_available() and str(res.get("meta", {}).get("device", "cuda")).startswith("cuda"):
             # On a GPU: the host side of a Triton step with its real launches, fast path next to general path.

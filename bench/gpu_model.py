@@ -110,6 +110,56 @@ def predict(key: str, shapes, device: str) -> dict:
     return out
 
 
+# Gradient clipping fused into the step (issue 17, fused_hybrid/grad_clip.py): per bucket, the norm op reads every
+# gradient once (4 bytes per fp32 element) in one multi-tensor launch (more only when the argument table overflows,
+# as for the update) plus a one-block finalize; per step, the combination of the partials is a few 0-dim torch ops
+# (CLIP_STEP_OPS, counted by tests/test_grad_clip.py on the ops grad_clip.combine dispatches). The update kernels
+# run unchanged, taking the clip coefficient through grad_scale, so they move the same bytes.
+# The reference it replaces, torch.nn.utils.clip_grad_norm_ before torch's fused step: _foreach_norm reads every
+# gradient (4 B/el), _foreach_mul_ reads and writes it (8 B/el), with their own launches (torch's multi-tensor
+# apply: a 4 KB argument table, ~110 tensors or 320 blocks per launch, aten/src/ATen/native/cuda/MultiTensorApply.cuh)
+# plus _foreach_norm's cleanup kernel, stack, vector_norm, add, div, clamp (6 launches).
+CLIP_STEP_OPS = {"clip": 9, "clip_and_skip": 13}  # with GradScaler's grad_scale / found_inf (8 / 11 without)
+TORCH_CLIP_BYTES_PER_EL = 12
+TORCH_CLIP_OPS = 6
+
+
+def clip_launches(shapes) -> dict:
+    """Launches a fused clipped step adds per bucket on each backend (norm + finalize), the per-step combination,
+    and torch's clip_grad_norm_ launches for the same tensors (its multi-tensor apply's table: at most 110 tensors
+    and 320 chunks of 65536 elements per launch, for each of _foreach_norm and _foreach_mul_)."""
+    numels = [math.prod(s) for s in shapes]
+    cuda = None
+    try:
+        import torch
+
+        import fused_hybrid  # noqa: F401
+        cuda = list(torch.ops.fused_hybrid.plan_launches(numels, 0, 1, 0, 0, 0))[1] + 1
+    except (ImportError, AttributeError, RuntimeError):
+        pass
+    # torch's table (depth 1): a launch per 110 tensors or 320 chunks, whichever fills first (a lower bound)
+    torch_mta = max(-(-len(numels) // 110), -(-sum(-(-n // 65536) for n in numels) // 320), 1)
+    return {"triton": 2, "cuda": cuda, "step": CLIP_STEP_OPS["clip"],
+            "torch_clip": 2 * torch_mta + TORCH_CLIP_OPS}
+
+
+def predict_clip(key: str, shapes, device: str) -> dict:
+    """A clipped step of rule ``key``: the unclipped prediction plus one read of the gradients and the norm's
+    launches; against clip_grad_norm_ (12 B/el and its launches) before the same fused step."""
+    base = predict(key, shapes, device)
+    n = sum(math.prod(s) for s in shapes)
+    cl = clip_launches(shapes)
+    bw = DEVICES[device]
+    out = dict(base, clip_bytes=4 * n, clip_launches=cl)
+    for be in ("triton", "cuda"):
+        if base[f"{be}_ms"] is None or cl[be] is None:
+            out[f"{be}_clip_ms"] = None
+            continue
+        out[f"{be}_clip_ms"] = base[f"{be}_ms"] + 1e3 * (4 * n / bw + (cl[be] + cl["step"]) * LAUNCH_S)
+    out["torch_clip_ms"] = 1e3 * (TORCH_CLIP_BYTES_PER_EL * n / bw + cl["torch_clip"] * LAUNCH_S)
+    return out
+
+
 def gpt_1b():
     """A 1.1B-parameter GPT-style transformer: d=2048, 20 layers, vocabulary 50257, context 2048 (tied head)."""
     d, layers, vocab, ctx = 2048, 20, 50257, 2048
@@ -145,6 +195,17 @@ def main(argv=None) -> list[dict]:
                              for d in DEVICES)
             print(f"{key:<11} {p0['bytes'] / n:>5.1f} {str(p0['triton_launches']) + ' / ' + cl:>21} {cells}")
             rows.append({"shapes": name, **{d: per[d] for d in DEVICES}})
+        cl = clip_launches(shapes)
+        print(f"-- clipped step: ours (max_grad_norm: +4 B/el, +{cl['triton']} launches per bucket, "
+              f"+{CLIP_STEP_OPS['clip']} 0-dim ops per step) | the same step after clip_grad_norm_ "
+              f"({TORCH_CLIP_BYTES_PER_EL} B/el, {cl['torch_clip']} launches) --")
+        print(f"{'rule':<11} " + " ".join(f"{d + ' ours':>12} {d + ' step+clip':>14}" for d in DEVICES))
+        for key in ("adam", "adamw", "sgd"):
+            per = {d: predict_clip(key, shapes, d) for d in DEVICES}
+            be = "cuda" if per["H100"]["cuda_clip_ms"] is not None else "triton"
+            print(f"{key:<11} " + " ".join(f"{per[d][be + '_clip_ms']:>12.3f} "
+                                           f"{per[d][be + '_ms'] + per[d]['torch_clip_ms']:>14.3f}" for d in DEVICES))
+            rows.append({"shapes": name, "clip": True, **{d: per[d] for d in DEVICES}})
     return rows
 
 

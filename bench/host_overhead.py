@@ -34,6 +34,7 @@ def _setup_interpreter() -> bool:
 
 RULES = {  # bench key: (optimizer class name, kwargs)
     "adam": ("Adam", {}),
+    "adam_clip": ("Adam", {"max_grad_norm": 1.0}),  # issue 17: + the norm's launches and the 0-dim combination
     "sgd": ("SGD", {"lr": 0.1, "momentum": 0.9}),
     "swats": ("SWATS", {"lr": 1e-3}),
     "mas": ("MAS", {"variant": "vector"}),

@@ -25,8 +25,15 @@ def _swats_totals(partials, stepped, seg_of, S):
     return partials.new_empty((S, 3))
 
 
+def _grad_norm_partial(grads, norm_type, grad_scale):
+    return grads[0].new_empty((), dtype=torch.float64)  # (fused_hybrid.grad_clip never passes an empty list)
+
+
+# The gradient-norm op (issue 17) returns its 0-dim float64 partial on the gradients' device.
+NORM_OPS = ("grad_norm_partial",)
+
 FAKES = {**{op: _fake for op in OPS}, "swats_args": _swats_args, "swats_totals": _swats_totals,
-         "swats_finalize_": _fake}
+         "swats_finalize_": _fake, "grad_norm_partial": _grad_norm_partial}
 
 
 def register() -> None:
@@ -35,7 +42,7 @@ def register() -> None:
     # The simulated CUDA kernels' namespace has the family ops only (SWATS's bookkeeping ops are fused_hybrid's).
     names = [f"fused_hybrid::{op}" for op in FAKES]
     if _ext.has_sim():
-        names += [f"fused_hybrid_sim::{op}" for op in OPS]
+        names += [f"fused_hybrid_sim::{op}" for op in OPS + NORM_OPS]
     for name in names:
         try:
             torch.library.register_fake(name)(FAKES[name.split("::")[1]])

@@ -14,7 +14,7 @@ from itertools import chain, repeat
 
 import torch
 
-from . import rules
+from . import grad_clip, rules
 from . import swats as sw
 from .backends import check_name, resolve
 
@@ -96,11 +96,28 @@ class HybridOptimizer(torch.optim.Optimizer):
 
     _step_supports_amp_scaling = True  # GradScaler hands us grad_scale / found_inf; kernels unscale and skip
 
+    # Gradient clipping fused into the step (fused_hybrid.grad_clip; validated when set, changeable between steps).
+    max_grad_norm = grad_clip.Setting()
+    norm_type = grad_clip.Setting()
+    skip_grad_norm_above = grad_clip.Setting()
+
+    @property
+    def grad_norm(self):
+        """The total gradient norm of the last step that computed one (``max_grad_norm`` or ``skip_grad_norm_above``
+        set): a 0-dim tensor on the device, what clip_grad_norm_ would have returned, before clipping. step() never
+        reads it; reading its value is the caller's sync. (Kept in a dict: torch.compile replays a dict's mutation
+        but not an attribute set on an optimizer.)"""
+        return self._clip_out.get("grad_norm")
+
     def __init__(self, params, rule: str = "adam", *, backend: str = "auto", granularity: str = "global",
-                 process_group=None, **defaults):
+                 process_group=None, max_grad_norm: float | None = None, norm_type: float = 2.0,
+                 skip_grad_norm_above: float | None = None, **defaults):
         # As in torch.optim, every hyperparameter is checked before the params are looked at (fh.Adam(None, lr=-1)
         # names the lr): the keywords, then the default rule's effective values.
         check_name(backend)
+        grad_clip.check(max_grad_norm, norm_type, skip_grad_norm_above)
+        self._clip_out: dict = {}
+        self.max_grad_norm, self.norm_type, self.skip_grad_norm_above = max_grad_norm, norm_type, skip_grad_norm_above
         if granularity not in sw.GRANULARITIES:
             raise ValueError(f"Invalid granularity: {granularity!r}; choose one of {sw.GRANULARITIES}")
         rules.get(rule)
@@ -233,7 +250,11 @@ class HybridOptimizer(torch.optim.Optimizer):
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         self._swats_calls = []  # (bucket, SwatsArgs) of this step's SWATS buckets (the rule's ``after`` hook)
-        for gi, group in enumerate(self.param_groups):
+        groups = self.param_groups
+        if grad_clip.active(self):  # the norm first, then every bucket with the clipped grad_scale / found_inf
+            found_inf = grad_clip.step(self, grad_scale, found_inf, _grads_of)
+            groups = ()  # (stepped)
+        for gi, group in enumerate(groups):
             hp = rules.record(group)
             plan = self._fast_plan(gi, group)
             # False: some param has no gradient this step; nothing was changed, and the general path skips it.
@@ -300,13 +321,18 @@ class HybridOptimizer(torch.optim.Optimizer):
     def __getstate__(self) -> dict:
         """torch's pickled state (defaults, state, param_groups) plus this optimizer's configuration; the plans and
         tables are caches (rebuilt on the next step) and the process group is a live handle that does not pickle:
-        a copy has ``process_group=None`` until it is set again."""
+        a copy has ``process_group=None`` until it is set again. The clipping settings travel; the last step's
+        ``grad_norm`` does not (a copy has stepped nothing)."""
         return {**super().__getstate__(), "_rule": self._rule, "granularity": self.granularity,
-                "_kwargs": self._kwargs}
+                "_kwargs": self._kwargs, **{k: getattr(self, k) for k in grad_clip.SETTINGS}}
 
     def __setstate__(self, state: dict) -> None:
+        clip = {k: state.pop(k, None) for k in grad_clip.SETTINGS}  # (older pickles have none: no clipping)
         super().__setstate__(state)
         self.__dict__.setdefault("process_group", None)
+        self.max_grad_norm, self.skip_grad_norm_above = clip["max_grad_norm"], clip["skip_grad_norm_above"]
+        self.norm_type = 2.0 if clip["norm_type"] is None else clip["norm_type"]
+        self._clip_out = {}
         self._reset_caches()
 
     # -- checkpoints ----------------------------------------------------------------------------------------------

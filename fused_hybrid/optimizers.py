@@ -1,10 +1,11 @@
 """The public optimizers: thin constructors over ``HybridOptimizer`` with torch.optim's keyword names.
 
-Each takes ``backend="auto" | "reference" | "cpu" | "triton" | "cuda" | "cuda_sim"``, and every one but AdamW (always
-decoupled) takes ``decoupled_weight_decay``: ``w *= 1 - lr*weight_decay`` with the group's lr before the rule's own
-step (AdamW's form) instead of L2's ``g += weight_decay*w`` (ND-Adam refuses True: it renormalizes its weight
-vectors). Keyword arguments torch.optim has but that choose an implementation (``foreach``, ``fused``) are
-accepted and ignored: the backend decides. Any other unknown keyword is a TypeError, as in torch.optim.
+Each takes ``backend="auto" | "reference" | "cpu" | "triton" | "cuda" | "cuda_sim"`` and the clipping keywords
+``max_grad_norm``, ``norm_type``, ``skip_grad_norm_above`` (``_clip``), and every one but AdamW (always decoupled)
+takes ``decoupled_weight_decay``: ``w *= 1 - lr*weight_decay`` with the group's lr before the rule's own step
+(AdamW's form) instead of L2's ``g += weight_decay*w`` (ND-Adam refuses True: it renormalizes its weight vectors).
+Keyword arguments torch.optim has but that choose an implementation (``foreach``, ``fused``) are accepted and
+ignored: the backend decides. Any other unknown keyword is a TypeError, as in torch.optim.
 """
 from __future__ import annotations
 
@@ -20,15 +21,28 @@ def _impl(foreach, fused, capturable, differentiable) -> dict:
     return dict(foreach=foreach, fused=fused, capturable=capturable, differentiable=differentiable)
 
 
+def _clip(max_grad_norm, norm_type, skip_grad_norm_above) -> dict:
+    """Gradient clipping fused into the step (every class; see ``fused_hybrid.grad_clip``): ``max_grad_norm``
+    clips as ``torch.nn.utils.clip_grad_norm_(params, max_grad_norm, norm_type)`` would before the step, over all of
+    the optimizer's parameters, without writing the gradients (``p.grad`` is left unclipped); ``opt.grad_norm`` is
+    the last step's total norm (a device tensor); ``skip_grad_norm_above`` skips a step whose norm exceeds it or is
+    not finite, as GradScaler skips one. With sharded parameters the norm is all-reduced over ``process_group``
+    (every class takes it): ZeRO-style plain shards need it; FSDP2's DTensors default to their device mesh."""
+    return dict(max_grad_norm=max_grad_norm, norm_type=norm_type, skip_grad_norm_above=skip_grad_norm_above)
+
+
 class Adam(HybridOptimizer):
     """torch.optim.Adam, same trajectory (Kingma & Ba 2015; AMSGrad: Reddi et al. 2018)."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
-                 maximize=False, decoupled_weight_decay=False, backend="auto", foreach=None, fused=None,
+                 maximize=False, decoupled_weight_decay=False, backend="auto",
+                 process_group=None, max_grad_norm=None, norm_type=2.0,
+                 skip_grad_norm_above=None, foreach=None, fused=None,
                  capturable=False, differentiable=False):
         super().__init__(params, "adam", backend=backend, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=decoupled_weight_decay,
-                         **_impl(foreach, fused, capturable, differentiable))
+                         **_impl(foreach, fused, capturable, differentiable),
+                         **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 
 
 class AdamW(HybridOptimizer):
@@ -36,9 +50,12 @@ class AdamW(HybridOptimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
                  maximize=False, backend="auto",
+                 process_group=None, max_grad_norm=None, norm_type=2.0,
+                 skip_grad_norm_above=None,
                  foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, "adamw", backend=backend, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         amsgrad=amsgrad, maximize=maximize, **_impl(foreach, fused, capturable, differentiable))
+                         amsgrad=amsgrad, maximize=maximize, **_impl(foreach, fused, capturable, differentiable),
+                         **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 
 
 class SGD(HybridOptimizer):
@@ -46,11 +63,14 @@ class SGD(HybridOptimizer):
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, *,
                  maximize=False, decoupled_weight_decay=False, backend="auto",
+                 process_group=None, max_grad_norm=None, norm_type=2.0,
+                 skip_grad_norm_above=None,
                  foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, "sgd", backend=backend, lr=lr, momentum=momentum, dampening=dampening,
                          weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
                          decoupled_weight_decay=decoupled_weight_decay,
-                         **_impl(foreach, fused, capturable, differentiable))
+                         **_impl(foreach, fused, capturable, differentiable),
+                         **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 
 
 class RMSprop(HybridOptimizer):
@@ -60,11 +80,14 @@ class RMSprop(HybridOptimizer):
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, *,
                  maximize=False, decoupled_weight_decay=False, backend="auto",
+                 process_group=None, max_grad_norm=None, norm_type=2.0,
+                 skip_grad_norm_above=None,
                  foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, "rmsprop", backend=backend, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                          momentum=momentum, centered=centered, maximize=maximize,
                          decoupled_weight_decay=decoupled_weight_decay,
-                         **_impl(foreach, fused, capturable, differentiable))
+                         **_impl(foreach, fused, capturable, differentiable),
+                         **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 
 
 class Adagrad(HybridOptimizer):
@@ -73,11 +96,14 @@ class Adagrad(HybridOptimizer):
 
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10, *,
                  maximize=False, decoupled_weight_decay=False, backend="auto",
+                 process_group=None, max_grad_norm=None, norm_type=2.0,
+                 skip_grad_norm_above=None,
                  foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, "adagrad", backend=backend, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                          initial_accumulator_value=initial_accumulator_value, eps=eps, maximize=maximize,
                          decoupled_weight_decay=decoupled_weight_decay,
-                         **_impl(foreach, fused, capturable, differentiable))
+                         **_impl(foreach, fused, capturable, differentiable),
+                         **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 
 
 class Padam(HybridOptimizer):
@@ -88,11 +114,14 @@ class Padam(HybridOptimizer):
 
     def __init__(self, params, lr=0.1, betas=(0.9, 0.999), partial=0.125, eps=1e-8, weight_decay=0.0,
                  amsgrad=True, *, maximize=False, decoupled_weight_decay=False, backend="auto",
+                 process_group=None, max_grad_norm=None, norm_type=2.0,
+                 skip_grad_norm_above=None,
                  foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, "padam", backend=backend, lr=lr, betas=betas, partial=partial, eps=eps,
                          weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
                          decoupled_weight_decay=decoupled_weight_decay,
-                         **_impl(foreach, fused, capturable, differentiable))
+                         **_impl(foreach, fused, capturable, differentiable),
+                         **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 
 
 class AdamClip(HybridOptimizer):
@@ -102,11 +131,14 @@ class AdamClip(HybridOptimizer):
 
     def __init__(self, params, lr=1e-3, sgd_lr=None, lower=1.0, upper=math.inf, betas=(0.9, 0.999), eps=1e-8,
                  weight_decay=0.0, amsgrad=False, *, maximize=False, decoupled_weight_decay=False, backend="auto",
+                 process_group=None, max_grad_norm=None, norm_type=2.0,
+                 skip_grad_norm_above=None,
                  foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, "adamclip", backend=backend, lr=lr, sgd_lr=sgd_lr, lower=lower, upper=upper,
                          betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
                          decoupled_weight_decay=decoupled_weight_decay,
-                         **_impl(foreach, fused, capturable, differentiable))
+                         **_impl(foreach, fused, capturable, differentiable),
+                         **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 
 
 class AdaBound(HybridOptimizer):
@@ -115,11 +147,14 @@ class AdaBound(HybridOptimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), final_lr=0.1, gamma=1e-3, eps=1e-8, weight_decay=0.0,
                  amsbound=False, *, maximize=False, decoupled_weight_decay=False, backend="auto",
+                 process_group=None, max_grad_norm=None, norm_type=2.0,
+                 skip_grad_norm_above=None,
                  foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, "adabound", backend=backend, lr=lr, betas=betas, final_lr=final_lr, gamma=gamma,
                          eps=eps, weight_decay=weight_decay, amsbound=amsbound, maximize=maximize,
                          decoupled_weight_decay=decoupled_weight_decay,
-                         **_impl(foreach, fused, capturable, differentiable))
+                         **_impl(foreach, fused, capturable, differentiable),
+                         **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 
 
 class SWATS(HybridOptimizer):
@@ -136,13 +171,14 @@ class SWATS(HybridOptimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-9, weight_decay=0.0, amsgrad=False,
                  nesterov=False, *, granularity="global", switch_rtol=1e-3, switch_atol=0.0, maximize=False,
                  decoupled_weight_decay=False,
-                 backend="auto", process_group=None, foreach=None, fused=None, capturable=False,
-                 differentiable=False):
+                 backend="auto", process_group=None, max_grad_norm=None, norm_type=2.0, skip_grad_norm_above=None,
+                 foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, "swats", backend=backend, granularity=granularity, process_group=process_group,
                          lr=lr, betas=betas, eps=eps,
                          weight_decay=weight_decay, amsgrad=amsgrad, nesterov=nesterov, switch_rtol=switch_rtol,
                          switch_atol=switch_atol, maximize=maximize, decoupled_weight_decay=decoupled_weight_decay,
-                         **_impl(foreach, fused, capturable, differentiable))
+                         **_impl(foreach, fused, capturable, differentiable),
+                         **_clip(max_grad_norm, norm_type, skip_grad_norm_above))
 
 
 class MAS(HybridOptimizer):
@@ -155,11 +191,14 @@ class MAS(HybridOptimizer):
                  dampening=0.0, nesterov=False, adam_w=0.5, sgd_w=0.5, variant="sum", *, maximize=False,
                  decoupled_weight_decay=False,
                  backend="auto",
+                 process_group=None, max_grad_norm=None, norm_type=2.0,
+                 skip_grad_norm_above=None,
                  foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, "mas", backend=backend, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          momentum=momentum, dampening=dampening, nesterov=nesterov, adam_w=adam_w, sgd_w=sgd_w,
                          variant=variant, maximize=maximize, decoupled_weight_decay=decoupled_weight_decay,
-                         **_impl(foreach, fused, capturable, differentiable))
+                         **_impl(foreach, fused, capturable, differentiable),
+                         **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 
 
 class NDAdam(HybridOptimizer):
@@ -170,10 +209,13 @@ class NDAdam(HybridOptimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, vec_axes=None, *,
                  maximize=False, decoupled_weight_decay=False, backend="auto",
+                 process_group=None, max_grad_norm=None, norm_type=2.0,
+                 skip_grad_norm_above=None,
                  foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, "ndadam", backend=backend, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          vec_axes=vec_axes, maximize=maximize, decoupled_weight_decay=decoupled_weight_decay,
-                         **_impl(foreach, fused, capturable, differentiable))
+                         **_impl(foreach, fused, capturable, differentiable),
+                         **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 
 
 class Hybrid(HybridOptimizer):
@@ -182,6 +224,6 @@ class Hybrid(HybridOptimizer):
     ``rule`` is the default for groups that name none."""
 
     def __init__(self, params, rule="adam", *, backend="auto", granularity="global", process_group=None,
-                 **defaults):
+                 max_grad_norm=None, norm_type=2.0, skip_grad_norm_above=None, **defaults):
         super().__init__(params, rule, backend=backend, granularity=granularity, process_group=process_group,
-                         **defaults)
+                         **_clip(max_grad_norm, norm_type, skip_grad_norm_above), **defaults)

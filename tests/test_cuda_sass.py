@@ -89,6 +89,8 @@ ALIGNED_FP32 = {
     "RmsFunctor<float,float,true,false>": (4, 3),   # + grad_avg (centered)
     "RmsFunctor<float,float,false,true>": (4, 3),   # + momentum buffer
     "RmsFunctor<float,float,true,true>": (5, 4),
+    # the gradient norm (issue 17): g only, read once (modes 0-3: |x|, x^2, |x|^p, max)
+    **{f"NormFunctor<float,float,{m}>": (1, 0) for m in range(4)},
 }
 # Known exceptions to "no local memory", measured on sm_90 with CUDA 13.0: 4-16 bytes saved and restored around
 # the out-of-line slow paths of IEEE float division / sqrt (div.rn / sqrt.rn call a subroutine for denormals and
@@ -118,6 +120,9 @@ def test_every_rule_has_kernels(kernels):
         for dt in ("float,float", "double,double", "Half,float", "BFloat16,float"):
             assert any(n.startswith(f"{fam}<{dt}") for n in names), (fam, dt)
     assert "post_step_kernel" in names
+    for dt in ("float,float", "double,double", "Half,float", "BFloat16,float"):
+        assert all(f"NormFunctor<{dt},{m}>" in names for m in range(4)), dt
+    assert "norm_finalize_kernel" in names
 
 
 def test_fp32_aligned_paths_use_128_bit_accesses(kernels):

@@ -67,7 +67,8 @@ at::Tensor round_test(const at::Tensor& x_in, int64_t mode, int64_t seed, int64_
   if (n == 0) return out;
   const auto stream = c10::cuda::getCurrentCUDAStream();
   FH_LAUNCH(round_blocks(n), kRoundThreads, 0, stream, round_test_kernel)(
-      x.data_ptr<float>(), rand.defined() ? rand.data_ptr<int64_t>() : nullptr, out.data_ptr<int64_t>(), n, static_cast<int>(mode), static_cast<uint64_t>(seed),
+      x.data_ptr<float>(), rand.defined() ? rand.data_ptr<int64_t>() : nullptr, out.data_ptr<int64_t>(), n,
+      static_cast<int>(mode), static_cast<uint64_t>(seed),
       static_cast<uint32_t>(step), static_cast<uint32_t>(tensor_id), static_cast<uint64_t>(offset));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
