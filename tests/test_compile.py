@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import fused_hybrid as fh
-from util import feed_grads, make_params
+from cases import feed_grads, make_params
 
 CPU_FUSED = fh.backends()["cpu"].startswith("available")
 CASES = [

@@ -21,7 +21,8 @@ import pytest
 import torch
 
 import fused_hybrid as fh
-from backend_matrix import scaler_hook, small_triton_chunks, tensor_lr_groups
+import cases
+from cases import small_triton_chunks
 from fused_hybrid.backends import triton as tb
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -70,7 +71,8 @@ class CountingInductor:
 
 
 def _run_pair(cls, kw, groups=None, hook=None):
-    """STEPS steps of a compiled and an eager optimizer (both backend="triton") on the same params and grads."""
+    """STEPS steps of a compiled and an eager optimizer (both backend="triton") on the same params and grads.
+    ``hook`` is a factory (cases.scaler): each optimizer gets its own hook."""
     torch._dynamo.reset()
     a, b = _params(), _params()
     start = [p.detach().clone() for p in a]
@@ -78,11 +80,12 @@ def _run_pair(cls, kw, groups=None, hook=None):
     o2 = cls(groups(b) if groups else b, backend="triton", **kw)
     compiler = CountingInductor()
     step = torch.compile(o1.step, fullgraph=True, backend=compiler)  # the first compiled step creates the state
+    h1, h2 = (hook(DEVICE), hook(DEVICE)) if hook else (None, None)
     for k in range(STEPS):
         _feed([a, b], k)
         if hook:
-            hook(o1, k)
-            hook(o2, k)
+            h1(o1, k)
+            h2(o2, k)
         step()
         o2.step()
     # Not vacuous: every parameter moved.
@@ -150,7 +153,7 @@ def test_hybrid_groups_one_op_each():
 def test_tensor_lr_grad_scale_found_inf():
     """The optional tensor arguments: a 0-dim lr tensor changed in place, GradScaler's grad_scale, and a found_inf
     step that changes nothing; device values, so no recompiles either."""
-    groups, hook = tensor_lr_groups(DEVICE), scaler_hook(DEVICE)
+    groups, hook = (lambda ps: cases.tensor_lr(ps, DEVICE)), cases.SCALER
     for cls, kw in [(fh.Adam, dict(amsgrad=True)), (fh.MAS, dict(variant="normalized"))]:
         o1, _, compiler = _run_pair(cls, kw, groups=groups, hook=hook)
         assert all(float(o1.state[p]["step"]) == STEPS - 1 for p in o1.param_groups[0]["params"])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fused_hybrid as fh
-from backend_matrix import small_triton_chunks
+from cases import small_triton_chunks
 from fused_hybrid import _ext
 from fused_hybrid.backends import triton as tb
 from fused_hybrid.backends import triton_launch as tl_
