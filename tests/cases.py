@@ -170,7 +170,7 @@ class Case:
     groups: Optional[Callable] = None  # (params, device) -> param groups
     hook: Optional[Callable] = None  # device -> hook(opt, k), called before each step
     shapes: Optional[tuple] = None  # this case's own shapes on every backend, instead of the backend's
-    skip: tuple = ()  # backends this case does not run on (the reason: a comment at the case)
+    skip: tuple = ()  # backends whose fp32/dtypes matrix this case is not in (the reason: a comment at the case)
     name: str = ""  # an id suffix, for cases that differ in groups or hook only
 
     def but(self, suites=None, **kw):
@@ -190,18 +190,21 @@ class Case:
         return self.cls(self.groups(ps, device) if self.groups else ps, backend=backend, **self.kwargs(device))
 
     @property
+    def family(self):
+        """The backend family that runs the case's rule ("adaptive", "sgd", "mas", "ndadam", "rms")."""
+        from fused_hybrid import rules
+        return rules.RULES[self.rule].family
+
+    @property
     def rule(self):
-        """The rule name of the case's class ("adam", "sgd", ...)."""
-        return _RULE[self.cls]
+        """The rule name of the case's class ("adam", "sgd", ...), as its optimizer's defaults name it."""
+        return self.cls([torch.zeros(1, requires_grad=True)], **self.kwargs("cpu")).defaults["rule"]
 
 
 def _fmt(v):
     return f"tensor({float(v):g})" if isinstance(v, torch.Tensor) else str(v)
 
 
-_RULE = {fh.Adam: "adam", fh.AdamW: "adamw", fh.SGD: "sgd", fh.RMSprop: "rmsprop", fh.Adagrad: "adagrad",
-         fh.Padam: "padam", fh.AdamClip: "adamclip", fh.AdaBound: "adabound", fh.SWATS: "swats", fh.MAS: "mas",
-         fh.NDAdam: "ndadam", fh.Hybrid: "hybrid"}
 # torch.optim's class for each rule that has one (the "torch" suite).
 TORCH_OF = {fh.Adam: torch.optim.Adam, fh.AdamW: torch.optim.AdamW, fh.SGD: torch.optim.SGD,
             fh.RMSprop: torch.optim.RMSprop, fh.Adagrad: torch.optim.Adagrad}
@@ -212,6 +215,8 @@ MANY, BIG, THREADS, GRAD_READ = "many", "big", "threads", "grad_read"  # cpu
 ORDER, PLANS = "order", "plans"  # cuda_sim
 REPEAT, LAUNCHES, SPREAD = "repeat", "launches", "spread"  # triton (spread: cuda too)
 GRAPH, NONCONTIG = "graph", "noncontig"  # cuda graphs; robustness's non-contiguous grads
+COMPILE = "compile"  # torch.compile on cpu (test_compile)
+TCOMPILE, READS, FAST = "triton_compile", "reads", "fast_path"  # torch.compile on triton; triton's fast path
 COMPLEX = "complex"  # complex params against torch.optim (test_stock_parity)
 # Cases the cpu backend's fp32 matrix brought to the table that only repeat, on Triton's interpreter (slow on CPU),
 # an option set another case there already covers (named in the comment): not run on triton, to keep CI's time.
@@ -223,7 +228,7 @@ CASES = [
     # Adam, AdamW: the adaptive family
     Case(fh.Adam, {}, (F, D, P, R, MANY, LAUNCHES, SPREAD)),
     Case(fh.Adam, dict(lr=1e-2, amsgrad=True, weight_decay=0.1, maximize=True)),
-    Case(fh.Adam, dict(amsgrad=True, weight_decay=0.1), skip=NT),  # triton: the case above
+    Case(fh.Adam, dict(amsgrad=True, weight_decay=0.1), (F, FAST), skip=NT),  # triton: the case above
     Case(fh.Adam, dict(maximize=True, weight_decay=0.05, lr=torch.tensor(3e-3)), (F, MANY), skip=NT),  # + scaler
     Case(fh.Adam, dict(betas=(0.3, 0.9), eps=1e-3)),  # 1-b1 >= 0.5: torch's other lerp branch
     Case(fh.Adam, dict(amsgrad=True), (D, T, BIG, THREADS, GRAD_READ, ORDER, PLANS, REPEAT, GRAPH, NONCONTIG, P)),
@@ -233,6 +238,7 @@ CASES = [
     Case(fh.Adam, dict(maximize=True), (P,)),
     Case(fh.Adam, dict(lr=torch.tensor(3e-3)), (P,)),
     Case(fh.Adam, dict(weight_decay=0.01), (D,)),
+    Case(fh.Adam, dict(amsgrad=True, lr=1e-2), (COMPILE, TCOMPILE, READS)),
     Case(fh.Adam, dict(lr=1e-2, amsgrad=True, weight_decay=0.1), (COMPLEX,)),
     Case(fh.AdamW, dict(lr=1e-2, weight_decay=0.1), (F, P)),
     Case(fh.AdamW, dict(amsgrad=True, maximize=True)),
@@ -240,16 +246,19 @@ CASES = [
     Case(fh.AdamW, dict(weight_decay=0.3, amsgrad=True), (P,)),
     Case(fh.AdamW, dict(lr=1e-2, maximize=True), (P,)),
     Case(fh.AdamW, dict(amsgrad=True), (D,)),
-    Case(fh.AdamW, dict(lr=1e-2), (COMPLEX,)),
+    Case(fh.AdamW, dict(lr=1e-2), (COMPLEX, COMPILE)),
+    Case(fh.AdamW, dict(lr=1e-2, weight_decay=0.1, maximize=True), (TCOMPILE,)),
     # SGD
-    Case(fh.SGD, dict(lr=0.1), (F, T)),
+    Case(fh.SGD, dict(lr=0.1), (F, T, TCOMPILE)),
     Case(fh.SGD, dict(lr=0.1, momentum=0.9, dampening=0.2, weight_decay=0.01)),
     Case(fh.SGD, dict(lr=0.1, momentum=0.9, weight_decay=0.01), skip=NT),  # triton: the case above
     Case(fh.SGD, dict(lr=0.1, momentum=0.9, nesterov=True, maximize=True)),
     Case(fh.SGD, dict(lr=0.1, momentum=0.8, dampening=0.3), skip=NT),  # triton: the case two above
-    Case(fh.SGD, dict(lr=0.1, momentum=0.9), (D, T, GRAD_READ, PLANS, LAUNCHES, SPREAD, GRAPH, NONCONTIG)),
+    Case(fh.SGD, dict(lr=0.1, momentum=0.9),
+         (D, T, GRAD_READ, PLANS, LAUNCHES, SPREAD, GRAPH, NONCONTIG, COMPILE, READS, FAST)),
     Case(fh.SGD, dict(momentum=0.9), (R,)),
     Case(fh.SGD, dict(lr=0.1, momentum=0.9, nesterov=True), (THREADS,)),
+    Case(fh.SGD, dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01), (COMPILE, TCOMPILE)),
     Case(fh.SGD, dict(lr=0.05), (P,)),
     Case(fh.SGD, dict(lr=0.05, momentum=0.9), (P,)),
     Case(fh.SGD, dict(lr=0.05, momentum=0.9, dampening=0.3), (P,)),
@@ -268,13 +277,14 @@ CASES = [
     Case(fh.RMSprop, dict(momentum=0.9, weight_decay=0.01), (F, P), skip=ELEMENTWISE),  # cancels, above
     Case(fh.RMSprop, dict(centered=True, maximize=True, alpha=0.9), (F, MANY), skip=NT),  # triton: 2 above
     Case(fh.RMSprop, dict(centered=True, momentum=0.5, lr=torch.tensor(3e-3)), skip=ELEMENTWISE),  # cancels
-    Case(fh.RMSprop, dict(centered=True, momentum=0.9), (D, T)),
+    Case(fh.RMSprop, dict(centered=True, momentum=0.9), (D, T, COMPILE, TCOMPILE)),
     Case(fh.Adagrad, dict(lr_decay=0.1, initial_accumulator_value=0.2, weight_decay=0.01), (F, P)),
     Case(fh.Adagrad, {}, (F, D, P, R, COMPLEX)),
     Case(fh.Adagrad, dict(lr_decay=0.1, initial_accumulator_value=0.3, weight_decay=0.01, maximize=True), (F, P)),
-    Case(fh.Adagrad, dict(lr_decay=0.01), (T,)),
+    Case(fh.Adagrad, dict(lr_decay=0.01), (T, COMPILE, TCOMPILE)),
     # Padam
-    Case(fh.Padam, {}, (F, D, R, MANY, THREADS, LAUNCHES)),
+    Case(fh.Padam, {}, (F, D, R, MANY, THREADS, LAUNCHES, FAST)),
+    Case(fh.Padam, dict(lr=1e-2), (COMPILE, TCOMPILE)),
     Case(fh.Padam, dict(partial=0.5, amsgrad=False, weight_decay=0.1)),
     Case(fh.Padam, dict(partial=0.25, amsgrad=False, weight_decay=0.01)),  # a square root (0.125: two)
     Case(fh.Padam, dict(partial=0.3, maximize=True)),  # the general exp2/log2 power
@@ -286,19 +296,23 @@ CASES = [
     Case(fh.AdamClip, dict(sgd_lr=0.01, lower=0.0, upper=1.0, amsgrad=True, weight_decay=0.01)),
     Case(fh.AdamClip, dict(sgd_lr=0.01, lower=1.0, upper=math.inf), skip=NT),  # triton: the case two above
     Case(fh.AdamClip, dict(sgd_lr=0.1), (R,)),
+    Case(fh.AdamClip, dict(lr=1e-2, sgd_lr=0.1), (COMPILE,)),
     Case(fh.AdaBound, {}, (F, D, R)),
+    Case(fh.AdaBound, dict(lr=1e-2), (COMPILE, TCOMPILE)),
     Case(fh.AdaBound, dict(amsbound=True, gamma=0.0, weight_decay=0.01)),  # gamma*k = 0: upper bound inf
     Case(fh.AdaBound, dict(amsbound=True, weight_decay=0.01, gamma=0.1, final_lr=0.01)),
     Case(fh.AdaBound, dict(gamma=0.0), skip=NT),  # triton: the case two above
     # SWATS
-    Case(fh.SWATS, dict(lr=1e-2), (F, D, MANY, BIG, THREADS, GRAD_READ, T, ORDER, PLANS, REPEAT, SPREAD, GRAPH)),
+    Case(fh.SWATS, dict(lr=1e-2),
+         (F, D, MANY, BIG, THREADS, GRAD_READ, T, ORDER, PLANS, REPEAT, SPREAD, GRAPH, FAST)),
     Case(fh.SWATS, dict(lr=1e-2, amsgrad=True, weight_decay=0.1, nesterov=True, maximize=True)),
     Case(fh.SWATS, dict(weight_decay=0.01, nesterov=True, amsgrad=True), skip=NT),  # triton: the case above
     Case(fh.SWATS, dict(granularity="tensor", maximize=True), (F, MANY)),
     Case(fh.SWATS, {}, (LAUNCHES, NONCONTIG)),
     Case(fh.SWATS, dict(switch_rtol=0.05), (R,)),
+    Case(fh.SWATS, dict(lr=1e-2, switch_rtol=0.05), (COMPILE,)),
     # MAS
-    Case(fh.MAS, {}, (F, D, GRAD_READ, PLANS, LAUNCHES)),
+    Case(fh.MAS, {}, (F, D, GRAD_READ, PLANS, LAUNCHES, FAST)),
     Case(fh.MAS, dict(momentum=0.9, nesterov=True, weight_decay=0.1, adam_w=0.7, sgd_w=0.3)),
     Case(fh.MAS, dict(momentum=0.9, weight_decay=0.01, adam_w=0.7, sgd_w=0.3), (F, MANY), skip=NT),  # above
     Case(fh.MAS, dict(momentum=0.9, nesterov=True, variant="correction")),
@@ -311,11 +325,16 @@ CASES = [
     Case(fh.MAS, dict(variant="vector", momentum=0.9, dampening=0.1, weight_decay=0.01)),
     Case(fh.MAS, dict(variant="vector", weight_decay=0.01), (F, MANY), skip=NT),  # triton: the case above
     Case(fh.MAS, dict(variant="vector", momentum=0.9, nesterov=True, maximize=True)),
-    Case(fh.MAS, dict(variant="vector", momentum=0.9), (T, THREADS, ORDER, REPEAT, R)),
+    Case(fh.MAS, dict(variant="vector", momentum=0.9), (T, THREADS, ORDER, REPEAT, R, FAST)),
     Case(fh.MAS, dict(variant="vector"), (BIG, PLANS, SPREAD, GRAPH, NONCONTIG)),
     Case(fh.MAS, dict(momentum=0.9), (R,)),
+    Case(fh.MAS, dict(lr=1e-2, momentum=0.9), (COMPILE, TCOMPILE)),
+    Case(fh.MAS, dict(lr=1e-2, variant="vector"), (COMPILE,)),
+    Case(fh.MAS, dict(lr=1e-2, variant="vector", momentum=0.9), (TCOMPILE, READS)),
     # ND-Adam (on each backend's N-d shapes; its 1-D tensors are plain Adam)
-    Case(fh.NDAdam, {}, (F, D, MANY, BIG, THREADS, GRAD_READ, T, ORDER, PLANS, REPEAT, LAUNCHES, GRAPH, NONCONTIG, R)),
+    Case(fh.NDAdam, {},
+         (F, D, MANY, BIG, THREADS, GRAD_READ, T, ORDER, PLANS, REPEAT, LAUNCHES, GRAPH, NONCONTIG, R, FAST)),
+    Case(fh.NDAdam, dict(lr=1e-2), (COMPILE, TCOMPILE, READS)),
     Case(fh.NDAdam, dict(weight_decay=0.1, maximize=True, lr=1e-2)),
     Case(fh.NDAdam, dict(vec_axes=[0, 1]), (F, MANY, T)),  # not trailing for 3-D/4-D params: a permuted copy
     Case(fh.NDAdam, {}, groups=vec_axes_1, shapes=((3, 4, 5), (2, 6, 7)), name="vec_axes=[1]"),
@@ -340,9 +359,12 @@ CASES = [
 ]
 
 
+MATRIX = (FP32, DTYPES)  # the suites ``Case.skip`` applies to; the others are one backend's own choice of cases
+
+
 def select(suite, backend=None):
     """The cases of ``suite`` (that run on ``backend``, when given), in table order."""
-    return [c for c in CASES if suite in c.suites and (backend is None or backend not in c.skip)]
+    return [c for c in CASES if suite in c.suites and (suite not in MATRIX or backend not in c.skip)]
 
 
 def params(suite, backend=None, dtypes=None, backends=None):

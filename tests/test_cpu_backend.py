@@ -1,6 +1,6 @@
 """The fused CPU backend (csrc/cpu, backends/cpu.py) against the reference backend, through the public optimizers.
 
-Every rule and option runs on backend="cpu" and backend="reference" from identical parameters and identical
+Every case of tests/cases.py runs on backend="cpu" and backend="reference" from identical parameters and identical
 gradients, and parameters and state must agree after several steps: float32 to ~1e-6 relative per step,
 float64 to rounding, bf16/fp16 loosely. Also: sizes from 1 to 2**20+3 and 500 mixed tensors with empty ones,
 GradScaler's grad_scale / found_inf, bitwise identical results for 1 and 2 threads, SWATS switching at the same

@@ -99,24 +99,10 @@ def _run_pair(cls, kw, groups=None, hook=None):
     return o1, o2, compiler
 
 
-CASES = [
-    ("adam-amsgrad", fh.Adam, dict(lr=1e-2, amsgrad=True), "triton_adaptive_"),
-    ("adamw", fh.AdamW, dict(lr=1e-2, weight_decay=0.1, maximize=True), "triton_adaptive_"),
-    ("sgd-nesterov", fh.SGD, dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01), "triton_sgd_"),
-    ("sgd-plain", fh.SGD, dict(lr=0.1), "triton_sgd_"),
-    ("padam", fh.Padam, dict(lr=1e-2), "triton_adaptive_"),
-    ("adabound", fh.AdaBound, dict(lr=1e-2), "triton_adaptive_"),
-    ("mas-sum", fh.MAS, dict(lr=1e-2, momentum=0.9), "triton_mas_"),
-    ("mas-vector", fh.MAS, dict(lr=1e-2, variant="vector", momentum=0.9), "triton_mas_"),
-    ("ndadam", fh.NDAdam, dict(lr=1e-2), "triton_ndadam_"),
-    ("rmsprop", fh.RMSprop, dict(lr=1e-2, centered=True, momentum=0.9), "triton_rms_"),
-    ("adagrad", fh.Adagrad, dict(lr=1e-2, lr_decay=0.01), "triton_rms_"),
-]
-
-
-@pytest.mark.parametrize("cls,kw,op", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_compiled_step_matches_eager(cls, kw, op):
-    _, _, compiler = _run_pair(cls, kw)
+@pytest.mark.parametrize("case", cases.params(cases.TCOMPILE, "triton"))
+def test_compiled_step_matches_eager(case):
+    op = f"triton_{case.family}_"  # the family's custom op
+    _, _, compiler = _run_pair(case.cls, case.kw)
     # One graph per distinct step (the first creates the state; SGD's second still has fresh momentum flags
     # baked in), each with exactly one op call for the one bucket, and nothing recompiled per step after that.
     assert compiler.graphs, "nothing was compiled"
@@ -249,19 +235,15 @@ def test_fake_impls_do_nothing():
                                                   False) is None
 
 
-READ_CASES = [(fh.Adam, dict(lr=1e-2, amsgrad=True)), (fh.SGD, dict(lr=0.1, momentum=0.9)),
-              (fh.MAS, dict(lr=1e-2, variant="vector", momentum=0.9)), (fh.NDAdam, dict(lr=1e-2))]
-
-
-@pytest.mark.parametrize("cls,kw", READ_CASES, ids=[c[0].__name__ for c in READ_CASES])
-def test_reads_in_the_same_graph_see_the_step(cls, kw):
+@pytest.mark.parametrize("case", cases.params(cases.READS, "triton"))
+def test_reads_in_the_same_graph_see_the_step(case):
     """A compiled function that reads params and state before and after ``step()`` in one graph: the reads after
     must see the op's writes (they do only because the schema declares them: an undeclared write lets the
     compiler fold the read after into the read before)."""
     torch._dynamo.reset()
     a, b = _params(), _params()
-    o1 = cls(a, backend="triton", **kw)
-    o2 = cls(b, backend="triton", **kw)
+    o1 = case.build(a, "triton", DEVICE)
+    o2 = case.build(b, "triton", DEVICE)
 
     def f(opt, ps):
         # Read as 1-D copies: inductor returns a 0-dim read made before a mutating fallback op (step.clone(),
