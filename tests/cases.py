@@ -8,12 +8,21 @@ params for one backend (``reference``, ``cpu``, ``triton``, ``cuda``, ``cuda_sim
 or backends, and ``Profile`` runs a case on a backend and compares it with the reference the way that backend's
 tests always have (sizes, steps and tolerances per backend, below).
 
-Adding a case is one line in ``CASES``, e.g. ``Case(fh.Adam, dict(amsgrad=True, foo=1))``: it then runs in the
-float32 backend-vs-reference matrix ("fp32", the default suite) on every backend. Name more suites to join them
-(``suites=(FP32, DTYPES)``); a case that only serves a structural test (thread counts, launch plans) names only
-that suite. To add a keyword to many cases at once, derive them: ``[c.but(decoupled_weight_decay=True) for c in
-CASES if c.cls in {...}]`` appended to ``CASES`` (``Case.but`` returns a copy with the keywords merged and the same
-suites; pass ``suites=`` to change them). Ids are ``Class-key=value-...`` (plus ``-name``), stable across backends.
+How to add cases:
+
+- One case: one line in ``CASES``, e.g. ``Case(fh.Adam, dict(amsgrad=True, weight_decay=0.1))``. It then runs in
+  the float32 backend-vs-reference matrix (``fp32``, the default suite) on every backend. To join other suites,
+  name them all: ``Case(fh.Adam, dict(...), (F, D))`` is the float32 and the dtype matrices. A case that serves
+  only a structural test names only that test's suite. ``skip=("triton",)`` keeps it out of a backend's matrices
+  (say why in a comment at the line). Groups, hooks, shapes: see the ``Case`` fields and the examples below.
+- A keyword on many cases: derive them after the table, e.g. for every rule that takes it::
+
+      CASES += [c.but(decoupled_weight_decay=True) for c in select(FP32) if c.cls in (fh.Adam, fh.SGD, ...)]
+
+  ``Case.but(**kw)`` is the case with ``kw`` merged into its keywords, in the same matrix suites (``fp32``,
+  ``dtypes``) and none of its structural ones (pass ``suites=`` to choose). ``select(suite, backend)`` lists a
+  suite's cases. Ids are ``Class-key=value-...`` (plus ``-name``), the same on every backend, so a derived case
+  must differ from the others in some keyword.
 
 The suites (the test that runs each, and on which backends):
 
@@ -23,9 +32,11 @@ The suites (the test that runs each, and on which backends):
 - ``table``: the cpu and cuda_sim table ops against their list ops, bitwise.
 - ``rules``: one case per public rule: the torch.optim contract (test_api) and robustness (test_robustness).
 - ``torch``: rules with a torch.optim counterpart, against torch.optim's trajectory (test_stock_parity).
+- ``complex``: complex params against torch.optim (test_stock_parity).
+- ``compile`` (test_compile, cpu), ``triton_compile`` and ``reads`` (test_triton_compile): torch.compile.
 - structural probes, each the cases one test needs: ``many`` / ``big`` / ``threads`` / ``grad_read`` (cpu),
   ``order`` / ``plans`` (cuda_sim), ``repeat`` / ``launches`` / ``spread`` (triton; ``spread`` also cuda),
-  ``graph`` (cuda), ``noncontig`` (robustness).
+  ``fast_path`` (test_triton_fast_path), ``graph`` (cuda), ``noncontig`` (robustness).
 
 Also here: the random problems shared by the trajectory tests (``make_params``, ``feed_grads``,
 ``quadratic_grads``, ``max_rel_err``, ``roundtrip``), formerly tests/util.py.
@@ -159,7 +170,7 @@ SCALER_FLOAT_LR = scaler(1024.0, tensor_lr=False)
 # The table
 
 FP32, DTYPES, TABLE, RULES, TORCH = "fp32", "dtypes", "table", "rules", "torch"
-BACKENDS = ("reference", "cpu", "triton", "cuda", "cuda_sim")
+MATRIX = (FP32, DTYPES)  # the suites ``Case.skip`` applies to; the others are one backend's own choice of cases
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,8 +185,10 @@ class Case:
     name: str = ""  # an id suffix, for cases that differ in groups or hook only
 
     def but(self, suites=None, **kw):
-        """This case with ``kw`` merged into its keywords (and ``suites`` replaced when given)."""
-        return dataclasses.replace(self, kw={**self.kw, **kw}, suites=self.suites if suites is None else suites)
+        """This case with ``kw`` merged into its keywords, in ``suites`` (by default: the matrix suites it is in)."""
+        if suites is None:
+            suites = tuple(s for s in self.suites if s in MATRIX) or (FP32,)
+        return dataclasses.replace(self, kw={**self.kw, **kw}, suites=suites)
 
     @property
     def id(self):
@@ -341,8 +354,9 @@ CASES = [
     # Hybrid: groups of four rules in one optimizer
     Case(fh.Hybrid, {}, groups=hybrid_groups(dict(rule="adam"), dict(rule="sgd", lr=0.1, momentum=0.9),
                                             dict(rule="padam", lr=0.01), dict(rule="ndadam")), name="groups"),
-    # GradScaler's protocol (scaler): a 0-dim tensor lr changed in place, grad_scale, and a found_inf step that
-    # changes nothing, steps included; SCALER_FLOAT_LR: a float lr, grad_scale 1024, a 0-dim found_inf.
+    # GradScaler's protocol, for one rule of each family (SCALER): a 0-dim tensor lr changed in place, grad_scale,
+    # and a found_inf step that changes nothing, steps included; SCALER_FLOAT_LR: a float lr, grad_scale 1024, a
+    # 0-dim found_inf.
     Case(fh.Adam, dict(amsgrad=True), groups=tensor_lr, hook=SCALER, name="scaler"),
     Case(fh.SGD, dict(momentum=0.9), groups=tensor_lr, hook=SCALER, name="scaler"),
     Case(fh.SWATS, {}, groups=tensor_lr, hook=SCALER, name="scaler"),
@@ -357,9 +371,6 @@ CASES = [
     Case(fh.NDAdam, {}, hook=SCALER_FLOAT_LR, name="scaler-float_lr"),
     Case(fh.AdaBound, {}, hook=SCALER_FLOAT_LR, name="scaler"),
 ]
-
-
-MATRIX = (FP32, DTYPES)  # the suites ``Case.skip`` applies to; the others are one backend's own choice of cases
 
 
 def select(suite, backend=None):

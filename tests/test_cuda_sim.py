@@ -96,6 +96,8 @@ NOT_BITWISE_FP64 = {fh.NDAdam}
 @needs_sim
 @pytest.mark.parametrize("case", cases.params(cases.FP32, "cuda_sim"))
 def test_matches_reference_and_cpu_fp32(case):
+    """The "scaler" cases pass lr, grad_scale and found_inf as tensors: in the simulator CPU tensors are the device
+    memory, so they are read inside the kernels through device pointers (common.cu: device_scalar), as on a GPU."""
     sim = _M.check(case)
     _equal(_M.run(case, "cpu"), sim)
 

@@ -49,7 +49,7 @@ def test_other_dtypes(case, dtype):
 def test_many_mixed_tensors_and_groups():
     g = torch.Generator().manual_seed(7)
     sizes = [int(s) for s in torch.randint(0, 300, (40,), generator=g)] + [0, 1, 2049]
-    groups = lambda ps, device: [{"params": ps[::2]}, {"params": ps[1::2], "lr": 3e-3, "weight_decay": 0.1}]  # noqa: E731
+    groups = lambda ps, device: [{"params": ps[::2]}, {"params": ps[1::2], "lr": 3e-3, "weight_decay": 0.1}]  # noqa
     for case in cases.select(cases.SPREAD, "triton"):
         _M.check(case, sizes=sizes, groups=groups, steps=2)
 
