@@ -35,8 +35,8 @@ The suites (the test that runs each, and on which backends):
 - ``complex``: complex params against torch.optim (test_stock_parity).
 - ``compile`` (test_compile, cpu), ``triton_compile`` and ``reads`` (test_triton_compile): torch.compile.
 - structural probes, each the cases one test needs: ``many`` / ``big`` / ``threads`` / ``grad_read`` (cpu),
-  ``order`` / ``plans`` (cuda_sim), ``repeat`` / ``launches`` / ``spread`` (triton; ``spread`` also cuda),
-  ``fast_path`` (test_triton_fast_path), ``graph`` (cuda), ``noncontig`` (robustness).
+  ``order`` / ``plans`` (cuda_sim), ``repeat`` / ``launches`` / ``spread`` (triton), ``split`` / ``graph`` (cuda),
+  ``fast_path`` (test_triton_fast_path), ``noncontig`` (robustness).
 
 Also here: the random problems shared by the trajectory tests (``make_params``, ``feed_grads``,
 ``quadratic_grads``, ``max_rel_err``, ``roundtrip``), formerly tests/util.py.
@@ -226,7 +226,8 @@ TORCH_OF = {fh.Adam: torch.optim.Adam, fh.AdamW: torch.optim.AdamW, fh.SGD: torc
 F, D, T, R, P = FP32, DTYPES, TABLE, RULES, TORCH
 MANY, BIG, THREADS, GRAD_READ = "many", "big", "threads", "grad_read"  # cpu
 ORDER, PLANS = "order", "plans"  # cuda_sim
-REPEAT, LAUNCHES, SPREAD = "repeat", "launches", "spread"  # triton (spread: cuda too)
+REPEAT, LAUNCHES, SPREAD = "repeat", "launches", "spread"  # triton
+SPLIT = "split"  # cuda: more tensors than one launch's argument table
 GRAPH, NONCONTIG = "graph", "noncontig"  # cuda graphs; robustness's non-contiguous grads
 COMPILE = "compile"  # torch.compile on cpu (test_compile)
 TCOMPILE, READS, FAST = "triton_compile", "reads", "fast_path"  # torch.compile on triton; triton's fast path
@@ -240,7 +241,7 @@ ELEMENTWISE = ("triton", "cuda", "cuda_sim")
 
 CASES = [
     # Adam, AdamW: the adaptive family
-    Case(fh.Adam, {}, (F, D, P, R, MANY, LAUNCHES, SPREAD)),
+    Case(fh.Adam, {}, (F, D, P, R, MANY, LAUNCHES, SPREAD, SPLIT)),
     Case(fh.Adam, dict(lr=1e-2, amsgrad=True, weight_decay=0.1, maximize=True)),
     Case(fh.Adam, dict(amsgrad=True, weight_decay=0.1), (F, FAST), skip=NT),  # triton: the case above
     Case(fh.Adam, dict(maximize=True, weight_decay=0.05, lr=torch.tensor(3e-3)), (F, MANY), skip=NT),  # + scaler
@@ -269,7 +270,7 @@ CASES = [
     Case(fh.SGD, dict(lr=0.1, momentum=0.9, nesterov=True, maximize=True)),
     Case(fh.SGD, dict(lr=0.1, momentum=0.8, dampening=0.3), skip=NT),  # triton: the case two above
     Case(fh.SGD, dict(lr=0.1, momentum=0.9),
-         (D, T, GRAD_READ, PLANS, LAUNCHES, SPREAD, GRAPH, NONCONTIG, COMPILE, READS, FAST)),
+         (D, T, GRAD_READ, PLANS, LAUNCHES, SPREAD, SPLIT, GRAPH, NONCONTIG, COMPILE, READS, FAST)),
     Case(fh.SGD, dict(momentum=0.9), (R,)),
     Case(fh.SGD, dict(lr=0.1, momentum=0.9, nesterov=True), (THREADS,)),
     Case(fh.SGD, dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01), (COMPILE, TCOMPILE)),
@@ -318,7 +319,7 @@ CASES = [
     Case(fh.AdaBound, dict(gamma=0.0), skip=NT),  # triton: the case two above
     # SWATS
     Case(fh.SWATS, dict(lr=1e-2),
-         (F, D, MANY, BIG, THREADS, GRAD_READ, T, ORDER, PLANS, REPEAT, SPREAD, GRAPH, FAST)),
+         (F, D, MANY, BIG, THREADS, GRAD_READ, T, ORDER, PLANS, REPEAT, SPLIT, GRAPH, FAST)),
     Case(fh.SWATS, dict(lr=1e-2, amsgrad=True, weight_decay=0.1, nesterov=True, maximize=True)),
     Case(fh.SWATS, dict(weight_decay=0.01, nesterov=True, amsgrad=True), skip=NT),  # triton: the case above
     Case(fh.SWATS, dict(granularity="tensor", maximize=True), (F, MANY)),
@@ -340,7 +341,7 @@ CASES = [
     Case(fh.MAS, dict(variant="vector", weight_decay=0.01), (F, MANY), skip=NT),  # triton: the case above
     Case(fh.MAS, dict(variant="vector", momentum=0.9, nesterov=True, maximize=True)),
     Case(fh.MAS, dict(variant="vector", momentum=0.9), (T, THREADS, ORDER, REPEAT, R, FAST)),
-    Case(fh.MAS, dict(variant="vector"), (BIG, PLANS, SPREAD, GRAPH, NONCONTIG)),
+    Case(fh.MAS, dict(variant="vector"), (BIG, PLANS, SPLIT, GRAPH, NONCONTIG)),
     Case(fh.MAS, dict(momentum=0.9), (R,)),
     Case(fh.MAS, dict(lr=1e-2, momentum=0.9), (COMPILE, TCOMPILE)),
     Case(fh.MAS, dict(lr=1e-2, variant="vector"), (COMPILE,)),

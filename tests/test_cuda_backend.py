@@ -95,7 +95,7 @@ def test_many_tensors_span_several_launches(tg):
     g = torch.Generator().manual_seed(7)
     sizes = [int(s) for s in torch.randint(0, 300, (700,), generator=g)] + [0, 1, 2049, 140000]
     groups = lambda ps, device: [{"params": ps[::2]}, {"params": ps[1::2], "lr": 3e-3, "weight_decay": 0.1}]  # noqa
-    for case in cases.select(cases.SPREAD, "cuda"):
+    for case in cases.select(cases.SPLIT, "cuda"):
         tg.check(case, sizes=sizes, groups=groups, steps=2)
 
 

@@ -8,7 +8,8 @@ import fused_hybrid as fh
 import cases
 from cases import make_params, max_rel_err, quadratic_grads
 
-BACKENDS = ["reference", "auto", "cpu"]
+# "auto" is the cpu backend wherever the extension is built (test_cpu_backend: every family), else the reference.
+BACKENDS = ["reference", "auto"]
 
 
 def _run(case, backend, steps=100, dtype=torch.float32, seed=0):
