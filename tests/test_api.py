@@ -6,13 +6,8 @@ import pytest
 import torch
 
 import fused_hybrid as fh
-from util import feed_grads, make_params, max_rel_err, quadratic_grads, roundtrip
-
-ALL = [
-    (fh.Adam, {}), (fh.AdamW, {}), (fh.SGD, dict(momentum=0.9)), (fh.Padam, {}), (fh.AdamClip, dict(sgd_lr=0.1)),
-    (fh.AdaBound, {}), (fh.SWATS, dict(switch_rtol=0.05)), (fh.MAS, dict(momentum=0.9)), (fh.NDAdam, {}),
-]
-IDS = [c.__name__ for c, _ in ALL]
+import cases
+from cases import feed_grads, make_params, max_rel_err, quadratic_grads, roundtrip
 
 
 # -- bad input ---------------------------------------------------------------------------------------------------
@@ -95,8 +90,9 @@ def test_backends_reports_every_backend():
 # -- torch.optim behaviour ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("backend", ["reference", "auto"])
-@pytest.mark.parametrize("cls,kwargs", ALL, ids=IDS)
-def test_every_rule_trains_a_small_model(cls, kwargs, backend):
+@pytest.mark.parametrize("case", cases.params(cases.RULES))
+def test_every_rule_trains_a_small_model(case, backend):
+    cls, kwargs = case.cls, case.kw
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
     x = torch.randn(128, 8)
@@ -199,8 +195,9 @@ def test_real_grad_scaler_on_cpu():
 
 # -- checkpoints -------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("cls,kwargs", ALL, ids=IDS)
-def test_resume_gives_the_same_trajectory(cls, kwargs):
+@pytest.mark.parametrize("case", cases.params(cases.RULES))
+def test_resume_gives_the_same_trajectory(case):
+    cls, kwargs = case.cls, case.kw
     a, b = make_params()
     o1 = cls(a, **{"lr": 1e-2, **kwargs})
     o2 = cls(b, **{"lr": 1e-2, **kwargs})

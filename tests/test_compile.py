@@ -4,40 +4,26 @@ import pytest
 import torch
 
 import fused_hybrid as fh
-from util import feed_grads, make_params
+import cases
+from cases import feed_grads, make_params
 
 CPU_FUSED = fh.backends()["cpu"].startswith("available")
-CASES = [
-    (fh.SGD, dict(lr=0.1, momentum=0.9)),
-    (fh.SGD, dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)),
-    (fh.Adam, dict(lr=1e-2, amsgrad=True)),
-    (fh.AdamW, dict(lr=1e-2)),
-    (fh.Padam, dict(lr=1e-2)),
-    (fh.AdamClip, dict(lr=1e-2, sgd_lr=0.1)),
-    (fh.AdaBound, dict(lr=1e-2)),
-    (fh.SWATS, dict(lr=1e-2, switch_rtol=0.05)),
-    (fh.MAS, dict(lr=1e-2, momentum=0.9)),
-    (fh.MAS, dict(lr=1e-2, variant="vector")),
-    (fh.NDAdam, dict(lr=1e-2)),
-    (fh.RMSprop, dict(lr=1e-2, centered=True, momentum=0.9)),
-    (fh.Adagrad, dict(lr=1e-2, lr_decay=0.01)),
-]
 
 
 @pytest.mark.skipif(not CPU_FUSED, reason="needs the C++ extension's cpu backend")
-@pytest.mark.parametrize("cls,kwargs", CASES, ids=str)
-def test_compiled_step_matches_eager(cls, kwargs):
+@pytest.mark.parametrize("case", cases.params(cases.COMPILE, "cpu"))
+def test_compiled_step_matches_eager(case):
     torch._dynamo.reset()
     a, b = make_params(shapes=[(5, 3), (7,), (1,)])
-    o1 = cls(a, backend="cpu", **kwargs)
-    o2 = cls(b, backend="cpu", **kwargs)
+    o1 = case.build(a, "cpu", "cpu")
+    o2 = case.build(b, "cpu", "cpu")
     step = torch.compile(o1.step, fullgraph=True)  # state is created inside the compiled first step too
     for k in range(5):
         feed_grads([a, b], k)
         step()
         o2.step()
     assert all(torch.equal(x, y) for x, y in zip(a, b))
-    if cls is fh.SWATS:
+    if case.cls is fh.SWATS:
         assert o1.switch_info() == o2.switch_info()
 
 

@@ -22,7 +22,7 @@ from torch.testing._internal.common_optimizers import OptimizerErrorEnum, optim_
 
 import fused_hybrid as fh
 from fused_hybrid import rules
-from util import roundtrip
+from cases import roundtrip
 
 OURS = {torch.optim.Adam: fh.Adam, torch.optim.AdamW: fh.AdamW, torch.optim.SGD: fh.SGD,
         torch.optim.RMSprop: fh.RMSprop, torch.optim.Adagrad: fh.Adagrad}

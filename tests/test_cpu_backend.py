@@ -1,6 +1,6 @@
 """The fused CPU backend (csrc/cpu, backends/cpu.py) against the reference backend, through the public optimizers.
 
-Every rule and option runs on backend="cpu" and backend="reference" from identical parameters and identical
+Every case of tests/cases.py runs on backend="cpu" and backend="reference" from identical parameters and identical
 gradients, and parameters and state must agree after several steps: float32 to ~1e-6 relative per step,
 float64 to rounding, bf16/fp16 loosely. Also: sizes from 1 to 2**20+3 and 500 mixed tensors with empty ones,
 GradScaler's grad_scale / found_inf, bitwise identical results for 1 and 2 threads, SWATS switching at the same
@@ -19,9 +19,13 @@ from fused_hybrid import _ext
 from fused_hybrid import swats as sw
 from fused_hybrid.backends import cpu as cpu_backend
 
+import cases
+from cases import compare_scaled, feed_grads, make_params
+
 pytestmark = pytest.mark.skipif(not _ext.loaded(), reason=f"C++ extension not built: {_ext.LOAD_ERROR}")
 
-MIXED = [(1,), (3,), (17,), (4097,), (0,), (33, 65), (8, 3, 3, 3), (5, 0), (2, 1)]
+_M = cases.PROFILES["cpu"]
+MIXED = cases.MIXED
 
 
 def _many_shapes(n=500, seed=3):
@@ -42,166 +46,29 @@ def _many_shapes(n=500, seed=3):
     return shapes
 
 
-def _params(shapes, dtype, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    base = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
-    return [[b.to(dtype).clone().requires_grad_() for b in base] for _ in range(2)]
-
-
-def _grads(lists, step, seed=0, scale=1.0):
-    gen = torch.Generator().manual_seed(seed * 7919 + step)
-    gs = [torch.randn(p.shape, generator=gen, dtype=torch.float64) * scale for p in lists[0]]
-    for params in lists:
-        for p, g in zip(params, gs):
-            p.grad = g.to(p.dtype)
-
-
-def _make(name, params, backend, kw):
-    kw = dict(kw)
-    if name == "Hybrid":
-        groups = kw.pop("groups")
-        n = len(params)
-        cut = [0] + [round(n * (i + 1) / len(groups)) for i in range(len(groups))]
-        params = [dict(g, params=params[cut[i]:cut[i + 1]]) for i, g in enumerate(groups)]
-    return getattr(fh, name)(params, backend=backend, **kw)
-
-
-def _scale(ts):
-    """The magnitude errors are measured against: the largest |value| over all tensors of one kind (params, or
-    one state key). Per-element relative errors would flag rounding where a value is a cancellation (g + wd*w
-    near zero: torch's add with alpha uses an FMA, the rules do not), so errors are relative to the kind's scale."""
-    return max((float(t.detach().double().abs().max()) for t in ts if t.numel()), default=0.0) or 1.0
-
-
-def _err(x, y, scale):
-    x, y = x.detach().double(), y.detach().double()
-    if y.numel() == 0:
-        return 0.0
-    assert not y.isnan().any()
-    return float((x - y).abs().max()) / scale
-
-
-def _compare(opt_c, opt_r, pc, pr, rtol):
-    assert len(pc) == len(pr)
-    scale = _scale(pr)
-    for i, (a, b) in enumerate(zip(pc, pr)):
-        assert a.dtype == b.dtype and a.shape == b.shape
-        err = _err(a, b, scale)
-        assert err <= rtol, f"param {i} {tuple(a.shape)}: relative error {err:.3g} > {rtol:.3g}"
-    keys = {k for b in pr for k, v in opt_r.state[b].items() if isinstance(v, torch.Tensor)}
-    for k in keys:
-        scale = _scale([opt_r.state[b][k] for b in pr if k in opt_r.state[b]])
-        for i, (a, b) in enumerate(zip(pc, pr)):
-            sa, sb = opt_c.state[a], opt_r.state[b]
-            assert sa.keys() == sb.keys(), (sa.keys(), sb.keys())
-            if k in sb:
-                assert sa[k].dtype == sb[k].dtype, k
-                err = _err(sa[k], sb[k], scale)
-                assert err <= rtol, f"state {k!r} of param {i} {tuple(a.shape)}: relative error {err:.3g} > {rtol:.3g}"
-
-
-def _run(name, kw, shapes, dtype=torch.float32, steps=4, rtol=None, seed=0, hooks=None):
-    """Run the cpu and reference backends side by side; returns both optimizers and param lists."""
-    pc, pr = _params(shapes, dtype, seed)
-    opt_c, opt_r = _make(name, pc, "cpu", kw), _make(name, pr, "reference", kw)
-    for k in range(1, steps + 1):
-        _grads([pc, pr], k, seed)
-        if hooks:
-            hooks(k, opt_c, opt_r, pc, pr)
-        opt_c.step()
-        opt_r.step()
-    if rtol is None:
-        rtol = {torch.float32: 1e-6 * steps, torch.float64: 1e-12, torch.bfloat16: 2e-2, torch.float16: 5e-3}[dtype]
-    _compare(opt_c, opt_r, pc, pr, rtol)
-    return opt_c, opt_r, pc, pr
-
-
-CONFIGS = [
-    ("Adam", {}),
-    ("Adam", dict(amsgrad=True, weight_decay=0.1)),
-    ("Adam", dict(maximize=True, weight_decay=0.05, lr=torch.tensor(3e-3))),
-    ("Adam", dict(betas=(0.3, 0.9), eps=1e-3)),  # 1-beta1 >= 0.5: torch.lerp's other branch
-    ("AdamW", {}),
-    ("AdamW", dict(amsgrad=True, weight_decay=0.3, maximize=True)),
-    ("SGD", dict(lr=0.01)),
-    ("SGD", dict(lr=0.01, momentum=0.9, weight_decay=0.01)),
-    ("SGD", dict(lr=0.01, momentum=0.9, nesterov=True, maximize=True)),
-    ("SGD", dict(lr=0.01, momentum=0.8, dampening=0.3)),
-    ("Padam", {}),
-    ("Padam", dict(partial=0.25, amsgrad=False, weight_decay=0.01)),
-    ("Padam", dict(partial=0.5, maximize=True)),
-    ("Padam", dict(partial=0.3)),  # the general exp2/log2 power
-    ("AdamClip", dict(sgd_lr=0.01, lower=0.5, upper=2.0)),
-    ("AdamClip", dict(sgd_lr=0.01, lower=0.0, upper=1.0, amsgrad=True, weight_decay=0.01)),
-    ("AdamClip", dict(sgd_lr=0.01, lower=1.0, upper=math.inf)),
-    ("AdaBound", {}),
-    ("AdaBound", dict(amsbound=True, weight_decay=0.01, gamma=0.1, final_lr=0.01)),
-    ("AdaBound", dict(gamma=0.0)),  # upper bound inf
-    ("SWATS", {}),
-    ("SWATS", dict(weight_decay=0.01, nesterov=True, amsgrad=True)),
-    ("SWATS", dict(granularity="tensor", maximize=True)),
-    ("MAS", {}),
-    ("MAS", dict(momentum=0.9, weight_decay=0.01, adam_w=0.7, sgd_w=0.3)),
-    ("MAS", dict(momentum=0.9, nesterov=True, variant="correction")),
-    ("MAS", dict(variant="correction", maximize=True)),
-    ("MAS", dict(variant="normalized", momentum=0.5, dampening=0.2)),
-    ("MAS", dict(variant="vector", weight_decay=0.01)),
-    ("MAS", dict(variant="vector", momentum=0.9, nesterov=True, maximize=True)),
-    ("NDAdam", {}),
-    ("NDAdam", dict(weight_decay=0.01, maximize=True)),
-    ("NDAdam", dict(vec_axes=[0, 1])),  # not trailing for 3-D/4-D params: the permuted-copy path
-    ("RMSprop", {}),
-    ("RMSprop", dict(momentum=0.9, weight_decay=0.01)),
-    ("RMSprop", dict(centered=True, maximize=True, alpha=0.9)),
-    ("RMSprop", dict(centered=True, momentum=0.5, lr=torch.tensor(3e-3))),
-    ("Adagrad", {}),
-    ("Adagrad", dict(lr_decay=0.1, initial_accumulator_value=0.3, weight_decay=0.01, maximize=True)),
-    ("Hybrid", dict(groups=[dict(rule="adam"), dict(rule="sgd", lr=0.1, momentum=0.9),
-                            dict(rule="padam", lr=0.01), dict(rule="ndadam")])),
-]
-
-
-def _id(cfg):
-    name, kw = cfg
-    return name + "-" + "-".join(f"{k}={v}" for k, v in kw.items() if k != "groups")
-
-
-@pytest.mark.parametrize("cfg", CONFIGS, ids=[_id(c) for c in CONFIGS])
-def test_matches_reference_mixed_shapes(cfg):
-    _run(*cfg, MIXED)
+@pytest.mark.parametrize("case", cases.params(cases.FP32, "cpu"))
+def test_matches_reference_mixed_shapes(case):
+    _M.check(case)
 
 
 # Not RMSprop with L2 decay: among 500 random tensors some gradient lies within ~1e-6 of -wd*w, where the 1-ulp
 # rounding of g + wd*w (an FMA or not) is a large relative change, and g/(sqrt(0.01*g^2) + eps) carries it into
 # the step at O(1) (measured: 1e-5 of the state's scale after 3 steps). The mixed-shape test covers that config.
-@pytest.mark.parametrize("cfg", [c for c in CONFIGS
-                                 if c[0] in ("Adam", "SWATS", "MAS", "NDAdam", "Padam", "RMSprop")
-                                 and not (c[0] == "RMSprop" and c[1].get("weight_decay"))][::2],
-                         ids=lambda c: _id(c))
-def test_matches_reference_many_tensors(cfg):
-    _run(*cfg, _many_shapes(), steps=3)
+@pytest.mark.parametrize("case", cases.params(cases.MANY, "cpu"))
+def test_matches_reference_many_tensors(case):
+    _M.check(case, sizes=_many_shapes(), steps=3)
 
 
-@pytest.mark.parametrize("name,kw", [("Adam", dict(amsgrad=True)), ("SWATS", {}), ("MAS", dict(variant="vector")),
-                                     ("NDAdam", {})])
-def test_matches_reference_big(name, kw):
-    shapes = [(2**20 + 3,), (3,)] if name != "NDAdam" else [(3, 2**18 + 1), (4099, 257)]
-    _run(name, kw, shapes, steps=2)
+@pytest.mark.parametrize("case", cases.params(cases.BIG, "cpu"))
+def test_matches_reference_big(case):
+    shapes = [(2**20 + 3,), (3,)] if case.cls is not fh.NDAdam else [(3, 2**18 + 1), (4099, 257)]
+    _M.check(case, sizes=shapes, steps=2)
 
 
-DTYPE_CONFIGS = [("Adam", dict(weight_decay=0.01)), ("AdamW", dict(amsgrad=True)), ("SGD", dict(momentum=0.9)),
-                 ("Padam", {}), ("AdaBound", {}), ("SWATS", {}), ("MAS", dict(variant="normalized", momentum=0.9)),
-                 ("MAS", {}), ("NDAdam", {}), ("RMSprop", dict(centered=True, momentum=0.9)), ("Adagrad", {})]
-
-
-@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("cfg", DTYPE_CONFIGS, ids=[_id(c) for c in DTYPE_CONFIGS])
-def test_matches_reference_dtypes(cfg, dtype):
-    name, kw = cfg
-    kw = dict(kw)
-    if name in ("SGD",):
-        kw["lr"] = 0.01
-    opt_c, _, pc, _ = _run(name, kw, MIXED, dtype=dtype, steps=3)
+@pytest.mark.parametrize("case,dtype", cases.params(cases.DTYPES, "cpu",
+                                                    dtypes=[torch.float64, torch.bfloat16, torch.float16]))
+def test_matches_reference_dtypes(case, dtype):
+    pc, opt_c = _M.check(case, dtype)
     state_dt = torch.float64 if dtype == torch.float64 else torch.float32
     for p in pc:
         assert p.dtype == dtype
@@ -210,55 +77,18 @@ def test_matches_reference_dtypes(cfg, dtype):
                 assert v.dtype == state_dt
 
 
-@pytest.mark.parametrize("cfg", [("Adam", {}), ("SGD", dict(momentum=0.9)), ("SWATS", {}),
-                                 ("MAS", dict(variant="correction")), ("NDAdam", {}), ("AdaBound", {})],
-                         ids=lambda c: _id(c))
-def test_grad_scale_and_found_inf(cfg):
-    """GradScaler's protocol: grads arrive multiplied by the scale and are unscaled inside the op; a step with
-    found_inf set changes nothing, not even the step count."""
-    name, kw = cfg
-    scale = 1024.0
-    snapshot = {}
-
-    def hooks(k, opt_c, opt_r, pc, pr):
-        for opt, ps in ((opt_c, pc), (opt_r, pr)):
-            for p in ps:
-                p.grad.mul_(scale)
-            opt.grad_scale = torch.tensor(scale)
-            opt.found_inf = torch.tensor(1.0 if k == 2 else 0.0)
-        if k == 2:
-            snapshot["params"] = [p.detach().clone() for p in pc]
-            snapshot["steps"] = [opt_c.state[p]["step"].clone() for p in pc if "step" in opt_c.state[p]]
-        if k == 3:  # the skipped step 2 left everything as it was
-            for a, b in zip(pc, snapshot["params"]):
-                assert torch.equal(a.detach(), b)
-            for p, s in zip([p for p in pc if "step" in opt_c.state[p]], snapshot["steps"]):
-                assert torch.equal(opt_c.state[p]["step"], s)
-
-    if name == "SGD":
-        kw = dict(kw, lr=0.01)
-    opt_c, _, pc, _ = _run(name, kw, MIXED, steps=4, hooks=hooks)
-    for p in pc:
-        if "step" in opt_c.state[p]:
-            assert float(opt_c.state[p]["step"]) == 3.0
-
-
-@pytest.mark.parametrize("cfg", [("Adam", dict(amsgrad=True)), ("SGD", dict(momentum=0.9, nesterov=True)),
-                                 ("SWATS", {}), ("MAS", dict(variant="vector", momentum=0.9)),
-                                 ("MAS", dict(variant="correction")), ("NDAdam", {}), ("Padam", {})],
-                         ids=lambda c: _id(c))
-def test_bitwise_identical_for_any_thread_count(cfg):
-    name, kw = cfg
+@pytest.mark.parametrize("case", cases.params(cases.THREADS, "cpu"))
+def test_bitwise_identical_for_any_thread_count(case):
     shapes = [(3 * 16384 + 5,), (70000,), (40, 3000)] + [(17,)] * 30 + [(0,)]
     results = []
     old = torch.get_num_threads()
     try:
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            ps, _ = _params(shapes, torch.float32)
-            opt = _make(name, ps, "cpu", dict(kw, lr=0.01))
+            ps, = make_params(shapes, torch.float32, copies=1)
+            opt = case.but(lr=0.01).build(ps, "cpu", "cpu")
             for k in range(1, 4):
-                _grads([ps], k)
+                feed_grads([ps], k)
                 opt.step()
             st = opt.state.get("swats")
             results.append(([p.detach().clone() for p in ps],
@@ -276,7 +106,7 @@ def test_swats_switches_like_the_reference():
     """On a noisy quadratic, with a loose switch test, both backends switch at the same step with the same
     Lambda, and the SGD phase that follows (the SGD branch of the kernel) keeps them together."""
     shapes = [(200,), (30, 20), (5,)]
-    pc, pr = _params(shapes, torch.float32, seed=1)
+    pc, pr = make_params(shapes, torch.float32, seed=1)
     kw = dict(lr=0.05, switch_rtol=0.3)
     opt_c, opt_r = fh.SWATS(pc, backend="cpu", **kw), fh.SWATS(pr, backend="reference", **kw)
     curv = [torch.rand(s, generator=torch.Generator().manual_seed(i), dtype=torch.float64) * 2 + 0.1
@@ -297,7 +127,7 @@ def test_swats_switches_like_the_reference():
             assert ic["switch_step"] == ir["switch_step"] == k
             assert ic["sgd_lr"] == pytest.approx(ir["sgd_lr"], rel=1e-5)
     assert switched_at is not None and switched_at < 50, "the problem was built to switch; it did not"
-    _compare(opt_c, opt_r, pc, pr, rtol=1e-4)
+    compare_scaled((pc, opt_c), (pr, opt_r), rtol=1e-4)
 
 
 def test_adaptive_op_overwrites_poisoned_partials():
@@ -336,25 +166,17 @@ def test_cpu_backend_serves_every_family():
         assert resolve("auto", torch.device("cpu"), fam) is cpu_backend
 
 
-TABLE_CONFIGS = [("Adam", dict(amsgrad=True)), ("SGD", dict(momentum=0.9)), ("SGD", {}), ("SWATS", {}),
-                 ("MAS", dict(momentum=0.9, variant="vector")), ("NDAdam", {}), ("NDAdam", dict(vec_axes=[0, 1])),
-                 ("RMSprop", dict(centered=True, momentum=0.9)), ("Adagrad", dict(lr_decay=0.01))]
-
-
-@pytest.mark.parametrize("backend", ["cpu", pytest.param("cuda_sim", marks=pytest.mark.skipif(
-    not _ext.has_sim(), reason=f"cuda_sim unavailable: {_ext.SIM_LOAD_ERROR}"))])
-@pytest.mark.parametrize("cfg", TABLE_CONFIGS, ids=[_id(c) for c in TABLE_CONFIGS])
-def test_table_and_list_entry_points_agree(cfg, backend):
+@pytest.mark.parametrize("case,backend", cases.params(cases.TABLE, backends=["cpu", "cuda_sim"]))
+def test_table_and_list_entry_points_agree(case, backend):
     """Eager steps pass params and state in a cached TensorTable (the <family>_table_ ops); without a bucket cache
     the backend passes lists (the ops torch.compile traces). Both must give bitwise identical results, and the
     eager optimizer must really have taken the table path (except ND-Adam's permuted copies, which cannot). On
     cuda_sim the table ops hand the lists to the simulated CUDA kernels through the dispatcher, as the cuda backend's
     table calls reach the CUDA kernels."""
-    name, kw = cfg
-    pt, pl = _params(MIXED, torch.float32)
-    opt_t, opt_l = _make(name, pt, backend, kw), _make(name, pl, backend, kw)
+    pt, pl = make_params(MIXED, torch.float32)
+    opt_t, opt_l = case.build(pt, backend, "cpu"), case.build(pl, backend, "cpu")
     for k in range(1, 4):
-        _grads([pt, pl], k)
+        feed_grads([pt, pl], k)
         opt_t.step()
         for _, plan in opt_l._plans.values():
             for b in plan:
@@ -367,7 +189,7 @@ def test_table_and_list_entry_points_agree(cfg, backend):
             assert torch.equal(v, opt_l.state[q][key]), key
     # The cache's table entries are keyed by op name ("adaptive_", ...); it may hold other derived data too.
     tables = [e[1] for _, plan in opt_t._plans.values() for b in plan for k, e in b.cache.items() if k.endswith("_")]
-    if kw.get("vec_axes"):
+    if case.kw.get("vec_axes"):
         assert not tables
     else:
         assert tables and all(isinstance(t, torch.ScriptObject) for t in tables)
@@ -443,10 +265,10 @@ def test_table_ops_hand_other_devices_to_the_list_ops_kernel():
 
 def test_table_follows_replaced_state_lists():
     """A checkpoint load replaces every state tensor: the next step must use the new ones, not the table's."""
-    (pa, pb) = _params([(5,), (7, 3)], torch.float32)
+    (pa, pb) = make_params([(5,), (7, 3)], torch.float32)
     opt_a, opt_b = fh.Adam(pa, backend="cpu"), fh.Adam(pb, backend="cpu")
     for k in range(1, 3):
-        _grads([pa, pb], k)
+        feed_grads([pa, pb], k)
         opt_a.step()
         opt_b.step()
     sd = copy.deepcopy(opt_a.state_dict())
@@ -455,7 +277,7 @@ def test_table_follows_replaced_state_lists():
     with torch.no_grad():
         for x, y in zip(pa, pb):
             x.copy_(y)
-    _grads([pa, pb], 3)
+    feed_grads([pa, pb], 3)
     opt_a.step()
     opt_b.step()
     for x, y in zip(pa, pb):
@@ -538,22 +360,21 @@ def test_gradients_read_in_cpp_once_the_plan_is_known(monkeypatch):
     reads = []
     real = fo._grads_of
     monkeypatch.setattr(fo, "_grads_of", lambda ps: reads.append(len(ps)) or real(ps))
-    for name, kw in [("Adam", dict(amsgrad=True)), ("SGD", dict(momentum=0.9)), ("SWATS", {}), ("MAS", {}),
-                     ("NDAdam", {})]:
+    for case in cases.select(cases.GRAD_READ):
         reads.clear()
-        pc, pr = _params(MIXED, torch.float32)
-        oc, orf = _make(name, pc, "cpu", kw), _make(name, pr, "reference", kw)
+        pc, pr = make_params(MIXED, torch.float32)
+        oc, orf = case.build(pc, "cpu", "cpu"), case.build(pr, "reference", "cpu")
         for k in range(1, 7):
-            _grads([pc, pr], k)
+            feed_grads([pc, pr], k)
             if k in (3, 4):
                 pc[3].grad = pr[3].grad = None
             oc.step()
             orf.step()
-        _compare(oc, orf, pc, pr, rtol=1e-5)
+        compare_scaled((pc, oc), (pr, orf), rtol=1e-5)
         # The reference reads them in Python every step (6); the cpu optimizer on the first step, on steps 3 (the
         # refused fast attempt), 4 (a plan with a gap) and 5 (back to every param): 4 of 6.
-        assert len(reads) == 6 + 4, (name, reads)
-        if name != "SGD":
+        assert len(reads) == 6 + 4, (case.id, reads)
+        if case.cls is not fh.SGD:
             assert float(oc.state[pc[3]]["step"]) == 4.0
 
 

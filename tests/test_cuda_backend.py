@@ -6,13 +6,14 @@ GPU machine, test_cuda_matches_cuda_sim_bitwise then checks the two against each
 without a GPU is checked here too: that an extension built with CUDA really contains the CUDA kernels.
 """
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
 import fused_hybrid as fh
-from backend_matrix import CASES, Matrix, case_id
+import cases
 from fused_hybrid import _ext
 from fused_hybrid.backends import cuda as cb
 from fused_hybrid.backends import cuda_sim as cs
@@ -57,21 +58,11 @@ needs_backend = pytest.mark.skipif(not (torch.cuda.is_available() and cb.availab
 needs_sim = pytest.mark.skipif(not cs.available(torch.device("cpu")),
                                reason=f"cuda_sim unavailable: {cs.why_unavailable(torch.device('cpu'))}")
 
-# 1, 3, 17: tails only; 4097: one vector part and a 1-element tail; 0: empty; 70001: two chunks of 65536.
-SIZES = (1, 3, 17, 4097, 0, 70001)
-STEPS = 3
-
-
-class Target:
-    """A backend and the device of its tensors, with the harness on that device."""
-
-    def __init__(self, backend, device):
-        self.backend, self.device = backend, device
-        self.m = Matrix(device, SIZES, STEPS, f32=dict(rtol=1e-5, atol=1e-6))
-        self.run, self.compare, self.tol = self.m.run, self.m.compare, self.m.tol
-
-
-TARGETS = {"cuda": Target("cuda", "cuda"), "cuda_sim": Target("cuda_sim", "cpu")}
+# Every GPU test below runs on the cuda backend's profile (cases.PROFILES["cuda"]: sizes with two chunks of 65536,
+# float32 rtol 1e-5 for FMA contraction), on the GPU and on cuda_sim (CPU tensors) alike.
+TARGETS = {"cuda": cases.PROFILES["cuda"],
+           "cuda_sim": dataclasses.replace(cases.PROFILES["cuda"], backend="cuda_sim", device="cpu")}
+SIZES, ND_SHAPES, STEPS = TARGETS["cuda"].sizes, TARGETS["cuda"].nd_shapes, TARGETS["cuda"].steps
 
 
 @pytest.fixture(params=[pytest.param("cuda", marks=needs_backend), pytest.param("cuda_sim", marks=needs_sim)])
@@ -79,22 +70,15 @@ def tg(request):
     return TARGETS[request.param]
 
 
-_id = case_id
-
-
-@pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
+@pytest.mark.parametrize("case", cases.params(cases.FP32, "cuda"))
 def test_matches_reference_fp32(tg, case):
-    cls, kw = case
-    tg.compare(tg.run(cls, "reference", kw), tg.run(cls, tg.backend, kw), torch.float32)
+    tg.check(case)
 
 
-ND_SHAPES = ((5,), (7, 3), (4, 3, 2, 2), (3, 1500), (2, 5000), (0, 4), (5, 0), (1,), (2, 5, 3))
-
-
-@pytest.mark.parametrize("kw", [{}, dict(weight_decay=0.1, maximize=True, lr=1e-2)])
-def test_ndadam_matches_reference(tg, kw):
-    tg.compare(tg.run(fh.NDAdam, "reference", kw, sizes=ND_SHAPES),
-               tg.run(fh.NDAdam, tg.backend, kw, sizes=ND_SHAPES), torch.float32)
+@pytest.mark.parametrize("case,dtype", cases.params(cases.DTYPES, "cuda",
+                                                    dtypes=[torch.bfloat16, torch.float16, torch.float64]))
+def test_other_dtypes(tg, case, dtype):
+    tg.check(case, dtype)
 
 
 def test_ndadam_blocks_loop_over_rows_when_the_grid_is_scaled(tg):
@@ -103,39 +87,16 @@ def test_ndadam_blocks_loop_over_rows_when_the_grid_is_scaled(tg):
     shapes = ((2100, 2048), (3, 5000), (7, 3), (140001,))
     assert list(torch.ops.fused_hybrid.plan_ndadam([math.prod(s) for s in shapes],
                                                    [math.prod(s[1:]) if len(s) > 1 else 0 for s in shapes]))[0] == 2
-    tg.compare(tg.run(fh.NDAdam, "reference", {}, sizes=shapes, steps=2),
-               tg.run(fh.NDAdam, tg.backend, {}, sizes=shapes, steps=2), torch.float32)
-
-
-def test_ndadam_vec_axes_inner(tg):
-    sizes = ((3, 4, 5), (2, 6, 7))
-    groups = lambda ps: [{"params": ps, "vec_axes": [1]}]  # noqa: E731
-    tg.compare(tg.run(fh.NDAdam, "reference", {}, sizes=sizes, groups=groups),
-               tg.run(fh.NDAdam, tg.backend, {}, sizes=sizes, groups=groups), torch.float32)
-
-
-LOW = [(fh.Adam, {}), (fh.SGD, dict(lr=0.1, momentum=0.9)), (fh.Padam, {}), (fh.AdaBound, {}),
-       (fh.SWATS, dict(lr=1e-2)), (fh.MAS, dict(variant="normalized", momentum=0.9)), (fh.NDAdam, {})]
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
-@pytest.mark.parametrize("case", LOW, ids=[_id(c) for c in LOW])
-def test_other_dtypes(tg, case, dtype):
-    cls, kw = case
-    sizes = ND_SHAPES if cls is fh.NDAdam else (1, 17, 4097, 0, 70001)
-    tg.compare(tg.run(cls, "reference", kw, dtype, sizes=sizes, steps=2),
-               tg.run(cls, tg.backend, kw, dtype, sizes=sizes, steps=2), dtype)
+    tg.check(cases.Case(fh.NDAdam), sizes=shapes, steps=2)
 
 
 def test_many_tensors_span_several_launches(tg):
     """More tensors than one argument table holds (277 for the adaptive op's 6 lists), and mixed sizes."""
     g = torch.Generator().manual_seed(7)
     sizes = [int(s) for s in torch.randint(0, 300, (700,), generator=g)] + [0, 1, 2049, 140000]
-    groups = lambda ps: [{"params": ps[::2]}, {"params": ps[1::2], "lr": 3e-3, "weight_decay": 0.1}]  # noqa: E731
-    for cls, kw in [(fh.Adam, {}), (fh.SGD, dict(momentum=0.9)), (fh.SWATS, dict(lr=1e-2)),
-                    (fh.MAS, dict(variant="vector"))]:
-        tg.compare(tg.run(cls, "reference", kw, sizes=sizes, groups=groups, steps=2),
-                   tg.run(cls, tg.backend, kw, sizes=sizes, groups=groups, steps=2), torch.float32)
+    groups = lambda ps, device: [{"params": ps[::2]}, {"params": ps[1::2], "lr": 3e-3, "weight_decay": 0.1}]  # noqa
+    for case in cases.select(cases.SPLIT, "cuda"):
+        tg.check(case, sizes=sizes, groups=groups, steps=2)
 
 
 def test_misaligned_params(tg):
@@ -154,10 +115,6 @@ def test_misaligned_params(tg):
         torch.testing.assert_close(y.detach(), x.detach(), **tg.tol(torch.float32))
 
 
-def test_tensor_lr_grad_scale_found_inf(tg):
-    tg.m.check_scaler_protocol(tg.backend, SIZES, ND_SHAPES)
-
-
 def test_swats_partials_reproducible_and_match_reference(tg):
     """<p,g>, <p,p> from per-chunk slots summed in a fixed order: identical run to run, close to float64 torch."""
     from fused_hybrid import hyper as H
@@ -167,7 +124,7 @@ def test_swats_partials_reproducible_and_match_reference(tg):
     be_under_test = cb if tg.backend == "cuda" else cs
 
     def call(be):
-        ps = tg.m.params((1, 4097, 300001), torch.float32, seed=5)
+        ps = tg.params((1, 4097, 300001), torch.float32, seed=5)
         gen = torch.Generator().manual_seed(6)
         gs = [torch.randn(p.shape, generator=gen).to(DEVICE) for p in ps]
         ms = [torch.randn(p.shape, generator=gen).to(DEVICE) for p in ps]
@@ -188,15 +145,15 @@ def test_swats_partials_reproducible_and_match_reference(tg):
 
 # Only on a GPU: CUDA graphs, a 2^31-element tensor.
 DEVICE = "cuda"
-_params = TARGETS["cuda"].m.params
+_params = TARGETS["cuda"].params
 
 
 @needs_backend
 def test_cuda_graph_capture_matches_eager():
     """A capturable step (lr, steps, grad_scale, found_inf on the device) captured in a CUDA graph and replayed
     equals eager steps."""
-    for cls, kw in [(fh.Adam, dict(amsgrad=True)), (fh.SWATS, dict(lr=1e-2)), (fh.SGD, dict(momentum=0.9)),
-                    (fh.MAS, dict(variant="vector")), (fh.NDAdam, {})]:
+    for case in cases.select(cases.GRAPH, "cuda"):
+        cls, kw = case.cls, case.kw
         sizes = ND_SHAPES[:4] if cls is fh.NDAdam else (17, 4097, 70001)
         grads = [[torch.randn(*((n,) if isinstance(n, int) else n), device=DEVICE) for n in sizes]
                  for _ in range(4)]
@@ -262,22 +219,23 @@ def test_tensor_over_2_pow_31_elements():
 
 
 # Padam's generic partial power is exp2(2p * log2(x)): the GPU's exp2/log2 are not the host libm's (a few ulps).
-NOT_BITWISE_ON_GPU = {"Padam-partial=0.3-maximize=True"}
+def _bitwise_on_gpu(case):
+    return not (case.cls is fh.Padam and case.kw.get("partial", 0.125) not in (0.5, 0.25, 0.125))
 
 
 @needs_backend
 @needs_sim
-@pytest.mark.parametrize("case", CASES + LOW, ids=[_id(c) for c in CASES + LOW])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in cases.CASES if "cuda" not in c.skip and
+                                  (cases.FP32 in c.suites or cases.DTYPES in c.suites)])
 def test_cuda_matches_cuda_sim_bitwise(case):
     """The GPU and the simulator run the same kernels, the same reduction trees and (nvcc -fmad=false, host
     -ffp-contract=off) the same roundings: params and state bitwise equal, float64 included."""
-    cls, kw = case
     gpu, sim = TARGETS["cuda"], TARGETS["cuda_sim"]
-    exact = _id(case) not in NOT_BITWISE_ON_GPU
+    exact = _bitwise_on_gpu(case)
     for dtype in (torch.float32, torch.bfloat16, torch.float64):
-        sizes = ND_SHAPES if cls is fh.NDAdam else SIZES
-        a = gpu.run(cls, "cuda", kw, dtype, sizes=sizes)
-        b = sim.run(cls, "cuda_sim", kw, dtype, sizes=sizes)
+        sizes = gpu.shapes(case)
+        a = gpu.run(case, "cuda", dtype, sizes=sizes, steps=STEPS)
+        b = sim.run(case, "cuda_sim", dtype, sizes=sizes, steps=STEPS)
         if not exact:
             sim.compare(b, a, dtype)
             continue

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import fused_hybrid as fh
-from backend_matrix import CASES, Matrix, case_id
+import cases
 from fused_hybrid import _ext
 from fused_hybrid import swats as sw
 from fused_hybrid.backends import BackendUnavailableError, resolve
@@ -23,14 +23,9 @@ from fused_hybrid.backends import cuda_sim as cs
 
 needs_sim = pytest.mark.skipif(not _ext.has_sim(), reason=f"cuda_sim unavailable: {_ext.SIM_LOAD_ERROR}")
 
-# 1, 3, 17: tails only; 4097: vector part + a 1-element tail; 0: empty (its step still advances); 9001: with the
-# small base chunk below, 5 chunks of 2048 (the last one short).
-SIZES = (1, 3, 17, 4097, 0, 9001)
-# (6, 2048): long rows, a block each (block_sum); the others warp rows (warp_sum) and plain Adam for 1-D.
-# (5, 0): 5 empty vectors (the CUDA op refused their 5-element v until cuda_sim ran it).
-ND_SHAPES = ((5,), (7, 3), (4, 3, 2, 2), (3, 1500), (6, 2048), (0, 4), (5, 0), (1,))
-STEPS = 3
-_M = Matrix("cpu", SIZES, STEPS)
+# The shapes and their reasons: cases.PROFILES (with the small base chunk below, 9001 elements are 5 chunks).
+_M = cases.PROFILES["cuda_sim"]
+SIZES, ND_SHAPES, STEPS = _M.sizes, _M.nd_shapes, _M.steps
 
 
 @pytest.fixture(autouse=True)
@@ -99,68 +94,40 @@ NOT_BITWISE_FP64 = {fh.NDAdam}
 
 
 @needs_sim
-@pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
+@pytest.mark.parametrize("case", cases.params(cases.FP32, "cuda_sim"))
 def test_matches_reference_and_cpu_fp32(case):
-    cls, kw = case
-    sim = _M.run(cls, "cuda_sim", kw)
-    _M.compare(_M.run(cls, "reference", kw), sim, torch.float32)
-    _equal(_M.run(cls, "cpu", kw), sim)
+    """The "scaler" cases pass lr, grad_scale and found_inf as tensors: in the simulator CPU tensors are the device
+    memory, so they are read inside the kernels through device pointers (common.cu: device_scalar), as on a GPU."""
+    sim = _M.check(case)
+    _equal(_M.run(case, "cpu"), sim)
 
 
 @needs_sim
-@pytest.mark.parametrize("kw", [{}, dict(weight_decay=0.1, maximize=True, lr=1e-2)])
-def test_ndadam_matches_reference_and_cpu(kw):
-    sim = _M.run(fh.NDAdam, "cuda_sim", kw, sizes=ND_SHAPES)
-    _M.compare(_M.run(fh.NDAdam, "reference", kw, sizes=ND_SHAPES), sim, torch.float32)
-    _equal(_M.run(fh.NDAdam, "cpu", kw, sizes=ND_SHAPES), sim)
-
-
-LOW = [(fh.Adam, dict(amsgrad=True)), (fh.SGD, dict(lr=0.1, momentum=0.9)), (fh.Padam, {}), (fh.AdaBound, {}),
-       (fh.SWATS, dict(lr=1e-2)), (fh.MAS, dict(variant="normalized", momentum=0.9)), (fh.NDAdam, {})]
-
-
-@needs_sim
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
-@pytest.mark.parametrize("case", LOW, ids=[case_id(c) for c in LOW])
+@pytest.mark.parametrize("case,dtype", cases.params(cases.DTYPES, "cuda_sim",
+                                                    dtypes=[torch.bfloat16, torch.float16, torch.float64]))
 def test_other_dtypes(case, dtype):
-    cls, kw = case
-    sizes = ND_SHAPES if cls is fh.NDAdam else (1, 17, 4097, 0)
-    sim = _M.run(cls, "cuda_sim", kw, dtype, sizes=sizes, steps=2)
-    _M.compare(_M.run(cls, "reference", kw, dtype, sizes=sizes, steps=2), sim, dtype)
-    if not (dtype == torch.float64 and cls in NOT_BITWISE_FP64):
-        _equal(_M.run(cls, "cpu", kw, dtype, sizes=sizes, steps=2), sim)
-
-
-@needs_sim
-def test_tensor_lr_grad_scale_found_inf():
-    """lr, grad_scale and found_inf as tensors: in the simulator CPU tensors are the device memory, so they are read
-    inside the kernels through device pointers (common.cu: device_scalar), as on a GPU."""
-    _M.check_scaler_protocol("cuda_sim", SIZES, ND_SHAPES)
+    sim = _M.check(case, dtype)
+    if not (dtype == torch.float64 and case.cls in NOT_BITWISE_FP64):
+        _equal(_M.run(case, "cpu", dtype), sim)
 
 
 # ------------------------------------------------------------------------------------------------------------------
 # Orders CUDA does not promise: bitwise identical results
 
-ORDER_CASES = [(fh.SWATS, dict(lr=1e-2)), (fh.MAS, dict(variant="vector", momentum=0.9)),
-               (fh.MAS, dict(variant="correction")), (fh.NDAdam, {}), (fh.Adam, dict(amsgrad=True))]
-
-
 @needs_sim
-@pytest.mark.parametrize("case", ORDER_CASES, ids=[case_id(c) for c in ORDER_CASES])
+@pytest.mark.parametrize("case", cases.params(cases.ORDER, "cuda_sim"))
 def test_thread_and_block_order_do_not_change_results(case):
-    cls, kw = case
-    sizes = ND_SHAPES if cls is fh.NDAdam else SIZES
     cs.stats(reset=True)
-    base = _M.run(cls, "cuda_sim", kw, sizes=sizes, steps=2)
+    base = _M.run(case, steps=2)
     st = cs.stats()
     assert st["blocks"] > st["launches"] > 0
-    if cls is not fh.Adam:
+    if case.cls is not fh.Adam:
         assert st["block_barriers"] > 0 and st["warp_barriers"] > 0  # the reductions really synchronized
     for order in (dict(thread_order="reversed", block_order="reversed"),
                   dict(thread_order="shuffled", block_order="shuffled", seed=1),
                   dict(thread_order="shuffled", block_order="forward", seed=2)):
         with cs.settings(**order):
-            _equal(base, _M.run(cls, "cuda_sim", kw, sizes=sizes, steps=2))
+            _equal(base, _M.run(case, steps=2))
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -224,10 +191,10 @@ def test_a_skipped_shuffle_step_is_caught(lane_mask):
     with pytest.raises(AssertionError):
         torch.testing.assert_close(broken[0], clean, rtol=1e-6, atol=0)
     # The matrix would notice too: MAS's vector variant scales its SGD step by the norms.
-    kw = dict(variant="vector", momentum=0.9)
-    ref = _M.run(fh.MAS, "reference", kw)
+    case = cases.Case(fh.MAS, dict(variant="vector", momentum=0.9))
+    ref = _M.run(case, "reference")
     with cs.settings(fault_skip_shuffle=lane_mask), pytest.raises(AssertionError):
-        _M.compare(ref, _M.run(fh.MAS, "cuda_sim", kw), torch.float32)
+        _M.compare(ref, _M.run(case), torch.float32)
 
 
 def _misaligned(backend):
@@ -258,27 +225,25 @@ def test_misaligned_tensors_take_the_scalar_path_and_a_misaligned_vector_access_
 
 
 @needs_sim
-@pytest.mark.parametrize("case", [(fh.Adam, dict(amsgrad=True)), (fh.SGD, dict(momentum=0.9)),
-                                  (fh.SWATS, dict(lr=1e-2)), (fh.MAS, dict(variant="vector")),
-                                  (fh.MAS, {}), (fh.NDAdam, {})], ids=case_id)
+@pytest.mark.parametrize("case", cases.params(cases.PLANS, "cuda_sim"))
 def test_multi_launch_plans(case):
     """Chunks of 256-512 elements, at most 5 blocks and 3 tensors per launch: a call takes many launches, a tensor's
     chunks continue in the next launch, slots run across launches, pick_chunk_size / ndadam_grid grow the chunk
     (and ND-Adam's row_scale, so a block loops over rows). Against the reference, and elementwise rules bitwise
     against the default geometry (their arithmetic does not depend on the chunking)."""
-    cls, kw = case
+    cls, kw = case.cls, case.kw
     g = torch.Generator().manual_seed(11)
     if cls is fh.NDAdam:
         sizes = [(6, 2048), (40, 3), (5,), (3, 1500), (2, 5, 3), (1,)]
     else:
         sizes = [int(s) for s in torch.randint(0, 1200, (9,), generator=g)] + [0, 1, 2049]
-    groups = lambda ps: [{"params": ps[::2]}, {"params": ps[1::2], "lr": 3e-3}]  # noqa: E731
-    default = _M.run(cls, "cuda_sim", kw, sizes=sizes, groups=groups)
+    groups = lambda ps, device: [{"params": ps[::2]}, {"params": ps[1::2], "lr": 3e-3}]  # noqa: E731
+    default = _M.run(case, sizes=sizes, groups=groups)
     cs.stats(reset=True)
     with cs.settings(base_chunk=256, max_chunk=512, max_blocks=5, max_tensors=3):
-        small = _M.run(cls, "cuda_sim", kw, sizes=sizes, groups=groups)
+        small = _M.run(case, sizes=sizes, groups=groups)
     assert cs.stats()["launches"] >= 4 * STEPS
-    _M.compare(_M.run(cls, "reference", kw, sizes=sizes, groups=groups), small, torch.float32)
+    _M.compare(_M.run(case, "reference", sizes=sizes, groups=groups), small, torch.float32)
     if cls in (fh.Adam, fh.SGD) or (cls is fh.MAS and not kw):
         _equal(default, small)
 

@@ -581,7 +581,7 @@ def test_compiled_clipped_step_on_triton(monkeypatch):
     """torch.compile(fullgraph=True) on backend="triton": the norm is the backend's custom op
     (fused_hybrid::triton_grad_norm_partial, a fake that returns the 0-dim partial), and the compiled clipped and
     skipping steps give eager's parameters and norms."""
-    from backend_matrix import small_triton_chunks
+    from cases import small_triton_chunks
     small_triton_chunks(monkeypatch, 8, 16)
     torch._dynamo.reset()
     a, b = _params(), _params()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fused_hybrid as fh
-from util import feed_grads, make_params, max_rel_err, quadratic_grads
+from cases import feed_grads, make_params, max_rel_err, quadratic_grads
 
 F64 = torch.float64
 SMALL = [(5,), (4, 3), (2, 3, 2)]

@@ -1,28 +1,14 @@
 """Robustness (issue 7's bad-input matrix, the parts that hold on every backend here): odd layouts, empty
 tensors, NaN/inf gradients, hyperparameters changed between steps, checkpoints across backends, determinism."""
-import io
-
 import pytest
 import torch
 
 import fused_hybrid as fh
-from util import feed_grads, make_params, max_rel_err, quadratic_grads
+import cases
+from cases import feed_grads, make_params, max_rel_err, quadratic_grads, roundtrip
 
 CPU_FUSED = fh.backends()["cpu"].startswith("available")
 FUSED = ["cpu"] if CPU_FUSED else []
-ALL_RULES = [
-    (fh.Adam, {}), (fh.AdamW, {}), (fh.SGD, dict(momentum=0.9)), (fh.Padam, {}), (fh.AdamClip, dict(sgd_lr=0.1)),
-    (fh.AdaBound, {}), (fh.SWATS, dict(switch_rtol=0.05)), (fh.MAS, dict(momentum=0.9, variant="vector")),
-    (fh.NDAdam, {}),
-]
-IDS = [c.__name__ for c, _ in ALL_RULES]
-
-
-def _roundtrip(sd):
-    buf = io.BytesIO()
-    torch.save(sd, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=False)
 
 
 def test_non_contiguous_params_go_to_the_reference_under_auto():
@@ -99,13 +85,14 @@ def test_momentum_switched_on_later_creates_its_buffer():
     assert max_rel_err(a, b) < 1e-6
 
 
-@pytest.mark.parametrize("cls,kwargs", ALL_RULES, ids=IDS)
+@pytest.mark.parametrize("case", cases.params(cases.RULES))
 @pytest.mark.parametrize("src,dst", [("reference", "cpu"), ("cpu", "reference")])
-def test_checkpoint_moves_between_backends(cls, kwargs, src, dst):
+def test_checkpoint_moves_between_backends(case, src, dst):
     """Save on one backend, load on another, continue: the same trajectory as staying (the arithmetic is shared
     up to float rounding, so to float32 precision rather than bitwise)."""
     if not CPU_FUSED:
         pytest.skip("needs the C++ extension's cpu backend")
+    cls, kwargs = case.cls, case.kw
     a, b = make_params()
     o1 = cls(a, backend=src, **{"lr": 1e-2, **kwargs})
     o2 = cls(b, backend=src, **{"lr": 1e-2, **kwargs})
@@ -114,7 +101,7 @@ def test_checkpoint_moves_between_backends(cls, kwargs, src, dst):
         o1.step()
         o2.step()
         if k == 9:
-            sd = _roundtrip(o2.state_dict())
+            sd = roundtrip(o2.state_dict())
             o2 = cls(b, backend=dst, **{"lr": 1e-2, **kwargs})
             o2.load_state_dict(sd)
     assert max_rel_err(b, a) < 1e-5
@@ -123,8 +110,9 @@ def test_checkpoint_moves_between_backends(cls, kwargs, src, dst):
 
 
 @pytest.mark.parametrize("backend", ["reference"] + FUSED)
-@pytest.mark.parametrize("cls,kwargs", ALL_RULES, ids=IDS)
-def test_same_run_twice_is_bitwise_identical(cls, kwargs, backend):
+@pytest.mark.parametrize("case", cases.params(cases.RULES))
+def test_same_run_twice_is_bitwise_identical(case, backend):
+    cls, kwargs = case.cls, case.kw
     runs = []
     for _ in range(2):
         a, = make_params(copies=1)
@@ -174,14 +162,13 @@ def test_complex_swats_is_swats_on_the_real_view(backend):
 
 
 @pytest.mark.parametrize("backend", FUSED)
-@pytest.mark.parametrize("cls,kw", [(fh.Adam, dict(amsgrad=True)), (fh.SGD, dict(lr=0.1, momentum=0.9)),
-                                    (fh.SWATS, {}), (fh.MAS, dict(variant="vector")), (fh.NDAdam, {})], ids=str)
-def test_non_contiguous_grads_are_read_in_their_own_layout(backend, cls, kw):
+@pytest.mark.parametrize("case", cases.params(cases.NONCONTIG))
+def test_non_contiguous_grads_are_read_in_their_own_layout(backend, case):
     """A transposed or strided gradient (params contiguous) is read element by element as its own layout says,
     like the reference reading a contiguous copy of it."""
     base = [torch.randn(4, 6), torch.randn(5), torch.randn(3)]
     pa, pr = ([b.clone().requires_grad_() for b in base] for _ in range(2))
-    oa, orf = cls(pa, backend=backend, **kw), cls(pr, backend="reference", **kw)
+    oa, orf = case.build(pa, backend, "cpu"), case.build(pr, "reference", "cpu")
     for k in range(3):
         gen = torch.Generator().manual_seed(k)
         gs = [torch.randn(6, 4, generator=gen).t(), torch.randn(10, generator=gen)[::2], torch.randn(3, generator=gen)]

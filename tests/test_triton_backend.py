@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import fused_hybrid as fh
-from backend_matrix import CASES, Matrix, case_id, small_triton_chunks
+import cases
+from cases import small_triton_chunks
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # after site-packages
 from bench import gpu_model  # noqa: E402
@@ -24,10 +25,9 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(not tb.available(torch.device(DEVICE)),
                                 reason=f"triton backend unavailable: {tb.why_unavailable(torch.device(DEVICE))}")
 
-# 1, 3, 17: tails only; 4097: two full chunks and a 1-element tail; 0: an empty tensor (no chunk, but its step
-# advances); 9001: the "larger" one (its partial chunk is not the first).
-SIZES = (1, 3, 17, 4097, 0, 9001)
-STEPS = 3
+_M = cases.PROFILES["triton"]
+SIZES, ND_SHAPES, STEPS = _M.sizes, _M.nd_shapes, _M.steps
+_params, _run, _tol, _compare = _M.params, _M.run, _M.tol, _M.compare
 
 
 @pytest.fixture(autouse=True)
@@ -35,53 +35,23 @@ def small_chunks(monkeypatch):
     small_triton_chunks(monkeypatch, 512, 2048)
 
 
-_M = Matrix(DEVICE, SIZES, STEPS, f32=dict(rtol=1e-6, atol=1e-6))
-_params, _run, _tol, _compare, _id = _M.params, _M.run, _M.tol, _M.compare, case_id
-
-
-@pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
+@pytest.mark.parametrize("case", cases.params(cases.FP32, "triton"))
 def test_matches_reference_fp32(case):
-    cls, kw = case
-    _compare(_run(cls, "reference", kw), _run(cls, "triton", kw), torch.float32)
+    _M.check(case)
 
 
-ND_SHAPES = ((5,), (7, 3), (4, 3, 2, 2), (3, 1500), (0, 4), (1,), (2, 5, 3))
-
-
-@pytest.mark.parametrize("kw", [{}, dict(weight_decay=0.1, maximize=True, lr=1e-2)])
-def test_ndadam_matches_reference(kw):
-    _compare(_run(fh.NDAdam, "reference", kw, sizes=ND_SHAPES), _run(fh.NDAdam, "triton", kw, sizes=ND_SHAPES),
-             torch.float32)
-
-
-def test_ndadam_vec_axes_inner():
-    """Vectors along a middle dim (inner stride > 1)."""
-    sizes = ((3, 4, 5), (2, 6, 7))
-    groups = lambda ps: [{"params": ps, "vec_axes": [1]}]  # noqa: E731
-    _compare(_run(fh.NDAdam, "reference", {}, sizes=sizes, groups=groups),
-             _run(fh.NDAdam, "triton", {}, sizes=sizes, groups=groups), torch.float32)
-
-
-LOW = [(fh.Adam, {}), (fh.SGD, dict(lr=0.1, momentum=0.9)), (fh.Padam, {}), (fh.AdaBound, {}),
-       (fh.SWATS, dict(lr=1e-2)), (fh.MAS, dict(variant="normalized", momentum=0.9)), (fh.NDAdam, {})]
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
-@pytest.mark.parametrize("case", LOW, ids=[_id(c) for c in LOW])
+@pytest.mark.parametrize("case,dtype", cases.params(cases.DTYPES, "triton",
+                                                    dtypes=[torch.bfloat16, torch.float16, torch.float64]))
 def test_other_dtypes(case, dtype):
-    cls, kw = case
-    sizes = ND_SHAPES if cls is fh.NDAdam else (1, 17, 4097, 0)
-    _compare(_run(cls, "reference", kw, dtype, sizes=sizes, steps=2),
-             _run(cls, "triton", kw, dtype, sizes=sizes, steps=2), dtype)
+    _M.check(case, dtype)
 
 
 def test_many_mixed_tensors_and_groups():
     g = torch.Generator().manual_seed(7)
     sizes = [int(s) for s in torch.randint(0, 300, (40,), generator=g)] + [0, 1, 2049]
-    groups = lambda ps: [{"params": ps[::2]}, {"params": ps[1::2], "lr": 3e-3, "weight_decay": 0.1}]  # noqa: E731
-    for cls, kw in [(fh.Adam, {}), (fh.SGD, dict(momentum=0.9))]:
-        _compare(_run(cls, "reference", kw, sizes=sizes, groups=groups, steps=2),
-                 _run(cls, "triton", kw, sizes=sizes, groups=groups, steps=2), torch.float32)
+    groups = lambda ps, device: [{"params": ps[::2]}, {"params": ps[1::2], "lr": 3e-3, "weight_decay": 0.1}]  # noqa
+    for case in cases.select(cases.SPREAD, "triton"):
+        _M.check(case, sizes=sizes, groups=groups, steps=2)
 
 
 def test_misaligned_params():
@@ -98,10 +68,6 @@ def test_misaligned_params():
         return ps
     for x, y in zip(run("reference"), run("triton")):
         torch.testing.assert_close(y.detach(), x.detach(), **_tol(torch.float32))
-
-
-def test_tensor_lr_grad_scale_found_inf():
-    _M.check_scaler_protocol("triton", SIZES, ND_SHAPES)
 
 
 def test_poisoned_outputs_are_overwritten():
@@ -141,7 +107,7 @@ def test_poisoned_outputs_are_overwritten():
     assert [float(s["s"]) for s in sb] == [3.0] * len(SIZES)
 
 
-def _count_launches(monkeypatch, cls, kw, sizes):
+def _count_launches(monkeypatch, case, sizes):
     calls = []
     real = tl_._launch
 
@@ -151,7 +117,7 @@ def _count_launches(monkeypatch, cls, kw, sizes):
 
     monkeypatch.setattr(tl_, "_launch", counting)
     ps = _params(sizes, torch.float32)
-    opt = cls(ps, backend="triton", **kw)
+    opt = case.build(ps, "triton", DEVICE)
     for p in ps:
         p.grad = torch.randn_like(p)
     opt.step()
@@ -161,19 +127,17 @@ def _count_launches(monkeypatch, cls, kw, sizes):
     return len(calls)
 
 
-@pytest.mark.parametrize("cls,kw,rule", [
-    (fh.Adam, {}, "adam"), (fh.SGD, dict(momentum=0.9), "sgd"), (fh.Padam, {}, "padam"), (fh.SWATS, {}, "swats"),
-    (fh.MAS, {}, "mas"), (fh.MAS, dict(variant="correction"), "mas"), (fh.NDAdam, {}, "ndadam")])
-def test_launches_independent_of_tensor_count(monkeypatch, cls, kw, rule):
+@pytest.mark.parametrize("case", cases.params(cases.LAUNCHES, "triton"))
+def test_launches_independent_of_tensor_count(monkeypatch, case):
     """update + finalize per bucket (MAS's reducing variants: pass 0, which finalizes, + apply pass; ND-Adam: the
     row kernel, whose 1-D tensors are plain-Adam chunks, + finalize), whether the bucket holds 2 tensors or 40:
     exactly what the launch model behind the benchmark's GPU predictions (bench/gpu_model.py) says. Every rule
     takes at most 2."""
     few = [(3,), (5, 4)]
     many = [(3,), (5, 4)] + [(1 + i % 7,) if i % 2 else (2, 1 + i % 5) for i in range(38)]
-    n_few = _count_launches(monkeypatch, cls, kw, few)
-    n_many = _count_launches(monkeypatch, cls, kw, many)
-    assert n_few == n_many == gpu_model.triton_launches(rule, kw, many) <= 2
+    n_few = _count_launches(monkeypatch, case, few)
+    n_many = _count_launches(monkeypatch, case, many)
+    assert n_few == n_many == gpu_model.triton_launches(case.rule, case.kw, many) <= 2
 
 
 def _swats_problem(backend, granularity, steps=30):
@@ -206,17 +170,13 @@ def test_swats_same_switch_as_reference(granularity):
         torch.testing.assert_close(y.detach(), x.detach(), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("case", [(fh.Adam, dict(amsgrad=True)), (fh.SWATS, dict(lr=1e-2)),
-                                  (fh.MAS, dict(variant="vector", momentum=0.9)), (fh.NDAdam, {})],
-                         ids=["adam", "swats", "mas-vector", "ndadam"])
+@pytest.mark.parametrize("case", cases.params(cases.REPEAT, "triton"))
 def test_bitwise_repeatable(case):
-    cls, kw = case
-    sizes = ND_SHAPES if cls is fh.NDAdam else SIZES
-    a = _run(cls, "triton", kw, sizes=sizes)
-    b = _run(cls, "triton", kw, sizes=sizes)
+    a = _run(case)
+    b = _run(case)
     for x, y in zip(a[0], b[0]):
         assert torch.equal(x, y)
-    if cls is fh.SWATS:
+    if case.cls is fh.SWATS:
         sa, sb = a[1].switch_state(), b[1].switch_state()
         for key in ("lam", "gamma", "Lambda"):
             assert torch.equal(sa[key], sb[key])
@@ -224,7 +184,7 @@ def test_bitwise_repeatable(case):
 
 def test_tables_cached_by_pointer():
     tl_._CACHE.clear()
-    ps, opt = _run(fh.Adam, "triton", {}, steps=1)
+    ps, opt = _run(cases.Case(fh.Adam), steps=1)
     n = len(tl_._CACHE)
     for p in ps:
         p.grad.normal_()  # same grad tensors, same pointers
@@ -269,7 +229,7 @@ def test_mas_reducing_variant_launches_with_empty_tensors(monkeypatch):
     """MAS's reducing variants: pass 0 (whose last program per tensor sums the partials and advances the step) and
     pass 1; a tensor with no elements gets one zero-length chunk, so its program advances its step: still 2."""
     sizes = [(3,), (0,), (5, 4), (2, 0)]
-    n = _count_launches(monkeypatch, fh.MAS, dict(variant="vector"), sizes)
+    n = _count_launches(monkeypatch, cases.Case(fh.MAS, dict(variant="vector")), sizes)
     assert n == gpu_model.triton_launches("mas", dict(variant="vector"), sizes) == 2
     ps = _params(sizes, torch.float32)
     opt = fh.MAS(ps, backend="triton", variant="normalized")

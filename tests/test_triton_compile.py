@@ -21,7 +21,8 @@ import pytest
 import torch
 
 import fused_hybrid as fh
-from backend_matrix import scaler_hook, small_triton_chunks, tensor_lr_groups
+import cases
+from cases import small_triton_chunks
 from fused_hybrid.backends import triton as tb
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -70,7 +71,8 @@ class CountingInductor:
 
 
 def _run_pair(cls, kw, groups=None, hook=None):
-    """STEPS steps of a compiled and an eager optimizer (both backend="triton") on the same params and grads."""
+    """STEPS steps of a compiled and an eager optimizer (both backend="triton") on the same params and grads.
+    ``hook`` is a factory (cases.scaler): each optimizer gets its own hook."""
     torch._dynamo.reset()
     a, b = _params(), _params()
     start = [p.detach().clone() for p in a]
@@ -78,11 +80,12 @@ def _run_pair(cls, kw, groups=None, hook=None):
     o2 = cls(groups(b) if groups else b, backend="triton", **kw)
     compiler = CountingInductor()
     step = torch.compile(o1.step, fullgraph=True, backend=compiler)  # the first compiled step creates the state
+    h1, h2 = (hook(DEVICE), hook(DEVICE)) if hook else (None, None)
     for k in range(STEPS):
         _feed([a, b], k)
         if hook:
-            hook(o1, k)
-            hook(o2, k)
+            h1(o1, k)
+            h2(o2, k)
         step()
         o2.step()
     # Not vacuous: every parameter moved.
@@ -96,24 +99,10 @@ def _run_pair(cls, kw, groups=None, hook=None):
     return o1, o2, compiler
 
 
-CASES = [
-    ("adam-amsgrad", fh.Adam, dict(lr=1e-2, amsgrad=True), "triton_adaptive_"),
-    ("adamw", fh.AdamW, dict(lr=1e-2, weight_decay=0.1, maximize=True), "triton_adaptive_"),
-    ("sgd-nesterov", fh.SGD, dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01), "triton_sgd_"),
-    ("sgd-plain", fh.SGD, dict(lr=0.1), "triton_sgd_"),
-    ("padam", fh.Padam, dict(lr=1e-2), "triton_adaptive_"),
-    ("adabound", fh.AdaBound, dict(lr=1e-2), "triton_adaptive_"),
-    ("mas-sum", fh.MAS, dict(lr=1e-2, momentum=0.9), "triton_mas_"),
-    ("mas-vector", fh.MAS, dict(lr=1e-2, variant="vector", momentum=0.9), "triton_mas_"),
-    ("ndadam", fh.NDAdam, dict(lr=1e-2), "triton_ndadam_"),
-    ("rmsprop", fh.RMSprop, dict(lr=1e-2, centered=True, momentum=0.9), "triton_rms_"),
-    ("adagrad", fh.Adagrad, dict(lr=1e-2, lr_decay=0.01), "triton_rms_"),
-]
-
-
-@pytest.mark.parametrize("cls,kw,op", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_compiled_step_matches_eager(cls, kw, op):
-    _, _, compiler = _run_pair(cls, kw)
+@pytest.mark.parametrize("case", cases.params(cases.TCOMPILE, "triton"))
+def test_compiled_step_matches_eager(case):
+    op = f"triton_{case.family}_"  # the family's custom op
+    _, _, compiler = _run_pair(case.cls, case.kw)
     # One graph per distinct step (the first creates the state; SGD's second still has fresh momentum flags
     # baked in), each with exactly one op call for the one bucket, and nothing recompiled per step after that.
     assert compiler.graphs, "nothing was compiled"
@@ -150,7 +139,7 @@ def test_hybrid_groups_one_op_each():
 def test_tensor_lr_grad_scale_found_inf():
     """The optional tensor arguments: a 0-dim lr tensor changed in place, GradScaler's grad_scale, and a found_inf
     step that changes nothing; device values, so no recompiles either."""
-    groups, hook = tensor_lr_groups(DEVICE), scaler_hook(DEVICE)
+    groups, hook = (lambda ps: cases.tensor_lr(ps, DEVICE)), cases.SCALER
     for cls, kw in [(fh.Adam, dict(amsgrad=True)), (fh.MAS, dict(variant="normalized"))]:
         o1, _, compiler = _run_pair(cls, kw, groups=groups, hook=hook)
         assert all(float(o1.state[p]["step"]) == STEPS - 1 for p in o1.param_groups[0]["params"])
@@ -251,19 +240,15 @@ def test_fake_impls_do_nothing():
                                                   lr_tensor=None, grad_scale=None, found_inf=None) is None
 
 
-READ_CASES = [(fh.Adam, dict(lr=1e-2, amsgrad=True)), (fh.SGD, dict(lr=0.1, momentum=0.9)),
-              (fh.MAS, dict(lr=1e-2, variant="vector", momentum=0.9)), (fh.NDAdam, dict(lr=1e-2))]
-
-
-@pytest.mark.parametrize("cls,kw", READ_CASES, ids=[c[0].__name__ for c in READ_CASES])
-def test_reads_in_the_same_graph_see_the_step(cls, kw):
+@pytest.mark.parametrize("case", cases.params(cases.READS, "triton"))
+def test_reads_in_the_same_graph_see_the_step(case):
     """A compiled function that reads params and state before and after ``step()`` in one graph: the reads after
     must see the op's writes (they do only because the schema declares them: an undeclared write lets the
     compiler fold the read after into the read before)."""
     torch._dynamo.reset()
     a, b = _params(), _params()
-    o1 = cls(a, backend="triton", **kw)
-    o2 = cls(b, backend="triton", **kw)
+    o1 = case.build(a, "triton", DEVICE)
+    o2 = case.build(b, "triton", DEVICE)
 
     def f(opt, ps):
         # Read as 1-D copies: inductor returns a 0-dim read made before a mutating fallback op (step.clone(),

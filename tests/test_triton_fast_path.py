@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import fused_hybrid as fh
-from backend_matrix import small_triton_chunks
+import cases
+from cases import small_triton_chunks
 from fused_hybrid import _ext
 from fused_hybrid.backends import triton as tb
 from fused_hybrid.backends import triton_launch as tl_
@@ -19,9 +20,6 @@ pytestmark = [
 ]
 
 SHAPES = [(3, 5), (17,), (0,), (4, 2, 3), (40,)]
-CASES = [(fh.Adam, dict(amsgrad=True, weight_decay=0.1)), (fh.SGD, dict(lr=0.1, momentum=0.9)),
-         (fh.SWATS, dict(lr=1e-2)), (fh.MAS, dict(variant="vector", momentum=0.9)), (fh.MAS, {}),
-         (fh.NDAdam, {}), (fh.Padam, {})]
 
 
 @pytest.fixture(autouse=True)
@@ -64,8 +62,9 @@ def _cache_entry(opt):
     return plan[0].cache.get("triton")
 
 
-@pytest.mark.parametrize("cls,kw", CASES, ids=[f"{c.__name__}-{k.get('variant', '')}" for c, k in CASES])
-def test_fast_path_is_bitwise_the_general_path(monkeypatch, cls, kw):
+@pytest.mark.parametrize("case", cases.params(cases.FAST, "triton"))
+def test_fast_path_is_bitwise_the_general_path(monkeypatch, case):
+    cls, kw = case.cls, case.kw
     fast = _run(cls, kw, monkeypatch, True)
     assert isinstance(_cache_entry(fast[1]), tb._Snapshot), "the fast path was not taken"
     general = _run(cls, kw, monkeypatch, False)
