@@ -72,6 +72,13 @@ def why_unavailable(device: torch.device) -> str:
 # _mas, _ndadam) directly; under torch.compile the same functions run inside custom ops (triton_ops.py), which the
 # tracer sees as opaque calls that mutate the lists they name: it cannot follow data_ptr() tables.
 
+def _refuse_rounding(hp) -> None:
+    if hp.rounding:
+        raise NotImplementedError("fused_hybrid: stochastic rounding and Kahan summation of 16-bit params are not "
+                                  "implemented in the Triton kernels yet (issue 16); use backend='cpu' or "
+                                  "'reference' for such groups")
+
+
 def _run(eager, op, params, grads, *args, snap=None) -> bool:
     """One family call: the custom op while torch.compile traces, the direct function otherwise. grads None (the
     optimizer's fast path): False, launching nothing, when a param has no gradient."""
@@ -133,14 +140,17 @@ def _snapshot(cache, grads, kind: tuple, lists: list, keep=None) -> _Snapshot | 
 
 
 def adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, grad_scale=None, found_inf=None,
-             swats=None, cache=None):
+             swats=None, cache=None, kahan_comps=None, seeds=None):
+    _refuse_rounding(hp)
     snap = _snapshot(cache, grads, ("adaptive",), [params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if hp.amsgrad else (),
                                                    steps, () if swats is None else swats.momentum_buffers])
     return _run(_l._adaptive, _ops.adaptive, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp,
                 grad_scale, found_inf, swats, snap=snap)
 
 
-def sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=None, cache=None):
+def sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=None, cache=None, steps=None,
+        kahan_comps=None, seeds=None):
+    _refuse_rounding(hp)
     # A fresh buffer's flag is part of the tables: the first step takes the general path.
     snap = None if any(firsts) else _snapshot(cache, grads, ("sgd",), [params, momentum_buffers
                                                                        if hp.momentum != 0 else ()])
@@ -148,7 +158,8 @@ def sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=
 
 
 def mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale=None, found_inf=None,
-        cache=None):
+        cache=None, kahan_comps=None, seeds=None):
+    _refuse_rounding(hp)
     snap = _snapshot(cache, grads, ("mas", hp.variant == 0),
                      [params, exp_avgs, exp_avg_sqs, momentum_buffers if hp.momentum != 0 else (), steps])
     return _run(_l._mas, _ops.mas, params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale,
@@ -156,14 +167,17 @@ def mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_
 
 
 def rms(params, grads, square_avgs, steps, hp, grad_scale=None, found_inf=None, grad_avgs=None, momentum_buffers=None,
-        cache=None):
+        cache=None, kahan_comps=None, seeds=None):
+    _refuse_rounding(hp)
     snap = _snapshot(cache, grads, ("rms",), [params, square_avgs, grad_avgs if hp.centered else (),
                                               momentum_buffers if hp.momentum != 0 else (), steps])
     return _run(_l._rms, _ops.rms, params, grads, square_avgs, steps, hp, grad_scale, found_inf, grad_avgs,
                 momentum_buffers, snap=snap)
 
 
-def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=None, found_inf=None, cache=None):
+def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=None, found_inf=None, cache=None,
+           kahan_comps=None, seeds=None):
+    _refuse_rounding(hp)
     snap = _snapshot(cache, grads, ("ndadam",), [params, exp_avgs, exp_avg_sqs, steps], keep=axes)
     return _run(_l._ndadam, _ops.ndadam, params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale,
                 found_inf, snap=snap)

@@ -36,7 +36,9 @@ def _nop(*args, **kwargs) -> None:
 
 
 # The real implementations: the op's lists and keyword arguments back to the eager launcher's arguments.
-def _adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, swats_momentum_buffers, **kw):
+# (kahan_comps and seeds: the 16-bit stores of issue 16, refused by backends/triton.py before any op runs.)
+def _adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, swats_momentum_buffers, kahan_comps,
+              **kw):
     swats = None
     if kw["swats_phase"] is not None:
         swats = H.SwatsArgs(momentum_buffers=swats_momentum_buffers, phase=kw["swats_phase"],
@@ -45,22 +47,22 @@ def _adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, swat
                  kw["grad_scale"], kw["found_inf"], swats)
 
 
-def _sgd(params, grads, momentum_buffers, **kw):
+def _sgd(params, grads, momentum_buffers, steps, kahan_comps, **kw):
     _l._sgd(params, grads, momentum_buffers, [bool(f) for f in kw["firsts"]], FAMILIES["sgd"].record_of(kw),
             kw["grad_scale"], kw["found_inf"])
 
 
-def _mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, **kw):
+def _mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, kahan_comps, **kw):
     _l._mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, FAMILIES["mas"].record_of(kw),
             kw["grad_scale"], kw["found_inf"])
 
 
-def _rms(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, **kw):
+def _rms(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, kahan_comps, **kw):
     _l._rms(params, grads, square_avgs, steps, FAMILIES["rms"].record_of(kw), kw["grad_scale"], kw["found_inf"],
             grad_avgs, momentum_buffers)
 
 
-def _ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, **kw):
+def _ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, kahan_comps, **kw):
     axes, i = [], 0
     for n in kw["axes_len"]:
         axes.append(tuple(kw["axes_flat"][i:i + n]))
@@ -85,30 +87,31 @@ def _call(name: str, lists: list, kwargs: dict) -> None:
 def adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, grad_scale=None, found_inf=None,
              swats=None) -> None:
     _call("adaptive", [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if hp.amsgrad else [], steps,
-                       [] if swats is None else swats.momentum_buffers],
-          dict(FAMILIES["adaptive"].kwargs(hp), **swats_kwargs(swats), grad_scale=grad_scale, found_inf=found_inf))
+                       [] if swats is None else swats.momentum_buffers, []],
+          dict(FAMILIES["adaptive"].kwargs(hp), seeds=[], **swats_kwargs(swats), grad_scale=grad_scale,
+               found_inf=found_inf))
 
 
 def sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=None) -> None:
     use_mom = hp.momentum != 0
-    _call("sgd", [params, grads, momentum_buffers if use_mom else []],
-          dict(FAMILIES["sgd"].kwargs(hp), firsts=[int(f) for f in firsts] if use_mom else [], grad_scale=grad_scale,
-               found_inf=found_inf))
+    _call("sgd", [params, grads, momentum_buffers if use_mom else [], [], []],
+          dict(FAMILIES["sgd"].kwargs(hp), firsts=[int(f) for f in firsts] if use_mom else [], seeds=[],
+               grad_scale=grad_scale, found_inf=found_inf))
 
 
 def rms(params, grads, square_avgs, steps, hp, grad_scale=None, found_inf=None, grad_avgs=None,
         momentum_buffers=None) -> None:
     _call("rms", [params, grads, square_avgs, grad_avgs if hp.centered else [],
-                  momentum_buffers if hp.momentum != 0 else [], steps],
-          dict(FAMILIES["rms"].kwargs(hp), grad_scale=grad_scale, found_inf=found_inf))
+                  momentum_buffers if hp.momentum != 0 else [], steps, []],
+          dict(FAMILIES["rms"].kwargs(hp), seeds=[], grad_scale=grad_scale, found_inf=found_inf))
 
 
 def mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale=None, found_inf=None) -> None:
-    _call("mas", [params, grads, exp_avgs, exp_avg_sqs, momentum_buffers if hp.momentum != 0 else [], steps],
-          dict(FAMILIES["mas"].kwargs(hp), grad_scale=grad_scale, found_inf=found_inf))
+    _call("mas", [params, grads, exp_avgs, exp_avg_sqs, momentum_buffers if hp.momentum != 0 else [], steps, []],
+          dict(FAMILIES["mas"].kwargs(hp), seeds=[], grad_scale=grad_scale, found_inf=found_inf))
 
 
 def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=None, found_inf=None) -> None:
-    _call("ndadam", [params, grads, exp_avgs, exp_avg_sqs, steps],
-          dict(FAMILIES["ndadam"].kwargs(hp), axes_flat=[int(a) for ax in axes for a in ax],
+    _call("ndadam", [params, grads, exp_avgs, exp_avg_sqs, steps, []],
+          dict(FAMILIES["ndadam"].kwargs(hp), seeds=[], axes_flat=[int(a) for ax in axes for a in ax],
                axes_len=[len(ax) for ax in axes], grad_scale=grad_scale, found_inf=found_inf))
