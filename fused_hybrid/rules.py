@@ -560,6 +560,12 @@ def bucket_rounding(hp, bucket, kwargs: dict):
         if bucket.seeds is None:
             # Once per plan: the seeds are CPU int64 scalars read without a device sync, and a checkpoint load
             # (the only thing that replaces them) drops the plans.
+            if torch.compiler.is_compiling():
+                # Traced, int() of a tensor is a data-dependent value the ops' int[] cannot take.
+                raise NotImplementedError(
+                    "fused_hybrid: stochastic rounding under torch.compile needs its per-param seeds read once "
+                    "eagerly: run the first step (and the first after loading a checkpoint or changing which "
+                    "params have gradients) without torch.compile")
             bucket.seeds = [int(s[SEED.key]) for s in bucket.states]
         kwargs["seeds"] = bucket.seeds
     return hp

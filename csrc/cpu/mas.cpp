@@ -207,10 +207,11 @@ void mas_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avg
         const size_t ci = static_cast<size_t>(&c - chunks.data());
         {  // (every dtype compiles it; lowp_setup refuses a rounding mode for 32/64-bit params)
           if (lp.active() && fns32 != nullptr) {
-            staged_step<scalar_t, opmath_t>(pw[t] + b, pg[t] + b, c.end - b, b, lp, t, [&](opmath_t* w32, const opmath_t* g32) {
-              fns32[which(t)](w32, g32, pm[t] + b, pv[t] + b, mom ? pbuf[t] + b : nullptr, c.end - b, sc[t], inv_o,
-                              part ? part + 3 * ci : nullptr);
-            });
+            staged_step<scalar_t, opmath_t>(
+                pw[t] + b, pg[t] + b, c.end - b, b, lp, t, [&](opmath_t* w32, const opmath_t* g32) {
+                  fns32[which(t)](w32, g32, pm[t] + b, pv[t] + b, mom ? pbuf[t] + b : nullptr, c.end - b, sc[t],
+                                  inv_o, part ? part + 3 * ci : nullptr);
+                });
             return;
           }
         }
@@ -258,9 +259,10 @@ void mas_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avg
       }
     }
     // Pass 2: apply.
-    const MasFn<opmath_t, opmath_t> apply32[3] = {pick_mas<opmath_t, opmath_t, kModeApplyAdam>(mom, wd, nesterov, false),
-                                            pick_mas<opmath_t, opmath_t, kModeApplySgd>(mom, wd, nesterov, false),
-                                            pick_mas<opmath_t, opmath_t, kModeApplyVector>(mom, wd, nesterov, false)};
+    const MasFn<opmath_t, opmath_t> apply32[3] = {
+        pick_mas<opmath_t, opmath_t, kModeApplyAdam>(mom, wd, nesterov, false),
+        pick_mas<opmath_t, opmath_t, kModeApplySgd>(mom, wd, nesterov, false),
+        pick_mas<opmath_t, opmath_t, kModeApplyVector>(mom, wd, nesterov, false)};
     run(apply, apply32, [&](int64_t t) { return which[t]; }, nullptr);
   });
 }

@@ -101,11 +101,12 @@ void rms_(at::TensorList params, at::TensorList grads_in, at::TensorList square_
       const int64_t t = c.tensor, b = c.begin;
       {  // (every dtype compiles it; lowp_setup refuses a rounding mode for 32/64-bit params)
         if (lp.active()) {
-          staged_step<scalar_t, opmath_t>(pw[t] + b, pg[t] + b, c.end - b, b, lp, t, [&](opmath_t* w32, const opmath_t* g32) {
-            fn32(w32, g32, psq[t] + b, centered ? pga[t] + b : nullptr, has_momentum ? pbuf[t] + b : nullptr,
-                 c.end - b, lrs[t], opmath_t(keep), opmath_t(add), opmath_t(eps), opmath_t(momentum), opmath_t(weight_decay),
-                 opmath_t(1.0 - lrv * weight_decay), inv_o);
-          });
+          staged_step<scalar_t, opmath_t>(
+              pw[t] + b, pg[t] + b, c.end - b, b, lp, t, [&](opmath_t* w32, const opmath_t* g32) {
+                fn32(w32, g32, psq[t] + b, centered ? pga[t] + b : nullptr, has_momentum ? pbuf[t] + b : nullptr,
+                     c.end - b, lrs[t], opmath_t(keep), opmath_t(add), opmath_t(eps), opmath_t(momentum),
+                     opmath_t(weight_decay), opmath_t(1.0 - lrv * weight_decay), inv_o);
+              });
           return;
         }
       }

@@ -69,8 +69,9 @@ void sgd_(at::TensorList params, at::TensorList grads_in, at::TensorList momentu
               "fused_hybrid::sgd_: firsts needs one flag per param (or none: no buffer is fresh)");
   if (params.empty() || skip_step(found_inf)) return;
   // SGD counts steps only for stochastic rounding (the counter of its random bits).
-  const std::vector<double> ks = rounding == kRoundStochastic ? advance_steps("fused_hybrid::sgd_", steps, params.size())
-                                                              : std::vector<double>{};
+  const std::vector<double> ks = rounding == kRoundStochastic
+                                      ? advance_steps("fused_hybrid::sgd_", steps, params.size())
+                                      : std::vector<double>{};
   const LowpStore lp = lowp_setup("fused_hybrid::sgd_", params, rounding, seeds, kahan_comps, ks);
   const double inv = inv_scale(grad_scale);
   const double lrv = lr_value(lr, lr_tensor);
@@ -102,11 +103,12 @@ void sgd_(at::TensorList params, at::TensorList grads_in, at::TensorList momentu
       const bool first = !firsts.empty() && firsts[t] != 0;
       {  // (every dtype compiles it; lowp_setup refuses a rounding mode for 32/64-bit params)
         if (lp.active()) {
-          staged_step<scalar_t, opmath_t>(pw[t] + b, pg[t] + b, c.end - b, b, lp, t, [&](opmath_t* w32, const opmath_t* g32) {
-            fns32[first ? 1 : 0](w32, g32, has_momentum ? pbuf[t] + b : nullptr, c.end - b, opmath_t(lrv),
-                                 opmath_t(momentum), opmath_t(1.0 - dampening), opmath_t(weight_decay),
-                                 opmath_t(1.0 - lrv * weight_decay), inv_o);
-          });
+          staged_step<scalar_t, opmath_t>(
+              pw[t] + b, pg[t] + b, c.end - b, b, lp, t, [&](opmath_t* w32, const opmath_t* g32) {
+                fns32[first ? 1 : 0](w32, g32, has_momentum ? pbuf[t] + b : nullptr, c.end - b, opmath_t(lrv),
+                                     opmath_t(momentum), opmath_t(1.0 - dampening), opmath_t(weight_decay),
+                                     opmath_t(1.0 - lrv * weight_decay), inv_o);
+              });
           return;
         }
       }
