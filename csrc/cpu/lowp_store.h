@@ -47,32 +47,71 @@ struct LowpStore {
 LowpStore lowp_setup(const char* op, at::TensorList params, int64_t rounding, at::IntArrayRef seeds,
                      at::TensorList kahan_comps, const std::vector<double>& ks);
 
+// The loops (internal linkage from here on, as adaptive_kernel.h's: they are multiversioned with FH_CPU_CLONES),
+// each a straight loop for GCC to vectorize: Philox over whole groups of four into a buffer of random words, then the
+// rounding; or the compensated store.
+namespace {
+
+FH_CPU_CLONES void philox_words(uint32_t* __restrict__ out, uint64_t group0, int64_t ngroups, uint32_t step,
+                                uint32_t k0, uint32_t k1) {
+  for (int64_t j = 0; j < ngroups; ++j) {
+    const uint64_t g = group0 + static_cast<uint64_t>(j);
+    const rounding::Philox4 r =
+        rounding::philox4x32_10(static_cast<uint32_t>(g), static_cast<uint32_t>(g >> 32), 0u, step, k0, k1);
+    out[4 * j] = r.x0;
+    out[4 * j + 1] = r.x1;
+    out[4 * j + 2] = r.x2;
+    out[4 * j + 3] = r.x3;
+  }
+}
+
+template <rounding::Format F>
+FH_CPU_CLONES void sr_loop(uint16_t* __restrict__ w, const float* __restrict__ x, const uint32_t* __restrict__ r,
+                           int64_t n) {
+  for (int64_t i = 0; i < n; ++i) w[i] = rounding::round_sr<F>(x[i], r[i]);
+}
+
+template <rounding::Format F>
+FH_CPU_CLONES void kahan_loop(uint16_t* __restrict__ w, uint16_t* __restrict__ c, const float* __restrict__ x,
+                              int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    uint16_t wi = w[i], ci = c[i];
+    rounding::kahan_store<F>(x[i], wi, ci);
+    w[i] = wi;
+    c[i] = ci;
+  }
+}
+
+template <typename S>
+FH_CPU_CLONES void widen(float* __restrict__ out, const S* __restrict__ in, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(in[i]);
+}
+
+// Thread-local random words (grown as needed).
+inline uint32_t* random_words(int64_t n) {
+  thread_local std::vector<uint32_t> buf;
+  if (static_cast<int64_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
+  return buf.data();
+}
+
 // Stores the float32 results x[0, n) into the 16-bit w (elements index0 .. index0 + n of tensor t).
 template <typename scalar_t>
 void lowp_store(scalar_t* w, const float* x, int64_t n, int64_t index0, const LowpStore& lp, int64_t t) {
   constexpr auto F = std::is_same_v<scalar_t, c10::BFloat16> ? rounding::Format::kBF16 : rounding::Format::kFP16;
   uint16_t* wb = reinterpret_cast<uint16_t*>(w);
+  if (n <= 0) return;
   if (lp.mode == kRoundKahan) {
-    uint16_t* cb = lp.comps[t] + index0;
-    for (int64_t i = 0; i < n; ++i) rounding::kahan_store<F>(x[i], wb[i], cb[i]);
+    kahan_loop<F>(wb, lp.comps[t] + index0, x, n);
     return;
   }
-  // One Philox call serves the four elements of an aligned group (rand32's layout); groups cut by the range's
-  // ends are computed whole and partly used.
+  // rand32's layout: one Philox call per aligned group of four elements; the groups cut by the range's ends are
+  // computed whole and partly used.
   const uint64_t seed = lp.seeds[t];
-  const uint32_t step = lp.steps[t];
-  const auto k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-  int64_t i = 0;
-  while (i < n) {
-    const auto idx = static_cast<uint64_t>(index0 + i);
-    const uint64_t group = idx >> 2;
-    const rounding::Philox4 r = rounding::philox4x32_10(static_cast<uint32_t>(group),
-                                                        static_cast<uint32_t>(group >> 32), 0u, step, k0, k1);
-    const uint32_t words[4] = {r.x0, r.x1, r.x2, r.x3};
-    for (uint32_t j = static_cast<uint32_t>(idx & 3u); j < 4u && i < n; ++j, ++i) {
-      wb[i] = rounding::round_sr<F>(x[i], words[j]);
-    }
-  }
+  const auto first = static_cast<uint64_t>(index0) >> 2, last = static_cast<uint64_t>(index0 + n - 1) >> 2;
+  const auto ngroups = static_cast<int64_t>(last - first + 1);
+  uint32_t* r = random_words(4 * ngroups);
+  philox_words(r, first, ngroups, lp.steps[t], static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+  sr_loop<F>(wb, x, r + (index0 & 3), n);
 }
 
 // Thread-local float32 staging buffers (grown as needed: chunks are kChunk elements, ND-Adam row blocks may be
@@ -95,10 +134,8 @@ void staged_step(scalar_t* w, const scalar_t* g, int64_t n, int64_t index0, cons
   if constexpr (kLowPrecision<scalar_t> && std::is_same_v<O, float>) {
     float* w32 = staging<float>(0, n);
     float* g32 = g != nullptr ? staging<float>(1, n) : nullptr;
-    for (int64_t i = 0; i < n; ++i) w32[i] = static_cast<float>(w[i]);
-    if (g != nullptr) {
-      for (int64_t i = 0; i < n; ++i) g32[i] = static_cast<float>(g[i]);
-    }
+    widen(w32, w, n);
+    if (g != nullptr) widen(g32, g, n);
     run(w32, static_cast<const float*>(g32));
     lowp_store(w, w32, n, index0, lp, t);
   } else {
@@ -106,5 +143,6 @@ void staged_step(scalar_t* w, const scalar_t* g, int64_t n, int64_t index0, cons
   }
 }
 
+}  // namespace
 }  // namespace cpu
 }  // namespace fused_hybrid
