@@ -8,6 +8,12 @@
 // with the schema's full C++ signature that the dispatcher calls. Python builds the same schemas from the records
 // (fused_hybrid/families.py), and tests/test_shared_constants.py checks that both agree.
 //
+// Every family also takes the storing of 16-bit params (issue 16): its record's last field `rounding` (0 nearest
+// even, 1 stochastic, 2 Kahan: fused_hybrid.hyper.ROUND_*), then `seeds` (each tensor's 64-bit stochastic-rounding
+// seed; empty unless rounding == 1) and the last state list `kahan_comps` (each 16-bit param's compensation
+// buffer, of the param's dtype; empty unless rounding == 2). SGD takes `steps` (empty unless rounding == 1: the
+// step is a counter of the random bits). Neither applies to float32 / float64 params (the callers pass 0).
+//
 // Schema types: float -> double, bool -> bool, int -> int64_t, ints (int[]) -> at::IntArrayRef,
 // opt (Tensor?) -> std::optional<at::Tensor>, optw (a Tensor? the op writes) -> the same.
 #pragma once
@@ -22,43 +28,45 @@
 
 // SGD with momentum (torch.optim.SGD). firsts[t] != 0: momentum_buffers[t] was just created, and takes buf = g
 // (torch's first step); empty when no buffer is fresh. momentum_buffers is empty when momentum == 0.
-#define FH_SGD_LISTS(L) L(momentum_buffers, b)
+#define FH_SGD_LISTS(L) L(momentum_buffers, b) L(steps, c) L(kahan_comps, d)
 #define FH_SGD_ARGS(X)                                                                                           \
   X(ints, firsts) X(float, lr) X(float, momentum) X(float, dampening) X(bool, nesterov) X(float, weight_decay) \
-  X(bool, decoupled) X(bool, maximize)
+  X(bool, decoupled) X(bool, maximize) X(int, rounding) X(ints, seeds)
 
 // The adaptive family (Adam/AdamW/AMSGrad, Padam, Adam-Clip, AdaBound, SWATS): fused_hybrid.hyper.Adaptive, then
 // SWATS's fused_hybrid.hyper.SwatsArgs. For SWATS, swats_phase (int32 [T]) picks each tensor's branch on the
 // device, swats_sgd_lr (float64 [T]) is the SGD-phase step size and swats_partials (float64 [T, 2]) receives
 // <p, g> and <p, p> of the Adam step (zeros in the SGD phase); swats_momentum_buffers is empty when SWATS is off.
 #define FH_ADAPTIVE_LISTS(L) \
-  L(exp_avgs, b) L(exp_avg_sqs, c) L(max_exp_avg_sqs, d) L(steps, e) L(swats_momentum_buffers, f)
+  L(exp_avgs, b) L(exp_avg_sqs, c) L(max_exp_avg_sqs, d) L(steps, e) L(swats_momentum_buffers, f) L(kahan_comps, g)
 #define FH_ADAPTIVE_ARGS(X)                                                                                      \
   X(float, lr) X(float, beta1) X(float, beta2) X(float, eps) X(float, weight_decay) X(bool, decoupled)         \
   X(bool, amsgrad) X(bool, maximize) X(int, form) X(float, partial) X(int, clip_mode) X(float, clip_lo)        \
-  X(float, clip_hi) X(float, final_lr) X(bool, final_lr_relative) X(float, gamma) X(opt, swats_phase)         \
-  X(opt, swats_sgd_lr) X(optw, swats_partials) X(bool, swats_nesterov)
+  X(float, clip_hi) X(float, final_lr) X(bool, final_lr_relative) X(float, gamma) X(int, rounding)            \
+  X(ints, seeds) X(opt, swats_phase) X(opt, swats_sgd_lr) X(optw, swats_partials) X(bool, swats_nesterov)
 
 // MAS (fused_hybrid.hyper.MAS): variant 0 sum, 1 correction, 2 normalized, 3 vector (hyper.MAS_VARIANTS order);
 // momentum_buffers is empty when momentum == 0.
-#define FH_MAS_LISTS(L) L(exp_avgs, b) L(exp_avg_sqs, c) L(momentum_buffers, d) L(steps, e)
+#define FH_MAS_LISTS(L) L(exp_avgs, b) L(exp_avg_sqs, c) L(momentum_buffers, d) L(steps, e) L(kahan_comps, f)
 #define FH_MAS_ARGS(X)                                                                                           \
   X(float, lr) X(float, beta1) X(float, beta2) X(float, eps) X(float, weight_decay) X(bool, decoupled)         \
   X(float, momentum) X(float, dampening) X(bool, nesterov) X(float, adam_w) X(float, sgd_w) X(int, variant)    \
-  X(bool, maximize)
+  X(bool, maximize) X(int, rounding) X(ints, seeds)
 
 // ND-Adam (fused_hybrid.hyper.NDAdam): each tensor is rows of row_lens[t] contiguous elements (one weight vector
 // per row; exp_avg_sqs[t] holds one value per row); row_lens[t] == 0 means plain Adam (1-D parameters).
-#define FH_NDADAM_LISTS(L) L(exp_avgs, b) L(exp_avg_sqs, c) L(steps, d)
-#define FH_NDADAM_ARGS(X) \
-  X(ints, row_lens) X(float, lr) X(float, beta1) X(float, beta2) X(float, eps) X(float, weight_decay) X(bool, maximize)
+#define FH_NDADAM_LISTS(L) L(exp_avgs, b) L(exp_avg_sqs, c) L(steps, d) L(kahan_comps, e)
+#define FH_NDADAM_ARGS(X)                                                                                        \
+  X(ints, row_lens) X(float, lr) X(float, beta1) X(float, beta2) X(float, eps) X(float, weight_decay)           \
+  X(bool, maximize) X(int, rounding) X(ints, seeds)
 
 // rms: RMSprop and Adagrad (fused_hybrid.hyper.RMS). grad_avgs is empty unless centered, momentum_buffers unless
 // momentum != 0.
-#define FH_RMS_LISTS(L) L(square_avgs, b) L(grad_avgs, c) L(momentum_buffers, d) L(steps, e)
+#define FH_RMS_LISTS(L) L(square_avgs, b) L(grad_avgs, c) L(momentum_buffers, d) L(steps, e) L(kahan_comps, f)
 #define FH_RMS_ARGS(X)                                                                                           \
   X(float, lr) X(float, keep) X(float, add) X(float, eps) X(float, weight_decay) X(bool, decoupled)            \
-  X(float, momentum) X(bool, centered) X(float, lr_decay) X(bool, maximize)
+  X(float, momentum) X(bool, centered) X(float, lr_decay) X(bool, maximize)   \
+  X(int, rounding) X(ints, seeds)
 
 // Every family's step ends with these: the lr as a 0-dim tensor (then lr is unused; read where the kernels run),
 // GradScaler's scale (the kernels multiply the gradients by its inverse) and found_inf (nothing changes, step

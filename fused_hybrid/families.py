@@ -67,14 +67,23 @@ class Family:
         return self.record(**{n: (lr if n == "lr" else kw[n]) for _, n in self.fields})
 
 
+# Every family's trailing lists and first trailing keyword: the Kahan compensation buffers of 16-bit params
+# (empty unless the record's rounding is hyper.ROUND_KAHAN) and each tensor's stochastic-rounding seed (empty
+# unless it is hyper.ROUND_STOCHASTIC; int64, the seed's 64 bits). SGD also takes step counts (empty unless
+# stochastic rounding needs the step as a counter of its random bits).
+_KAHAN = ("kahan_comps",)
+_SEEDS = (("int[]", "seeds"),)
+
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("sgd", H.SGD, ("momentum_buffers",), leading=(("int[]", "firsts"),)),
-    Family("adaptive", H.Adaptive, ("exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "steps", "swats_momentum_buffers"),
-           trailing=(("Tensor?", "swats_phase"), ("Tensor?", "swats_sgd_lr"), ("Tensor?", "swats_partials"),
-                     ("bool", "swats_nesterov"))),
-    Family("mas", H.MAS, ("exp_avgs", "exp_avg_sqs", "momentum_buffers", "steps")),
-    Family("ndadam", H.NDAdam, ("exp_avgs", "exp_avg_sqs", "steps"), leading=(("int[]", "row_lens"),)),
-    Family("rms", H.RMS, ("square_avgs", "grad_avgs", "momentum_buffers", "steps")),
+    Family("sgd", H.SGD, ("momentum_buffers", "steps") + _KAHAN, leading=(("int[]", "firsts"),), trailing=_SEEDS),
+    Family("adaptive", H.Adaptive,
+           ("exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "steps", "swats_momentum_buffers") + _KAHAN,
+           trailing=_SEEDS + (("Tensor?", "swats_phase"), ("Tensor?", "swats_sgd_lr"), ("Tensor?", "swats_partials"),
+                              ("bool", "swats_nesterov"))),
+    Family("mas", H.MAS, ("exp_avgs", "exp_avg_sqs", "momentum_buffers", "steps") + _KAHAN, trailing=_SEEDS),
+    Family("ndadam", H.NDAdam, ("exp_avgs", "exp_avg_sqs", "steps") + _KAHAN, leading=(("int[]", "row_lens"),),
+           trailing=_SEEDS),
+    Family("rms", H.RMS, ("square_avgs", "grad_avgs", "momentum_buffers", "steps") + _KAHAN, trailing=_SEEDS),
 )}
 
 

@@ -23,6 +23,12 @@ CLIP_ADABOUND = 2  # AdaBound: bounds from final_lr (scaled by lr/base_lr, see A
 PHASE_ADAM = 0
 PHASE_SGD = 1
 
+# How a step stores bfloat16 / float16 parameters (every record's ``rounding`` field; the group keywords
+# ``stochastic_rounding`` and ``kahan_summation``). float32 / float64 parameters are always stored as computed.
+ROUND_NEAREST = 0  # round to nearest even (what a plain cast does)
+ROUND_STOCHASTIC = 1  # stochastic rounding with counter-based bits (fused_hybrid.rounding.rand32)
+ROUND_KAHAN = 2  # nearest even plus a compensation buffer per element (the kahan_comps state list)
+
 # MAS's variants (seed 003, section III.B), by code.
 MAS_VARIANTS = ("sum", "correction", "normalized", "vector")
 
@@ -48,6 +54,7 @@ class Adaptive:
     final_lr: float = 0.0
     final_lr_relative: bool = False
     gamma: float = 0.0
+    rounding: int = ROUND_NEAREST  # how 16-bit params are stored (ROUND_*)
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,7 @@ class SGD:
     weight_decay: float = 0.0
     decoupled: bool = False  # w *= 1 - lr*wd before the step (AdamW's form); else L2 (g += wd*w)
     maximize: bool = False
+    rounding: int = ROUND_NEAREST  # how 16-bit params are stored (ROUND_*)
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,7 @@ class MAS:
     sgd_w: float = 0.5
     variant: int = 0  # MAS_VARIANTS.index(name)
     maximize: bool = False
+    rounding: int = ROUND_NEAREST  # how 16-bit params are stored (ROUND_*)
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,7 @@ class NDAdam:
     eps: float
     weight_decay: float = 0.0
     maximize: bool = False
+    rounding: int = ROUND_NEAREST  # how 16-bit params are stored (ROUND_*)
 
 
 @dataclass(frozen=True)
@@ -103,6 +113,7 @@ class RMS:
     centered: bool = False
     lr_decay: float = 0.0
     maximize: bool = False
+    rounding: int = ROUND_NEAREST  # how 16-bit params are stored (ROUND_*)
 
 
 @dataclass

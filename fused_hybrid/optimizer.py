@@ -42,7 +42,7 @@ class _Bucket:
     """The tensors of one group that share a device and dtype and have gradients this step, with their state
     lists built once (state tensors keep their identity until a checkpoint is loaded, which drops every plan)."""
     __slots__ = ("device", "params", "idx", "states", "flat_idx", "backend", "whole", "_lists", "covers_all", "cache",
-                 "viewed", "nd_axes")
+                 "viewed", "nd_axes", "seeds")
 
     def __init__(self, device, backend, viewed=False):
         self.device = device
@@ -58,6 +58,7 @@ class _Bucket:
         self._lists = {}
         self.cache = {}  # the backend's own per-bucket data (its TensorTable, ...), dropped with the plan
         self.nd_axes = None  # ND-Adam: (the group's vec_axes, each param's vector dims); shapes are fixed per plan
+        self.seeds = None  # stochastic rounding: each param's seed as an int (seeds never change while a plan lives)
 
     def state_list(self, key: str) -> list:
         lst = self._lists.get(key)
@@ -282,6 +283,8 @@ class HybridOptimizer(torch.optim.Optimizer):
             grads = [_real(g) for g in grads]
         kwargs = {s.arg: b.state_list(s.key) for s in rule.state if s.arg is not None}
         kwargs.update(rule.step_args(self, gi, group, b))
+        if hp.rounding:
+            hp = rules.bucket_rounding(hp, b, kwargs)
         stepped = getattr(b.backend, rule.family)(
             params=b.params, grads=grads, hp=hp, cache=b.cache,
             grad_scale=None if grad_scale is None else grad_scale.to(b.device),
@@ -414,7 +417,9 @@ class HybridOptimizer(torch.optim.Optimizer):
                     raise ValueError(f"state of parameter {pid}: 'step' has {v.numel()} elements, expected 1")
                 continue
             shape = {st.key: st.shape for st in rules.RULES[group["rule"]].state}.get(k, "param")
-            if shape == "param" and k in rules.PER_ELEMENT_KEYS and v.shape != p.shape:
+            if k == rules.SEED.key and v.numel() != 1:
+                raise ValueError(f"state of parameter {pid}: {k!r} has {v.numel()} elements, expected 1")
+            if shape in ("param", "comp") and k in rules.PER_ELEMENT_KEYS and v.shape != p.shape:
                 raise ValueError(f"state of parameter {pid}: {k!r} has shape {tuple(v.shape)}, the parameter "
                                  f"{tuple(p.shape)} (a checkpoint of another model?)")
 
@@ -430,6 +435,10 @@ class HybridOptimizer(torch.optim.Optimizer):
             return value
         if key == "step":
             return value.to(dtype=torch.float32, device=p.device).clone()
+        if key == rules.SEED.key:  # read on the host only: stays a CPU int64 scalar
+            return value.to(dtype=torch.int64, device="cpu").clone()
+        if key == rules.KAHAN_COMP.key:  # of the param's own dtype (what its stores lost)
+            return value.to(dtype=p.dtype, device=p.device).clone()
         if value.is_floating_point():
             return value.to(dtype=rules.state_dtype(p), device=p.device).clone()
         return value.to(device=p.device).clone()

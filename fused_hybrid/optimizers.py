@@ -6,6 +6,10 @@ takes ``decoupled_weight_decay``: ``w *= 1 - lr*weight_decay`` with the group's 
 (AdamW's form) instead of L2's ``g += weight_decay*w`` (ND-Adam refuses True: it renormalizes its weight vectors).
 Keyword arguments torch.optim has but that choose an implementation (``foreach``, ``fused``) are accepted and
 ignored: the backend decides. Any other unknown keyword is a TypeError, as in torch.optim.
+
+Every class also takes ``stochastic_rounding`` and ``kahan_summation`` (both False by default; at most one True),
+how bfloat16 / float16 params are stored after each step (README: "Low-precision parameters"); float32 / float64
+params of the same group are unaffected.
 """
 from __future__ import annotations
 
@@ -35,12 +39,14 @@ class Adam(HybridOptimizer):
     """torch.optim.Adam, same trajectory (Kingma & Ba 2015; AMSGrad: Reddi et al. 2018)."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
-                 maximize=False, decoupled_weight_decay=False, backend="auto",
+                 maximize=False, decoupled_weight_decay=False, stochastic_rounding=False, kahan_summation=False,
+                 backend="auto",
                  process_group=None, max_grad_norm=None, norm_type=2.0,
                  skip_grad_norm_above=None, foreach=None, fused=None,
                  capturable=False, differentiable=False):
         super().__init__(params, "adam", backend=backend, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=decoupled_weight_decay,
+                         stochastic_rounding=stochastic_rounding, kahan_summation=kahan_summation,
                          **_impl(foreach, fused, capturable, differentiable),
                          **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 
@@ -49,12 +55,14 @@ class AdamW(HybridOptimizer):
     """torch.optim.AdamW: decoupled weight decay, w *= 1 - lr*wd before the Adam update (Loshchilov & Hutter)."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
-                 maximize=False, backend="auto",
+                 maximize=False, stochastic_rounding=False, kahan_summation=False, backend="auto",
                  process_group=None, max_grad_norm=None, norm_type=2.0,
                  skip_grad_norm_above=None,
                  foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, "adamw", backend=backend, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         amsgrad=amsgrad, maximize=maximize, **_impl(foreach, fused, capturable, differentiable),
+                         amsgrad=amsgrad, maximize=maximize, stochastic_rounding=stochastic_rounding,
+                         kahan_summation=kahan_summation,
+                         **_impl(foreach, fused, capturable, differentiable),
                          **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 
 
@@ -62,13 +70,15 @@ class SGD(HybridOptimizer):
     """torch.optim.SGD: momentum, dampening, Nesterov, L2 weight decay, maximize."""
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, *,
-                 maximize=False, decoupled_weight_decay=False, backend="auto",
+                 maximize=False, decoupled_weight_decay=False, stochastic_rounding=False, kahan_summation=False,
+                 backend="auto",
                  process_group=None, max_grad_norm=None, norm_type=2.0,
                  skip_grad_norm_above=None,
                  foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, "sgd", backend=backend, lr=lr, momentum=momentum, dampening=dampening,
                          weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
                          decoupled_weight_decay=decoupled_weight_decay,
+                         stochastic_rounding=stochastic_rounding, kahan_summation=kahan_summation,
                          **_impl(foreach, fused, capturable, differentiable),
                          **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 
@@ -79,13 +89,15 @@ class RMSprop(HybridOptimizer):
     the normalized step."""
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, *,
-                 maximize=False, decoupled_weight_decay=False, backend="auto",
+                 maximize=False, decoupled_weight_decay=False, stochastic_rounding=False, kahan_summation=False,
+                 backend="auto",
                  process_group=None, max_grad_norm=None, norm_type=2.0,
                  skip_grad_norm_above=None,
                  foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, "rmsprop", backend=backend, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                          momentum=momentum, centered=centered, maximize=maximize,
                          decoupled_weight_decay=decoupled_weight_decay,
+                         stochastic_rounding=stochastic_rounding, kahan_summation=kahan_summation,
                          **_impl(foreach, fused, capturable, differentiable),
                          **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 
@@ -95,13 +107,15 @@ class Adagrad(HybridOptimizer):
     w -= lr/(1 + (k-1)*lr_decay) * g / (sqrt(sum) + eps); ``sum`` starts at initial_accumulator_value."""
 
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10, *,
-                 maximize=False, decoupled_weight_decay=False, backend="auto",
+                 maximize=False, decoupled_weight_decay=False, stochastic_rounding=False, kahan_summation=False,
+                 backend="auto",
                  process_group=None, max_grad_norm=None, norm_type=2.0,
                  skip_grad_norm_above=None,
                  foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, "adagrad", backend=backend, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                          initial_accumulator_value=initial_accumulator_value, eps=eps, maximize=maximize,
                          decoupled_weight_decay=decoupled_weight_decay,
+                         stochastic_rounding=stochastic_rounding, kahan_summation=kahan_summation,
                          **_impl(foreach, fused, capturable, differentiable),
                          **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 
@@ -113,13 +127,15 @@ class Padam(HybridOptimizer):
     the square root; partial -> 0 approaches SGD with momentum (up to the 1-b1 factor)."""
 
     def __init__(self, params, lr=0.1, betas=(0.9, 0.999), partial=0.125, eps=1e-8, weight_decay=0.0,
-                 amsgrad=True, *, maximize=False, decoupled_weight_decay=False, backend="auto",
+                 amsgrad=True, *, maximize=False, decoupled_weight_decay=False, stochastic_rounding=False,
+                 kahan_summation=False, backend="auto",
                  process_group=None, max_grad_norm=None, norm_type=2.0,
                  skip_grad_norm_above=None,
                  foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, "padam", backend=backend, lr=lr, betas=betas, partial=partial, eps=eps,
                          weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
                          decoupled_weight_decay=decoupled_weight_decay,
+                         stochastic_rounding=stochastic_rounding, kahan_summation=kahan_summation,
                          **_impl(foreach, fused, capturable, differentiable),
                          **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 
@@ -130,13 +146,15 @@ class AdamClip(HybridOptimizer):
     averaged momentum; the paper's variants are (1, inf) and (0, 1)."""
 
     def __init__(self, params, lr=1e-3, sgd_lr=None, lower=1.0, upper=math.inf, betas=(0.9, 0.999), eps=1e-8,
-                 weight_decay=0.0, amsgrad=False, *, maximize=False, decoupled_weight_decay=False, backend="auto",
+                 weight_decay=0.0, amsgrad=False, *, maximize=False, decoupled_weight_decay=False,
+                 stochastic_rounding=False, kahan_summation=False, backend="auto",
                  process_group=None, max_grad_norm=None, norm_type=2.0,
                  skip_grad_norm_above=None,
                  foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, "adamclip", backend=backend, lr=lr, sgd_lr=sgd_lr, lower=lower, upper=upper,
                          betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
                          decoupled_weight_decay=decoupled_weight_decay,
+                         stochastic_rounding=stochastic_rounding, kahan_summation=kahan_summation,
                          **_impl(foreach, fused, capturable, differentiable),
                          **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 
@@ -146,13 +164,15 @@ class AdaBound(HybridOptimizer):
     final_lr * lr / base_lr (base_lr: the group's lr at construction, saved in the state_dict)."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), final_lr=0.1, gamma=1e-3, eps=1e-8, weight_decay=0.0,
-                 amsbound=False, *, maximize=False, decoupled_weight_decay=False, backend="auto",
+                 amsbound=False, *, maximize=False, decoupled_weight_decay=False, stochastic_rounding=False,
+                 kahan_summation=False, backend="auto",
                  process_group=None, max_grad_norm=None, norm_type=2.0,
                  skip_grad_norm_above=None,
                  foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, "adabound", backend=backend, lr=lr, betas=betas, final_lr=final_lr, gamma=gamma,
                          eps=eps, weight_decay=weight_decay, amsbound=amsbound, maximize=maximize,
                          decoupled_weight_decay=decoupled_weight_decay,
+                         stochastic_rounding=stochastic_rounding, kahan_summation=kahan_summation,
                          **_impl(foreach, fused, capturable, differentiable),
                          **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 
@@ -170,13 +190,14 @@ class SWATS(HybridOptimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-9, weight_decay=0.0, amsgrad=False,
                  nesterov=False, *, granularity="global", switch_rtol=1e-3, switch_atol=0.0, maximize=False,
-                 decoupled_weight_decay=False,
+                 decoupled_weight_decay=False, stochastic_rounding=False, kahan_summation=False,
                  backend="auto", process_group=None, max_grad_norm=None, norm_type=2.0, skip_grad_norm_above=None,
                  foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, "swats", backend=backend, granularity=granularity, process_group=process_group,
                          lr=lr, betas=betas, eps=eps,
                          weight_decay=weight_decay, amsgrad=amsgrad, nesterov=nesterov, switch_rtol=switch_rtol,
                          switch_atol=switch_atol, maximize=maximize, decoupled_weight_decay=decoupled_weight_decay,
+                         stochastic_rounding=stochastic_rounding, kahan_summation=kahan_summation,
                          **_impl(foreach, fused, capturable, differentiable),
                          **_clip(max_grad_norm, norm_type, skip_grad_norm_above))
 
@@ -189,7 +210,7 @@ class MAS(HybridOptimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum=0.0,
                  dampening=0.0, nesterov=False, adam_w=0.5, sgd_w=0.5, variant="sum", *, maximize=False,
-                 decoupled_weight_decay=False,
+                 decoupled_weight_decay=False, stochastic_rounding=False, kahan_summation=False,
                  backend="auto",
                  process_group=None, max_grad_norm=None, norm_type=2.0,
                  skip_grad_norm_above=None,
@@ -197,6 +218,7 @@ class MAS(HybridOptimizer):
         super().__init__(params, "mas", backend=backend, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          momentum=momentum, dampening=dampening, nesterov=nesterov, adam_w=adam_w, sgd_w=sgd_w,
                          variant=variant, maximize=maximize, decoupled_weight_decay=decoupled_weight_decay,
+                         stochastic_rounding=stochastic_rounding, kahan_summation=kahan_summation,
                          **_impl(foreach, fused, capturable, differentiable),
                          **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 
@@ -208,12 +230,14 @@ class NDAdam(HybridOptimizer):
     group) names the dims one vector spans."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, vec_axes=None, *,
-                 maximize=False, decoupled_weight_decay=False, backend="auto",
+                 maximize=False, decoupled_weight_decay=False, stochastic_rounding=False, kahan_summation=False,
+                 backend="auto",
                  process_group=None, max_grad_norm=None, norm_type=2.0,
                  skip_grad_norm_above=None,
                  foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, "ndadam", backend=backend, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          vec_axes=vec_axes, maximize=maximize, decoupled_weight_decay=decoupled_weight_decay,
+                         stochastic_rounding=stochastic_rounding, kahan_summation=kahan_summation,
                          **_impl(foreach, fused, capturable, differentiable),
                          **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 

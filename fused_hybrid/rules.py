@@ -20,7 +20,8 @@ from . import hyper as H
 
 # Keys every group has whatever its rule. foreach/fused/differentiable are accepted for torch.optim keyword
 # compatibility; the backend decides how the step runs.
-COMMON = dict(backend="auto", capturable=False, foreach=None, fused=None, differentiable=False)
+COMMON = dict(backend="auto", capturable=False, foreach=None, fused=None, differentiable=False,
+              stochastic_rounding=False, kahan_summation=False)
 # Keys set by the wrappers or by LR schedulers, allowed in any group.
 EXTRA_KEYS = {"rule", "params", "initial_lr", "base_lr", "param_names"}
 
@@ -89,10 +90,34 @@ def _check_common(group):
         _check_betas(group)
     if group.get("differentiable"):
         raise ValueError("Invalid differentiable: True is not supported by fused_hybrid")
+    _check_rounding(group)
+
+
+def _check_rounding(group):
+    for key in ("stochastic_rounding", "kahan_summation"):
+        if not isinstance(group.get(key, False), bool):
+            raise ValueError(f"Invalid {key}: {group[key]!r} (must be True or False)")
+    if group.get("stochastic_rounding") and group.get("kahan_summation"):
+        raise ValueError("Invalid stochastic_rounding/kahan_summation: choose one; both remedy the rounding of "
+                         "bfloat16/float16 parameter stores (stochastic rounding makes each store unbiased, Kahan "
+                         "summation carries its error in a compensation buffer), and a compensated store rounds to "
+                         "nearest by construction")
+
+
+def rounding_code(group: dict) -> int:
+    """How the group stores its 16-bit params (hyper.ROUND_*)."""
+    if group.get("stochastic_rounding"):
+        return H.ROUND_STOCHASTIC
+    if group.get("kahan_summation"):
+        return H.ROUND_KAHAN
+    return H.ROUND_NEAREST
 
 
 # --------------------------------------------------------------------------------------------------------------
 # State
+
+
+LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 def state_dtype(p: torch.Tensor) -> torch.dtype:
@@ -136,10 +161,22 @@ class State:
     when: Callable[[dict], bool] = _always
     fresh: bool = False
     init: str | None = None  # the group hyperparameter a "param"-shaped entry starts at (else zeros)
+    # Only for bfloat16 / float16 params (the rounding state: float32 / float64 params are stored exactly as the
+    # rule computes them, so they get neither a seed nor a compensation buffer).
+    low_precision_only: bool = False
+
+    def applies(self, p: torch.Tensor, group: dict) -> bool:
+        return self.when(group) and (not self.low_precision_only or p.dtype in LOW_PRECISION)
 
     def new(self, p: torch.Tensor, group: dict) -> torch.Tensor:
         if self.shape == "step":
             return torch.zeros((), dtype=torch.float32, device=p.device)
+        if self.shape == "seed":
+            return new_seed()
+        if self.shape == "comp":
+            # The compensation of a bfloat16 / float16 param is of its own dtype (it holds what a store of that
+            # dtype lost), like the param: 2 bytes per element.
+            return torch.zeros_like(p, memory_format=torch.contiguous_format)
         dt = state_dtype(p)
         if self.shape == "vectors":
             axes = ndadam_axes(p, group)
@@ -149,6 +186,27 @@ class State:
             return torch.full_like(p, float(group[self.init]), dtype=dt, memory_format=torch.contiguous_format)
         return torch.zeros_like(p, dtype=dt, memory_format=torch.contiguous_format)
 
+
+def new_seed() -> torch.Tensor:
+    """A 64-bit stochastic-rounding seed as a 0-dim int64 CPU tensor, drawn from torch's default CPU generator (so
+    torch.manual_seed fixes it). Drawn once, when the param's state is created: step() draws nothing (its random
+    bits are Philox4x32-10 of (seed, step, element index)), so steps are reproducible, resumable and capturable."""
+    return torch.randint(-(2 ** 63), 2 ** 63 - 1, (), dtype=torch.int64)
+
+
+def _stochastic(group) -> bool:
+    return bool(group.get("stochastic_rounding"))
+
+
+def _kahan(group) -> bool:
+    return bool(group.get("kahan_summation"))
+
+
+# The state of the 16-bit stores, which every rule has (Rule.__post_init__ appends it): a seed (CPU, never read
+# on the device) for stochastic rounding, a compensation buffer (the kahan_comps list of every family) for Kahan.
+SEED = State("rounding_seed", None, shape="seed", when=_stochastic, low_precision_only=True)
+KAHAN_COMP = State("kahan_comp", "kahan_comps", shape="comp", when=_kahan, low_precision_only=True)
+ROUNDING_STATE = (SEED, KAHAN_COMP)
 
 STEP = State("step", "steps", shape="step")
 EXP_AVG = State("exp_avg", "exp_avgs")
@@ -193,6 +251,9 @@ class Rule:
     sharded_ok: bool = True
     complex_ok: bool = True
     fill: Callable[[dict], None] = _nothing  # completes a group after its defaults (AdaBound's base_lr)
+
+    def __post_init__(self):
+        object.__setattr__(self, "state", self.state + ROUNDING_STATE)
 
 
 def _common_record(group: dict) -> dict:
@@ -320,7 +381,8 @@ def _sgd_after(opt, bucket, kwargs) -> None:
 
 SGD = Rule("sgd", "sgd", dict(lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
                               decoupled_weight_decay=False, maximize=False),
-           (replace(MOMENTUM, fresh=True),),
+           # SGD has no step count of its own; stochastic rounding needs one (its random bits' counter).
+           (replace(MOMENTUM, fresh=True), replace(STEP, when=_stochastic, low_precision_only=True)),
            lambda g: H.SGD(lr=g["lr"], momentum=g["momentum"], dampening=g["dampening"], nesterov=g["nesterov"],
                            weight_decay=g["weight_decay"], decoupled=_decoupled(g), maximize=g["maximize"]),
            check=_check_momentum, step_args=_sgd_args, after=_sgd_after)
@@ -404,7 +466,7 @@ ADAGRAD = Rule("adagrad", "rms", dict(lr=1e-2, lr_decay=0.0, weight_decay=0.0, i
 RULES: dict[str, Rule] = {r.name: r for r in (ADAM, ADAMW, SGD, PADAM, ADAMCLIP, ADABOUND, SWATS, MAS, NDADAM,
                                               RMSPROP, ADAGRAD)}
 # Views of the registry for callers that want one fact of every rule.
-PER_ELEMENT_KEYS = {s.key for r in RULES.values() for s in r.state if s.shape == "param"}
+PER_ELEMENT_KEYS = {s.key for r in RULES.values() for s in r.state if s.shape in ("param", "comp")}
 DEFAULTS = {name: r.defaults for name, r in RULES.items()}
 FAMILY = {name: r.family for name, r in RULES.items()}
 
@@ -473,7 +535,7 @@ def ensure_state(p: torch.Tensor, state: dict, group: dict) -> bool:
     entry (the step must be told)."""
     fresh = False
     for s in RULES[group["rule"]].state:
-        if s.when(group) and state.get(s.key) is None:
+        if s.applies(p, group) and state.get(s.key) is None:
             state[s.key] = s.new(p, group)
             fresh |= s.fresh
     return fresh
@@ -481,4 +543,29 @@ def ensure_state(p: torch.Tensor, state: dict, group: dict) -> bool:
 
 def record(group: dict):
     """The per-step hyperparameter record of ``group`` (see ``hyper``)."""
-    return RULES[group["rule"]].record(group)
+    rec = RULES[group["rule"]].record(group)
+    code = rounding_code(group)
+    return replace(rec, rounding=code) if code != H.ROUND_NEAREST else rec
+
+
+def bucket_rounding(hp, bucket, kwargs: dict):
+    """The record and rounding arguments of one bucket of a group that asked for stochastic rounding or Kahan
+    summation: float32 / float64 buckets store exactly as computed (the options do not apply to them: record
+    rounding 0, no seeds, no compensation buffers); 16-bit buckets get ``seeds`` (each param's seed, an int) or
+    their ``kahan_comps``."""
+    if bucket.params[0].dtype not in LOW_PRECISION:
+        kwargs["kahan_comps"] = None
+        return replace(hp, rounding=H.ROUND_NEAREST)
+    if hp.rounding == H.ROUND_STOCHASTIC:
+        if bucket.seeds is None:
+            # Once per plan: the seeds are CPU int64 scalars read without a device sync, and a checkpoint load
+            # (the only thing that replaces them) drops the plans.
+            if torch.compiler.is_compiling():
+                # Traced, int() of a tensor is a data-dependent value the ops' int[] cannot take.
+                raise NotImplementedError(
+                    "fused_hybrid: stochastic rounding under torch.compile needs its per-param seeds read once "
+                    "eagerly: run the first step (and the first after loading a checkpoint or changing which "
+                    "params have gradients) without torch.compile")
+            bucket.seeds = [int(s[SEED.key]) for s in bucket.states]
+        kwargs["seeds"] = bucket.seeds
+    return hp

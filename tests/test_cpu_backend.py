@@ -142,7 +142,7 @@ def test_adaptive_op_overwrites_poisoned_partials():
     from fused_hybrid import hyper as H
     from fused_hybrid.families import FAMILIES
     hp = H.Adaptive(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8)
-    torch.ops.fused_hybrid.adaptive_(ps, gs, z(), z(), [], steps, z(), **FAMILIES["adaptive"].kwargs(hp),
+    torch.ops.fused_hybrid.adaptive_(ps, gs, z(), z(), [], steps, z(), [], **FAMILIES["adaptive"].kwargs(hp), seeds=[],
                                      swats_phase=phase, swats_sgd_lr=torch.full((4,), 0.01, dtype=torch.float64),
                                      swats_partials=partials, swats_nesterov=False, grad_scale=None, found_inf=None)
     assert not partials.isnan().any()
@@ -197,7 +197,7 @@ def test_table_and_list_entry_points_agree(case, backend):
 
 # The sgd ops' keyword arguments for a plain step of lr 0.1 (the ops take every scalar by keyword).
 SGD_KW = dict(firsts=[], lr=0.1, lr_tensor=None, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
-              decoupled=False, maximize=False, grad_scale=None, found_inf=None)
+              decoupled=False, maximize=False, rounding=0, seeds=[], grad_scale=None, found_inf=None)
 
 
 def test_table_op_says_when_a_param_has_no_gradient():
@@ -205,7 +205,7 @@ def test_table_op_says_when_a_param_has_no_gradient():
     step), answered False with nothing changed, not an exception the caller has to parse."""
     p, q = torch.zeros(3), torch.zeros(2)
     p.grad = torch.ones(3)
-    table = torch.classes.fused_hybrid.TensorTable([[p, q], []])
+    table = torch.classes.fused_hybrid.TensorTable([[p, q], [], [], []])
     assert torch.ops.fused_hybrid.sgd_table_(table, [], **SGD_KW) is False
     assert torch.equal(p, torch.zeros(3))
     q.grad = torch.ones(2)
@@ -217,11 +217,11 @@ def test_table_op_rejects_a_table_of_the_wrong_shape():
     p, g = torch.zeros(3), torch.ones(3)
     op = torch.ops.fused_hybrid.sgd_table_
     kw = dict(SGD_KW, firsts=[False])
-    with pytest.raises(RuntimeError, match="needs a TensorTable of 2 lists"):
+    with pytest.raises(RuntimeError, match="needs a TensorTable of 4 lists"):
         op(torch.classes.fused_hybrid.TensorTable([[p]]), [g], **kw)
     with pytest.raises(RuntimeError, match="1 params but 2 grads"):
-        op(torch.classes.fused_hybrid.TensorTable([[p], []]), [g, g], **kw)
-    assert op(torch.classes.fused_hybrid.TensorTable([[p], []]), [g], **kw) is True
+        op(torch.classes.fused_hybrid.TensorTable([[p], [], [], []]), [g, g], **kw)
+    assert op(torch.classes.fused_hybrid.TensorTable([[p], [], [], []]), [g], **kw) is True
     assert torch.equal(p, torch.full((3,), -0.1))
 
 
@@ -258,7 +258,7 @@ def test_table_ops_hand_other_devices_to_the_list_ops_kernel():
                   [(), (1,)], H.NDAdam(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8), cache={})
     # The same call on CPU tensors a CPU kernel cannot take is refused: the branch above really changed kernels.
     ps = meta_params([(3,)])
-    table = torch.classes.fused_hybrid.TensorTable([[torch.zeros(3)], []])
+    table = torch.classes.fused_hybrid.TensorTable([[torch.zeros(3)], [], [], []])
     with pytest.raises(RuntimeError, match="sgd_"):
         torch.ops.fused_hybrid.sgd_table_(table, [ps[0].grad], **SGD_KW)
 

@@ -28,7 +28,7 @@ def test_ops_have_schemas(op):
 
 
 SGD_KW = dict(firsts=[0], lr=0.1, lr_tensor=None, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
-              decoupled=False, maximize=False, grad_scale=None, found_inf=None)
+              decoupled=False, maximize=False, rounding=0, seeds=[], grad_scale=None, found_inf=None)
 
 
 def test_cpu_op_rejects_bad_input_clearly():
@@ -36,7 +36,7 @@ def test_cpu_op_rejects_bad_input_clearly():
         pytest.skip(f"extension not built: {_ext.LOAD_ERROR}")
     p = torch.zeros(4)
     with pytest.raises(RuntimeError, match="grads"):
-        torch.ops.fused_hybrid.sgd_([p], [], [], **SGD_KW)
+        torch.ops.fused_hybrid.sgd_([p], [], [], [], [], **SGD_KW)
     with pytest.raises(RuntimeError, match="contiguous"):
         q = torch.zeros(4, 4).t()
-        torch.ops.fused_hybrid.sgd_([q], [torch.zeros(4, 4).t()], [], **SGD_KW)
+        torch.ops.fused_hybrid.sgd_([q], [torch.zeros(4, 4).t()], [], [], [], **SGD_KW)

@@ -11,7 +11,7 @@ import triton.language as tl
 
 from .common import (bias_corrections, chunk_header, div_ieee, f64, inv_scale, lerp, load_lr, load_w_grad, skip_step,
                      sqrt_ieee, table_ptr)
-from .rounding import store_cast
+from .rounding import rounding_ctx, store_cast, store_param
 from .sgd import swats_sgd_phase
 
 FORM_TORCH = tl.constexpr(0)
@@ -28,6 +28,7 @@ L_V = tl.constexpr(3)
 L_VMAX = tl.constexpr(4)
 L_BUF = tl.constexpr(5)
 L_STEP = tl.constexpr(6)
+L_COMP = tl.constexpr(7)  # Kahan buffers
 
 
 @triton.jit
@@ -80,7 +81,8 @@ def adabound_bounds(final, gamma, k, inf):
 def _adaptive_block(offs, mask, pp, gp, mp, vp, vmp, bp, sc, C: tl.constexpr, MASKED: tl.constexpr,
                     HAS_SCALE: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr,
                     DECOUPLED: tl.constexpr, AMSGRAD: tl.constexpr, FORM: tl.constexpr, POW: tl.constexpr,
-                    CLIP: tl.constexpr, SWATS: tl.constexpr, NESTEROV: tl.constexpr, sgd_phase):
+                    CLIP: tl.constexpr, SWATS: tl.constexpr, NESTEROV: tl.constexpr, sgd_phase, rc,
+                    ROUND: tl.constexpr):
     """One block of one tensor; returns this block's float64 (<p,g>, <p,p>) (zero unless SWATS' Adam phase).
     ``sc`` holds the per-tensor scalars already rounded to the compute dtype C."""
     inv, wd, decay, omb1, b1, b2, omb2, eps, sqrt_bc2, neg_step, step, partial2, lo, hi, neg_sgd_lr = sc
@@ -117,7 +119,7 @@ def _adaptive_block(offs, mask, pp, gp, mp, vp, vmp, bp, sc, C: tl.constexpr, MA
         else:
             s = paper_step_size(v_used, eps, step, partial2, lo, hi, C, POW, CLIP != CLIP_NONE)
             w = w - s * m
-    tl.store(pp + offs, store_cast(w, pp.dtype.element_ty), mask=mask)
+    store_param(pp, offs, w, mask, rc, ROUND)
     return s_pg, s_pp
 
 
@@ -131,7 +133,8 @@ def adaptive_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_pt
                     HAS_FOUND_INF: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr,
                     DECOUPLED: tl.constexpr, AMSGRAD: tl.constexpr, FORM: tl.constexpr, POW: tl.constexpr,
                     CLIP: tl.constexpr, SWATS: tl.constexpr, NESTEROV: tl.constexpr, ALIGNED: tl.constexpr,
-                    BLOCK: tl.constexpr, CHUNK: tl.constexpr, FINAL_LR_RELATIVE: tl.constexpr = False):
+                    BLOCK: tl.constexpr, CHUNK: tl.constexpr, FINAL_LR_RELATIVE: tl.constexpr = False,
+                    seed_ptr=None, ROUND: tl.constexpr = 0):
     pid = tl.program_id(0)
     t, start, n = chunk_header(chunks, meta, pid, 4, CHUNK)
     s_pg = tl.zeros((), tl.float64)
@@ -145,6 +148,7 @@ def adaptive_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_pt
         bp = table_ptr(ptrs, L_BUF, t, T, C, ALIGNED)
         stp = table_ptr(ptrs, L_STEP, t, T, tl.float32, False)
         k = tl.load(stp).to(tl.float64) + 1.0
+        rc = rounding_ctx(ptrs, seed_ptr, L_COMP, t, T, k, P, ROUND)
         # Per-tensor scalars in float64, exactly as the reference computes them on the host.
         lr64 = load_lr(lr, lr_ptr, LR_TENSOR)
         b1, b2, bc1, bc2 = bias_corrections(beta1, beta2, k)
@@ -167,14 +171,16 @@ def adaptive_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_pt
             for i in range(0, CHUNK, BLOCK):
                 offs = start + i + tl.arange(0, BLOCK)
                 a, b = _adaptive_block(offs, None, pp, gp, mp, vp, vmp, bp, sc, C, False, HAS_SCALE, MAXIMIZE,
-                                       HAS_WD, DECOUPLED, AMSGRAD, FORM, POW, CLIP, SWATS, NESTEROV, sgd_phase)
+                                       HAS_WD, DECOUPLED, AMSGRAD, FORM, POW, CLIP, SWATS, NESTEROV, sgd_phase,
+                                       rc, ROUND)
                 s_pg += a
                 s_pp += b
         else:
             for j in range(0, n - start, BLOCK):  # (a different name: loop variables outlive the if)
                 offs = start + j + tl.arange(0, BLOCK)
                 a, b = _adaptive_block(offs, offs < n, pp, gp, mp, vp, vmp, bp, sc, C, True, HAS_SCALE, MAXIMIZE,
-                                       HAS_WD, DECOUPLED, AMSGRAD, FORM, POW, CLIP, SWATS, NESTEROV, sgd_phase)
+                                       HAS_WD, DECOUPLED, AMSGRAD, FORM, POW, CLIP, SWATS, NESTEROV, sgd_phase,
+                                       rc, ROUND)
                 s_pg += a
                 s_pp += b
     if SWATS:

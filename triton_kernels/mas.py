@@ -14,7 +14,7 @@ import triton.language as tl
 from .adaptive import adam_direction, adam_moments
 from .common import (bias_corrections, chunk_header, f64, inv_scale, load_lr, load_w_grad, skip_step, sqrt_ieee,
                      table_ptr)
-from .rounding import store_cast
+from .rounding import rounding_ctx, store_cast, store_param
 from .sgd import sgd_dir_from_buf, sgd_direction
 
 V_SUM = tl.constexpr(0)
@@ -29,6 +29,7 @@ L_M = tl.constexpr(2)
 L_V = tl.constexpr(3)
 L_BUF = tl.constexpr(4)
 L_STEP = tl.constexpr(5)
+L_COMP = tl.constexpr(6)  # Kahan buffers
 
 
 @triton.jit
@@ -53,7 +54,8 @@ def mas_reduced_update(d_a, d_s, dot, neg_eta_a, neg_lr, neg_ratio, a_scale, s_s
 @triton.jit
 def _mas_block(offs, mask, pp, gp, mp, vp, bp, sc, first, C: tl.constexpr, MASKED: tl.constexpr,
                HAS_SCALE: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, DECOUPLED: tl.constexpr,
-               MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, VARIANT: tl.constexpr, PASS: tl.constexpr):
+               MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, VARIANT: tl.constexpr, PASS: tl.constexpr, rc,
+               ROUND: tl.constexpr):
     inv, wd, omb1, b2, omb2, eps, sqrt_bc2, mom, omd, adam_w, sgd_w, coef, dot, neg_eta_a, neg_lr, neg_ratio, \
         a_scale, s_scale, decay = sc
     w, d = load_w_grad(pp, gp, offs, mask, inv, wd, C, MASKED, HAS_SCALE, MAXIMIZE, HAS_WD and not DECOUPLED)
@@ -79,7 +81,7 @@ def _mas_block(offs, mask, pp, gp, mp, vp, bp, sc, first, C: tl.constexpr, MASKE
     s_ss = tl.zeros((), tl.float64)
     if VARIANT == V_SUM:
         w = w + mas_sum_update(d_a, d_s, adam_w, sgd_w, coef)
-        tl.store(pp + offs, store_cast(w, pp.dtype.element_ty), mask=mask)
+        store_param(pp, offs, w, mask, rc, ROUND)
     elif PASS == 0:
         a64 = d_a.to(tl.float64)
         s64 = d_s.to(tl.float64)
@@ -91,7 +93,7 @@ def _mas_block(offs, mask, pp, gp, mp, vp, bp, sc, first, C: tl.constexpr, MASKE
         s_ss = tl.sum(s64 * s64)
     else:
         w = w + mas_reduced_update(d_a, d_s, dot, neg_eta_a, neg_lr, neg_ratio, a_scale, s_scale, VARIANT)
-        tl.store(pp + offs, store_cast(w, pp.dtype.element_ty), mask=mask)
+        store_param(pp, offs, w, mask, rc, ROUND)
     return s_dot, s_aa, s_ss
 
 
@@ -102,7 +104,8 @@ def mas_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr, pa
                P: tl.constexpr, C: tl.constexpr, LR_TENSOR: tl.constexpr, HAS_SCALE: tl.constexpr,
                HAS_FOUND_INF: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, DECOUPLED: tl.constexpr,
                MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, VARIANT: tl.constexpr, PASS: tl.constexpr,
-               ALIGNED: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+               ALIGNED: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr, seed_ptr=None,
+               ROUND: tl.constexpr = 0):
     pid = tl.program_id(0)
     t, start, n = chunk_header(chunks, meta, pid, 4, CHUNK)
     s_dot = tl.zeros((), tl.float64)
@@ -117,6 +120,7 @@ def mas_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr, pa
         stp = table_ptr(ptrs, L_STEP, t, T, tl.float32, False)
         # Pass 1 runs after the finalize advanced the step, so the step tensor already holds k there.
         k = tl.load(stp).to(tl.float64) + (1.0 if PASS == 0 else 0.0)
+        rc = rounding_ctx(ptrs, seed_ptr, L_COMP, t, T, k, P, ROUND)
         lr64 = load_lr(lr, lr_ptr, LR_TENSOR)
         b1, b2, bc1, bc2 = bias_corrections(beta1, beta2, k)
         eta_a = lr64 / bc1
@@ -138,7 +142,7 @@ def mas_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr, pa
             for i in range(0, CHUNK, BLOCK):
                 offs = start + i + tl.arange(0, BLOCK)
                 a, b, c = _mas_block(offs, None, pp, gp, mp, vp, bp, sc, first, C, False, HAS_SCALE, MAXIMIZE,
-                                     HAS_WD, DECOUPLED, MOMENTUM, NESTEROV, VARIANT, PASS)
+                                     HAS_WD, DECOUPLED, MOMENTUM, NESTEROV, VARIANT, PASS, rc, ROUND)
                 s_dot += a
                 s_aa += b
                 s_ss += c
@@ -146,7 +150,7 @@ def mas_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr, pa
             for j in range(0, n - start, BLOCK):  # (a different name: loop variables outlive the if)
                 offs = start + j + tl.arange(0, BLOCK)
                 a, b, c = _mas_block(offs, offs < n, pp, gp, mp, vp, bp, sc, first, C, True, HAS_SCALE, MAXIMIZE,
-                                     HAS_WD, DECOUPLED, MOMENTUM, NESTEROV, VARIANT, PASS)
+                                     HAS_WD, DECOUPLED, MOMENTUM, NESTEROV, VARIANT, PASS, rc, ROUND)
                 s_dot += a
                 s_aa += b
                 s_ss += c

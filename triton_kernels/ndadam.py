@@ -16,13 +16,14 @@ import triton.language as tl
 from .adaptive import CLIP_NONE, FORM_TORCH, _adaptive_block
 from .common import (bias_corrections, chunk_header, div_ieee, effective_grad, f64, inv_scale, lerp, load_lr,
                      skip_step, sqrt_ieee, table_ptr)
-from .rounding import store_cast
+from .rounding import rounding_ctx, store_cast, store_param
 
 L_P = tl.constexpr(0)
 L_G = tl.constexpr(1)
 L_M = tl.constexpr(2)
 L_V = tl.constexpr(3)
 L_STEP = tl.constexpr(4)
+L_COMP = tl.constexpr(5)  # Kahan buffers
 META_W = 6  # numel, chunk begin, chunk end, flag, L (vector length), inner stride
 
 
@@ -56,7 +57,8 @@ def ndadam_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr,
                   lr: tl.float64, beta1: tl.float64, beta2: tl.float64, eps: tl.float64, wd: tl.float64,
                   P: tl.constexpr, C: tl.constexpr, LR_TENSOR: tl.constexpr, HAS_SCALE: tl.constexpr,
                   HAS_FOUND_INF: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr,
-                  ROWS: tl.constexpr, BLOCK_L: tl.constexpr, FLAT_BLOCK: tl.constexpr = 1024):
+                  ROWS: tl.constexpr, BLOCK_L: tl.constexpr, FLAT_BLOCK: tl.constexpr = 1024, seed_ptr=None,
+                  ROUND: tl.constexpr = 0):
     pid = tl.program_id(0)
     t, r0, n = chunk_header(chunks, meta, pid, 6, ROWS)
     if not skip_step(found_ptr, HAS_FOUND_INF):
@@ -68,6 +70,7 @@ def ndadam_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr,
         vp = table_ptr(ptrs, L_V, t, T, C, False)
         stp = table_ptr(ptrs, L_STEP, t, T, tl.float32, False)
         k = tl.load(stp).to(tl.float64) + 1.0
+        rc = rounding_ctx(ptrs, seed_ptr, L_COMP, t, T, k, P, ROUND)
         lr64 = load_lr(lr, lr_ptr, LR_TENSOR)
         b1, b2, bc1, bc2 = bias_corrections(beta1, beta2, k)
         inv = inv_scale(scale_ptr, HAS_SCALE)
@@ -86,10 +89,10 @@ def ndadam_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr,
             for u in range(0, ROWS):
                 offs = (r0 + u) * FLAT_BLOCK + tl.arange(0, FLAT_BLOCK)
                 _adaptive_block(offs, offs < n, pp, gp, mp, vp, None, None, sc, C, True, HAS_SCALE, MAXIMIZE,
-                                HAS_WD, False, False, FORM_TORCH, False, CLIP_NONE, False, False, False)
+                                HAS_WD, False, False, FORM_TORCH, False, CLIP_NONE, False, False, False, rc, ROUND)
         else:
-            _nd_rows(pp, gp, mp, vp, r0, n, L, inner, k, inv, wd_c, omb1, b2_c, omb2, eps_c, step, C, P, HAS_SCALE,
-                     MAXIMIZE, HAS_WD, ROWS, BLOCK_L)
+            _nd_rows(pp, gp, mp, vp, r0, n, L, inner, k, inv, wd_c, omb1, b2_c, omb2, eps_c, step, rc, C, P,
+                     HAS_SCALE, MAXIMIZE, HAS_WD, ROWS, BLOCK_L, ROUND)
 
 
 @triton.jit
@@ -100,9 +103,9 @@ def _row_tile(base, rmask, cols, L, inner):
 
 
 @triton.jit
-def _nd_rows(pp, gp, mp, vp, r0, n, L, inner, k, inv, wd_c, omb1, b2_c, omb2, eps_c, step, C: tl.constexpr,
+def _nd_rows(pp, gp, mp, vp, r0, n, L, inner, k, inv, wd_c, omb1, b2_c, omb2, eps_c, step, rc, C: tl.constexpr,
              P: tl.constexpr, HAS_SCALE: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr,
-             ROWS: tl.constexpr, BLOCK_L: tl.constexpr):
+             ROWS: tl.constexpr, BLOCK_L: tl.constexpr, ROUND: tl.constexpr):
     """ROWS weight vectors of one tensor, starting at vector r0."""
     nrows = n // L
     rows = r0 + tl.arange(0, ROWS)
@@ -153,4 +156,4 @@ def _nd_rows(pp, gp, mp, vp, r0, n, L, inner, k, inv, wd_c, omb1, b2_c, omb2, ep
         offs, mask = _row_tile(base, rmask, j0 + cols0, L, inner)
         w = div_ieee(tl.load(pp + offs, mask=mask, other=0.0).to(C), scale_w[:, None])
         w = nd_new_w(w, tl.load(mp + offs, mask=mask, other=0.0), v[:, None], eps_c, step)
-        tl.store(pp + offs, store_cast(div_ieee(w, norm[:, None]), P), mask=mask)
+        store_param(pp, offs, div_ieee(w, norm[:, None]), mask, rc, ROUND)

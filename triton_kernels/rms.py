@@ -9,7 +9,7 @@ import triton
 import triton.language as tl
 
 from .common import chunk_header, div_ieee, f64, inv_scale, lerp, load_lr, load_w_grad, skip_step, sqrt_ieee, table_ptr
-from .rounding import store_cast
+from .rounding import rounding_ctx, store_cast, store_param
 
 # Operand lists of the pointer table, in this order.
 L_P = tl.constexpr(0)
@@ -18,12 +18,13 @@ L_SQ = tl.constexpr(2)
 L_GAVG = tl.constexpr(3)
 L_BUF = tl.constexpr(4)
 L_STEP = tl.constexpr(5)
+L_COMP = tl.constexpr(6)  # Kahan buffers
 
 
 @triton.jit
-def _rms_block(offs, mask, pp, gp, sqp, gap, bp, inv, wd, decay, keep, add, eps, mom, neg_lr, C: tl.constexpr,
+def _rms_block(offs, mask, pp, gp, sqp, gap, bp, inv, wd, decay, keep, add, eps, mom, neg_lr, rc, C: tl.constexpr,
                MASKED: tl.constexpr, HAS_SCALE: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr,
-               DECOUPLED: tl.constexpr, CENTERED: tl.constexpr, MOMENTUM: tl.constexpr):
+               DECOUPLED: tl.constexpr, CENTERED: tl.constexpr, MOMENTUM: tl.constexpr, ROUND: tl.constexpr):
     w, g = load_w_grad(pp, gp, offs, mask, inv, wd, C, MASKED, HAS_SCALE, MAXIMIZE, HAS_WD and not DECOUPLED)
     if HAS_WD and DECOUPLED:
         w = w * decay  # decoupled weight decay with the group's lr (not Adagrad's decayed one)
@@ -42,7 +43,7 @@ def _rms_block(offs, mask, pp, gp, sqp, gap, bp, inv, wd, decay, keep, add, eps,
         w = w + neg_lr * buf
     else:
         w = w + neg_lr * div_ieee(g, avg)
-    tl.store(pp + offs, store_cast(w, pp.dtype.element_ty), mask=mask)
+    store_param(pp, offs, w, mask, rc, ROUND)
 
 
 @triton.jit(do_not_specialize=["T"])  # the tensor count: one compile whatever it is
@@ -52,7 +53,7 @@ def rms_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr,
                P: tl.constexpr, C: tl.constexpr, LR_TENSOR: tl.constexpr, HAS_SCALE: tl.constexpr,
                HAS_FOUND_INF: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, DECOUPLED: tl.constexpr,
                CENTERED: tl.constexpr, MOMENTUM: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
-               CHUNK: tl.constexpr):
+               CHUNK: tl.constexpr, seed_ptr=None, ROUND: tl.constexpr = 0):
     pid = tl.program_id(0)
     t, start, n = chunk_header(chunks, meta, pid, 4, CHUNK)
     if not skip_step(found_ptr, HAS_FOUND_INF):
@@ -63,6 +64,7 @@ def rms_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr,
         bp = table_ptr(ptrs, L_BUF, t, T, C, ALIGNED)
         stp = table_ptr(ptrs, L_STEP, t, T, tl.float32, False)
         k = tl.load(stp).to(tl.float64) + 1.0
+        rc = rounding_ctx(ptrs, seed_ptr, L_COMP, t, T, k, P, ROUND)
         # torch.optim.Adagrad's clr = lr / (1 + (k-1)*lr_decay), in float64 as on its host.
         lr64 = load_lr(lr, lr_ptr, LR_TENSOR)
         neg_lr = (-(lr64 / (1.0 + (k - 1.0) * f64(lr_decay)))).to(C)
@@ -73,9 +75,9 @@ def rms_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr,
             for i in range(0, CHUNK, BLOCK):
                 offs = start + i + tl.arange(0, BLOCK)
                 _rms_block(offs, None, pp, gp, sqp, gap, bp, inv, sc[0], decay, sc[1], sc[2], sc[3], sc[4], neg_lr,
-                           C, False, HAS_SCALE, MAXIMIZE, HAS_WD, DECOUPLED, CENTERED, MOMENTUM)
+                           rc, C, False, HAS_SCALE, MAXIMIZE, HAS_WD, DECOUPLED, CENTERED, MOMENTUM, ROUND)
         else:
             for j in range(0, n - start, BLOCK):  # (a different name: loop variables outlive the if)
                 offs = start + j + tl.arange(0, BLOCK)
                 _rms_block(offs, offs < n, pp, gp, sqp, gap, bp, inv, sc[0], decay, sc[1], sc[2], sc[3], sc[4], neg_lr,
-                           C, True, HAS_SCALE, MAXIMIZE, HAS_WD, DECOUPLED, CENTERED, MOMENTUM)
+                           rc, C, True, HAS_SCALE, MAXIMIZE, HAS_WD, DECOUPLED, CENTERED, MOMENTUM, ROUND)

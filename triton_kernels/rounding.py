@@ -203,3 +203,40 @@ def kahan_store(x, c, DT: tl.constexpr):
     cn = rne_bits(y - bits_to_float(wn, DT), DT)
     cn = tl.where(is_finite_bits(wn, DT), cn, _u32(0, cn))
     return bits_to(wn, DT), bits_to(cn, DT)
+
+
+# ---- the param stores of issue 16 (stochastic rounding, Kahan summation), shared by every rule's kernel -----------
+# ROUND (a constexpr of every update kernel) is the record's rounding code, fused_hybrid.hyper.ROUND_*: 0 nearest
+# even (store_cast), 1 stochastic rounding with rand32(seed, step, stream 0, flat index), 2 the compensated store
+# through the tensor's Kahan buffer. The launchers pass 0 for float32 / float64 params.
+
+@triton.jit
+def rounding_ctx(ptrs, seed_ptr, lst, t, T, k, P: tl.constexpr, ROUND: tl.constexpr):
+    """(compensation pointer, seed low word, seed high word, step) of tensor t: the pointer from row ``lst`` of
+    the table (read only when ROUND == 2), the seed's two words from seed_ptr (int64 [T, 2], read only when
+    ROUND == 1) and k, the step count after this step's increment (float64), as an integer."""
+    cp = tl.load(ptrs + lst * T + t).to(tl.pointer_type(P))
+    lo = tl.zeros((), tl.int64)
+    hi = tl.zeros((), tl.int64)
+    kk = tl.zeros((), tl.int64)
+    if ROUND == 1:
+        lo = tl.load(seed_ptr + 2 * t)
+        hi = tl.load(seed_ptr + 2 * t + 1)
+        kk = k.to(tl.int64)
+    return cp, lo, hi, kk
+
+
+@triton.jit
+def store_param(pp, offs, w, mask, rc, ROUND: tl.constexpr):
+    """Store the rule's float result w at pp + offs (offs: the elements' flat indices within the tensor)."""
+    DT: tl.constexpr = pp.dtype.element_ty
+    if ROUND == 1:
+        r = rand32(rc[1], rc[2], rc[3], 0, offs)
+        tl.store(pp + offs, bits_to(sr_bits(w, r, DT), DT), mask=mask)
+    elif ROUND == 2:
+        c = tl.load(rc[0] + offs, mask=mask)
+        wn, cn = kahan_store(w, c, DT)
+        tl.store(pp + offs, wn, mask=mask)
+        tl.store(rc[0] + offs, cn, mask=mask)
+    else:
+        tl.store(pp + offs, store_cast(w, DT), mask=mask)

@@ -4,11 +4,13 @@ import triton
 import triton.language as tl
 
 from .common import chunk_header, f64, inv_scale, load_lr, load_w_grad, skip_step, table_ptr
-from .rounding import store_cast
+from .rounding import rounding_ctx, store_cast, store_param
 
 L_P = tl.constexpr(0)
 L_G = tl.constexpr(1)
 L_BUF = tl.constexpr(2)
+L_STEP = tl.constexpr(3)  # only with stochastic rounding (SGD counts steps for its random bits)
+L_COMP = tl.constexpr(4)  # Kahan buffers
 
 
 @triton.jit
@@ -38,9 +40,9 @@ def swats_sgd_phase(w, buf, g, b1, neg_sgd_lr, NESTEROV: tl.constexpr):
 
 
 @triton.jit
-def _sgd_block(offs, mask, pp, gp, bp, inv, wd, decay, mom, omd, neg_lr, first, C: tl.constexpr,
+def _sgd_block(offs, mask, pp, gp, bp, inv, wd, decay, mom, omd, neg_lr, first, rc, C: tl.constexpr,
                MASKED: tl.constexpr, HAS_SCALE: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr,
-               DECOUPLED: tl.constexpr, MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr):
+               DECOUPLED: tl.constexpr, MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, ROUND: tl.constexpr):
     w, g = load_w_grad(pp, gp, offs, mask, inv, wd, C, MASKED, HAS_SCALE, MAXIMIZE, HAS_WD and not DECOUPLED)
     if HAS_WD and DECOUPLED:
         w = w * decay  # decoupled weight decay (AdamW's form): decay first, then the step
@@ -49,7 +51,7 @@ def _sgd_block(offs, mask, pp, gp, bp, inv, wd, decay, mom, omd, neg_lr, first, 
         d, buf = sgd_direction(tl.load(bp + offs, mask=mask), g, mom, omd, first, NESTEROV)
         tl.store(bp + offs, store_cast(buf, bp.dtype.element_ty), mask=mask)
     w = w + neg_lr * d
-    tl.store(pp + offs, store_cast(w, pp.dtype.element_ty), mask=mask)
+    store_param(pp, offs, w, mask, rc, ROUND)
 
 
 @triton.jit(do_not_specialize=["T"])  # the tensor count: one compile whatever it is
@@ -58,10 +60,14 @@ def sgd_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr,
                P: tl.constexpr, C: tl.constexpr, LR_TENSOR: tl.constexpr, HAS_SCALE: tl.constexpr,
                HAS_FOUND_INF: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, DECOUPLED: tl.constexpr,
                MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, ALIGNED: tl.constexpr,
-               BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+               BLOCK: tl.constexpr, CHUNK: tl.constexpr, seed_ptr=None, ROUND: tl.constexpr = 0):
     pid = tl.program_id(0)
     t, start, n = chunk_header(chunks, meta, pid, 4, CHUNK)
     if not skip_step(found_ptr, HAS_FOUND_INF):
+        k = tl.zeros((), tl.float64)
+        if ROUND == 1:
+            k = tl.load(table_ptr(ptrs, L_STEP, t, T, tl.float32, False)).to(tl.float64) + 1.0
+        rc = rounding_ctx(ptrs, seed_ptr, L_COMP, t, T, k, P, ROUND)
         pp = table_ptr(ptrs, L_P, t, T, P, ALIGNED)
         gp = table_ptr(ptrs, L_G, t, T, P, ALIGNED)
         bp = table_ptr(ptrs, L_BUF, t, T, C, ALIGNED)
@@ -76,10 +82,10 @@ def sgd_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr,
         if start + CHUNK <= n:
             for i in range(0, CHUNK, BLOCK):
                 offs = start + i + tl.arange(0, BLOCK)
-                _sgd_block(offs, None, pp, gp, bp, inv, wd_c, decay, mom, omd, neg_lr, first, C, False, HAS_SCALE,
-                           MAXIMIZE, HAS_WD, DECOUPLED, MOMENTUM, NESTEROV)
+                _sgd_block(offs, None, pp, gp, bp, inv, wd_c, decay, mom, omd, neg_lr, first, rc, C, False,
+                           HAS_SCALE, MAXIMIZE, HAS_WD, DECOUPLED, MOMENTUM, NESTEROV, ROUND)
         else:
             for j in range(0, n - start, BLOCK):  # (a different name: loop variables outlive the if)
                 offs = start + j + tl.arange(0, BLOCK)
-                _sgd_block(offs, offs < n, pp, gp, bp, inv, wd_c, decay, mom, omd, neg_lr, first, C, True, HAS_SCALE,
-                           MAXIMIZE, HAS_WD, DECOUPLED, MOMENTUM, NESTEROV)
+                _sgd_block(offs, offs < n, pp, gp, bp, inv, wd_c, decay, mom, omd, neg_lr, first, rc, C, True,
+                           HAS_SCALE, MAXIMIZE, HAS_WD, DECOUPLED, MOMENTUM, NESTEROV, ROUND)

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "adaptive_kernel.h"
+#include "lowp_store.h"
 #include "../op_families.h"
 #include "fused_hybrid/contiguous_grads.h"
 #include "fused_hybrid/rules.h"
@@ -59,7 +60,7 @@ SwatsSgdFn<scalar_t, opmath_t> pick_swats_sgd(int wd, bool nesterov) {
 
 void adaptive_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
                at::TensorList max_exp_avg_sqs, at::TensorList steps, at::TensorList swats_momentum_buffers,
-               const families::adaptive_args& args) {
+               at::TensorList kahan_comps, const families::adaptive_args& args) {
   FH_BIND_ARGS(FH_ADAPTIVE_ARGS)
   const ContiguousGrads contiguous(grads_in);
   const at::TensorList grads = contiguous.list();
@@ -89,6 +90,7 @@ void adaptive_(at::TensorList params, at::TensorList grads_in, at::TensorList ex
   }
   if (T == 0 || skip_step(found_inf)) return;  // GradScaler found inf/NaN: nothing changes, steps included
   const std::vector<double> ks = advance_steps(op, steps, T);
+  const LowpStore lp = lowp_setup(op, params, rounding, seeds, kahan_comps, ks);
   const double inv = inv_scale(grad_scale);
   const double lrv = lr_value(lr, lr_tensor);
   const auto chunks = make_chunks(params);
@@ -139,9 +141,27 @@ void adaptive_(at::TensorList params, at::TensorList grads_in, at::TensorList ex
     const auto sgd_fn = pick_swats_sgd<scalar_t, opmath_t>(wd, swats_nesterov);
     const opmath_t inv_o = signed_inv<opmath_t>(inv, maximize);
     const auto om = one_minus<opmath_t>(beta1, beta2, lrv, weight_decay);
+    // 16-bit params with stochastic rounding or Kahan summation: the float32 loops on staged copies (lowp_store.h;
+    // the SWATS sums are then those of the float32 loop, over the same float32 values).
+    const auto adam_fn32 = pick_adaptive<opmath_t, opmath_t>(kind, amsgrad, wd, swats);
+    const auto sgd_fn32 = pick_swats_sgd<opmath_t, opmath_t>(wd, swats_nesterov);
     for_each_chunk(chunks, [&](const Chunk& c) {
       const int64_t t = c.tensor, b = c.begin, n = c.end - c.begin;
       const size_t ci = static_cast<size_t>(&c - chunks.data());
+      {  // (every dtype compiles it; lowp_setup refuses a rounding mode for 32/64-bit params)
+        if (lp.active()) {
+          staged_step<scalar_t, opmath_t>(pw[t] + b, pg[t] + b, n, b, lp, t, [&](opmath_t* w32, const opmath_t* g32) {
+            if (swats && phase[t] == rules::kPhaseSgd) {
+              sgd_fn32(w32, g32, pbuf[t] + b, n, om.lr_wd, sc[t].weight_decay, inv_o, sc[t].beta1,
+                       opmath_t(sgd_lr[t]));
+              return;
+            }
+            adam_fn32(w32, g32, pm[t] + b, pv[t] + b, amsgrad ? pvmax[t] + b : nullptr, n, sc[t], om, inv_o,
+                      swats ? part.data() + 2 * ci : nullptr);
+          });
+          return;
+        }
+      }
       if (swats && phase[t] == rules::kPhaseSgd) {
         sgd_fn(pw[t] + b, pg[t] + b, pbuf[t] + b, n, om.lr_wd, sc[t].weight_decay, inv_o, sc[t].beta1,
                opmath_t(sgd_lr[t]));

@@ -1,4 +1,5 @@
 #include "multi_tensor.h"
+#include "lowp_store.h"
 
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
@@ -54,6 +55,43 @@ bool skip_step(const std::optional<at::Tensor>& found_inf) {
 
 double lr_value(double lr, const std::optional<at::Tensor>& lr_tensor) {
   return lr_tensor.has_value() && lr_tensor->defined() ? lr_tensor->item<double>() : lr;
+}
+
+LowpStore lowp_setup(const char* op, at::TensorList params, int64_t rounding, at::IntArrayRef seeds,
+                     at::TensorList kahan_comps, const std::vector<double>& ks) {
+  LowpStore lp;
+  lp.mode = rounding;
+  TORCH_CHECK(rounding == kRoundNearest || rounding == kRoundStochastic || rounding == kRoundKahan, op,
+              ": unknown rounding mode ", rounding, " (0 nearest, 1 stochastic, 2 Kahan)");
+  if (rounding == kRoundNearest || params.empty()) return lp;
+  const auto dt = params[0].scalar_type();
+  TORCH_CHECK(dt == at::kBFloat16 || dt == at::kHalf, op, ": rounding mode ", rounding,
+              " applies to bfloat16/float16 params, not ", dt);
+  const size_t T = params.size();
+  if (rounding == kRoundStochastic) {
+    TORCH_CHECK(seeds.size() == T, op, ": stochastic rounding needs one seed per param (got ", seeds.size(),
+                " for ", T, ")");
+    TORCH_CHECK(ks.size() == T, op, ": stochastic rounding needs one step count per param");
+    lp.seeds.resize(T);
+    lp.steps.resize(T);
+    for (size_t t = 0; t < T; ++t) {
+      lp.seeds[t] = static_cast<uint64_t>(seeds[t]);
+      lp.steps[t] = static_cast<uint32_t>(static_cast<uint64_t>(ks[t]));
+    }
+  } else {
+    TORCH_CHECK(kahan_comps.size() == T, op, ": Kahan summation needs one compensation buffer per param (got ",
+                kahan_comps.size(), " for ", T, ")");
+    lp.comps.resize(T);
+    for (size_t t = 0; t < T; ++t) {
+      const auto& c = kahan_comps[t];
+      TORCH_CHECK(c.defined() && c.device().is_cpu() && c.scalar_type() == dt && c.is_contiguous() &&
+                      c.numel() == params[t].numel(),
+                  op, ": Kahan compensation buffer ", t, " must be a contiguous CPU ", dt, " tensor of ",
+                  params[t].numel(), " elements");
+      lp.comps[t] = static_cast<uint16_t*>(c.data_ptr());
+    }
+  }
+  return lp;
 }
 
 }  // namespace cpu

@@ -18,7 +18,8 @@
 #include <cmath>
 #include <vector>
 
-#include "adaptive_kernel.h"  // signed_inv
+#include "adaptive_kernel.h"
+#include "lowp_store.h"  // signed_inv
 #include "../op_families.h"
 #include "fused_hybrid/contiguous_grads.h"
 #include "fused_hybrid/rules.h"
@@ -133,7 +134,8 @@ MasFn<scalar_t, opmath_t> pick_mas(bool mom, int wd, bool nesterov, bool first) 
 enum MasVariant : int64_t { kSum = 0, kCorrection = 1, kNormalized = 2, kVector = 3 };
 
 void mas_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
-          at::TensorList momentum_buffers, at::TensorList steps, const families::mas_args& args) {
+          at::TensorList momentum_buffers, at::TensorList steps, at::TensorList kahan_comps,
+          const families::mas_args& args) {
   FH_BIND_ARGS(FH_MAS_ARGS)
   const ContiguousGrads contiguous(grads_in);
   const at::TensorList grads = contiguous.list();
@@ -145,6 +147,7 @@ void mas_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avg
   TORCH_CHECK(!mom || momentum_buffers.size() == T, op, ": momentum needs one buffer per param");
   if (T == 0 || skip_step(found_inf)) return;
   const std::vector<double> ks = advance_steps(op, steps, T);
+  const LowpStore lp = lowp_setup(op, params, rounding, seeds, kahan_comps, ks);
   const double inv = inv_scale(grad_scale);
   const double lrv = lr_value(lr, lr_tensor);
   const auto chunks = make_chunks(params);
@@ -194,11 +197,24 @@ void mas_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avg
       first[t] = k == 1.0;  // reference.mas_steps: torch.optim.SGD's buf = g on the tensor's first step
     }
     const opmath_t inv_o = signed_inv<opmath_t>(inv, maximize);
-    // fns[which(t)] runs tensor t's chunks; a tensor's first step (buf = g) takes its own loop.
-    auto run = [&](const MasFn<scalar_t, opmath_t>* fns, const auto& which, double* part) {
+    // fns[which(t)] runs tensor t's chunks; a tensor's first step (buf = g) takes its own loop. fns32: the float32
+    // loops that a pass writing w runs on staged copies of 16-bit params with stochastic rounding or Kahan
+    // summation (lowp_store.h); null for pass 1, which does not write w.
+    auto run = [&](const MasFn<scalar_t, opmath_t>* fns, const MasFn<opmath_t, opmath_t>* fns32, const auto& which,
+                   double* part) {
       for_each_chunk(chunks, [&](const Chunk& c) {
         const int64_t t = c.tensor, b = c.begin;
         const size_t ci = static_cast<size_t>(&c - chunks.data());
+        {  // (every dtype compiles it; lowp_setup refuses a rounding mode for 32/64-bit params)
+          if (lp.active() && fns32 != nullptr) {
+            staged_step<scalar_t, opmath_t>(
+                pw[t] + b, pg[t] + b, c.end - b, b, lp, t, [&](opmath_t* w32, const opmath_t* g32) {
+                  fns32[which(t)](w32, g32, pm[t] + b, pv[t] + b, mom ? pbuf[t] + b : nullptr, c.end - b, sc[t],
+                                  inv_o, part ? part + 3 * ci : nullptr);
+                });
+            return;
+          }
+        }
         fns[which(t)](pw[t] + b, pg[t] + b, pm[t] + b, pv[t] + b, mom ? pbuf[t] + b : nullptr, c.end - b, sc[t],
                       inv_o, part ? part + 3 * ci : nullptr);
       });
@@ -207,14 +223,16 @@ void mas_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avg
     if (variant == kSum) {
       const MasFn<scalar_t, opmath_t> fns[2] = {pick_mas<scalar_t, opmath_t, kModeSum>(mom, wd, nesterov, false),
                                                 pick_mas<scalar_t, opmath_t, kModeSum>(mom, wd, nesterov, true)};
-      run(fns, by_first, nullptr);
+      const MasFn<opmath_t, opmath_t> fns32[2] = {pick_mas<opmath_t, opmath_t, kModeSum>(mom, wd, nesterov, false),
+                                            pick_mas<opmath_t, opmath_t, kModeSum>(mom, wd, nesterov, true)};
+      run(fns, fns32, by_first, nullptr);
       return;
     }
     // Pass 1: moments, buffer and per-chunk partials.
     std::vector<double> part(3 * chunks.size(), 0.0), sums(3 * T);
     const MasFn<scalar_t, opmath_t> reduce[2] = {pick_mas<scalar_t, opmath_t, kModeReduce>(mom, wd, nesterov, false),
                                                  pick_mas<scalar_t, opmath_t, kModeReduce>(mom, wd, nesterov, true)};
-    run(reduce, by_first, part.data());
+    run(reduce, nullptr, by_first, part.data());
     sum_partials(chunks, part, 3, sums.data(), static_cast<int64_t>(T));
     // Host: each tensor's coefficients, in double as in reference.mas_update (a zero SGD norm gives ratio 0).
     const MasFn<scalar_t, opmath_t> apply[3] = {
@@ -241,7 +259,11 @@ void mas_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avg
       }
     }
     // Pass 2: apply.
-    run(apply, [&](int64_t t) { return which[t]; }, nullptr);
+    const MasFn<opmath_t, opmath_t> apply32[3] = {
+        pick_mas<opmath_t, opmath_t, kModeApplyAdam>(mom, wd, nesterov, false),
+        pick_mas<opmath_t, opmath_t, kModeApplySgd>(mom, wd, nesterov, false),
+        pick_mas<opmath_t, opmath_t, kModeApplyVector>(mom, wd, nesterov, false)};
+    run(apply, apply32, [&](int64_t t) { return which[t]; }, nullptr);
   });
 }
 

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "adaptive_kernel.h"
+#include "lowp_store.h"
 #include "../op_families.h"
 #include "fused_hybrid/contiguous_grads.h"
 #include "fused_hybrid/rules.h"
@@ -88,7 +89,7 @@ struct Work {
 };
 
 void ndadam_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
-             at::TensorList steps, const families::ndadam_args& args) {
+             at::TensorList steps, at::TensorList kahan_comps, const families::ndadam_args& args) {
   FH_BIND_ARGS(FH_NDADAM_ARGS)
   const ContiguousGrads contiguous(grads_in);
   const at::TensorList grads = contiguous.list();
@@ -104,6 +105,7 @@ void ndadam_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_
   }
   if (T == 0 || skip_step(found_inf)) return;
   const std::vector<double> ks = advance_steps(op, steps, T);
+  const LowpStore lp = lowp_setup(op, params, rounding, seeds, kahan_comps, ks);
   const double inv = inv_scale(grad_scale);
   const double lrv = lr_value(lr, lr_tensor);
 
@@ -159,11 +161,29 @@ void ndadam_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_
     const opmath_t inv_o = signed_inv<opmath_t>(inv, maximize);  // maximize folded into inv's sign
     const auto om = one_minus<opmath_t>(beta1, beta2, lrv, weight_decay);
     constexpr bool kNeedScratch = !std::is_same_v<scalar_t, opmath_t>;
+    // 16-bit params with stochastic rounding or Kahan summation: the float32 loops on staged copies of the work
+    // item's elements (lowp_store.h); rows r0..r1 of the tensor are rows 0..r1-r0 of the staged copy.
+    const auto rows_fn32 = wd ? &ndadam_rows<opmath_t, opmath_t, true> : &ndadam_rows<opmath_t, opmath_t, false>;
+    const auto adam_fn32 = pick_adaptive<opmath_t, opmath_t>(kKindTorch, false, wd ? kWdL2 : kWdNone, false);
     at::parallel_for(0, static_cast<int64_t>(work.size()), 1, [&](int64_t wb, int64_t we) {
       std::vector<opmath_t> scratch(kNeedScratch ? max_row : 0);
       for (int64_t i = wb; i < we; ++i) {
         const Work& u = work[i];
         const int64_t t = u.tensor;
+        {  // (every dtype compiles it; lowp_setup refuses a rounding mode for 32/64-bit params)
+          if (lp.active()) {
+            const int64_t L = row_lens[t];
+            const int64_t b = L == 0 ? u.begin : u.begin * L, n = L == 0 ? u.end - u.begin : (u.end - u.begin) * L;
+            staged_step<scalar_t, opmath_t>(pw[t] + b, pg[t] + b, n, b, lp, t, [&](opmath_t* w32, const opmath_t* g32) {
+              if (L == 0) {
+                adam_fn32(w32, g32, pm[t] + b, pv[t] + b, nullptr, n, adam[t], om, inv_o, nullptr);
+              } else {
+                rows_fn32(w32, g32, pm[t] + b, pv[t] + u.begin, L, 0, u.end - u.begin, nd[t], inv_o, nullptr);
+              }
+            });
+            continue;
+          }
+        }
         if (row_lens[t] == 0) {
           adam_fn(pw[t] + u.begin, pg[t] + u.begin, pm[t] + u.begin, pv[t] + u.begin, nullptr, u.end - u.begin,
                   adam[t], om, inv_o, nullptr);

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "adaptive_kernel.h"  // signed_inv
+#include "lowp_store.h"
 #include "../op_families.h"
 #include "fused_hybrid/contiguous_grads.h"
 #include "fused_hybrid/rules.h"
@@ -49,7 +50,8 @@ RmsFn<scalar_t, opmath_t> pick_rms_wd(bool centered, bool mom) {
 }
 
 void rms_(at::TensorList params, at::TensorList grads_in, at::TensorList square_avgs, at::TensorList grad_avgs,
-          at::TensorList momentum_buffers, at::TensorList steps, const families::rms_args& args) {
+          at::TensorList momentum_buffers, at::TensorList steps, at::TensorList kahan_comps,
+          const families::rms_args& args) {
   FH_BIND_ARGS(FH_RMS_ARGS)
   const ContiguousGrads contiguous(grads_in);
   const at::TensorList grads = contiguous.list();
@@ -61,6 +63,7 @@ void rms_(at::TensorList params, at::TensorList grads_in, at::TensorList square_
   TORCH_CHECK(!has_momentum || momentum_buffers.size() == T, op, ": momentum needs one buffer per param");
   if (T == 0 || skip_step(found_inf)) return;  // GradScaler found inf/NaN: nothing changes, steps included
   const std::vector<double> ks = advance_steps(op, steps, T);
+  const LowpStore lp = lowp_setup(op, params, rounding, seeds, kahan_comps, ks);
   const double inv = inv_scale(grad_scale);
   const double lrv = lr_value(lr, lr_tensor);
   const auto chunks = make_chunks(params);
@@ -90,8 +93,23 @@ void rms_(at::TensorList params, at::TensorList grads_in, at::TensorList square_
                                          : wd == kWdL2 ? pick_rms_wd<scalar_t, opmath_t, kWdL2>(centered, mom)
                                                        : pick_rms_wd<scalar_t, opmath_t, kWdDecoupled>(centered, mom);
     const opmath_t inv_o = signed_inv<opmath_t>(inv, maximize);
+    // 16-bit params with stochastic rounding or Kahan summation: the float32 loop on staged copies (lowp_store.h).
+    const RmsFn<opmath_t, opmath_t> fn32 = wd == kWdNone ? pick_rms_wd<opmath_t, opmath_t, kWdNone>(centered, mom)
+                                     : wd == kWdL2 ? pick_rms_wd<opmath_t, opmath_t, kWdL2>(centered, mom)
+                                                   : pick_rms_wd<opmath_t, opmath_t, kWdDecoupled>(centered, mom);
     for_each_chunk(chunks, [&](const Chunk& c) {
       const int64_t t = c.tensor, b = c.begin;
+      {  // (every dtype compiles it; lowp_setup refuses a rounding mode for 32/64-bit params)
+        if (lp.active()) {
+          staged_step<scalar_t, opmath_t>(
+              pw[t] + b, pg[t] + b, c.end - b, b, lp, t, [&](opmath_t* w32, const opmath_t* g32) {
+                fn32(w32, g32, psq[t] + b, centered ? pga[t] + b : nullptr, has_momentum ? pbuf[t] + b : nullptr,
+                     c.end - b, lrs[t], opmath_t(keep), opmath_t(add), opmath_t(eps), opmath_t(momentum),
+                     opmath_t(weight_decay), opmath_t(1.0 - lrv * weight_decay), inv_o);
+              });
+          return;
+        }
+      }
       fn(pw[t] + b, pg[t] + b, psq[t] + b, centered ? pga[t] + b : nullptr, has_momentum ? pbuf[t] + b : nullptr,
          c.end - b, lrs[t], opmath_t(keep), opmath_t(add), opmath_t(eps), opmath_t(momentum), opmath_t(weight_decay),
          opmath_t(1.0 - lrv * weight_decay), inv_o);

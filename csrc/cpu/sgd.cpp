@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "adaptive_kernel.h"  // signed_inv
+#include "lowp_store.h"
 #include "../op_families.h"
 #include "fused_hybrid/contiguous_grads.h"
 #include "fused_hybrid/rules.h"
@@ -55,8 +56,8 @@ SgdFn<scalar_t, opmath_t> pick_sgd(bool mom, int wd, bool nesterov, bool first) 
   }
 }
 
-void sgd_(at::TensorList params, at::TensorList grads_in, at::TensorList momentum_buffers,
-          const families::sgd_args& args) {
+void sgd_(at::TensorList params, at::TensorList grads_in, at::TensorList momentum_buffers, at::TensorList steps,
+          at::TensorList kahan_comps, const families::sgd_args& args) {
   FH_BIND_ARGS(FH_SGD_ARGS)
   const ContiguousGrads contiguous(grads_in);
   const at::TensorList grads = contiguous.list();
@@ -67,6 +68,11 @@ void sgd_(at::TensorList params, at::TensorList grads_in, at::TensorList momentu
   TORCH_CHECK(firsts.empty() || firsts.size() == params.size(),
               "fused_hybrid::sgd_: firsts needs one flag per param (or none: no buffer is fresh)");
   if (params.empty() || skip_step(found_inf)) return;
+  // SGD counts steps only for stochastic rounding (the counter of its random bits).
+  const std::vector<double> ks = rounding == kRoundStochastic
+                                      ? advance_steps("fused_hybrid::sgd_", steps, params.size())
+                                      : std::vector<double>{};
+  const LowpStore lp = lowp_setup("fused_hybrid::sgd_", params, rounding, seeds, kahan_comps, ks);
   const double inv = inv_scale(grad_scale);
   const double lrv = lr_value(lr, lr_tensor);
   const auto chunks = make_chunks(params);
@@ -89,9 +95,23 @@ void sgd_(at::TensorList params, at::TensorList grads_in, at::TensorList momentu
     const SgdFn<scalar_t, opmath_t> fns[2] = {pick_sgd<scalar_t, opmath_t>(has_momentum, wd, nesterov, false),
                                               pick_sgd<scalar_t, opmath_t>(has_momentum, wd, nesterov, true)};
     const opmath_t inv_o = signed_inv<opmath_t>(inv, maximize);
+    // 16-bit params with stochastic rounding or Kahan summation: the float32 loops on staged copies (lowp_store.h).
+    const SgdFn<opmath_t, opmath_t> fns32[2] = {pick_sgd<opmath_t, opmath_t>(has_momentum, wd, nesterov, false),
+                                          pick_sgd<opmath_t, opmath_t>(has_momentum, wd, nesterov, true)};
     for_each_chunk(chunks, [&](const Chunk& c) {
       const int64_t t = c.tensor, b = c.begin;
       const bool first = !firsts.empty() && firsts[t] != 0;
+      {  // (every dtype compiles it; lowp_setup refuses a rounding mode for 32/64-bit params)
+        if (lp.active()) {
+          staged_step<scalar_t, opmath_t>(
+              pw[t] + b, pg[t] + b, c.end - b, b, lp, t, [&](opmath_t* w32, const opmath_t* g32) {
+                fns32[first ? 1 : 0](w32, g32, has_momentum ? pbuf[t] + b : nullptr, c.end - b, opmath_t(lrv),
+                                     opmath_t(momentum), opmath_t(1.0 - dampening), opmath_t(weight_decay),
+                                     opmath_t(1.0 - lrv * weight_decay), inv_o);
+              });
+          return;
+        }
+      }
       fns[first ? 1 : 0](pw[t] + b, pg[t] + b, has_momentum ? pbuf[t] + b : nullptr, c.end - b, opmath_t(lrv),
                          opmath_t(momentum), opmath_t(1.0 - dampening), opmath_t(weight_decay),
                          opmath_t(1.0 - lrv * weight_decay), inv_o);

@@ -107,8 +107,12 @@ struct AdaptiveFunctor {
 
 void adaptive_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
                at::TensorList max_exp_avg_sqs, at::TensorList steps, at::TensorList swats_momentum_buffers,
-               const families::adaptive_args& args) {
+               at::TensorList kahan_comps, const families::adaptive_args& args) {
   FH_BIND_ARGS(FH_ADAPTIVE_ARGS)
+  TORCH_CHECK(rounding == 0, "fused_hybrid::adaptive_: stochastic rounding and Kahan summation of 16-bit params are "
+              "not implemented in the CUDA kernels yet (issue 16); use backend='cpu' or 'reference' for such "
+              "groups");
+  (void)kahan_comps;
   const ContiguousGrads contiguous(grads_in);
   const at::TensorList grads = contiguous.list();
   const char* op = "fused_hybrid::adaptive_";

@@ -172,8 +172,13 @@ struct MasFunctor {
 };
 
 void mas_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
-          at::TensorList momentum_buffers, at::TensorList steps, const families::mas_args& args) {
+          at::TensorList momentum_buffers, at::TensorList steps, at::TensorList kahan_comps,
+          const families::mas_args& args) {
   FH_BIND_ARGS(FH_MAS_ARGS)
+  TORCH_CHECK(rounding == 0, "fused_hybrid::mas_: stochastic rounding and Kahan summation of 16-bit params are "
+              "not implemented in the CUDA kernels yet (issue 16); use backend='cpu' or 'reference' for such "
+              "groups");
+  (void)kahan_comps;
   const ContiguousGrads contiguous(grads_in);
   const at::TensorList grads = contiguous.list();
   const char* op = "fused_hybrid::mas_";

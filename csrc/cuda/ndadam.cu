@@ -170,8 +170,13 @@ struct NdAdamFunctor {
 };
 
 void ndadam_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
-             at::TensorList steps, const families::ndadam_args& args) {
+             at::TensorList steps, at::TensorList kahan_comps,
+             const families::ndadam_args& args) {
   FH_BIND_ARGS(FH_NDADAM_ARGS)
+  TORCH_CHECK(rounding == 0, "fused_hybrid::ndadam_: stochastic rounding and Kahan summation of 16-bit params are "
+              "not implemented in the CUDA kernels yet (issue 16); use backend='cpu' or 'reference' for such "
+              "groups");
+  (void)kahan_comps;
   const ContiguousGrads contiguous(grads_in);
   const at::TensorList grads = contiguous.list();
   const char* op = "fused_hybrid::ndadam_";

@@ -61,8 +61,13 @@ struct RmsFunctor {
 };
 
 void rms_(at::TensorList params, at::TensorList grads_in, at::TensorList square_avgs, at::TensorList grad_avgs,
-          at::TensorList momentum_buffers, at::TensorList steps, const families::rms_args& args) {
+          at::TensorList momentum_buffers, at::TensorList steps, at::TensorList kahan_comps,
+          const families::rms_args& args) {
   FH_BIND_ARGS(FH_RMS_ARGS)
+  TORCH_CHECK(rounding == 0, "fused_hybrid::rms_: stochastic rounding and Kahan summation of 16-bit params are "
+              "not implemented in the CUDA kernels yet (issue 16); use backend='cpu' or 'reference' for such "
+              "groups");
+  (void)kahan_comps;
   const ContiguousGrads contiguous(grads_in);
   const at::TensorList grads = contiguous.list();
   const char* op = "fused_hybrid::rms_";

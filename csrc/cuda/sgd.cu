@@ -43,9 +43,13 @@ struct SgdFunctor {
   }
 };
 
-void sgd_(at::TensorList params, at::TensorList grads_in, at::TensorList momentum_buffers,
-          const families::sgd_args& args) {
+void sgd_(at::TensorList params, at::TensorList grads_in, at::TensorList momentum_buffers, at::TensorList steps,
+          at::TensorList kahan_comps, const families::sgd_args& args) {
   FH_BIND_ARGS(FH_SGD_ARGS)
+  TORCH_CHECK(rounding == 0, "fused_hybrid::sgd_: stochastic rounding and Kahan summation of 16-bit params are "
+              "not implemented in the CUDA kernels yet (issue 16); use backend='cpu' or 'reference' for such "
+              "groups");
+  (void)kahan_comps;
   const ContiguousGrads contiguous(grads_in);
   const at::TensorList grads = contiguous.list();
   const char* op = "fused_hybrid::sgd_";

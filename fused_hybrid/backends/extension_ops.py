@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import torch
 
 from ..families import FAMILIES, swats_kwargs
+from ..hyper import ROUND_KAHAN, ROUND_STOCHASTIC
 
 # An absent optional state list. One object, so a bucket's table key stays the same from step to step.
 _NONE: tuple = ()
@@ -72,42 +73,55 @@ def ndadam_layout(p: torch.Tensor, axes) -> tuple[int, list[int] | None]:
     return row_len, [d for d in range(p.dim()) if d not in ax] + ax
 
 
+def _rounding(hp, kahan_comps, seeds):
+    """The Kahan list and the seeds keyword of every family's op (empty unless the record's rounding uses them)."""
+    comps = kahan_comps if hp.rounding == ROUND_KAHAN else _NONE
+    return comps, (seeds if hp.rounding == ROUND_STOCHASTIC else _NONE)
+
+
 def bind(ns: str) -> SimpleNamespace:
     """The rule-family functions (the backend API: sgd, adaptive, mas, ndadam, rms) on the ops of namespace ``ns``.
     Each returns False when the optimizer's fast path (grads=None) finds a param without a gradient (nothing was
     changed)."""
     F = FAMILIES
 
-    def sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=None, cache=None):
+    def sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=None, cache=None, steps=None,
+            kahan_comps=None, seeds=None):
         bufs = momentum_buffers if hp.momentum != 0 else _NONE
+        comps, seeds = _rounding(hp, kahan_comps, seeds)
         # No flags when no buffer is fresh (every step after the first): the op reads none, and 2000 bools cost
         # ~0.1 ms to convert.
-        return _call(ns, "sgd", cache, [params, bufs], grads,
-                     dict(F["sgd"].kwargs(hp), firsts=firsts if any(firsts) else _NONE, grad_scale=grad_scale,
-                          found_inf=found_inf))
+        return _call(ns, "sgd", cache, [params, bufs, steps if hp.rounding == ROUND_STOCHASTIC else _NONE, comps],
+                     grads, dict(F["sgd"].kwargs(hp), firsts=firsts if any(firsts) else _NONE, seeds=seeds,
+                                 grad_scale=grad_scale, found_inf=found_inf))
 
     def adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, grad_scale=None, found_inf=None,
-                 swats=None, cache=None):
+                 swats=None, cache=None, kahan_comps=None, seeds=None):
         # phase (int32) and sgd_lr (float64) come from swats.per_tensor_args as the ops check them.
+        comps, seeds = _rounding(hp, kahan_comps, seeds)
         lists = [params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if hp.amsgrad else _NONE, steps,
-                 _NONE if swats is None else swats.momentum_buffers]
+                 _NONE if swats is None else swats.momentum_buffers, comps]
         return _call(ns, "adaptive", cache, lists, grads,
-                     dict(F["adaptive"].kwargs(hp), **swats_kwargs(swats), grad_scale=grad_scale, found_inf=found_inf))
+                     dict(F["adaptive"].kwargs(hp), seeds=seeds, **swats_kwargs(swats), grad_scale=grad_scale,
+                          found_inf=found_inf))
 
     def mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale=None, found_inf=None,
-            cache=None):
+            cache=None, kahan_comps=None, seeds=None):
         bufs = momentum_buffers if hp.momentum != 0 else _NONE
-        return _call(ns, "mas", cache, [params, exp_avgs, exp_avg_sqs, bufs, steps], grads,
-                     dict(F["mas"].kwargs(hp), grad_scale=grad_scale, found_inf=found_inf))
+        comps, seeds = _rounding(hp, kahan_comps, seeds)
+        return _call(ns, "mas", cache, [params, exp_avgs, exp_avg_sqs, bufs, steps, comps], grads,
+                     dict(F["mas"].kwargs(hp), seeds=seeds, grad_scale=grad_scale, found_inf=found_inf))
 
     def rms(params, grads, square_avgs, steps, hp, grad_scale=None, found_inf=None, grad_avgs=None,
-            momentum_buffers=None, cache=None):
+            momentum_buffers=None, cache=None, kahan_comps=None, seeds=None):
+        comps, seeds = _rounding(hp, kahan_comps, seeds)
         lists = [params, square_avgs, grad_avgs if hp.centered else _NONE,
-                 momentum_buffers if hp.momentum != 0 else _NONE, steps]
-        return _call(ns, "rms", cache, lists, grads, dict(F["rms"].kwargs(hp), grad_scale=grad_scale,
+                 momentum_buffers if hp.momentum != 0 else _NONE, steps, comps]
+        return _call(ns, "rms", cache, lists, grads, dict(F["rms"].kwargs(hp), seeds=seeds, grad_scale=grad_scale,
                                                           found_inf=found_inf))
 
-    def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=None, found_inf=None, cache=None):
+    def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=None, found_inf=None, cache=None,
+               kahan_comps=None, seeds=None):
         # The layouts follow from the shapes and axes alone: kept per bucket while the caller passes the same axes
         # list.
         entry = None if cache is None else cache.get("ndadam_layouts")
@@ -118,22 +132,35 @@ def bind(ns: str) -> SimpleNamespace:
                 cache["ndadam_layouts"] = entry
         _, layouts, row_lens = entry
         copies = []
-        ps, gs, ms, vs = params, grads, exp_avgs, exp_avg_sqs
+        comps, seeds = _rounding(hp, kahan_comps, seeds)
+        ps, gs, ms, vs, cs = params, grads, exp_avgs, exp_avg_sqs, comps
         if any(perm is not None for _, perm in layouts):
             if grads is None:
                 grads = [p.grad for p in params]
                 if any(g is None for g in grads):
                     return False
-            ps, gs, ms, vs = list(params), list(grads), list(exp_avgs), list(exp_avg_sqs)
+            ps, gs, ms, vs, cs = list(params), list(grads), list(exp_avgs), list(exp_avg_sqs), list(comps)
             for i, (_, perm) in enumerate(layouts):
                 if perm is not None:
-                    views = [t.permute(perm) for t in (params[i], exp_avgs[i], exp_avg_sqs[i])]
-                    ps[i], ms[i], vs[i] = [v.contiguous() for v in views]
+                    if hp.rounding == ROUND_STOCHASTIC:
+                        # The kernel would number the permuted copy's elements, not the param's: other bits
+                        # than the reference backend's (whose index is the flat index of the param itself).
+                        raise NotImplementedError(
+                            "fused_hybrid: stochastic rounding of ND-Adam params whose vec_axes are not their "
+                            "trailing dims is not supported on the cpu/cuda backends; use backend='reference' or "
+                            "vec_axes=None")
+                    own = (params[i], exp_avgs[i], exp_avg_sqs[i]) + ((comps[i],) if comps else ())
+                    views = [t.permute(perm) for t in own]
+                    new = [v.contiguous() for v in views]
+                    ps[i], ms[i], vs[i] = new[:3]
+                    if comps:
+                        cs[i] = new[3]
                     gs[i] = grads[i].permute(perm).contiguous()
-                    copies.append((views, (ps[i], ms[i], vs[i])))
+                    copies.append((views, new))
         # Permuted copies are new tensors every step: they go as lists, not through a cached table.
-        stepped = _call(ns, "ndadam", None if copies else cache, [ps, ms, vs, steps], gs,
-                        dict(F["ndadam"].kwargs(hp), row_lens=row_lens, grad_scale=grad_scale, found_inf=found_inf))
+        stepped = _call(ns, "ndadam", None if copies else cache, [ps, ms, vs, steps, cs], gs,
+                        dict(F["ndadam"].kwargs(hp), row_lens=row_lens, seeds=seeds, grad_scale=grad_scale,
+                             found_inf=found_inf))
         for views, new_values in copies:
             for view, new in zip(views, new_values):
                 if new.data_ptr() != view.data_ptr():

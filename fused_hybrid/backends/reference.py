@@ -20,8 +20,10 @@ from __future__ import annotations
 import torch
 
 from .. import reference as R
-from ..hyper import CLIP_ADABOUND, CLIP_CONST, FORM_TORCH, MAS_VARIANTS, PHASE_SGD
+from .. import rounding as RD
 from ..families import FAMILIES
+from ..hyper import (CLIP_ADABOUND, CLIP_CONST, FORM_TORCH, MAS_VARIANTS, PHASE_SGD, ROUND_KAHAN, ROUND_NEAREST,
+                     ROUND_STOCHASTIC)
 
 NAME = "reference"
 
@@ -38,10 +40,43 @@ def _inv_scale(grad_scale):
     return None if grad_scale is None else 1.0 / float(grad_scale.item())
 
 
-def _tensors(params, grads, steps, hp, grad_scale):
+def _check_rounding(params, hp, kahan_comps, seeds, steps) -> None:
+    if hp.rounding == ROUND_NEAREST or not params:
+        return
+    if params[0].dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"rounding mode {hp.rounding} applies to bfloat16/float16 params, not {params[0].dtype}")
+    if hp.rounding == ROUND_KAHAN:
+        if kahan_comps is None or len(kahan_comps) != len(params) or any(
+                c is None or c.dtype != p.dtype or c.shape != p.shape for c, p in zip(kahan_comps, params)):
+            raise ValueError("Kahan summation needs one compensation buffer of the param's dtype and shape per param")
+    elif hp.rounding == ROUND_STOCHASTIC:
+        if seeds is None or len(seeds) != len(params):
+            raise ValueError("stochastic rounding needs one seed per param")
+        if steps is None or len(steps) != len(params):
+            raise ValueError("stochastic rounding needs one step count per param (the random bits' counter)")
+    else:
+        raise ValueError(f"unknown rounding mode {hp.rounding}")
+
+
+def _store(p, w, hp, i, k, kahan_comps, seeds) -> None:
+    """Write the float32 result w into the 16-bit (or float32/64) param p: nearest even (torch's cast), stochastic
+    rounding with the counter-based bits of (seed, step k, stream 0, flat index), or the compensated store."""
+    if hp.rounding == ROUND_STOCHASTIC:
+        p.copy_(RD.stochastic_round_to(w, p.dtype, seeds[i], k, 0))
+    elif hp.rounding == ROUND_KAHAN:
+        wn, cn = RD.kahan_store(w, p, kahan_comps[i])
+        p.copy_(wn)
+        kahan_comps[i].copy_(cn)
+    else:
+        p.copy_(w)
+
+
+def _tensors(params, grads, steps, hp, grad_scale, kahan_comps=None, seeds=None):
     """Yield (i, w, g, k) per tensor: w the parameter in its compute dtype (float32, or float64 for float64
     params; the param itself when it already is), g the effective gradient, k the step count after this step's
-    increment (None without steps). w is written back to the parameter once the caller's loop body has run."""
+    increment (None without steps). w is written back to the parameter once the caller's loop body has run
+    (as ``hp.rounding`` says, for 16-bit params)."""
+    _check_rounding(params, hp, kahan_comps, seeds, steps)
     inv = _inv_scale(grad_scale)
     for i, (p, grad) in enumerate(zip(params, grads)):
         if grad.is_sparse:
@@ -54,7 +89,7 @@ def _tensors(params, grads, steps, hp, grad_scale):
         w = p if p.dtype == dt else p.to(dt)
         yield i, w, R.effective_grad(grad, dt, hp.maximize, inv), k
         if w is not p:
-            p.copy_(w)
+            _store(p, w, hp, i, k, kahan_comps, seeds)
 
 
 def _weight_decay(w, g, hp, lr: float) -> None:
@@ -68,11 +103,11 @@ def _weight_decay(w, g, hp, lr: float) -> None:
 
 
 def adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, grad_scale=None, found_inf=None,
-             swats=None, cache=None):
+             swats=None, cache=None, kahan_comps=None, seeds=None):
     if _skip(found_inf):
         return
     lr = float(hp.lr)
-    for i, w, g, k in _tensors(params, grads, steps, hp, grad_scale):
+    for i, w, g, k in _tensors(params, grads, steps, hp, grad_scale, kahan_comps, seeds):
         m, v = exp_avgs[i], exp_avg_sqs[i]
         _weight_decay(w, g, hp, lr)
         if swats is not None and int(swats.phase[i].item()) == PHASE_SGD:
@@ -95,33 +130,37 @@ def adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, g
             R.adam_step_paper_form(w, m, v_used, lr, hp.eps, k, hp.beta1, hp.beta2, hp.partial, clip)
 
 
-def sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=None, cache=None):
+def sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=None, cache=None, steps=None,
+        kahan_comps=None, seeds=None):
     if _skip(found_inf):
         return
     lr = float(hp.lr)
-    for i, w, g, _ in _tensors(params, grads, None, hp, grad_scale):
+    # SGD counts steps only for stochastic rounding (the random bits' counter).
+    steps = steps if hp.rounding == ROUND_STOCHASTIC else None
+    for i, w, g, _ in _tensors(params, grads, steps, hp, grad_scale, kahan_comps, seeds):
         _weight_decay(w, g, hp, lr)
         d = R.sgd_direction(momentum_buffers[i], g, hp.momentum, hp.dampening, hp.nesterov, firsts[i])
         w.add_(d, alpha=-lr)
 
 
 def mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale=None, found_inf=None,
-        cache=None):
+        cache=None, kahan_comps=None, seeds=None):
     if _skip(found_inf):
         return
     lr = float(hp.lr)
-    for i, w, d, k in _tensors(params, grads, steps, hp, grad_scale):
+    for i, w, d, k in _tensors(params, grads, steps, hp, grad_scale, kahan_comps, seeds):
         _weight_decay(w, d, hp, lr)
         d_a, eta_a, d_s = R.mas_steps(exp_avgs[i], exp_avg_sqs[i], momentum_buffers[i], d, lr, hp.beta1, hp.beta2,
                                       hp.eps, k, hp.momentum, hp.dampening, hp.nesterov)
         w.add_(R.mas_update(d_a, eta_a, d_s, lr, hp.adam_w, hp.sgd_w, MAS_VARIANTS[hp.variant]))
 
 
-def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=None, found_inf=None, cache=None):
+def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=None, found_inf=None, cache=None,
+           kahan_comps=None, seeds=None):
     if _skip(found_inf):
         return
     lr = float(hp.lr)
-    for i, w, g, k in _tensors(params, grads, steps, hp, grad_scale):
+    for i, w, g, k in _tensors(params, grads, steps, hp, grad_scale, kahan_comps, seeds):
         m, v = exp_avgs[i], exp_avg_sqs[i]
         if axes[i]:
             R.ndadam_vector_step(w, m, v, g, tuple(axes[i]), lr, hp.beta1, hp.beta2, hp.eps, k, hp.weight_decay)
@@ -133,11 +172,11 @@ def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=Non
 
 
 def rms(params, grads, square_avgs, steps, hp, grad_scale=None, found_inf=None, grad_avgs=None, momentum_buffers=None,
-        cache=None):
+        cache=None, kahan_comps=None, seeds=None):
     if _skip(found_inf):
         return
     lr = float(hp.lr)
-    for i, w, g, k in _tensors(params, grads, steps, hp, grad_scale):
+    for i, w, g, k in _tensors(params, grads, steps, hp, grad_scale, kahan_comps, seeds):
         _weight_decay(w, g, hp, lr)  # the group's lr, not Adagrad's decayed one
         R.rms_step(w, square_avgs[i], grad_avgs[i] if hp.centered else None,
                    momentum_buffers[i] if hp.momentum != 0 else None, g, lr, hp.keep, hp.add, hp.eps, hp.momentum,

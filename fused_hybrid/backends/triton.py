@@ -24,6 +24,7 @@ import torch
 
 from .. import _ext
 from ..families import FAMILIES
+from ..hyper import ROUND_KAHAN, ROUND_STOCHASTIC
 from . import triton_launch as _l
 from . import triton_ops as _ops
 
@@ -73,7 +74,13 @@ def why_unavailable(device: torch.device) -> str:
 # _mas, _ndadam) directly; under torch.compile the same functions run inside custom ops (triton_ops.py), which the
 # tracer sees as opaque calls that mutate the lists they name: it cannot follow data_ptr() tables.
 
-def _run(eager, op, params, grads, *args, snap=None) -> bool:
+def _lowp(hp, kahan_comps, seeds) -> dict:
+    """The 16-bit stores' arguments (issue 16) the launchers and ops take: empty unless the record asks."""
+    return dict(kahan_comps=kahan_comps if hp.rounding == ROUND_KAHAN else None,
+                seeds=seeds if hp.rounding == ROUND_STOCHASTIC else None)
+
+
+def _run(eager, op, params, grads, *args, snap=None, **kw) -> bool:
     """One family call: the custom op while torch.compile traces, the direct function otherwise. grads None (the
     optimizer's fast path): False, launching nothing, when a param has no gradient."""
     if not params:
@@ -85,9 +92,9 @@ def _run(eager, op, params, grads, *args, snap=None) -> bool:
     if snap is not None and not snap.ready():
         return False
     if torch.compiler.is_compiling():
-        op(params, grads, *args)
+        op(params, grads, *args, **kw)
     else:
-        eager(params, grads, *args, snap=snap)
+        eager(params, grads, *args, snap=snap, **kw)
     return True
 
 
@@ -134,37 +141,51 @@ def _snapshot(cache, grads, kind: tuple, lists: list, keep=None) -> _Snapshot | 
 
 
 def adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, grad_scale=None, found_inf=None,
-             swats=None, cache=None):
+             swats=None, cache=None, kahan_comps=None, seeds=None):
+    lowp = _lowp(hp, kahan_comps, seeds)
     snap = _snapshot(cache, grads, ("adaptive",), [params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if hp.amsgrad else (),
-                                                   steps, () if swats is None else swats.momentum_buffers])
+                                                   steps, () if swats is None else swats.momentum_buffers,
+                                                   lowp["kahan_comps"] or ()])
     return _run(_l._adaptive, _ops.adaptive, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp,
-                grad_scale, found_inf, swats, snap=snap)
+                grad_scale, found_inf, swats, snap=snap, **lowp)
 
 
-def sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=None, cache=None):
+def sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=None, cache=None, steps=None,
+        kahan_comps=None, seeds=None):
+    lowp = _lowp(hp, kahan_comps, seeds)
+    steps = steps if hp.rounding == ROUND_STOCHASTIC else None  # SGD counts steps only for stochastic rounding
     # A fresh buffer's flag is part of the tables: the first step takes the general path.
     snap = None if any(firsts) else _snapshot(cache, grads, ("sgd",), [params, momentum_buffers
-                                                                       if hp.momentum != 0 else ()])
-    return _run(_l._sgd, _ops.sgd, params, grads, momentum_buffers, firsts, hp, grad_scale, found_inf, snap=snap)
+                                                                       if hp.momentum != 0 else (), steps or (),
+                                                                       lowp["kahan_comps"] or ()])
+    return _run(_l._sgd, _ops.sgd, params, grads, momentum_buffers, firsts, hp, grad_scale, found_inf, snap=snap,
+                steps=steps, **lowp)
 
 
 def mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale=None, found_inf=None,
-        cache=None):
+        cache=None, kahan_comps=None, seeds=None):
+    lowp = _lowp(hp, kahan_comps, seeds)
     snap = _snapshot(cache, grads, ("mas", hp.variant == 0),
-                     [params, exp_avgs, exp_avg_sqs, momentum_buffers if hp.momentum != 0 else (), steps])
+                     [params, exp_avgs, exp_avg_sqs, momentum_buffers if hp.momentum != 0 else (), steps,
+                      lowp["kahan_comps"] or ()])
     return _run(_l._mas, _ops.mas, params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale,
-                found_inf, snap=snap)
+                found_inf, snap=snap, **lowp)
 
 
 def rms(params, grads, square_avgs, steps, hp, grad_scale=None, found_inf=None, grad_avgs=None, momentum_buffers=None,
-        cache=None):
+        cache=None, kahan_comps=None, seeds=None):
+    lowp = _lowp(hp, kahan_comps, seeds)
     snap = _snapshot(cache, grads, ("rms",), [params, square_avgs, grad_avgs if hp.centered else (),
-                                              momentum_buffers if hp.momentum != 0 else (), steps])
+                                              momentum_buffers if hp.momentum != 0 else (), steps,
+                                              lowp["kahan_comps"] or ()])
     return _run(_l._rms, _ops.rms, params, grads, square_avgs, steps, hp, grad_scale, found_inf, grad_avgs,
-                momentum_buffers, snap=snap)
+                momentum_buffers, snap=snap, **lowp)
 
 
-def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=None, found_inf=None, cache=None):
-    snap = _snapshot(cache, grads, ("ndadam",), [params, exp_avgs, exp_avg_sqs, steps], keep=axes)
+def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=None, found_inf=None, cache=None,
+           kahan_comps=None, seeds=None):
+    lowp = _lowp(hp, kahan_comps, seeds)
+    snap = _snapshot(cache, grads, ("ndadam",), [params, exp_avgs, exp_avg_sqs, steps, lowp["kahan_comps"] or ()],
+                     keep=axes)
     return _run(_l._ndadam, _ops.ndadam, params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale,
-                found_inf, snap=snap)
+                found_inf, snap=snap, **lowp)

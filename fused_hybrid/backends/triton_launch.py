@@ -13,7 +13,7 @@ from collections import OrderedDict
 
 import torch
 
-from ..hyper import CLIP_ADABOUND, CLIP_NONE, FORM_PAPER, MAS_VARIANTS
+from ..hyper import CLIP_ADABOUND, CLIP_NONE, FORM_PAPER, MAS_VARIANTS, ROUND_KAHAN, ROUND_NEAREST, ROUND_STOCHASTIC
 
 try:
     import triton
@@ -133,6 +133,43 @@ def _tables(device: torch.device, lists: list[list], numels: list[int], flags: l
     return tab
 
 
+_SEEDS: OrderedDict = OrderedDict()
+
+
+def _rounding(params, hp, kahan_comps, seeds, dev):
+    """How the kernels store the params (issue 16): (ROUND, the Kahan buffers' table row, the seed table). The
+    seed table is int64 [T, 2] (each seed's low and high 32-bit words) on the device, made once per set of seeds
+    (an asynchronous copy, cached like the pointer tables: the seeds never change while a plan lives)."""
+    T = len(params)
+    r = int(hp.rounding)
+    if r == ROUND_NEAREST:
+        return 0, [None] * T, None
+    if params[0].dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"rounding mode {r} applies to bfloat16/float16 params, not {params[0].dtype}")
+    if r == ROUND_KAHAN:
+        if kahan_comps is None or len(kahan_comps) != T or any(
+                c is None or c.dtype != p.dtype or c.numel() != p.numel() or not c.is_contiguous()
+                for c, p in zip(kahan_comps, params)):
+            raise ValueError("Kahan summation needs one contiguous compensation buffer of the param's dtype and "
+                             "size per param")
+        return ROUND_KAHAN, list(kahan_comps), None
+    if r != ROUND_STOCHASTIC:
+        raise ValueError(f"unknown rounding mode {r}")
+    if seeds is None or len(seeds) != T:
+        raise ValueError("stochastic rounding needs one seed per param")
+    key = (dev, tuple(seeds))
+    tab = _SEEDS.get(key)
+    if tab is None:
+        words = [(s & 0xFFFFFFFF, (s >> 32) & 0xFFFFFFFF) for s in (int(x) % (1 << 64) for x in seeds)]
+        tab, host = _to_device(torch.tensor(words, dtype=torch.int64).reshape(T, 2), dev)
+        _SEEDS[key] = tab = (tab, host)
+        if len(_SEEDS) > _CACHE_SIZE:
+            _SEEDS.popitem(last=False)
+    else:
+        _SEEDS.move_to_end(key)
+    return ROUND_STOCHASTIC, [None] * T, tab[0]
+
+
 def _check(params, grads) -> list[torch.Tensor]:
     """Flat kernels need dense row-major operands: a non-contiguous gradient is copied (rare; one extra
     launch), a non-contiguous parameter cannot be updated in place through a flat view."""
@@ -189,25 +226,26 @@ def _grads(params, grads) -> list:
 # backends/triton.py's _Snapshot).
 
 def _adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, grad_scale=None, found_inf=None,
-              swats=None, snap=None):
+              swats=None, snap=None, kahan_comps=None, seeds=None):
     if not params:
         return
     dev = params[0].device
     BLOCK, CHUNK, opts = _geometry(dev)
+    rnd, comps, seed_t = _rounding(params, hp, kahan_comps, seeds, dev)
 
     def build():  # -> (tables, the gradients they point at)
         T = len(params)
         maxs = list(max_exp_avg_sqs) if hp.amsgrad else [None] * T
         bufs = list(swats.momentum_buffers) if swats is not None else [None] * T
         gs = _grads(params, grads)
-        return _tables(dev, [params, gs, exp_avgs, exp_avg_sqs, maxs, bufs, steps], [p.numel() for p in params],
-                       [0] * T, CHUNK), gs
+        return _tables(dev, [params, gs, exp_avgs, exp_avg_sqs, maxs, bufs, steps, comps],
+                       [p.numel() for p in params], [0] * T, CHUNK), gs
 
     tab, _live = build() if snap is None else snap.tables(build)
-    _adaptive_launch(tab, dev, hp, grad_scale, found_inf, swats, params[0].dtype, BLOCK, CHUNK, opts)
+    _adaptive_launch(tab, dev, hp, grad_scale, found_inf, swats, params[0].dtype, BLOCK, CHUNK, opts, rnd, seed_t)
 
 
-def _adaptive_launch(tab, dev, hp, grad_scale, found_inf, swats, dtype, BLOCK, CHUNK, opts):
+def _adaptive_launch(tab, dev, hp, grad_scale, found_inf, swats, dtype, BLOCK, CHUNK, opts, rnd=0, seed_t=None):
     lr, lr_t = _lr_args(hp, dev)
     chunk_partials = None
     if swats is not None:
@@ -223,52 +261,61 @@ def _adaptive_launch(tab, dev, hp, grad_scale, found_inf, swats, dtype, BLOCK, C
                 AMSGRAD=bool(hp.amsgrad), FORM=int(hp.form),
                 POW=hp.form == FORM_PAPER and float(hp.partial) != 0.5, CLIP=int(clip_mode),
                 SWATS=swats is not None, NESTEROV=bool(swats is not None and swats.nesterov), ALIGNED=tab.aligned,
-                BLOCK=BLOCK, CHUNK=CHUNK, FINAL_LR_RELATIVE=bool(hp.final_lr_relative), **opts)
+                BLOCK=BLOCK, CHUNK=CHUNK, FINAL_LR_RELATIVE=bool(hp.final_lr_relative), seed_ptr=seed_t, ROUND=rnd,
+                **opts)
     if swats is not None:
         _finalize(tab, found_inf, _ka.L_STEP, chunk_partials, swats.partials, 2, 2)
     else:
         _finalize(tab, found_inf, _ka.L_STEP)
 
 
-def _sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=None, snap=None):
+def _sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=None, snap=None, steps=None,
+         kahan_comps=None, seeds=None):
     if not params:
         return
     dev = params[0].device
     BLOCK, CHUNK, opts = _geometry(dev)
     use_mom = hp.momentum != 0
+    rnd, comps, seed_t = _rounding(params, hp, kahan_comps, seeds, dev)
+    if rnd == ROUND_STOCHASTIC and (steps is None or len(steps) != len(params)):
+        raise ValueError("stochastic rounding needs one step count per param (the random bits' counter)")
+    step_row = list(steps) if rnd == ROUND_STOCHASTIC else [None] * len(params)
 
     def build():  # -> (tables, the gradients they point at)
         T = len(params)
         bufs = list(momentum_buffers) if use_mom else [None] * T
         flags = [int(bool(f)) for f in firsts] if use_mom else [0] * T
         gs = _grads(params, grads)
-        return _tables(dev, [params, gs, bufs], [p.numel() for p in params], flags, CHUNK), gs
+        return _tables(dev, [params, gs, bufs, step_row, comps], [p.numel() for p in params], flags, CHUNK), gs
 
     tab, _live = build() if snap is None else snap.tables(build)
-    if tab.C == 0:
-        return
-    lr, lr_t = _lr_args(hp, dev)
-    _launch(_ks.sgd_kernel, (tab.C,), tab.chunks, tab.meta, tab.ptrs, tab.T, lr_t, grad_scale, found_inf,
-            lr, float(hp.momentum), float(hp.dampening), float(hp.weight_decay),
-            **_step_flags(params[0].dtype, hp, lr_t, grad_scale, found_inf), MOMENTUM=use_mom,
-            NESTEROV=bool(hp.nesterov), ALIGNED=tab.aligned, BLOCK=BLOCK, CHUNK=CHUNK, **opts)
+    if tab.C > 0:
+        lr, lr_t = _lr_args(hp, dev)
+        _launch(_ks.sgd_kernel, (tab.C,), tab.chunks, tab.meta, tab.ptrs, tab.T, lr_t, grad_scale, found_inf,
+                lr, float(hp.momentum), float(hp.dampening), float(hp.weight_decay),
+                **_step_flags(params[0].dtype, hp, lr_t, grad_scale, found_inf), MOMENTUM=use_mom,
+                NESTEROV=bool(hp.nesterov), ALIGNED=tab.aligned, BLOCK=BLOCK, CHUNK=CHUNK, seed_ptr=seed_t,
+                ROUND=rnd, **opts)
+    if rnd == ROUND_STOCHASTIC:  # SGD counts steps only for stochastic rounding
+        _finalize(tab, found_inf, _ks.L_STEP)
 
 
 def _rms(params, grads, square_avgs, steps, hp, grad_scale=None, found_inf=None, grad_avgs=None,
-         momentum_buffers=None, snap=None):
+         momentum_buffers=None, snap=None, kahan_comps=None, seeds=None):
     if not params:
         return
     dev = params[0].device
     BLOCK, CHUNK, opts = _geometry(dev)
     use_mom = hp.momentum != 0
+    rnd, comps, seed_t = _rounding(params, hp, kahan_comps, seeds, dev)
 
     def build():  # -> (tables, the gradients they point at)
         T = len(params)
         gavgs = list(grad_avgs) if hp.centered else [None] * T
         bufs = list(momentum_buffers) if use_mom else [None] * T
         gs = _grads(params, grads)
-        return _tables(dev, [params, gs, square_avgs, gavgs, bufs, steps], [p.numel() for p in params], [0] * T,
-                       CHUNK), gs
+        return _tables(dev, [params, gs, square_avgs, gavgs, bufs, steps, comps], [p.numel() for p in params],
+                       [0] * T, CHUNK), gs
 
     tab, _live = build() if snap is None else snap.tables(build)
     lr, lr_t = _lr_args(hp, dev)
@@ -276,16 +323,18 @@ def _rms(params, grads, square_avgs, steps, hp, grad_scale=None, found_inf=None,
         _launch(_kr.rms_kernel, (tab.C,), tab.chunks, tab.meta, tab.ptrs, tab.T, lr_t, grad_scale, found_inf,
                 lr, float(hp.keep), float(hp.add), float(hp.eps), float(hp.weight_decay), float(hp.momentum),
                 float(hp.lr_decay), **_step_flags(params[0].dtype, hp, lr_t, grad_scale, found_inf),
-                CENTERED=bool(hp.centered), MOMENTUM=use_mom, ALIGNED=tab.aligned, BLOCK=BLOCK, CHUNK=CHUNK, **opts)
+                CENTERED=bool(hp.centered), MOMENTUM=use_mom, ALIGNED=tab.aligned, BLOCK=BLOCK, CHUNK=CHUNK,
+                seed_ptr=seed_t, ROUND=rnd, **opts)
     _finalize(tab, found_inf, _kr.L_STEP)
 
 
 def _mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale=None, found_inf=None,
-         snap=None):
+         snap=None, kahan_comps=None, seeds=None):
     if not params:
         return
     dev = params[0].device
     BLOCK, CHUNK, opts = _geometry(dev)
+    rnd, comps, seed_t = _rounding(params, hp, kahan_comps, seeds, dev)
     T = len(params)
     use_mom = hp.momentum != 0
     variant = int(hp.variant)  # hyper.MAS_VARIANTS code, = triton_kernels/mas.py V_*
@@ -295,8 +344,8 @@ def _mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad
         bufs = list(momentum_buffers) if use_mom else [None] * T
         gs = _grads(params, grads)
         # The reducing variants' pass-0 programs advance the steps, so an empty tensor gets one zero-length chunk.
-        return _tables(dev, [params, gs, exp_avgs, exp_avg_sqs, bufs, steps], [p.numel() for p in params], [0] * T,
-                       CHUNK, min_chunks=int(reducing)), gs
+        return _tables(dev, [params, gs, exp_avgs, exp_avg_sqs, bufs, steps, comps], [p.numel() for p in params],
+                       [0] * T, CHUNK, min_chunks=int(reducing)), gs
 
     tab, _live = build() if snap is None else snap.tables(build)
     lr, lr_t = _lr_args(hp, dev)
@@ -309,7 +358,8 @@ def _mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad
             lr, float(hp.beta1), float(hp.beta2), float(hp.eps), float(hp.weight_decay), float(hp.momentum),
             float(hp.dampening), float(hp.adam_w), float(hp.sgd_w))
     flags = dict(**_step_flags(params[0].dtype, hp, lr_t, grad_scale, found_inf), MOMENTUM=use_mom,
-                 NESTEROV=bool(hp.nesterov), VARIANT=variant, ALIGNED=tab.aligned, BLOCK=BLOCK, CHUNK=CHUNK, **opts)
+                 NESTEROV=bool(hp.nesterov), VARIANT=variant, ALIGNED=tab.aligned, BLOCK=BLOCK, CHUNK=CHUNK,
+                 seed_ptr=seed_t, ROUND=rnd, **opts)
     if tab.C > 0:
         _launch(_km.mas_kernel, (tab.C,), *args, PASS=0, **flags)
     if not reducing:
@@ -335,7 +385,8 @@ def _vector_view(p: torch.Tensor, axes) -> tuple[int, int]:
     return L, inner
 
 
-def _ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=None, found_inf=None, snap=None):
+def _ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=None, found_inf=None, snap=None,
+            kahan_comps=None, seeds=None):
     """One row-kernel launch over every tensor (its 1-D tensors are plain-Adam chunks of the same kernel) and one
     finalize that advances the steps: 2 launches."""
     if not params:
@@ -346,9 +397,11 @@ def _ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=No
         # Only biases and other 1-D parameters: plain Adam with L2 decay (ND-Adam's reference code does the same).
         from ..hyper import Adaptive
         ahp = Adaptive(lr=hp.lr, beta1=hp.beta1, beta2=hp.beta2, eps=hp.eps, weight_decay=hp.weight_decay,
-                       maximize=hp.maximize)
-        _adaptive(params, grads, exp_avgs, exp_avg_sqs, [], steps, ahp, grad_scale, found_inf, snap=snap)
+                       maximize=hp.maximize, rounding=hp.rounding)
+        _adaptive(params, grads, exp_avgs, exp_avg_sqs, [], steps, ahp, grad_scale, found_inf, snap=snap,
+                  kahan_comps=kahan_comps, seeds=seeds)
         return
+    rnd, comps, seed_t = _rounding(params, hp, kahan_comps, seeds, dev)
 
     def build():  # -> ((tables, longest vector), the gradients they point at)
         shapes = [_vector_view(p, ax) if ax else (0, 1) for p, ax in zip(params, axes)]
@@ -356,7 +409,7 @@ def _ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=No
         # Units a chunk is cut in: weight vectors, or blocks of BLOCK elements of a 1-D tensor (L = 0).
         units = [n // L if L else -(-n // BLOCK) for n, (L, _) in zip(numels, shapes)]
         gs = _grads(params, grads)
-        tab = _tables(dev, [params, gs, exp_avgs, exp_avg_sqs, steps], numels, [0] * len(params), ND_ROWS,
+        tab = _tables(dev, [params, gs, exp_avgs, exp_avg_sqs, steps, comps], numels, [0] * len(params), ND_ROWS,
                       units=units, extra=shapes)
         return (tab, max(L for L, _ in shapes)), gs
 
@@ -367,7 +420,7 @@ def _ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=No
         _launch(_kn.ndadam_kernel, (tab.C,), tab.chunks, tab.meta, tab.ptrs, tab.T, lr_t, grad_scale, found_inf,
                 lr, float(hp.beta1), float(hp.beta2), float(hp.eps), float(hp.weight_decay),
                 **_step_flags(params[0].dtype, hp, lr_t, grad_scale, found_inf), ROWS=ND_ROWS, BLOCK_L=block_l,
-                FLAT_BLOCK=BLOCK)
+                FLAT_BLOCK=BLOCK, seed_ptr=seed_t, ROUND=rnd)
     _finalize(tab, found_inf, _kn.L_STEP, width=_kn.META_W)
 
 

@@ -36,37 +36,43 @@ def _nop(*args, **kwargs) -> None:
 
 
 # The real implementations: the op's lists and keyword arguments back to the eager launcher's arguments.
-def _adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, swats_momentum_buffers, **kw):
+# (kahan_comps and seeds: the 16-bit stores of issue 16; empty lists unless the record's rounding uses them.)
+def _lowp(kahan_comps, kw) -> dict:
+    return dict(kahan_comps=list(kahan_comps) or None, seeds=list(kw["seeds"]) or None)
+
+
+def _adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, swats_momentum_buffers, kahan_comps,
+              **kw):
     swats = None
     if kw["swats_phase"] is not None:
         swats = H.SwatsArgs(momentum_buffers=swats_momentum_buffers, phase=kw["swats_phase"],
                             sgd_lr=kw["swats_sgd_lr"], partials=kw["swats_partials"], nesterov=kw["swats_nesterov"])
     _l._adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, FAMILIES["adaptive"].record_of(kw),
-                 kw["grad_scale"], kw["found_inf"], swats)
+                 kw["grad_scale"], kw["found_inf"], swats, **_lowp(kahan_comps, kw))
 
 
-def _sgd(params, grads, momentum_buffers, **kw):
+def _sgd(params, grads, momentum_buffers, steps, kahan_comps, **kw):
     _l._sgd(params, grads, momentum_buffers, [bool(f) for f in kw["firsts"]], FAMILIES["sgd"].record_of(kw),
-            kw["grad_scale"], kw["found_inf"])
+            kw["grad_scale"], kw["found_inf"], steps=list(steps) or None, **_lowp(kahan_comps, kw))
 
 
-def _mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, **kw):
+def _mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, kahan_comps, **kw):
     _l._mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, FAMILIES["mas"].record_of(kw),
-            kw["grad_scale"], kw["found_inf"])
+            kw["grad_scale"], kw["found_inf"], **_lowp(kahan_comps, kw))
 
 
-def _rms(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, **kw):
+def _rms(params, grads, square_avgs, grad_avgs, momentum_buffers, steps, kahan_comps, **kw):
     _l._rms(params, grads, square_avgs, steps, FAMILIES["rms"].record_of(kw), kw["grad_scale"], kw["found_inf"],
-            grad_avgs, momentum_buffers)
+            grad_avgs, momentum_buffers, **_lowp(kahan_comps, kw))
 
 
-def _ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, **kw):
+def _ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, kahan_comps, **kw):
     axes, i = [], 0
     for n in kw["axes_len"]:
         axes.append(tuple(kw["axes_flat"][i:i + n]))
         i += n
     _l._ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, FAMILIES["ndadam"].record_of(kw),
-               kw["grad_scale"], kw["found_inf"])
+               kw["grad_scale"], kw["found_inf"], **_lowp(kahan_comps, kw))
 
 
 _REAL = {"adaptive": _adaptive, "sgd": _sgd, "mas": _mas, "rms": _rms, "ndadam": _ndadam}
@@ -83,32 +89,37 @@ def _call(name: str, lists: list, kwargs: dict) -> None:
 
 # The backend functions under torch.compile (backends/triton.py calls them while tracing).
 def adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, grad_scale=None, found_inf=None,
-             swats=None) -> None:
+             swats=None, kahan_comps=None, seeds=None) -> None:
     _call("adaptive", [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if hp.amsgrad else [], steps,
-                       [] if swats is None else swats.momentum_buffers],
-          dict(FAMILIES["adaptive"].kwargs(hp), **swats_kwargs(swats), grad_scale=grad_scale, found_inf=found_inf))
-
-
-def sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=None) -> None:
-    use_mom = hp.momentum != 0
-    _call("sgd", [params, grads, momentum_buffers if use_mom else []],
-          dict(FAMILIES["sgd"].kwargs(hp), firsts=[int(f) for f in firsts] if use_mom else [], grad_scale=grad_scale,
+                       [] if swats is None else swats.momentum_buffers, kahan_comps or []],
+          dict(FAMILIES["adaptive"].kwargs(hp), seeds=seeds or [], **swats_kwargs(swats), grad_scale=grad_scale,
                found_inf=found_inf))
 
 
+def sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=None, steps=None, kahan_comps=None,
+        seeds=None) -> None:
+    use_mom = hp.momentum != 0
+    _call("sgd", [params, grads, momentum_buffers if use_mom else [], steps or [], kahan_comps or []],
+          dict(FAMILIES["sgd"].kwargs(hp), firsts=[int(f) for f in firsts] if use_mom else [], seeds=seeds or [],
+               grad_scale=grad_scale, found_inf=found_inf))
+
+
 def rms(params, grads, square_avgs, steps, hp, grad_scale=None, found_inf=None, grad_avgs=None,
-        momentum_buffers=None) -> None:
+        momentum_buffers=None, kahan_comps=None, seeds=None) -> None:
     _call("rms", [params, grads, square_avgs, grad_avgs if hp.centered else [],
-                  momentum_buffers if hp.momentum != 0 else [], steps],
-          dict(FAMILIES["rms"].kwargs(hp), grad_scale=grad_scale, found_inf=found_inf))
+                  momentum_buffers if hp.momentum != 0 else [], steps, kahan_comps or []],
+          dict(FAMILIES["rms"].kwargs(hp), seeds=seeds or [], grad_scale=grad_scale, found_inf=found_inf))
 
 
-def mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale=None, found_inf=None) -> None:
-    _call("mas", [params, grads, exp_avgs, exp_avg_sqs, momentum_buffers if hp.momentum != 0 else [], steps],
-          dict(FAMILIES["mas"].kwargs(hp), grad_scale=grad_scale, found_inf=found_inf))
+def mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale=None, found_inf=None,
+        kahan_comps=None, seeds=None) -> None:
+    _call("mas", [params, grads, exp_avgs, exp_avg_sqs, momentum_buffers if hp.momentum != 0 else [], steps,
+                  kahan_comps or []],
+          dict(FAMILIES["mas"].kwargs(hp), seeds=seeds or [], grad_scale=grad_scale, found_inf=found_inf))
 
 
-def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=None, found_inf=None) -> None:
-    _call("ndadam", [params, grads, exp_avgs, exp_avg_sqs, steps],
-          dict(FAMILIES["ndadam"].kwargs(hp), axes_flat=[int(a) for ax in axes for a in ax],
+def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=None, found_inf=None,
+           kahan_comps=None, seeds=None) -> None:
+    _call("ndadam", [params, grads, exp_avgs, exp_avg_sqs, steps, kahan_comps or []],
+          dict(FAMILIES["ndadam"].kwargs(hp), seeds=seeds or [], axes_flat=[int(a) for ax in axes for a in ax],
                axes_len=[len(ax) for ax in axes], grad_scale=grad_scale, found_inf=found_inf))

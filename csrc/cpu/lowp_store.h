@@ -1,0 +1,148 @@
+// Stochastic rounding and Kahan-compensated stores of bfloat16 / float16 params on the CPU (issue 16).
+//
+// How: a 16-bit tensor whose group asked for either option is stepped through float32 staging. Per chunk, its
+// weights and gradients are widened (exactly) into two thread-local float32 buffers, the family's own float32
+// chunk function runs on them (the same rules.h arithmetic: a bfloat16 loop widens each element to float32 and
+// computes in float32 too, so the float32 results are bitwise those that loop would round), and the results are
+// stored through rounding.h (round_sr with the counter-based bits of rand32, or kahan_store). So the per-element
+// arithmetic is not duplicated, and no chunk loop gets another template parameter (the option costs no
+// instantiations: the float32 loops exist already). Its price is one extra pass over the chunk in cache.
+//
+// The random bits of element i of tensor t at step k are rand32(seed[t], k, 0, i) with i the flat index within
+// the tensor (stream 0: the param store), whatever the chunking or thread count: the same bits as every backend.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "fused_hybrid/rounding.h"
+#include "multi_tensor.h"
+
+namespace fused_hybrid {
+namespace cpu {
+
+// fused_hybrid.hyper.ROUND_*
+constexpr int64_t kRoundNearest = 0;
+constexpr int64_t kRoundStochastic = 1;
+constexpr int64_t kRoundKahan = 2;
+
+template <typename T>
+inline constexpr bool kLowPrecision = std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>;
+
+// The per-tensor data of a call's 16-bit stores.
+struct LowpStore {
+  int64_t mode = kRoundNearest;
+  std::vector<uint64_t> seeds;    // stochastic rounding: each tensor's seed
+  std::vector<uint32_t> steps;    // stochastic rounding: each tensor's step count after this step's increment
+  std::vector<uint16_t*> comps;   // Kahan: each tensor's compensation buffer
+  bool active() const { return mode != kRoundNearest; }
+};
+
+// Checks the rounding arguments of an op and gathers them. ks: the tensors' new step counts (stochastic rounding).
+LowpStore lowp_setup(const char* op, at::TensorList params, int64_t rounding, at::IntArrayRef seeds,
+                     at::TensorList kahan_comps, const std::vector<double>& ks);
+
+// The loops (internal linkage from here on, as adaptive_kernel.h's: they are multiversioned with FH_CPU_CLONES),
+// each a straight loop for GCC to vectorize: Philox over whole groups of four into a buffer of random words, then the
+// rounding; or the compensated store.
+namespace {
+
+FH_CPU_CLONES void philox_words(uint32_t* __restrict__ out, uint64_t group0, int64_t ngroups, uint32_t step,
+                                uint32_t k0, uint32_t k1) {
+  for (int64_t j = 0; j < ngroups; ++j) {
+    const uint64_t g = group0 + static_cast<uint64_t>(j);
+    const rounding::Philox4 r =
+        rounding::philox4x32_10(static_cast<uint32_t>(g), static_cast<uint32_t>(g >> 32), 0u, step, k0, k1);
+    out[4 * j] = r.x0;
+    out[4 * j + 1] = r.x1;
+    out[4 * j + 2] = r.x2;
+    out[4 * j + 3] = r.x3;
+  }
+}
+
+template <rounding::Format F>
+FH_CPU_CLONES void sr_loop(uint16_t* __restrict__ w, const float* __restrict__ x, const uint32_t* __restrict__ r,
+                           int64_t n) {
+  for (int64_t i = 0; i < n; ++i) w[i] = rounding::round_sr<F>(x[i], r[i]);
+}
+
+template <rounding::Format F>
+FH_CPU_CLONES void kahan_loop(uint16_t* __restrict__ w, uint16_t* __restrict__ c, const float* __restrict__ x,
+                              int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    uint16_t wi = w[i], ci = c[i];
+    rounding::kahan_store<F>(x[i], wi, ci);
+    w[i] = wi;
+    c[i] = ci;
+  }
+}
+
+template <typename S>
+FH_CPU_CLONES void widen(float* __restrict__ out, const S* __restrict__ in, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(in[i]);
+}
+
+// Thread-local random words (grown as needed).
+inline uint32_t* random_words(int64_t n) {
+  thread_local std::vector<uint32_t> buf;
+  if (static_cast<int64_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
+  return buf.data();
+}
+
+// Stores the float32 results x[0, n) into the 16-bit w (elements index0 .. index0 + n of tensor t).
+template <typename scalar_t>
+void lowp_store(scalar_t* w, const float* x, int64_t n, int64_t index0, const LowpStore& lp, int64_t t) {
+  constexpr auto F = std::is_same_v<scalar_t, c10::BFloat16> ? rounding::Format::kBF16 : rounding::Format::kFP16;
+  uint16_t* wb = reinterpret_cast<uint16_t*>(w);
+  if (n <= 0) return;
+  if (lp.mode == kRoundKahan) {
+    kahan_loop<F>(wb, lp.comps[t] + index0, x, n);
+    return;
+  }
+  // rand32's layout: one Philox call per aligned group of four elements; the groups cut by the range's ends are
+  // computed whole and partly used.
+  const uint64_t seed = lp.seeds[t];
+  const auto first = static_cast<uint64_t>(index0) >> 2, last = static_cast<uint64_t>(index0 + n - 1) >> 2;
+  const auto ngroups = static_cast<int64_t>(last - first + 1);
+  uint32_t* r = random_words(4 * ngroups);
+  philox_words(r, first, ngroups, lp.steps[t], static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+  sr_loop<F>(wb, x, r + (index0 & 3), n);
+}
+
+// Thread-local float32 staging buffers (grown as needed: chunks are kChunk elements, ND-Adam row blocks may be
+// longer).
+template <typename O>
+O* staging(int which, int64_t n) {
+  thread_local std::vector<O> bufs[2];
+  auto& b = bufs[which];
+  if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
+  return b.data();
+}
+
+// Runs run(w32, g32) on float32 copies of w[0, n) and g[0, n) (g may be null: run gets null), then stores w32 into
+// w as lp says. index0: the flat index of w[0] within tensor t. O is the family's opmath type: the callers compile
+// this for every dtype they dispatch on (their dispatch lambda is no template, so an `if constexpr` there would
+// not discard anything), but lowp_setup lets only 16-bit params (O = float) get here.
+template <typename scalar_t, typename O, typename Run>
+void staged_step(scalar_t* w, const scalar_t* g, int64_t n, int64_t index0, const LowpStore& lp, int64_t t,
+                 const Run& run) {
+  if constexpr (kLowPrecision<scalar_t> && std::is_same_v<O, float>) {
+    float* w32 = staging<float>(0, n);
+    float* g32 = g != nullptr ? staging<float>(1, n) : nullptr;
+    widen(w32, w, n);
+    if (g != nullptr) widen(g32, g, n);
+    run(w32, static_cast<const float*>(g32));
+    lowp_store(w, w32, n, index0, lp, t);
+  } else {
+    TORCH_CHECK(false, "fused_hybrid: stochastic rounding / Kahan stores apply to bfloat16/float16 params only");
+  }
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace fused_hybrid
