@@ -220,7 +220,10 @@ def test_triton_rounding_compiles_for_sm90():
         pytest.skip("triton's NVIDIA backend (ptxas) is missing")
     here = os.path.dirname(os.path.abspath(__file__))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(here), here, env.get("PYTHONPATH", "")])
+    # The tests' folder for rounding_kernels.py; fused_hybrid is whichever this process imported (the installed
+    # package: the source tree has no fused_hybrid.triton_kernels, setup.py maps triton_kernels/ there).
+    env["PYTHONPATH"] = os.pathsep.join([here, os.path.dirname(os.path.dirname(fh.__file__)),
+                                         env.get("PYTHONPATH", "")])
     r = subprocess.run([sys.executable, os.path.join(here, "rounding_kernels.py")], capture_output=True, text=True,
                        env=env, cwd=here, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
