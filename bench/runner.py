@@ -235,8 +235,8 @@ def derive(block: dict, bandwidth: dict) -> None:
     for rec in results:
         _, _, brule, bopts, _, base_rule = C.RULES[rec["rule"]]
         nbytes = bytes_model.step_bytes(brule, shapes, bopts)
-        if rec.get("bytes_opts") is not None:
-            nbytes = bytes_model.step_bytes(brule, shapes, rec.pop("bytes_opts"))
+        if rec.get("bytes_opts") is not None:  # kept (not popped): derive runs again on the final bandwidth
+            nbytes = bytes_model.step_bytes(brule, shapes, rec["bytes_opts"])
         rec["bytes_per_step"] = nbytes
         rec["bytes_per_element"] = nbytes / numel
         rec["GBps"] = nbytes / (rec["ms"] / 1e3) / 1e9
@@ -376,6 +376,12 @@ def _run(cfg: Config, log) -> dict:
         log(f"  timing {name} ...")
         blocks.append(run_shape_set(name, cfg, device, bwm, backends, notes, log))
         log(f"  timing {name}: done in {time.perf_counter() - t0:.0f} s")
+        # Each shape set's table as soon as it is timed (a run cut short still shows what it measured), against
+        # the bandwidth sampled so far; the JSON's figures use the final samples.
+        derive(blocks[-1], bwm.result())
+        log("")
+        log(format_shape_table(blocks[-1], device))
+        log("")
     bw = bwm.result()
     bwm.free()
     log(f"  reference bandwidth ({bw['numel']:,} fp32 elements, median of {bw['samples']} samples): axpy a += s*b "
@@ -383,8 +389,6 @@ def _run(cfg: Config, log) -> dict:
         f"(best {bw['copy_GBps_best']:.1f})")
     for block in blocks:
         derive(block, bw)
-        log("")
-        log(format_shape_table(block, device))
     log("")
     log(format_memory_table(blocks))
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")

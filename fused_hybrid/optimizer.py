@@ -173,6 +173,7 @@ class HybridOptimizer(torch.optim.Optimizer):
         """Drop the plans (with their tables) and SWATS's controller: rebuilt by the next step."""
         self._plans: dict[int, tuple] = {}
         self._swats = None  # swats.Controller, made when a step first needs it
+        self._swats_calls: list = []  # (bucket, SwatsArgs) of a step's SWATS buckets (the rule's ``after`` hook)
 
     # -- step -----------------------------------------------------------------------------------------------------
 
@@ -250,7 +251,9 @@ class HybridOptimizer(torch.optim.Optimizer):
                 loss = closure()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
-        self._swats_calls = []  # (bucket, SwatsArgs) of this step's SWATS buckets (the rule's ``after`` hook)
+        # Emptied, not rebound: torch 2.11's dynamo refuses an attribute assignment on the optimizer inside a
+        # compiled step (seen on the GPU machine's torch; 2.14 accepts both).
+        self._swats_calls.clear()
         groups = self.param_groups
         if grad_clip.active(self):  # the norm first, then every bucket with the clipped grad_scale / found_inf
             found_inf = grad_clip.step(self, grad_scale, found_inf, _grads_of)

@@ -41,8 +41,9 @@ for k, v in fh.backends().items(): print(f'   {k}: {v}')" 2>&1 | tee -a "$OUT/su
 
 log "tests (cap ${TEST_S}s)"
 start=$(date +%s)
-# SIGINT first: pytest then stops, prints its summary and writes the junit file.
-FUSED_HYBRID_REQUIRE_EXTENSION=1 timeout -s INT -k 30 "$TEST_S" "$PY" -m pytest -q -ra -p no:cacheprovider \
+# SIGINT first: pytest then stops, prints its summary and writes the junit file. One intra-op thread per xdist
+# worker: with torch's default (a thread per core in every worker) the first run's load average reached 144.
+OMP_NUM_THREADS=1 FUSED_HYBRID_REQUIRE_EXTENSION=1 timeout -s INT -k 30 "$TEST_S" "$PY" -m pytest -q -ra -p no:cacheprovider \
   -n "$(nproc)" --tb=short --junitxml="$OUT/junit.xml" "${@:-tests}" >"$OUT/pytest.txt" 2>&1
 log "tests rc=$? in $(( $(date +%s) - start )) s"
 tail -5 "$OUT/pytest.txt" | tee -a "$OUT/summary.txt"

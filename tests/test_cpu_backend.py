@@ -344,6 +344,50 @@ def test_swats_bookkeeping_ops_match_swats_py(granularity, impl):
     assert switched_any, "the partial sums were built to switch some segment"
 
 
+@pytest.mark.parametrize("granularity", ["global", "group", "tensor"])
+def test_swats_bookkeeping_cpu_and_triton_agree_bitwise(granularity):
+    """The two fused bookkeeping implementations, csrc/cpu/swats.cpp (the cpu and cuda_sim backends') and
+    triton_kernels/swats.py (the triton and cuda backends'; on the GPU where there is one, else under the
+    interpreter), give identical bits on the same partial sums: lam, gamma, Lambda, the SGD-phase step sizes and the
+    switch steps. Both sum in tensor order, take b2**k by the same binary exponentiation and round without FMA; on an
+    H200, before they did, lam and gamma differed in the last bits (so the cuda backend could switch a step apart
+    from cuda_sim and cpu)."""
+    from fused_hybrid import swats as sw
+    from fused_hybrid.backends import triton as tb
+    dev = torch.device(cases.DEVICE)
+    if not tb.available(dev):
+        pytest.skip(f"the triton backend is unavailable: {tb.why_unavailable(dev)}")
+    groups = [dict(rule="swats", params=[torch.zeros(2) for _ in range(5)], lr=0.1, betas=(0.9, 0.99),
+                   switch_rtol=0.05, switch_atol=0.0),
+              dict(rule="swats", params=[torch.zeros(2) for _ in range(3)], lr=0.05, betas=(0.8, 0.9),
+                   switch_rtol=0.02, switch_atol=1e-3)]
+    lays = [sw.Layout(groups, granularity, d, impl=i) for d, i in ((torch.device("cpu"), "cpu"), (dev, "triton"))]
+    sts = [lay.new_state() for lay in lays]
+    gen = torch.Generator().manual_seed(11)
+    T = lays[0].T
+    switched = 0
+    for k in range(1, 40):
+        target = torch.rand(T, generator=gen, dtype=torch.float64) + 0.5
+        pg = -(torch.rand(T, generator=gen, dtype=torch.float64) + 0.1) / 3  # not exactly representable sums
+        noise = 1 + 0.3 * torch.randn(T, generator=gen, dtype=torch.float64) / k
+        partials = torch.stack([pg, -pg * target * noise], dim=1)
+        stepped = None if k % 4 else (torch.rand(T, generator=gen) > 0.3).double()
+        found_inf = torch.tensor(float(k % 9 == 0))
+        outs = []
+        for lay, st in zip(lays, sts):
+            d = lay.device
+            vecs = lay.group_vectors(groups)
+            phase, sgd_lr = sw.per_tensor_args(lay, st, vecs)
+            part = torch.where(phase[:, None] == 1, 0.0, partials.to(d))
+            sw.switch_update(lay, st, vecs, part, None if stepped is None else stepped.to(d), found_inf.to(d))
+            outs.append((phase.cpu(), sgd_lr.cpu()))
+        assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1]), k
+        for key in ("phase", "switch_step", "seg_step", "lam", "Lambda", "gamma", "lr_ref"):
+            assert torch.equal(sts[0][key].cpu(), sts[1][key].cpu()), (k, key)
+        switched = int(sts[0]["phase"].sum())
+    assert switched, "the partial sums were built to switch some segment"
+
+
 def test_swats_bookkeeping_ops_reject_bad_input():
     seg = torch.tensor([0, 1, 5])
     with pytest.raises(RuntimeError, match="is not a segment of 2"):

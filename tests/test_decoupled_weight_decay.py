@@ -9,6 +9,9 @@ import torch
 
 import fused_hybrid as fh
 from fused_hybrid import _ext
+from fused_hybrid.backends import module as backend_module
+
+import cases
 
 WD = 0.1
 # (class, kwargs): every rule that takes decoupled weight decay, with options that reach its other branches.
@@ -29,22 +32,24 @@ CASES = [
 ]
 IDS = [f"{c.__name__}-{'-'.join(f'{k}={v}' for k, v in kw.items() if k != 'lr')}" for c, kw in CASES]
 SHAPES = [(1,), (17,), (33, 65), (4097,)]
+# Where each backend runs: triton on the GPU when there is one (else under its interpreter, on CPU tensors).
+DEVICES = {"reference": "cpu", "cpu": "cpu", "cuda_sim": "cpu", "triton": cases.DEVICE, "cuda": "cuda"}
 
 
-def _params(dtype=torch.float32):
+def _params(dtype=torch.float32, device="cpu"):
     g = torch.Generator().manual_seed(0)
-    return [torch.randn(s, generator=g, dtype=torch.float64).to(dtype).requires_grad_() for s in SHAPES]
+    return [torch.randn(s, generator=g, dtype=torch.float64).to(device, dtype).requires_grad_() for s in SHAPES]
 
 
 def _run(cls, kw, backend, decoupled: bool, steps=6, dtype=torch.float32):
     """``steps`` steps with an LR that changes every step (the decay must use the lr of that step). decoupled:
-    the rule's option; else weight_decay=0 and the params scaled by hand before each step."""
-    ps = _params(dtype)
+    the rule's option; else weight_decay=0 and the params scaled by hand before each step. Returns CPU copies."""
+    ps = _params(dtype, DEVICES.get(backend, "cpu"))
     opt = cls(ps, backend=backend, weight_decay=WD if decoupled else 0.0, decoupled_weight_decay=decoupled, **kw)
     g = torch.Generator().manual_seed(1)
     for k in range(steps):
         for p in ps:
-            p.grad = torch.randn(p.shape, generator=g, dtype=torch.float64).to(dtype)
+            p.grad = torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.device, dtype)
         lr = kw["lr"] * (1.0 + 0.5 * k)
         opt.param_groups[0]["lr"] = lr
         if not decoupled:
@@ -52,7 +57,7 @@ def _run(cls, kw, backend, decoupled: bool, steps=6, dtype=torch.float32):
                 for p in ps:
                     p.mul_(1 - lr * WD)
         opt.step()
-    return [p.detach().clone() for p in ps]
+    return [p.detach().cpu().clone() for p in ps]
 
 
 @pytest.mark.parametrize("cls,kw", CASES, ids=IDS)
@@ -63,25 +68,12 @@ def test_reference_is_the_rule_after_a_hand_made_decay(cls, kw):
         assert torch.equal(a, b)
 
 
-def _fused_backends():
-    out = []
-    if _ext.loaded():
-        out.append("cpu")
-    if _ext.has_sim():
-        out.append("cuda_sim")
-    try:
-        import triton  # noqa: F401
-        out.append("triton")
-    except ImportError:
-        pass
-    return out
-
-
-@pytest.mark.parametrize("backend", ["cpu", "triton", "cuda_sim"])
+@pytest.mark.parametrize("backend", ["cpu", "triton", "cuda_sim", "cuda"])
 @pytest.mark.parametrize("cls,kw", CASES, ids=IDS)
 def test_fused_backends_match_the_reference(cls, kw, backend, monkeypatch):
-    if backend not in _fused_backends():
-        pytest.skip(f"backend {backend!r} is not available here: {fh.backends.backends().get(backend)}")
+    dev = torch.device(DEVICES[backend])
+    if not backend_module(backend).available(dev):
+        pytest.skip(f"backend {backend!r} is not available here: {backend_module(backend).why_unavailable(dev)}")
     ours = _run(cls, kw, backend, True, steps=4)
     ref = _run(cls, kw, "reference", True, steps=4)
     for a, b in zip(ours, ref):

@@ -45,6 +45,20 @@ def pow_int(b, k):
 
 
 @triton.jit
+def pow_whole(b, k):
+    """b**k for float64 b and an integer k >= 0 by binary exponentiation: the same roundings as rules.h pow_whole
+    (C++ host and device), so SWATS's switch test decides bit for bit as the cpu and cuda_sim backends'."""
+    r = tl.full((), 1.0, tl.float64)
+    e = k.to(tl.int64)
+    while e != 0:
+        if (e & 1) != 0:
+            r = r * b
+        b = b * b
+        e = e >> 1
+    return r
+
+
+@triton.jit
 def bias_corrections(beta1, beta2, k):
     """(b1, b2, 1 - b1**k, 1 - b2**k) in float64 for step count k, as the reference computes them on the host."""
     b1 = f64(beta1)

@@ -9,12 +9,16 @@ is the CPU version).
   swats_switch_test), in place on the state. MODE 0 only writes the totals (a process group all-reduces them), MODE
   1 only runs the test on given totals, MODE 2 does both in one launch.
 
-All arithmetic float64, as swats.py. b2**k is ``pow_int`` (exp2(k*log2(b2))): within k*1e-16 relative of torch.pow.
+All arithmetic float64, as swats.py, and bit for bit as the C++ bookkeeping (csrc/cpu/swats.cpp, rules.h): the sums
+run sequentially in tensor order (as the C++ loop; tl.sum's tree would round differently), b2**k is ``pow_whole``
+(rules.h's binary exponentiation) and the launches turn off FMA contraction (triton_launch.swats_*). Measured on an
+H200 before that: lam and gamma differed from cuda_sim's in the last bits, so the cuda backend (whose bookkeeping
+is this) could switch a step apart from cuda_sim and cpu.
 """
 import triton
 import triton.language as tl
 
-from .common import pow_int
+from .common import pow_whole
 
 PHASE_SGD = tl.constexpr(1)
 
@@ -43,16 +47,15 @@ def swats_switch_kernel(members, W: tl.int64, T: tl.int64, partials, stepped, to
         s_pg = tl.zeros((), tl.float64)
         s_pp = tl.zeros((), tl.float64)
         n = tl.zeros((), tl.float64)
-        for j0 in range(0, W, BLOCK):
-            j = j0 + tl.arange(0, BLOCK)
-            idx = tl.load(members + s * W + j, mask=j < W, other=T)
+        for j in range(0, W):  # one member at a time, in tensor order (the C++ loop's order of additions)
+            idx = tl.load(members + s * W + j)
             m = idx < T  # the row is padded with T
-            s_pg += tl.sum(tl.load(partials + 2 * idx, mask=m, other=0.0), axis=0)
-            s_pp += tl.sum(tl.load(partials + 2 * idx + 1, mask=m, other=0.0), axis=0)
+            s_pg += tl.load(partials + 2 * idx, mask=m, other=0.0)
+            s_pp += tl.load(partials + 2 * idx + 1, mask=m, other=0.0)
             if HAS_STEPPED:
-                n += tl.sum(tl.load(stepped + idx, mask=m, other=0.0), axis=0)
+                n += tl.load(stepped + idx, mask=m, other=0.0)
             else:
-                n += tl.sum(m.to(tl.float64), axis=0)
+                n += m.to(tl.float64)
         if MODE == 0:
             tl.store(totals + 3 * s, s_pg)
             tl.store(totals + 3 * s + 1, s_pp)
@@ -83,7 +86,7 @@ def _switch_test(s, s_pg, s_pp, n, members, W, T, found_inf, phase, lam, Lambda,
             la = b2 * tl.load(lam + s) + (1 - b2) * g
             tl.store(lam + s, la)
             tl.store(gamma + s, g)
-            lam_k = la / (1 - pow_int(b2, k.to(tl.float64)))
+            lam_k = la / (1 - pow_whole(b2, k))
             if (k > 1) & (lam_k > 0) & (tl.abs(lam_k - g) < tl.load(atols + s) + tl.load(rtols + s) * tl.abs(lam_k)):
                 tl.store(phase + s, PHASE_SGD)
                 tl.store(Lambda + s, lam_k)

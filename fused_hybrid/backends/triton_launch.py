@@ -439,7 +439,8 @@ def swats_per_tensor(seg_of, st: dict, vecs: dict):
     sgd_lr = torch.empty(T, dtype=torch.float64, device=seg_of.device)
     if T:
         _launch(ks.swats_args_kernel, (-(-T // SWATS_BLOCK),), seg_of, st["phase"], st["Lambda"], st["lr_ref"],
-                vecs["lr"], vecs["one_minus_b1"], phase, sgd_lr, T, BLOCK=SWATS_BLOCK)
+                vecs["lr"], vecs["one_minus_b1"], phase, sgd_lr, T, BLOCK=SWATS_BLOCK,
+                enable_fp_fusion=False)
     return phase, sgd_lr
 
 
@@ -450,4 +451,6 @@ def swats_switch(members, T: int, partials, stepped, totals, found_inf, st: dict
     _launch(ks.swats_switch_kernel, (members.shape[0],), members, members.shape[1], T, partials, stepped, totals,
             found_inf, st["phase"], st["lam"], st["Lambda"], st["switch_step"], st["seg_step"], st["gamma"],
             st["lr_ref"], vecs["lr"], vecs["b2"], vecs["rtol"], vecs["atol"], MODE=mode,
-            HAS_STEPPED=stepped is not None, HAS_FOUND_INF=found_inf is not None, BLOCK=SWATS_BLOCK)
+            HAS_STEPPED=stepped is not None, HAS_FOUND_INF=found_inf is not None, BLOCK=SWATS_BLOCK,
+            # No FMA: lam = b2*lam + (1-b2)*gamma rounds as the C++ bookkeeping rounds it (triton_kernels/swats.py).
+            enable_fp_fusion=False)

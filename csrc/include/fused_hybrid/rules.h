@@ -111,10 +111,24 @@ FH_HD void swats_sgd_phase(T& w, T g, T& buf, T beta1, T sgd_lr, bool nesterov) 
 // SWATS switch test for one segment after an Adam-phase step (Keskar & Socher, Alg. 1 lines 11-22), in double,
 // in the order of operations of fused_hybrid/swats.py's finalize (the reference the GPU paths run as torch ops):
 //   gamma = <p,p> / -<p,g> (only where <p,g> != 0; otherwise lam is kept, line 22)
-//   lam = b2*lam + (1-b2)*gamma;  Lambda_k = lam / (1 - b2^k)
+//   lam = b2*lam + (1-b2)*gamma;  Lambda_k = lam / (1 - b2^k)  (b2^k: pow_whole)
 //   switch when k > 1, Lambda_k > 0 and |Lambda_k - gamma| < atol + rtol*|Lambda_k|.
 // `active`: some tensor of the segment stepped (and GradScaler found no inf); an inactive segment is untouched.
 // Returns true when the segment switches now.
+// b^k for a whole number k >= 0, by binary exponentiation in double: the same sequence of roundings on the CPU, the
+// GPU, the simulator and in Triton (triton_kernels/common.py pow_whole), where std::pow, the device's pow and
+// Triton's exp2(k*log2(b)) each differ in the last bits. The switch test compares Lambda_k with gamma, so a bit of
+// difference there could switch one backend a step before another; measured on an H200 before this: the cuda
+// backend's (Triton) bookkeeping and cuda_sim's (this file) differed in the last bits of lam and gamma.
+FH_HD double pow_whole(double b, int64_t k) {
+  double r = 1.0;
+  for (uint64_t e = k > 0 ? static_cast<uint64_t>(k) : 0u; e != 0; e >>= 1) {
+    if (e & 1u) r *= b;
+    b *= b;
+  }
+  return r;
+}
+
 struct SwatsSegment {
   int32_t phase;
   double lam, Lambda, gamma;
@@ -130,7 +144,7 @@ FH_HD bool swats_switch_test(SwatsSegment& s, bool active, double s_pg, double s
   s.lam = b2 * s.lam + (1 - b2) * gamma;
   s.gamma = gamma;
   const int64_t k = s.seg_step;
-  const double lam_k = s.lam / (1 - std::pow(b2, static_cast<double>(k)));
+  const double lam_k = s.lam / (1 - pow_whole(b2, k));
   if (!(k > 1 && lam_k > 0 && fh_abs(lam_k - gamma) < atol + rtol * fh_abs(lam_k))) return false;
   s.phase = kPhaseSgd;
   s.Lambda = lam_k;
