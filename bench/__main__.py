@@ -80,6 +80,10 @@ def main(argv=None) -> dict:
         from . import clip
         clip.main(["--device", str(res.get("meta", {}).get("device", "cpu"))] +
                   (["--threads", str(args.threads)] if args.threads else []))
+        # bfloat16 params (issue 16): nearest / stochastic rounding / Kahan against torch's fused and foreach Adam.
+        from . import lowp
+        lowp.main(["--device", str(res.get("meta", {}).get("device", "cpu"))] +
+                  (["--threads", str(args.threads)] if args.threads else []))
         import torch
         if torch.cuda.is_available() and str(res.get("meta", {}).get("device", "cuda")).startswith("cuda"):
             # On a GPU: the host side of a Triton step with its real launches, fast path next to general path.

@@ -31,7 +31,23 @@ counts the one-pass minimum, so their GB/s reads as "effective", and ``mas_pass_
 passes really move (the GPU predictions and the PTX check use it).
 
 Reductions, step counters and scalars are not counted. For other parameter dtypes, p and g take their own
-size and the state stays float32 (fused_hybrid keeps float32 state for fp16/bf16 params).
+size and the state stays float32 (fused_hybrid keeps float32 state for fp16/bf16 params) unless ``state_bytes``
+says otherwise (``state_dtype=torch.bfloat16``, issue 16 part 3, and torch.optim, whose state takes the param's
+dtype).
+
+Low-precision params (issue 16, README "Low-precision parameters"), per element and step, from what the kernels
+read and write (triton_kernels/rounding.py ``store_param``, the CPU loops' staged chunks, which stay in cache):
+
+| option                    | extra traffic                                   | extra memory             |
+| ------------------------- | ----------------------------------------------- | ------------------------ |
+| ``stochastic_rounding``   | none: the random bits are computed (Philox of the tensor's seed, the step, the index) | a 0-dim seed per tensor |
+| ``kahan_summation``       | the compensation buffer read and written where p is written: 2 x param bytes | 1 x param bytes |
+| ``state_dtype`` bfloat16  | each state tensor's read and write at 2 B instead of 4 | half the state |
+
+So Adam with bfloat16 params and gradients: float32 state 22 B (p 2+2, g 2, m and v 4+4 each), bfloat16 state
+14 B, Kahan + 4 B on either (26, 18); the same +4 for every rule (float16 alike). Kahan applies to 16-bit params
+only (float32 / float64 params of the same group ignore it: no buffer, no traffic), and so does
+``kahan=True`` here. MAS's two-pass variants touch the buffer in their second pass only, where p is written.
 """
 from __future__ import annotations
 
@@ -84,27 +100,45 @@ def state_operands(rule: str, opts: dict | None = None) -> int:
     raise KeyError(f"no bytes model for rule {rule!r}")
 
 
-def bytes_per_element(rule: str, opts: dict | None = None, param_bytes: int = F32) -> int:
-    """Bytes one step moves per element: p read+write, g read, each state tensor read+write."""
+def kahan_bytes(param_bytes: int, kahan: bool) -> int:
+    """Bytes the Kahan compensation buffer adds per element and step: read and written (param dtype), for 16-bit
+    params only."""
+    return 2 * param_bytes if kahan and param_bytes == 2 else 0
+
+
+def bytes_per_element(rule: str, opts: dict | None = None, param_bytes: int = F32, state_bytes: int = F32,
+                      kahan: bool = False) -> int:
+    """Bytes one step moves per element: p read+write, g read (param dtype), each state tensor read+write
+    (``state_bytes`` each), and the Kahan buffer read+write when ``kahan`` (16-bit params). Stochastic rounding
+    moves nothing more."""
     if rule == "ndadam":
         raise ValueError("ndadam depends on the shapes: use step_bytes()")
-    return 3 * param_bytes + 2 * F32 * state_operands(rule, opts)
+    return 3 * param_bytes + 2 * state_bytes * state_operands(rule, opts) + kahan_bytes(param_bytes, kahan)
 
 
-def step_bytes(rule: str, shapes, opts: dict | None = None, param_bytes: int = F32) -> int:
+def step_bytes(rule: str, shapes, opts: dict | None = None, param_bytes: int = F32, state_bytes: int = F32,
+               kahan: bool = False) -> int:
     """Bytes one step over tensors of ``shapes`` must move."""
     if rule != "ndadam":
-        return bytes_per_element(rule, opts, param_bytes) * sum(math.prod(s) for s in shapes)
+        return bytes_per_element(rule, opts, param_bytes, state_bytes, kahan) * sum(math.prod(s) for s in shapes)
     total = 0
     for s in shapes:
         n = math.prod(s)
-        per = 3 * param_bytes + 2 * F32 * (_STATE["ndadam_vec"] if len(s) >= 2 else _STATE["adam"])
-        total += per * n
+        per = 3 * param_bytes + 2 * state_bytes * (_STATE["ndadam_vec"] if len(s) >= 2 else _STATE["adam"])
+        total += (per + kahan_bytes(param_bytes, kahan)) * n
     return total
 
 
+def lowp_bytes_per_element(rule: str, opts: dict | None = None, param_bytes: int = 2, state_bytes: int = F32,
+                           stochastic_rounding: bool = False, kahan_summation: bool = False) -> int:
+    """``bytes_per_element`` named by the optimizer's keywords: ``stochastic_rounding`` costs no traffic (the
+    argument is taken so a table of configurations can pass its keywords through)."""
+    del stochastic_rounding  # the bits are computed, not loaded
+    return bytes_per_element(rule, opts, param_bytes, state_bytes, kahan_summation)
+
+
 def mas_pass_bytes(pass_: int, param_bytes: int = F32, state_bytes: int = F32, momentum: bool = False,
-                   nesterov: bool = False, weight_decay: bool = False) -> tuple[int, int]:
+                   nesterov: bool = False, weight_decay: bool = False, kahan: bool = False) -> tuple[int, int]:
     """(read, written) bytes per element of one pass of MAS's two-pass variants, as the Triton kernels do it.
     Pass 0 updates m, v (and buf) and reduces the directions: p is read only for weight decay. Pass 1 re-reads the
     updated state to form both directions and writes p; the SGD direction is buf itself there unless Nesterov (or
@@ -113,12 +147,14 @@ def mas_pass_bytes(pass_: int, param_bytes: int = F32, state_bytes: int = F32, m
     if pass_ == 0:
         return (param_bytes if weight_decay else 0) + param_bytes + 2 * state_bytes + b, 2 * state_bytes + b
     g = param_bytes if (not momentum or nesterov) else 0
-    return param_bytes + g + 2 * state_bytes + b, param_bytes
+    c = kahan_bytes(param_bytes, kahan) // 2  # the Kahan buffer: read and written where p is written
+    return param_bytes + g + 2 * state_bytes + b + c, param_bytes + c
 
 
-def mas_two_pass_step_bytes(shapes, momentum: bool = False, param_bytes: int = F32) -> int:
+def mas_two_pass_step_bytes(shapes, momentum: bool = False, param_bytes: int = F32, state_bytes: int = F32,
+                            kahan: bool = False) -> int:
     """Bytes one step of MAS's reducing variants moves over tensors of ``shapes`` (both passes, no weight decay)."""
-    per = sum(sum(mas_pass_bytes(k, param_bytes, F32, momentum)) for k in (0, 1))
+    per = sum(sum(mas_pass_bytes(k, param_bytes, state_bytes, momentum, kahan=kahan)) for k in (0, 1))
     return per * sum(math.prod(s) for s in shapes)
 
 

@@ -160,6 +160,31 @@ def predict_clip(key: str, shapes, device: str) -> dict:
     return out
 
 
+# bfloat16 params (issue 16): bytes per element of each option against torch's fused step, whose state takes the
+# param's dtype. SR computes its bits (0 B); Kahan reads and writes its 16-bit buffer (+4 B); bfloat16 state
+# (``state_dtype``, when the build has it) halves the state's traffic. The launches are unchanged (the options are
+# constexprs of the same kernels). Only the Triton kernels implement the options on a GPU today (the CUDA ones refuse
+# them), and their Kahan buffer accesses are not 128-bit yet (bench/triton_ptx.py), so the Kahan rows are a floor.
+LOWP = [  # (label, param bytes, state bytes, kahan)
+    ("fp32 params", 4, 4, False),
+    ("bf16 nearest / SR", 2, 4, False),
+    ("bf16 Kahan", 2, 4, True),
+    ("bf16 + bf16 state", 2, 2, False),
+    ("bf16 + bf16 state + Kahan", 2, 2, True),
+]
+
+
+def predict_lowp(key: str, shapes, device: str, param_bytes: int, state_bytes: int, kahan: bool) -> dict:
+    """The Triton step of rule ``key`` with 16-bit params and these options."""
+    rule, opts, _ = RULES[key]
+    if _mas_reducing(rule, opts):
+        nbytes = B.mas_two_pass_step_bytes(shapes, bool(opts.get("momentum", 0)), param_bytes, state_bytes, kahan)
+    else:
+        nbytes = B.step_bytes(rule, shapes, opts, param_bytes, state_bytes, kahan)
+    n = triton_launches(rule, opts, shapes) + STEP_EXTRA.get(rule, 0)
+    return {"rule": key, "bytes": nbytes, "ms": 1e3 * (nbytes / DEVICES[device] + n * LAUNCH_S)}
+
+
 def gpt_1b():
     """A 1.1B-parameter GPT-style transformer: d=2048, 20 layers, vocabulary 50257, context 2048 (tied head)."""
     d, layers, vocab, ctx = 2048, 20, 50257, 2048
@@ -206,6 +231,16 @@ def main(argv=None) -> list[dict]:
             print(f"{key:<11} " + " ".join(f"{per[d][be + '_clip_ms']:>12.3f} "
                                            f"{per[d][be + '_ms'] + per[d]['torch_clip_ms']:>14.3f}" for d in DEVICES))
             rows.append({"shapes": name, "clip": True, **{d: per[d] for d in DEVICES}})
+        print("-- 16-bit params (issue 16), triton: B/el and H200 ms; torch's fused step keeps its state in the "
+              "param dtype (= the bf16-state row) --")
+        print(f"{'rule':<11} " + " ".join(f"{lab:>26}" for lab, *_ in LOWP))
+        for key in ("adam", "adamw", "sgd", "swats", "padam", "mas_vector"):
+            cells = []
+            for lab, pb, sb, k in LOWP:
+                p = predict_lowp(key, shapes, "H200", pb, sb, k)
+                cells.append(f"{p['bytes'] / n:>5.0f} B {p['ms']:>8.3f} ms")
+                rows.append({"shapes": name, "lowp": lab, "H200": p})
+            print(f"{key:<11} " + " ".join(f"{c:>26}" for c in cells))
     return rows
 
 

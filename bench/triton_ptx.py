@@ -51,6 +51,12 @@ CONFIGS = {
     "mas-fp64": ("MAS", {"variant": "correction"}, "float64"),
     "ndadam-bf16": ("NDAdam", {"weight_decay": 0.1}, "bfloat16"),
     "ndadam-fp64": ("NDAdam", {}, "float64"),
+    # issue 16's stores: stochastic rounding computes its bits (no more traffic), Kahan reads and writes its
+    # buffer where p is written (bytes_model.kahan_bytes).
+    "adam-bf16-sr": ("Adam", {"stochastic_rounding": True}, "bfloat16"),
+    "adam-bf16-kahan": ("Adam", {"kahan_summation": True}, "bfloat16"),
+    "sgd-fp16-kahan": ("SGD", {"momentum": 0.9, "lr": 0.1, "kahan_summation": True}, "float16"),
+    "mas-bf16-kahan": ("MAS", {"variant": "vector", "momentum": 0.9, "kahan_summation": True}, "bfloat16"),
 }
 
 _ELEM = {"fp32": 4, "fp64": 8, "bf16": 2, "fp16": 2}
@@ -99,8 +105,15 @@ def _record(names: list[str]) -> list[dict]:
             if n in ("num_warps", "num_stages"):
                 opts[n] = v
                 continue
+            if isinstance(v, torch.Tensor) or v is None:  # a pointer passed by keyword (seed_ptr) or its absence
+                k, c = kind(v)
+                sig[n] = k
+                if k == "constexpr":
+                    cons[n] = c
+                continue
             sig[n] = "constexpr"
             cons[n] = ("dtype", v.name) if isinstance(v, tl.dtype) else v
+        sig = {n: sig[n] for n in names_ if n in sig}  # the kernel's parameter order, as ASTSource expects
         out.append({"config": current["name"], "module": fn.__module__, "kernel": fn.__name__, "signature": sig,
                     "constexprs": cons, "options": opts})
 
@@ -129,19 +142,22 @@ def _bytes_model(kernel: str, c: dict) -> tuple[int, int] | None:
         return None
     P = _ELEM[c["P"][1]]
     C = _ELEM[c["C"][1]]
+    # ROUND (fused_hybrid.hyper.ROUND_*): 2 = Kahan, whose buffer is read and written where p is stored.
+    k = B.kahan_bytes(P, c.get("ROUND", 0) == 2) // 2
     if kernel == "adaptive_kernel":
         if c["SWATS"]:
             return None  # two branches (Adam / SGD phase) in one kernel: checked for >= the Adam branch only
         extra = C if c["AMSGRAD"] else 0
-        return 2 * P + 2 * C + extra, P + 2 * C + extra
+        return 2 * P + 2 * C + extra + k, P + 2 * C + extra + k
     if kernel == "sgd_kernel":
         b = C if c["MOMENTUM"] else 0
-        return 2 * P + b, P + b
+        return 2 * P + b + k, P + b + k
     if kernel == "mas_kernel":
         b = C if c["MOMENTUM"] else 0
         if c["VARIANT"] == 0:
-            return 2 * P + 2 * C + b, P + 2 * C + b
-        return B.mas_pass_bytes(c["PASS"], P, C, bool(c["MOMENTUM"]), bool(c["NESTEROV"]), bool(c["HAS_WD"]))
+            return 2 * P + 2 * C + b + k, P + 2 * C + b + k
+        return B.mas_pass_bytes(c["PASS"], P, C, bool(c["MOMENTUM"]), bool(c["NESTEROV"]), bool(c["HAS_WD"]),
+                                kahan=k > 0)
     return None
 
 

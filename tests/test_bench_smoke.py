@@ -87,6 +87,33 @@ def test_bytes_model():
     assert B.step_bytes("ndadam", [(10, 10), (10,)]) == 20 * 100 + 28 * 10
 
 
+def test_lowp_bench(capsys):
+    """bench.lowp: every 16-bit configuration this build takes is timed beside torch's fused / foreach Adam, with
+    the bytes model's bytes per element; configurations it lacks (state_dtype before it lands) say so."""
+    import inspect
+
+    import fused_hybrid as fh
+    from bench import lowp
+    from fused_hybrid import _ext
+    if not _ext.loaded():
+        pytest.skip(f"the cpu backend needs the C++ extension: {_ext.LOAD_ERROR}")
+    res = lowp.main(["--numel", "4099", "--rounds", "2", "--steps", "1", "--threads", "1", "--rules", "adam,swats",
+                     "--device", "cpu"])
+    out = capsys.readouterr().out
+    adam = res["adam"]["results"]
+    assert adam["fused_hybrid[cpu] nearest"][2] == 22
+    assert adam["fused_hybrid[cpu] stochastic rounding"][2] == 22
+    assert adam["fused_hybrid[cpu] Kahan"][2] == 26
+    assert adam["torch[foreach]"][2] == 14  # torch's state in the param dtype
+    assert all(med > 0 for med, _, _ in adam.values())
+    assert {"torch[fused] adam", "torch[foreach] adam"} <= set(res["swats"]["results"])  # SWATS against Adam
+    if "state_dtype" in inspect.signature(fh.Adam).parameters:
+        assert adam["fused_hybrid[cpu] bf16 state"][2] == 14
+        assert adam["fused_hybrid[cpu] bf16 state + Kahan"][2] == 18
+    else:
+        assert "bf16 state" in out and "not available in this build" in out
+
+
 def test_shape_sets():
     from bench import shapes as S
 

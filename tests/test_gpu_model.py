@@ -86,3 +86,36 @@ def test_ndadam_rows_grow_per_block_instead_of_launches():
     assert small[0] == 1 and small[5] == 64 + 1 + 1  # a block per long row, one for the 10 short rows, one flat
     with pytest.raises(RuntimeError, match="does not divide"):
         plan([10], [3])
+
+
+def test_low_precision_bytes():
+    """issue 16's bytes per element, 16-bit params and gradients: Adam with float32 state 22 B (p 2+2, g 2, m and
+    v 4+4 each), bfloat16 state 14 B, Kahan + 4 B (its 16-bit buffer read and written), stochastic rounding + 0;
+    float32 params ignore Kahan (no buffer). The GPU prediction follows the same bytes."""
+    B = bytes_model
+    assert B.bytes_per_element("adam", param_bytes=2) == 22
+    assert B.bytes_per_element("adam", param_bytes=2, state_bytes=2) == 14
+    assert B.bytes_per_element("adam", param_bytes=2, kahan=True) == 26
+    assert B.bytes_per_element("adam", param_bytes=2, state_bytes=2, kahan=True) == 18
+    assert B.bytes_per_element("adam", kahan=True) == 28  # float32 params: the option does nothing
+    assert B.lowp_bytes_per_element("adam", stochastic_rounding=True) == 22
+    assert B.lowp_bytes_per_element("adam", kahan_summation=True) == 26
+    for rule, opts, fp32 in (("sgd", {"momentum": 0.9}, 20), ("padam", {}, 36), ("swats", {"phase": "sgd"}, 20),
+                             ("rmsprop", {"centered": True}, 28), ("mas", {"momentum": 0.9}, 36)):
+        state = (fp32 - 12) // 8
+        assert B.bytes_per_element(rule, opts, 2) == 6 + 8 * state, rule
+        assert B.bytes_per_element(rule, opts, 2, kahan=True) == 10 + 8 * state, rule
+        assert B.bytes_per_element(rule, opts, 2, 2) == 6 + 4 * state, rule
+    # ND-Adam: the buffer on every element, vectors and 1-D params alike.
+    assert B.step_bytes("ndadam", [(10, 10), (10,)], param_bytes=2, kahan=True) == (14 + 4) * 100 + (22 + 4) * 10
+    # MAS's two passes: the buffer only where p is written (pass 1).
+    assert B.mas_pass_bytes(0, 2, 4, kahan=True) == B.mas_pass_bytes(0, 2, 4)
+    r, w = B.mas_pass_bytes(1, 2, 4)
+    assert B.mas_pass_bytes(1, 2, 4, kahan=True) == (r + 2, w + 2)
+    shapes = gpu_model.SHAPES["resnet18"]()
+    n = sum(math.prod(s) for s in shapes)
+    for lab, pb, sb, k in gpu_model.LOWP:
+        p = gpu_model.predict_lowp("adam", shapes, "H200", pb, sb, k)
+        assert p["bytes"] == B.bytes_per_element("adam", None, pb, sb, k) * n, lab
+        assert p["ms"] == pytest.approx(1e3 * (p["bytes"] / 4.3e12 + 2 * gpu_model.LAUNCH_S))
+    assert gpu_model.predict_lowp("mas_vector", shapes, "H200", 2, 4, True)["bytes"] == (16 + 20) * n
