@@ -5,16 +5,16 @@
 # the benchmark against torch.optim. Each phase has a time cap, so a slow or hung phase still leaves the others'
 # results. Everything is logged under $OUT (default ./device_out).
 #
-#   bash scripts/device_check.sh [build_s] [test_s] [bench_s] [pytest args...]
+#   bash scripts/device_check.sh [build_s] [test_s] [bench_s] [lowp_s] [pytest args...]
 #
-# Caps default to 200, 180 and 120 seconds. Extra pytest arguments replace the default selection (tests/);
+# Caps default to 200, 180, 120 and 60 seconds (lowp: bench.lowp, bfloat16 models against torch's fused Adam). Extra pytest arguments replace the default selection (tests/);
 # BENCH_ARGS adds arguments to `python -m bench` (e.g. "--shapes gpt2 --backends cuda").
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-$ROOT/device_out}"
 mkdir -p "$OUT"
-BUILD_S="${1:-200}" TEST_S="${2:-180}" BENCH_S="${3:-120}"
-shift $(( $# < 3 ? $# : 3 ))
+BUILD_S="${1:-200}" TEST_S="${2:-180}" BENCH_S="${3:-120}" LOWP_S="${4:-60}"
+shift $(( $# < 4 ? $# : 4 ))
 PY="${PYTHON:-python3}"
 cd "$ROOT"
 export PYTHONUNBUFFERED=1
@@ -53,3 +53,8 @@ log "bench (cap ${BENCH_S}s)"
 timeout -s INT "$BENCH_S" "$PY" -m bench --device cuda --no-peers --rounds 5 --warmup 2 --out "$OUT" \
   ${BENCH_ARGS:-} >"$OUT/bench.txt" 2>&1
 log "bench rc=$?"
+
+log "bench.lowp (cap ${LOWP_S}s)"
+timeout -s INT "$LOWP_S" "$PY" -m bench.lowp --device cuda --rules adam,sgd --numel $((1 << 26)) ${LOWP_ARGS:-} \
+  >"$OUT/lowp.txt" 2>&1
+log "bench.lowp rc=$?"
