@@ -69,7 +69,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
@@ -81,29 +80,9 @@ import fused_hybrid as fh  # noqa: E402
 BF16 = torch.bfloat16
 
 
-# -- data and model ---------------------------------------------------------------------------------------------
+# -- data and model: train_mnist1d.py's (the dataset built locally, the reference MLP) ---------------------------
 
-def load_mnist1d():
-    """(x_train, y_train, x_test, y_test) from the package's default arguments (5000 samples, 4000 / 1000, seed
-    42), built locally by ``make_dataset`` (``get_dataset`` would download a pickle)."""
-    from mnist1d.data import get_dataset_args, make_dataset
-
-    d = make_dataset(get_dataset_args())
-    t = lambda a, dt: torch.as_tensor(a, dtype=dt)  # noqa: E731
-    return t(d["x"], torch.float32), t(d["y"], torch.long), t(d["x_test"], torch.float32), t(d["y_test"], torch.long)
-
-
-class MLP(nn.Module):
-    """MNIST-1D's reference MLP: 40 -> 100 -> 100 -> 10 with a residual connection around the second layer."""
-
-    def __init__(self, hidden: int = 100):
-        super().__init__()
-        self.linear1, self.linear2, self.linear3 = nn.Linear(40, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, 10)
-
-    def forward(self, x):
-        h = self.linear1(x).relu()
-        h = h + self.linear2(h).relu()
-        return self.linear3(h)
+from train_mnist1d import MLP, load_mnist1d  # noqa: E402
 
 
 # -- the optimizers and the configurations ----------------------------------------------------------------------

@@ -289,6 +289,18 @@ def _triton_interpreting() -> bool:
     return tb.available(torch.device("cpu"))
 
 
+def _switching_partials(gen, T: int, k: int):
+    """Step k's random SWATS inputs for T tensors: per-tensor partial sums <p,g> < 0 and <p,p> whose ratio settles
+    (noise ~ 1/k, so segments switch), some steps where not every tensor stepped, and a GradScaler skip every 9th
+    step: (partials [T, 2] float64, stepped or None, found_inf)."""
+    target = torch.rand(T, generator=gen, dtype=torch.float64) + 0.5
+    pg = -(torch.rand(T, generator=gen, dtype=torch.float64) + 0.1) / 3  # /3: sums that round
+    noise = 1 + 0.3 * torch.randn(T, generator=gen, dtype=torch.float64) / k
+    partials = torch.stack([pg, -pg * target * noise], dim=1)
+    stepped = None if k % 4 else (torch.rand(T, generator=gen) > 0.3).double()
+    return partials, stepped, torch.tensor(float(k % 9 == 0))
+
+
 @pytest.mark.parametrize("impl", ["cpu", "triton", "triton-separate"])
 @pytest.mark.parametrize("granularity", ["global", "group", "tensor"])
 def test_swats_bookkeeping_ops_match_swats_py(granularity, impl):
@@ -314,12 +326,7 @@ def test_swats_bookkeeping_ops_match_swats_py(granularity, impl):
     for k in range(1, 40):
         if k == 25:
             groups[0]["lr"] = 0.03  # a scheduler step after some switches: lr_ref keeps the lr at the switch
-        target = torch.rand(T, generator=gen, dtype=torch.float64) + 0.5
-        pg = -(torch.rand(T, generator=gen, dtype=torch.float64) + 0.1)
-        noise = 1 + 0.3 * torch.randn(T, generator=gen, dtype=torch.float64) / k
-        partials = torch.stack([pg, -pg * target * noise], dim=1)
-        stepped = None if k % 4 else (torch.rand(T, generator=gen) > 0.3).double()
-        found_inf = torch.tensor(float(k % 9 == 0))
+        partials, stepped, found_inf = _switching_partials(gen, T, k)
         outs = []
         for lay, st in zip(lays, sts):
             vecs = lay.group_vectors(groups)
@@ -367,12 +374,7 @@ def test_swats_bookkeeping_cpu_and_triton_agree_bitwise(granularity):
     T = lays[0].T
     switched = 0
     for k in range(1, 40):
-        target = torch.rand(T, generator=gen, dtype=torch.float64) + 0.5
-        pg = -(torch.rand(T, generator=gen, dtype=torch.float64) + 0.1) / 3  # not exactly representable sums
-        noise = 1 + 0.3 * torch.randn(T, generator=gen, dtype=torch.float64) / k
-        partials = torch.stack([pg, -pg * target * noise], dim=1)
-        stepped = None if k % 4 else (torch.rand(T, generator=gen) > 0.3).double()
-        found_inf = torch.tensor(float(k % 9 == 0))
+        partials, stepped, found_inf = _switching_partials(gen, T, k)
         outs = []
         for lay, st in zip(lays, sts):
             d = lay.device

@@ -17,19 +17,24 @@ import pytest
 SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "train_mnist1d.py"
 
 
-@pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-    if not SCRIPT.exists():
+def _run_quick(script: Path, name: str, tmp_path_factory):
+    """``script --quick --out <tmp>``: (its JSON results ``<name>.json``, the output folder, its stdout)."""
+    if not script.exists():
         pytest.skip("examples/ is not in this checkout")
     if not os.environ.get("CI"):
         pytest.importorskip("mnist1d", reason="pip install mnist1d (examples/requirements.txt)")
         pytest.importorskip("matplotlib")
-    out = tmp_path_factory.mktemp("mnist1d")
+    out = tmp_path_factory.mktemp(name)
     env = {**os.environ, "MPLBACKEND": "Agg"}
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out)], capture_output=True,
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--out", str(out)], capture_output=True,
                           text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads((out / "mnist1d.json").read_text()), out, proc.stdout
+    return json.loads((out / f"{name}.json").read_text()), out, proc.stdout
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    return _run_quick(SCRIPT, "mnist1d", tmp_path_factory)
 
 
 def test_fh_adam_follows_torch_adam(quick):
@@ -80,17 +85,7 @@ BF16_SCRIPT = SCRIPT.parent / "bf16_training.py"
 
 @pytest.fixture(scope="module")
 def bf16_quick(tmp_path_factory):
-    if not BF16_SCRIPT.exists():
-        pytest.skip("examples/ is not in this checkout")
-    if not os.environ.get("CI"):
-        pytest.importorskip("mnist1d", reason="pip install mnist1d (examples/requirements.txt)")
-        pytest.importorskip("matplotlib")
-    out = tmp_path_factory.mktemp("bf16")
-    env = {**os.environ, "MPLBACKEND": "Agg"}
-    proc = subprocess.run([sys.executable, str(BF16_SCRIPT), "--quick", "--out", str(out)], capture_output=True,
-                          text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads((out / "bf16_training.json").read_text()), out, proc.stdout
+    return _run_quick(BF16_SCRIPT, "bf16_training", tmp_path_factory)
 
 
 def test_bf16_training_quick(bf16_quick):
