@@ -48,7 +48,7 @@ def _sgd_block(offs, mask, pp, gp, bp, inv, wd, decay, mom, omd, neg_lr, first, 
         w = w * decay  # decoupled weight decay (AdamW's form): decay first, then the step
     d = g
     if MOMENTUM:
-        d, buf = sgd_direction(tl.load(bp + offs, mask=mask), g, mom, omd, first, NESTEROV)
+        d, buf = sgd_direction(tl.load(bp + offs, mask=mask).to(C), g, mom, omd, first, NESTEROV)
         tl.store(bp + offs, store_cast(buf, bp.dtype.element_ty), mask=mask)
     w = w + neg_lr * d
     store_param(pp, offs, w, mask, rc, ROUND)
@@ -57,7 +57,7 @@ def _sgd_block(offs, mask, pp, gp, bp, inv, wd, decay, mom, omd, neg_lr, first, 
 @triton.jit(do_not_specialize=["T"])  # the tensor count: one compile whatever it is
 def sgd_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr,
                lr: tl.float64, momentum: tl.float64, dampening: tl.float64, wd: tl.float64,
-               P: tl.constexpr, C: tl.constexpr, LR_TENSOR: tl.constexpr, HAS_SCALE: tl.constexpr,
+               P: tl.constexpr, C: tl.constexpr, S: tl.constexpr, LR_TENSOR: tl.constexpr, HAS_SCALE: tl.constexpr,
                HAS_FOUND_INF: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, DECOUPLED: tl.constexpr,
                MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, ALIGNED: tl.constexpr,
                BLOCK: tl.constexpr, CHUNK: tl.constexpr, seed_ptr=None, ROUND: tl.constexpr = 0):
@@ -70,7 +70,7 @@ def sgd_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr,
         rc = rounding_ctx(ptrs, seed_ptr, L_COMP, t, T, k, P, ROUND)
         pp = table_ptr(ptrs, L_P, t, T, P, ALIGNED)
         gp = table_ptr(ptrs, L_G, t, T, P, ALIGNED)
-        bp = table_ptr(ptrs, L_BUF, t, T, C, ALIGNED)
+        bp = table_ptr(ptrs, L_BUF, t, T, S, ALIGNED)  # S: the state dtype (C, or bfloat16: state_dtype)
         first = tl.load(meta + t * 4 + 3) != 0  # a fresh momentum buffer (torch: buf = g, no dampening)
         inv = inv_scale(scale_ptr, HAS_SCALE)
         wd_c = f64(wd).to(C)

@@ -16,6 +16,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <array>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -115,31 +116,123 @@ void lowp_store(scalar_t* w, const float* x, int64_t n, int64_t index0, const Lo
 }
 
 // Thread-local float32 staging buffers (grown as needed: chunks are kChunk elements, ND-Adam row blocks may be
-// longer).
+// longer): 0 and 1 for a 16-bit param's weights and gradients, 2 + j for state buffer j.
+constexpr int kMaxStates = 4;
+
 template <typename O>
 O* staging(int which, int64_t n) {
-  thread_local std::vector<O> bufs[2];
+  thread_local std::vector<O> bufs[2 + kMaxStates];
   auto& b = bufs[which];
   if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
   return b.data();
 }
 
-// Runs run(w32, g32) on float32 copies of w[0, n) and g[0, n) (g may be null: run gets null), then stores w32 into
-// w as lp says. index0: the flat index of w[0] within tensor t. O is the family's opmath type: the callers compile
-// this for every dtype they dispatch on (their dispatch lambda is no template, so an `if constexpr` there would
-// not discard anything), but lowp_setup lets only 16-bit params (O = float) get here.
-template <typename scalar_t, typename O, typename Run>
-void staged_step(scalar_t* w, const scalar_t* g, int64_t n, int64_t index0, const LowpStore& lp, int64_t t,
-                 const Run& run) {
-  if constexpr (kLowPrecision<scalar_t> && std::is_same_v<O, float>) {
-    float* w32 = staging<float>(0, n);
-    float* g32 = g != nullptr ? staging<float>(1, n) : nullptr;
-    widen(w32, w, n);
-    if (g != nullptr) widen(g32, g, n);
-    run(w32, static_cast<const float*>(g32));
-    lowp_store(w, w32, n, index0, lp, t);
+// ---- bfloat16 moment buffers (a group's state_dtype=torch.bfloat16, issue 16) -----------------------------------
+// A call's state is all float32 or all bfloat16 (the optimizer makes every moment buffer of a bucket in its group's
+// state dtype). bfloat16 state is staged like a 16-bit param: per chunk each buffer the chunk function uses is
+// widened (exactly) into a float32 staging buffer, the family's float32 chunk function runs on it, and it is stored
+// back rounded to nearest even by rounding.h's bf16_rne (integer arithmetic: the bits of the reference's
+// rounding.py and of the Triton kernels' store_cast). So the math is float32 throughout (this step's update uses the
+// unrounded new moments, as a fused kernel keeping them in registers would), no loop gets another template
+// parameter, and the float32 loops serve every param dtype. Float32 params with bfloat16 state are stepped in place;
+// 16-bit params are staged too, then stored as the nearest-even cast of the unstaged loops (or lp's rounding).
+
+// One state buffer of a chunk: the tensor's data (as O*, whatever its dtype: offset only through bf16_at when the
+// state is bfloat16), the chunk's first element and count in that buffer. base null: the chunk function does not
+// use it.
+template <typename O>
+struct StateRange {
+  O* base = nullptr;
+  int64_t off = 0;
+  int64_t n = 0;
+};
+
+inline uint16_t* bf16_at(void* base, int64_t off) { return static_cast<uint16_t*>(base) + off; }
+
+FH_CPU_CLONES void widen_bf16(float* __restrict__ out, const uint16_t* __restrict__ in, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = rounding::bf16_to_float(in[i]);
+}
+
+FH_CPU_CLONES void store_bf16(uint16_t* __restrict__ out, const float* __restrict__ in, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = rounding::bf16_rne(in[i]);
+}
+
+template <typename S>
+FH_CPU_CLONES void narrow(S* __restrict__ out, const float* __restrict__ in, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<S>(in[i]);
+}
+
+// Whether a call's moment buffers are bfloat16: the first non-empty list decides (check_state then holds every list
+// to that dtype). float64 params always have float64 state (rules.state_dtype never narrows it).
+inline bool bf16_state(const char* op, at::ScalarType param_dtype, std::initializer_list<at::TensorList> lists) {
+  for (const auto& l : lists) {
+    if (l.empty() || !l[0].defined()) continue;
+    const bool b = l[0].scalar_type() == at::kBFloat16;
+    TORCH_CHECK(!b || param_dtype != at::kDouble, op, ": bfloat16 state needs float32/bfloat16/float16 params, not ",
+                param_dtype);
+    return b;
+  }
+  return false;
+}
+
+// Runs run(s) with s[j] the float32 view of state buffer j: the buffer itself (float32 state) or its widened copy
+// (bfloat16 state, stored back rounded afterwards when `store`; MAS's first pass computes its sums from the new
+// moments but leaves storing them to its second pass, which recomputes them: see mas.cpp).
+template <typename O, size_t K, typename Run>
+void with_states(bool bf16, bool store, const std::array<StateRange<O>, K>& st, const Run& run) {
+  O* s[K];
+  for (size_t j = 0; j < K; ++j) {
+    s[j] = st[j].base == nullptr ? nullptr : st[j].base + (bf16 ? 0 : st[j].off);
+  }
+  if (!bf16) {
+    run(static_cast<O* const*>(s));
+    return;
+  }
+  if constexpr (std::is_same_v<O, float>) {
+    for (size_t j = 0; j < K; ++j) {
+      if (st[j].base == nullptr) continue;
+      s[j] = staging<float>(2 + static_cast<int>(j), st[j].n);
+      widen_bf16(s[j], bf16_at(st[j].base, st[j].off), st[j].n);
+    }
+    run(static_cast<O* const*>(s));
+    if (!store) return;
+    for (size_t j = 0; j < K; ++j) {
+      if (st[j].base != nullptr) store_bf16(bf16_at(st[j].base, st[j].off), s[j], st[j].n);
+    }
   } else {
-    TORCH_CHECK(false, "fused_hybrid: stochastic rounding / Kahan stores apply to bfloat16/float16 params only");
+    TORCH_CHECK(false, "fused_hybrid: bfloat16 state needs float32/bfloat16/float16 params");
+  }
+}
+
+// Runs run(w32, g32, s) on float32 views of w[0, n), g[0, n) (g may be null: run gets null) and the state ranges st
+// (as with_states), then stores w32 into w as lp says (the nearest-even cast when lp is inactive) and the bfloat16
+// state rounded to nearest even. index0: the flat index of w[0] within tensor t. For float32 params (bfloat16 state
+// only: lp is inactive for them) w and g are used in place. O is the family's opmath type: the callers compile this
+// for every dtype they dispatch on (their dispatch lambda is no template, so an `if constexpr` there would not
+// discard anything), but lowp_setup and bf16_state let only float32 opmath get here.
+template <typename scalar_t, typename O, size_t K, typename Run>
+void staged_step(scalar_t* w, const scalar_t* g, int64_t n, int64_t index0, const LowpStore& lp, int64_t t, bool bf16,
+                 const std::array<StateRange<O>, K>& st, const Run& run) {
+  if constexpr (std::is_same_v<O, float> && (kLowPrecision<scalar_t> || std::is_same_v<scalar_t, float>)) {
+    with_states<O, K>(bf16, true, st, [&](O* const* s) {
+      if constexpr (kLowPrecision<scalar_t>) {
+        float* w32 = staging<float>(0, n);
+        float* g32 = g != nullptr ? staging<float>(1, n) : nullptr;
+        widen(w32, w, n);
+        if (g != nullptr) widen(g32, g, n);
+        run(w32, static_cast<const float*>(g32), s);
+        if (lp.active()) {
+          lowp_store(w, w32, n, index0, lp, t);
+        } else {
+          narrow(w, w32, n);
+        }
+      } else {
+        run(w, g, s);
+      }
+    });
+  } else {
+    TORCH_CHECK(false, "fused_hybrid: stochastic rounding / Kahan stores apply to bfloat16/float16 params only, "
+                "bfloat16 state to float32/bfloat16/float16 ones");
   }
 }
 

@@ -196,10 +196,21 @@ def _dtypes(dtype: torch.dtype):
     return _TL_DTYPE[dtype], (tl.float64 if dtype == torch.float64 else tl.float32)
 
 
-def _step_flags(dtype: torch.dtype, hp, lr_t, grad_scale, found_inf) -> dict:
-    """The constexpr flags every update kernel takes: dtypes, which device scalars it reads, maximize, decay."""
+def _state_type(C, *lists):
+    """The kernels' state dtype S: bfloat16 when the call's moment buffers are (a group's state_dtype; the optimizer
+    makes every buffer of a bucket in one dtype, so the first one present decides), else the compute dtype C."""
+    for lst in lists:
+        for t in lst or ():
+            if t is not None:
+                return tl.bfloat16 if t.dtype == torch.bfloat16 else C
+    return C
+
+
+def _step_flags(dtype: torch.dtype, hp, lr_t, grad_scale, found_inf, *state_lists) -> dict:
+    """The constexpr flags every update kernel takes: dtypes (P param, C compute, S state: see _state_type), which
+    device scalars it reads, maximize, decay."""
     P, C = _dtypes(dtype)
-    flags = dict(P=P, C=C, LR_TENSOR=lr_t is not None, HAS_SCALE=grad_scale is not None,
+    flags = dict(P=P, C=C, S=_state_type(C, *state_lists), LR_TENSOR=lr_t is not None, HAS_SCALE=grad_scale is not None,
                  HAS_FOUND_INF=found_inf is not None, MAXIMIZE=bool(hp.maximize), HAS_WD=hp.weight_decay != 0)
     if hasattr(hp, "decoupled"):  # every family but ND-Adam's (which refuses decoupled decay)
         flags["DECOUPLED"] = bool(hp.decoupled)
@@ -242,10 +253,12 @@ def _adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, 
                        [p.numel() for p in params], [0] * T, CHUNK), gs
 
     tab, _live = build() if snap is None else snap.tables(build)
-    _adaptive_launch(tab, dev, hp, grad_scale, found_inf, swats, params[0].dtype, BLOCK, CHUNK, opts, rnd, seed_t)
+    _adaptive_launch(tab, dev, hp, grad_scale, found_inf, swats, params[0].dtype, BLOCK, CHUNK, opts, rnd, seed_t,
+                     (exp_avgs, swats.momentum_buffers if swats is not None else None))
 
 
-def _adaptive_launch(tab, dev, hp, grad_scale, found_inf, swats, dtype, BLOCK, CHUNK, opts, rnd=0, seed_t=None):
+def _adaptive_launch(tab, dev, hp, grad_scale, found_inf, swats, dtype, BLOCK, CHUNK, opts, rnd=0, seed_t=None,
+                     state_lists=()):
     lr, lr_t = _lr_args(hp, dev)
     chunk_partials = None
     if swats is not None:
@@ -257,7 +270,7 @@ def _adaptive_launch(tab, dev, hp, grad_scale, found_inf, swats, dtype, BLOCK, C
                 lr, float(hp.beta1), float(hp.beta2), float(hp.eps), float(hp.weight_decay), 2.0 * float(hp.partial),
                 float(hp.clip_lo), float(hp.clip_hi) if clip_mode != CLIP_ADABOUND else float("inf"),
                 float(hp.final_lr), float(hp.gamma),
-                **_step_flags(dtype, hp, lr_t, grad_scale, found_inf),
+                **_step_flags(dtype, hp, lr_t, grad_scale, found_inf, *state_lists),
                 AMSGRAD=bool(hp.amsgrad), FORM=int(hp.form),
                 POW=hp.form == FORM_PAPER and float(hp.partial) != 0.5, CLIP=int(clip_mode),
                 SWATS=swats is not None, NESTEROV=bool(swats is not None and swats.nesterov), ALIGNED=tab.aligned,
@@ -293,7 +306,8 @@ def _sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf
         lr, lr_t = _lr_args(hp, dev)
         _launch(_ks.sgd_kernel, (tab.C,), tab.chunks, tab.meta, tab.ptrs, tab.T, lr_t, grad_scale, found_inf,
                 lr, float(hp.momentum), float(hp.dampening), float(hp.weight_decay),
-                **_step_flags(params[0].dtype, hp, lr_t, grad_scale, found_inf), MOMENTUM=use_mom,
+                **_step_flags(params[0].dtype, hp, lr_t, grad_scale, found_inf,
+                              momentum_buffers if use_mom else None), MOMENTUM=use_mom,
                 NESTEROV=bool(hp.nesterov), ALIGNED=tab.aligned, BLOCK=BLOCK, CHUNK=CHUNK, seed_ptr=seed_t,
                 ROUND=rnd, **opts)
     if rnd == ROUND_STOCHASTIC:  # SGD counts steps only for stochastic rounding
@@ -322,7 +336,7 @@ def _rms(params, grads, square_avgs, steps, hp, grad_scale=None, found_inf=None,
     if tab.C > 0:
         _launch(_kr.rms_kernel, (tab.C,), tab.chunks, tab.meta, tab.ptrs, tab.T, lr_t, grad_scale, found_inf,
                 lr, float(hp.keep), float(hp.add), float(hp.eps), float(hp.weight_decay), float(hp.momentum),
-                float(hp.lr_decay), **_step_flags(params[0].dtype, hp, lr_t, grad_scale, found_inf),
+                float(hp.lr_decay), **_step_flags(params[0].dtype, hp, lr_t, grad_scale, found_inf, square_avgs),
                 CENTERED=bool(hp.centered), MOMENTUM=use_mom, ALIGNED=tab.aligned, BLOCK=BLOCK, CHUNK=CHUNK,
                 seed_ptr=seed_t, ROUND=rnd, **opts)
     _finalize(tab, found_inf, _kr.L_STEP)
@@ -357,17 +371,20 @@ def _mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad
             tab.counters(dev) if reducing else None,
             lr, float(hp.beta1), float(hp.beta2), float(hp.eps), float(hp.weight_decay), float(hp.momentum),
             float(hp.dampening), float(hp.adam_w), float(hp.sgd_w))
-    flags = dict(**_step_flags(params[0].dtype, hp, lr_t, grad_scale, found_inf), MOMENTUM=use_mom,
+    flags = dict(**_step_flags(params[0].dtype, hp, lr_t, grad_scale, found_inf, exp_avgs), MOMENTUM=use_mom,
                  NESTEROV=bool(hp.nesterov), VARIANT=variant, ALIGNED=tab.aligned, BLOCK=BLOCK, CHUNK=CHUNK,
                  seed_ptr=seed_t, ROUND=rnd, **opts)
+    # bfloat16 state in the reducing variants: pass 0 computes the new moments for its sums without storing them,
+    # pass 1 recomputes and stores them (triton_kernels/mas.py, _mas_block).
+    defer = reducing and flags["S"] != flags["C"]
     if tab.C > 0:
-        _launch(_km.mas_kernel, (tab.C,), *args, PASS=0, **flags)
+        _launch(_km.mas_kernel, (tab.C,), *args, PASS=0, UPDATE_STATE=True, STORE_STATE=not defer, **flags)
     if not reducing:
         _finalize(tab, found_inf, _km.L_STEP)
         return
     # Pass 0's last program per tensor summed its partials and advanced its step.
     if tab.C > 0:
-        _launch(_km.mas_kernel, (tab.C,), *args, PASS=1, **flags)
+        _launch(_km.mas_kernel, (tab.C,), *args, PASS=1, UPDATE_STATE=defer, STORE_STATE=defer, **flags)
 
 
 def _vector_view(p: torch.Tensor, axes) -> tuple[int, int]:
@@ -419,7 +436,8 @@ def _ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=No
         block_l = min(triton.next_power_of_2(max(max_l, 16)), 1024)
         _launch(_kn.ndadam_kernel, (tab.C,), tab.chunks, tab.meta, tab.ptrs, tab.T, lr_t, grad_scale, found_inf,
                 lr, float(hp.beta1), float(hp.beta2), float(hp.eps), float(hp.weight_decay),
-                **_step_flags(params[0].dtype, hp, lr_t, grad_scale, found_inf), ROWS=ND_ROWS, BLOCK_L=block_l,
+                **_step_flags(params[0].dtype, hp, lr_t, grad_scale, found_inf, exp_avgs), ROWS=ND_ROWS,
+                BLOCK_L=block_l,
                 FLAT_BLOCK=BLOCK, seed_ptr=seed_t, ROUND=rnd)
     _finalize(tab, found_inf, _kn.L_STEP, width=_kn.META_W)
 
