@@ -42,7 +42,7 @@ class _Bucket:
     """The tensors of one group that share a device and dtype and have gradients this step, with their state
     lists built once (state tensors keep their identity until a checkpoint is loaded, which drops every plan)."""
     __slots__ = ("device", "params", "idx", "states", "flat_idx", "backend", "whole", "_lists", "covers_all", "cache",
-                 "viewed", "nd_axes", "seeds")
+                 "viewed", "nd_axes", "seeds", "bf16_state")
 
     def __init__(self, device, backend, viewed=False):
         self.device = device
@@ -59,6 +59,7 @@ class _Bucket:
         self.cache = {}  # the backend's own per-bucket data (its TensorTable, ...), dropped with the plan
         self.nd_axes = None  # ND-Adam: (the group's vec_axes, each param's vector dims); shapes are fixed per plan
         self.seeds = None  # stochastic rounding: each param's seed as an int (seeds never change while a plan lives)
+        self.bf16_state = False  # the group's state_dtype makes this bucket's moment buffers bfloat16
 
     def state_list(self, key: str) -> list:
         lst = self._lists.get(key)
@@ -210,6 +211,7 @@ class HybridOptimizer(torch.optim.Optimizer):
                 bf16_state = rules.state_dtype(p, group) == torch.bfloat16
                 b = buckets[bkey] = _Bucket(lp.device, resolve(name, lp.device, rules.RULES[group["rule"]].family,
                                                                bf16_state), viewed)
+                b.bf16_state = bf16_state
             b.params.append(lp)
             b.idx.append(j)
             # State tensors keep their identity while the plan lives, so their views can be taken once.

@@ -191,9 +191,15 @@ class State:
     # Only for bfloat16 / float16 params (the rounding state: float32 / float64 params are stored exactly as the
     # rule computes them, so they get neither a seed nor a compensation buffer).
     low_precision_only: bool = False
+    # ... or for params with bfloat16 state (stochastic rounding's seed and step: with stochastic_rounding=True a
+    # group's bfloat16 moment buffers are stored stochastically rounded too, float32 params' included).
+    or_bf16_state: bool = False
 
     def applies(self, p: torch.Tensor, group: dict) -> bool:
-        return self.when(group) and (not self.low_precision_only or p.dtype in LOW_PRECISION)
+        if not self.when(group):
+            return False
+        return (not self.low_precision_only or p.dtype in LOW_PRECISION
+                or (self.or_bf16_state and state_dtype(p, group) == torch.bfloat16))
 
     def new(self, p: torch.Tensor, group: dict) -> torch.Tensor:
         if self.shape == "step":
@@ -231,7 +237,7 @@ def _kahan(group) -> bool:
 
 # The state of the 16-bit stores, which every rule has (Rule.__post_init__ appends it): a seed (CPU, never read
 # on the device) for stochastic rounding, a compensation buffer (the kahan_comps list of every family) for Kahan.
-SEED = State("rounding_seed", None, shape="seed", when=_stochastic, low_precision_only=True)
+SEED = State("rounding_seed", None, shape="seed", when=_stochastic, low_precision_only=True, or_bf16_state=True)
 KAHAN_COMP = State("kahan_comp", "kahan_comps", shape="comp", when=_kahan, low_precision_only=True)
 ROUNDING_STATE = (SEED, KAHAN_COMP)
 
@@ -409,7 +415,8 @@ def _sgd_after(opt, bucket, kwargs) -> None:
 SGD = Rule("sgd", "sgd", dict(lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
                               decoupled_weight_decay=False, maximize=False),
            # SGD has no step count of its own; stochastic rounding needs one (its random bits' counter).
-           (replace(MOMENTUM, fresh=True), replace(STEP, when=_stochastic, low_precision_only=True)),
+           (replace(MOMENTUM, fresh=True), replace(STEP, when=_stochastic, low_precision_only=True,
+                                                    or_bf16_state=True)),
            lambda g: H.SGD(lr=g["lr"], momentum=g["momentum"], dampening=g["dampening"], nesterov=g["nesterov"],
                            weight_decay=g["weight_decay"], decoupled=_decoupled(g), maximize=g["maximize"]),
            check=_check_momentum, step_args=_sgd_args, after=_sgd_after)
@@ -594,12 +601,22 @@ def record(group: dict):
     return replace(rec, rounding=code) if code != H.ROUND_NEAREST else rec
 
 
+def _has_bf16_state(kwargs: dict) -> bool:
+    """Whether a family call's state lists hold bfloat16 moment buffers (SGD without momentum has none)."""
+    return any(isinstance(v, list) and v and isinstance(v[0], torch.Tensor) and v[0].dtype == torch.bfloat16
+               for v in kwargs.values())
+
+
 def bucket_rounding(hp, bucket, kwargs: dict):
     """The record and rounding arguments of one bucket of a group that asked for stochastic rounding or Kahan
     summation: float32 / float64 buckets store exactly as computed (the options do not apply to them: record
     rounding 0, no seeds, no compensation buffers); 16-bit buckets get ``seeds`` (each param's seed, an int) or
-    their ``kahan_comps``."""
-    if bucket.params[0].dtype not in LOW_PRECISION:
+    their ``kahan_comps``. A float32 bucket with bfloat16 state keeps stochastic rounding, for its state stores
+    (with its seeds; the params themselves are stored exactly): hyper.ROUND_STOCHASTIC says how every bfloat16
+    value of the step is stored, param or moment. Kahan summation is for params only (moments are stored to
+    nearest even)."""
+    if bucket.params[0].dtype not in LOW_PRECISION and not (hp.rounding == H.ROUND_STOCHASTIC and bucket.bf16_state
+                                                            and _has_bf16_state(kwargs)):
         kwargs["kahan_comps"] = None
         return replace(hp, rounding=H.ROUND_NEAREST)
     if hp.rounding == H.ROUND_STOCHASTIC:

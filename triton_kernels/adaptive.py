@@ -11,7 +11,7 @@ import triton.language as tl
 
 from .common import (bias_corrections, chunk_header, div_ieee, f64, inv_scale, lerp, load_lr, load_w_grad, skip_step,
                      sqrt_ieee, table_ptr)
-from .rounding import rounding_ctx, store_cast, store_param
+from .rounding import rounding_ctx, store_param, store_state
 from .sgd import swats_sgd_phase
 
 FORM_TORCH = tl.constexpr(0)
@@ -94,19 +94,19 @@ def _adaptive_block(offs, mask, pp, gp, mp, vp, vmp, bp, sc, C: tl.constexpr, MA
     if sgd_phase:  # a constexpr False unless SWATS; else the tensor's phase, read on the device
         buf = tl.load(bp + offs, mask=mask).to(C)
         w, buf = swats_sgd_phase(w, buf, g, b1, neg_sgd_lr, NESTEROV)
-        tl.store(bp + offs, store_cast(buf, bp.dtype.element_ty), mask=mask)
+        store_state(bp, offs, buf, mask, rc, 4, ROUND)  # (streams: hyper.STATE_STREAMS)
     else:
-        m = tl.load(mp + offs, mask=mask).to(C)  # (bfloat16 state: widened exactly, stored by store_cast)
+        m = tl.load(mp + offs, mask=mask).to(C)  # (bfloat16 state: widened exactly; stored by store_state)
         v = tl.load(vp + offs, mask=mask).to(C)
         m, v = adam_moments(m, v, g, omb1, b2, omb2)
-        tl.store(mp + offs, store_cast(m, mp.dtype.element_ty), mask=mask)
-        tl.store(vp + offs, store_cast(v, vp.dtype.element_ty), mask=mask)
+        store_state(mp, offs, m, mask, rc, 1, ROUND)
+        store_state(vp, offs, v, mask, rc, 2, ROUND)
         v_used = v
         if AMSGRAD:
             # With bfloat16 state the stored max is the rounded max of the rounded old max and the new v:
             # rounding is monotone, so it is never below the stored v, and never decreases from step to step.
             vmax = tl.maximum(tl.load(vmp + offs, mask=mask).to(C), v)
-            tl.store(vmp + offs, store_cast(vmax, vmp.dtype.element_ty), mask=mask)
+            store_state(vmp, offs, vmax, mask, rc, 3, ROUND)
             v_used = vmax
         if FORM == FORM_TORCH:
             p = adam_step_torch_form(m, v_used, sqrt_bc2, eps, neg_step)

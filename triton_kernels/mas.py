@@ -14,7 +14,7 @@ import triton.language as tl
 from .adaptive import adam_direction, adam_moments
 from .common import (bias_corrections, chunk_header, f64, inv_scale, load_lr, load_w_grad, skip_step, sqrt_ieee,
                      table_ptr)
-from .rounding import rounding_ctx, store_cast, store_param
+from .rounding import rounding_ctx, store_param, store_state
 from .sgd import sgd_dir_from_buf, sgd_direction
 
 V_SUM = tl.constexpr(0)
@@ -70,8 +70,8 @@ def _mas_block(offs, mask, pp, gp, mp, vp, bp, sc, first, C: tl.constexpr, MASKE
     if UPDATE_STATE:
         m, v = adam_moments(m, v, d, omb1, b2, omb2)
         if STORE_STATE:
-            tl.store(mp + offs, store_cast(m, mp.dtype.element_ty), mask=mask)
-            tl.store(vp + offs, store_cast(v, vp.dtype.element_ty), mask=mask)
+            store_state(mp, offs, m, mask, rc, 1, ROUND)  # (streams: hyper.STATE_STREAMS)
+            store_state(vp, offs, v, mask, rc, 2, ROUND)
     d_a = adam_direction(m, v, sqrt_bc2, eps)
     d_s = d
     if MOMENTUM:
@@ -79,7 +79,7 @@ def _mas_block(offs, mask, pp, gp, mp, vp, bp, sc, first, C: tl.constexpr, MASKE
         if UPDATE_STATE:
             d_s, buf = sgd_direction(buf, d, mom, omd, first, NESTEROV)
             if STORE_STATE:
-                tl.store(bp + offs, store_cast(buf, bp.dtype.element_ty), mask=mask)
+                store_state(bp, offs, buf, mask, rc, 3, ROUND)
         else:
             d_s = sgd_dir_from_buf(d, buf, mom, NESTEROV)
     s_dot = tl.zeros((), tl.float64)

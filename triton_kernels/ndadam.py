@@ -16,7 +16,7 @@ import triton.language as tl
 from .adaptive import CLIP_NONE, FORM_TORCH, _adaptive_block
 from .common import (bias_corrections, chunk_header, div_ieee, effective_grad, f64, inv_scale, lerp, load_lr,
                      skip_step, sqrt_ieee, table_ptr)
-from .rounding import rounding_ctx, store_cast, store_param
+from .rounding import rounding_ctx, store_param, store_state
 
 L_P = tl.constexpr(0)
 L_G = tl.constexpr(1)
@@ -141,11 +141,11 @@ def _nd_rows(pp, gp, mp, vp, r0, n, L, inner, k, inv, wd_c, omb1, b2_c, omb2, ep
         g = _nd_g(pp, gp, offs, mask, inv, scale_w, wd_c, gw, C, HAS_SCALE, MAXIMIZE, HAS_WD)
         if not DEFER:
             m = lerp(tl.load(mp + offs, mask=mask, other=0.0), g, omb1)
-            tl.store(mp + offs, store_cast(m, mp.dtype.element_ty), mask=mask)
+            store_state(mp, offs, m, mask, rc, 1, ROUND)  # (streams: hyper.STATE_STREAMS)
         acc += tl.sum((g * g).to(tl.float64), axis=1)
     v = tl.load(vp + rows, mask=rmask, other=0.0).to(C)
     v = v * b2_c + omb2 * acc.to(C)
-    tl.store(vp + rows, store_cast(v, vp.dtype.element_ty), mask=rmask)
+    store_state(vp, rows, v, rmask, rc, 2, ROUND)  # (element: the vector's index)
     # Stage 4: the new w's norm; stage 5: the renormalized store.
     acc = tl.zeros([ROWS], tl.float64)
     for j0 in range(0, L, BLOCK_L):
@@ -169,7 +169,7 @@ def _nd_rows(pp, gp, mp, vp, r0, n, L, inner, k, inv, wd_c, omb1, b2_c, omb2, ep
         w = nd_new_w(w, m, v[:, None], eps_c, step)
         store_param(pp, offs, div_ieee(w, norm[:, None]), mask, rc, ROUND)
         if DEFER:  # (after the param store: the m loads above read the old m)
-            tl.store(mp + offs, store_cast(m, mp.dtype.element_ty), mask=mask)
+            store_state(mp, offs, m, mask, rc, 1, ROUND)
 
 
 @triton.jit

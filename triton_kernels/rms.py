@@ -9,7 +9,7 @@ import triton
 import triton.language as tl
 
 from .common import chunk_header, div_ieee, f64, inv_scale, lerp, load_lr, load_w_grad, skip_step, sqrt_ieee, table_ptr
-from .rounding import rounding_ctx, store_cast, store_param
+from .rounding import rounding_ctx, store_param, store_state
 
 # Operand lists of the pointer table, in this order.
 L_P = tl.constexpr(0)
@@ -28,18 +28,18 @@ def _rms_block(offs, mask, pp, gp, sqp, gap, bp, inv, wd, decay, keep, add, eps,
     w, g = load_w_grad(pp, gp, offs, mask, inv, wd, C, MASKED, HAS_SCALE, MAXIMIZE, HAS_WD and not DECOUPLED)
     if HAS_WD and DECOUPLED:
         w = w * decay  # decoupled weight decay with the group's lr (not Adagrad's decayed one)
-    sq = tl.load(sqp + offs, mask=mask).to(C)  # (bfloat16 state: widened exactly, stored by store_cast)
+    sq = tl.load(sqp + offs, mask=mask).to(C)  # (bfloat16 state: widened exactly; stored by store_state)
     sq = keep * sq + add * g * g  # torch: sq.mul_(keep).addcmul_(g, g, value=add)
-    tl.store(sqp + offs, store_cast(sq, sqp.dtype.element_ty), mask=mask)
+    store_state(sqp, offs, sq, mask, rc, 1, ROUND)  # (streams: hyper.STATE_STREAMS)
     if CENTERED:
         ga = lerp(tl.load(gap + offs, mask=mask).to(C), g, add)
-        tl.store(gap + offs, store_cast(ga, gap.dtype.element_ty), mask=mask)
+        store_state(gap, offs, ga, mask, rc, 2, ROUND)
         avg = sqrt_ieee(sq - ga * ga) + eps
     else:
         avg = sqrt_ieee(sq) + eps
     if MOMENTUM:
         buf = tl.load(bp + offs, mask=mask).to(C) * mom + div_ieee(g, avg)
-        tl.store(bp + offs, store_cast(buf, bp.dtype.element_ty), mask=mask)
+        store_state(bp, offs, buf, mask, rc, 3, ROUND)
         w = w + neg_lr * buf
     else:
         w = w + neg_lr * div_ieee(g, avg)

@@ -45,8 +45,10 @@ struct LowpStore {
 };
 
 // Checks the rounding arguments of an op and gathers them. ks: the tensors' new step counts (stochastic rounding).
+// bf16_state: the call's moment buffers are bfloat16, whose stores stochastic rounding rounds too (float32 params
+// may then carry rounding mode 1 for their state alone).
 LowpStore lowp_setup(const char* op, at::TensorList params, int64_t rounding, at::IntArrayRef seeds,
-                     at::TensorList kahan_comps, const std::vector<double>& ks);
+                     at::TensorList kahan_comps, const std::vector<double>& ks, bool bf16_state = false);
 
 // The loops (internal linkage from here on, as adaptive_kernel.h's: they are multiversioned with FH_CPU_CLONES),
 // each a straight loop for GCC to vectorize: Philox over whole groups of four into a buffer of random words, then the
@@ -54,11 +56,11 @@ LowpStore lowp_setup(const char* op, at::TensorList params, int64_t rounding, at
 namespace {
 
 FH_CPU_CLONES void philox_words(uint32_t* __restrict__ out, uint64_t group0, int64_t ngroups, uint32_t step,
-                                uint32_t k0, uint32_t k1) {
+                                uint32_t k0, uint32_t k1, uint32_t stream = 0) {
   for (int64_t j = 0; j < ngroups; ++j) {
     const uint64_t g = group0 + static_cast<uint64_t>(j);
     const rounding::Philox4 r =
-        rounding::philox4x32_10(static_cast<uint32_t>(g), static_cast<uint32_t>(g >> 32), 0u, step, k0, k1);
+        rounding::philox4x32_10(static_cast<uint32_t>(g), static_cast<uint32_t>(g >> 32), stream, step, k0, k1);
     out[4 * j] = r.x0;
     out[4 * j + 1] = r.x1;
     out[4 * j + 2] = r.x2;
@@ -95,6 +97,18 @@ inline uint32_t* random_words(int64_t n) {
   return buf.data();
 }
 
+// The random words rand32(seed[t], step[t], stream, i) of elements i = index0 .. index0 + n (a thread-local buffer,
+// valid until the next call). rand32's layout: one Philox call per aligned group of four elements; the groups cut by
+// the range's ends are computed whole and partly used.
+inline const uint32_t* sr_words(int64_t n, int64_t index0, const LowpStore& lp, int64_t t, uint32_t stream) {
+  const uint64_t seed = lp.seeds[t];
+  const auto first = static_cast<uint64_t>(index0) >> 2, last = static_cast<uint64_t>(index0 + n - 1) >> 2;
+  const auto ngroups = static_cast<int64_t>(last - first + 1);
+  uint32_t* r = random_words(4 * ngroups);
+  philox_words(r, first, ngroups, lp.steps[t], static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32), stream);
+  return r + (index0 & 3);
+}
+
 // Stores the float32 results x[0, n) into the 16-bit w (elements index0 .. index0 + n of tensor t).
 template <typename scalar_t>
 void lowp_store(scalar_t* w, const float* x, int64_t n, int64_t index0, const LowpStore& lp, int64_t t) {
@@ -105,14 +119,7 @@ void lowp_store(scalar_t* w, const float* x, int64_t n, int64_t index0, const Lo
     kahan_loop<F>(wb, lp.comps[t] + index0, x, n);
     return;
   }
-  // rand32's layout: one Philox call per aligned group of four elements; the groups cut by the range's ends are
-  // computed whole and partly used.
-  const uint64_t seed = lp.seeds[t];
-  const auto first = static_cast<uint64_t>(index0) >> 2, last = static_cast<uint64_t>(index0 + n - 1) >> 2;
-  const auto ngroups = static_cast<int64_t>(last - first + 1);
-  uint32_t* r = random_words(4 * ngroups);
-  philox_words(r, first, ngroups, lp.steps[t], static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
-  sr_loop<F>(wb, x, r + (index0 & 3), n);
+  sr_loop<F>(wb, x, sr_words(n, index0, lp, t, 0), n);
 }
 
 // Thread-local float32 staging buffers (grown as needed: chunks are kChunk elements, ND-Adam row blocks may be
@@ -157,6 +164,18 @@ FH_CPU_CLONES void store_bf16(uint16_t* __restrict__ out, const float* __restric
   for (int64_t i = 0; i < n; ++i) out[i] = rounding::bf16_rne(in[i]);
 }
 
+// A bfloat16 moment store: nearest even, or (lp in stochastic-rounding mode) stochastically rounded with the bits of
+// stream 1 + j (j: the buffer's place in the family's state array, hyper.STATE_STREAMS; stream 0 is the param
+// store), element index0 + i of the buffer.
+inline void store_state_bf16(uint16_t* out, const float* in, int64_t n, int64_t index0, const LowpStore* lp, int64_t t,
+                             size_t j) {
+  if (lp == nullptr || lp->mode != kRoundStochastic) {
+    store_bf16(out, in, n);
+    return;
+  }
+  sr_loop<rounding::Format::kBF16>(out, in, sr_words(n, index0, *lp, t, static_cast<uint32_t>(1 + j)), n);
+}
+
 template <typename S>
 FH_CPU_CLONES void narrow(S* __restrict__ out, const float* __restrict__ in, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = static_cast<S>(in[i]);
@@ -179,7 +198,8 @@ inline bool bf16_state(const char* op, at::ScalarType param_dtype, std::initiali
 // (bfloat16 state, stored back rounded afterwards when `store`; MAS's first pass computes its sums from the new
 // moments but leaves storing them to its second pass, which recomputes them: see mas.cpp).
 template <typename O, size_t K, typename Run>
-void with_states(bool bf16, bool store, const std::array<StateRange<O>, K>& st, const Run& run) {
+void with_states(bool bf16, bool store, const std::array<StateRange<O>, K>& st, const Run& run,
+                 const LowpStore* lp = nullptr, int64_t t = 0) {
   O* s[K];
   for (size_t j = 0; j < K; ++j) {
     s[j] = st[j].base == nullptr ? nullptr : st[j].base + (bf16 ? 0 : st[j].off);
@@ -197,7 +217,7 @@ void with_states(bool bf16, bool store, const std::array<StateRange<O>, K>& st, 
     run(static_cast<O* const*>(s));
     if (!store) return;
     for (size_t j = 0; j < K; ++j) {
-      if (st[j].base != nullptr) store_bf16(bf16_at(st[j].base, st[j].off), s[j], st[j].n);
+      if (st[j].base != nullptr) store_state_bf16(bf16_at(st[j].base, st[j].off), s[j], st[j].n, st[j].off, lp, t, j);
     }
   } else {
     TORCH_CHECK(false, "fused_hybrid: bfloat16 state needs float32/bfloat16/float16 params");
@@ -227,9 +247,9 @@ void staged_step(scalar_t* w, const scalar_t* g, int64_t n, int64_t index0, cons
           narrow(w, w32, n);
         }
       } else {
-        run(w, g, s);
+        run(w, g, s);  // (float32 params: lp, if active, is their state's stochastic rounding)
       }
-    });
+    }, &lp, t);
   } else {
     TORCH_CHECK(false, "fused_hybrid: stochastic rounding / Kahan stores apply to bfloat16/float16 params only, "
                 "bfloat16 state to float32/bfloat16/float16 ones");

@@ -147,8 +147,8 @@ void mas_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avg
   TORCH_CHECK(!mom || momentum_buffers.size() == T, op, ": momentum needs one buffer per param");
   if (T == 0 || skip_step(found_inf)) return;
   const std::vector<double> ks = advance_steps(op, steps, T);
-  const LowpStore lp = lowp_setup(op, params, rounding, seeds, kahan_comps, ks);
   const bool bf16 = bf16_state(op, params[0].scalar_type(), {exp_avgs, exp_avg_sqs});
+  const LowpStore lp = lowp_setup(op, params, rounding, seeds, kahan_comps, ks, bf16);
   const double inv = inv_scale(grad_scale);
   const double lrv = lr_value(lr, lr_tensor);
   const auto chunks = make_chunks(params);

@@ -72,8 +72,8 @@ void sgd_(at::TensorList params, at::TensorList grads_in, at::TensorList momentu
   const std::vector<double> ks = rounding == kRoundStochastic
                                       ? advance_steps("fused_hybrid::sgd_", steps, params.size())
                                       : std::vector<double>{};
-  const LowpStore lp = lowp_setup("fused_hybrid::sgd_", params, rounding, seeds, kahan_comps, ks);
   const bool bf16 = has_momentum && bf16_state("fused_hybrid::sgd_", params[0].scalar_type(), {momentum_buffers});
+  const LowpStore lp = lowp_setup("fused_hybrid::sgd_", params, rounding, seeds, kahan_comps, ks, bf16);
   const double inv = inv_scale(grad_scale);
   const double lrv = lr_value(lr, lr_tensor);
   const auto chunks = make_chunks(params);

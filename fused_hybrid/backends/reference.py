@@ -44,7 +44,9 @@ def _inv_scale(grad_scale):
 def _check_rounding(params, hp, kahan_comps, seeds, steps) -> None:
     if hp.rounding == ROUND_NEAREST or not params:
         return
-    if params[0].dtype not in (torch.bfloat16, torch.float16):
+    if params[0].dtype not in (torch.bfloat16, torch.float16) and not (
+            hp.rounding == ROUND_STOCHASTIC and params[0].dtype == torch.float32):
+        # (float32 params: stochastic rounding of their bfloat16 state, a group's state_dtype)
         raise ValueError(f"rounding mode {hp.rounding} applies to bfloat16/float16 params, not {params[0].dtype}")
     if hp.rounding == ROUND_KAHAN:
         if kahan_comps is None or len(kahan_comps) != len(params) or any(
@@ -98,23 +100,31 @@ class _Staged:
     state_dtype=torch.bfloat16), the tensor itself otherwise. The rule runs in float32 on the copies, exactly as on
     float32 state, so everything a step computes (the update, SWATS's and MAS's sums, AMSGrad's max) uses the
     unrounded new moments; ``store()`` then writes each copy back rounded to nearest even by fused_hybrid.rounding's
-    integer arithmetic, the bits the cpu and triton kernels store. (A copy's exact widening rounds back to itself,
-    so a buffer the step did not touch, SWATS's moments in its SGD phase, keeps its bits.)"""
+    integer arithmetic, the bits the cpu and triton kernels store, or, with stochastic rounding (hyper.ROUND_
+    STOCHASTIC), stochastically rounded with the bits rand32(seed, step, stream, flat index), stream 1 + the list's
+    position here (the param store is stream 0); the families pass their lists in the kernels' order
+    (hyper.STATE_STREAMS). A buffer the step did not touch (SWATS's moments in its SGD phase) keeps its bits: a
+    bfloat16 value widened and rounded back, to nearest or stochastically (its dropped bits are zero), is itself."""
 
     def __init__(self, *lists):
         self._pairs = []
         self.lists = []
-        for lst in lists:
+        for j, lst in enumerate(lists):
             if lst is not None and any(t is not None and t.dtype == torch.bfloat16 for t in lst):
                 wide = [None if t is None else t.float() for t in lst]
-                self._pairs.append((lst, wide))
+                self._pairs.append((lst, wide, 1 + j))
                 lst = wide
             self.lists.append(lst)
 
-    def store(self) -> None:
-        for lst, wide in self._pairs:
-            for t, w in zip(lst, wide):
-                if t is not None:
+    def store(self, hp=None, seeds=None, steps=None) -> None:
+        sr = hp is not None and hp.rounding == ROUND_STOCHASTIC
+        for lst, wide, stream in self._pairs:
+            for i, (t, w) in enumerate(zip(lst, wide)):
+                if t is None:
+                    continue
+                if sr:
+                    t.copy_(RD.stochastic_round_to(w, torch.bfloat16, seeds[i], int(steps[i].item()), stream))
+                else:
                     t.copy_(RD.round_to(w, torch.bfloat16))
 
 
@@ -156,7 +166,7 @@ def adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, g
                 final = hp.final_lr * lr if hp.final_lr_relative else hp.final_lr
                 clip = R.adabound_bounds(final, hp.gamma, k)
             R.adam_step_paper_form(w, m, v_used, lr, hp.eps, k, hp.beta1, hp.beta2, hp.partial, clip)
-    st.store()
+    st.store(hp, seeds, steps)
 
 
 def sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=None, cache=None, steps=None,
@@ -172,7 +182,7 @@ def sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=
         _weight_decay(w, g, hp, lr)
         d = R.sgd_direction(momentum_buffers[i], g, hp.momentum, hp.dampening, hp.nesterov, firsts[i])
         w.add_(d, alpha=-lr)
-    st.store()
+    st.store(hp, seeds, steps)
 
 
 def mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale=None, found_inf=None,
@@ -187,7 +197,7 @@ def mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_
         d_a, eta_a, d_s = R.mas_steps(exp_avgs[i], exp_avg_sqs[i], momentum_buffers[i], d, lr,
                                       hp.beta1, hp.beta2, hp.eps, k, hp.momentum, hp.dampening, hp.nesterov)
         w.add_(R.mas_update(d_a, eta_a, d_s, lr, hp.adam_w, hp.sgd_w, MAS_VARIANTS[hp.variant]))
-    st.store()
+    st.store(hp, seeds, steps)
 
 
 def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=None, found_inf=None, cache=None,
@@ -206,7 +216,7 @@ def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=Non
                 g.add_(w, alpha=hp.weight_decay)
             R.adam_moments(m, v, g, hp.beta1, hp.beta2)
             R.adam_step_torch_form(w, m, v, lr, hp.eps, k, hp.beta1, hp.beta2)
-    st.store()
+    st.store(hp, seeds, steps)
 
 
 def rms(params, grads, square_avgs, steps, hp, grad_scale=None, found_inf=None, grad_avgs=None, momentum_buffers=None,
@@ -221,7 +231,7 @@ def rms(params, grads, square_avgs, steps, hp, grad_scale=None, found_inf=None, 
         R.rms_step(w, square_avgs[i], grad_avgs[i] if hp.centered else None,
                    momentum_buffers[i] if hp.momentum != 0 else None, g, lr, hp.keep, hp.add, hp.eps, hp.momentum,
                    hp.lr_decay, k)
-    st.store()
+    st.store(hp, seeds, steps)
 
 
 RULES = frozenset(FAMILIES)  # every family

@@ -136,16 +136,25 @@ def _tables(device: torch.device, lists: list[list], numels: list[int], flags: l
 _SEEDS: OrderedDict = OrderedDict()
 
 
-def _rounding(params, hp, kahan_comps, seeds, dev):
+def _bf16(*lists) -> bool:
+    """Whether a call's moment buffers are bfloat16 (a group's state_dtype; see _state_type)."""
+    return _state_type(None, *lists) == tl.bfloat16
+
+
+def _rounding(params, hp, kahan_comps, seeds, dev, bf16_state=False):
     """How the kernels store the params (issue 16): (ROUND, the Kahan buffers' table row, the seed table). The
     seed table is int64 [T, 2] (each seed's low and high 32-bit words) on the device, made once per set of seeds
-    (an asynchronous copy, cached like the pointer tables: the seeds never change while a plan lives)."""
+    (an asynchronous copy, cached like the pointer tables: the seeds never change while a plan lives). ROUND is the
+    param store's code plus triton_kernels.rounding.STATE_SR (4) when stochastic rounding applies to bfloat16
+    state too (float32 params: 4 alone, their own store is exact)."""
     T = len(params)
     r = int(hp.rounding)
     if r == ROUND_NEAREST:
         return 0, [None] * T, None
-    if params[0].dtype not in (torch.bfloat16, torch.float16):
-        raise ValueError(f"rounding mode {r} applies to bfloat16/float16 params, not {params[0].dtype}")
+    state_sr = 4 if (r == ROUND_STOCHASTIC and bf16_state) else 0
+    if params[0].dtype not in (torch.bfloat16, torch.float16) and not (state_sr and params[0].dtype == torch.float32):
+        raise ValueError(f"rounding mode {r} applies to bfloat16/float16 params (and stochastic rounding to bfloat16 "
+                         f"state), not {params[0].dtype}")
     if r == ROUND_KAHAN:
         if kahan_comps is None or len(kahan_comps) != T or any(
                 c is None or c.dtype != p.dtype or c.numel() != p.numel() or not c.is_contiguous()
@@ -167,7 +176,8 @@ def _rounding(params, hp, kahan_comps, seeds, dev):
             _SEEDS.popitem(last=False)
     else:
         _SEEDS.move_to_end(key)
-    return ROUND_STOCHASTIC, [None] * T, tab[0]
+    own = ROUND_STOCHASTIC if params[0].dtype in (torch.bfloat16, torch.float16) else 0
+    return own | state_sr, [None] * T, tab[0]
 
 
 def _check(params, grads) -> list[torch.Tensor]:
@@ -242,7 +252,8 @@ def _adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, 
         return
     dev = params[0].device
     BLOCK, CHUNK, opts = _geometry(dev)
-    rnd, comps, seed_t = _rounding(params, hp, kahan_comps, seeds, dev)
+    rnd, comps, seed_t = _rounding(params, hp, kahan_comps, seeds, dev,
+                                   _bf16(exp_avgs, swats.momentum_buffers if swats is not None else None))
 
     def build():  # -> (tables, the gradients they point at)
         T = len(params)
@@ -289,10 +300,11 @@ def _sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf
     dev = params[0].device
     BLOCK, CHUNK, opts = _geometry(dev)
     use_mom = hp.momentum != 0
-    rnd, comps, seed_t = _rounding(params, hp, kahan_comps, seeds, dev)
-    if rnd == ROUND_STOCHASTIC and (steps is None or len(steps) != len(params)):
+    rnd, comps, seed_t = _rounding(params, hp, kahan_comps, seeds, dev, use_mom and _bf16(momentum_buffers))
+    sr_any = rnd % 4 == ROUND_STOCHASTIC or rnd >= 4  # (param or state)
+    if sr_any and (steps is None or len(steps) != len(params)):
         raise ValueError("stochastic rounding needs one step count per param (the random bits' counter)")
-    step_row = list(steps) if rnd == ROUND_STOCHASTIC else [None] * len(params)
+    step_row = list(steps) if sr_any else [None] * len(params)
 
     def build():  # -> (tables, the gradients they point at)
         T = len(params)
@@ -310,7 +322,7 @@ def _sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf
                               momentum_buffers if use_mom else None), MOMENTUM=use_mom,
                 NESTEROV=bool(hp.nesterov), ALIGNED=tab.aligned, BLOCK=BLOCK, CHUNK=CHUNK, seed_ptr=seed_t,
                 ROUND=rnd, **opts)
-    if rnd == ROUND_STOCHASTIC:  # SGD counts steps only for stochastic rounding
+    if sr_any:  # SGD counts steps only for stochastic rounding
         _finalize(tab, found_inf, _ks.L_STEP)
 
 
@@ -321,7 +333,7 @@ def _rms(params, grads, square_avgs, steps, hp, grad_scale=None, found_inf=None,
     dev = params[0].device
     BLOCK, CHUNK, opts = _geometry(dev)
     use_mom = hp.momentum != 0
-    rnd, comps, seed_t = _rounding(params, hp, kahan_comps, seeds, dev)
+    rnd, comps, seed_t = _rounding(params, hp, kahan_comps, seeds, dev, _bf16(square_avgs))
 
     def build():  # -> (tables, the gradients they point at)
         T = len(params)
@@ -348,7 +360,7 @@ def _mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad
         return
     dev = params[0].device
     BLOCK, CHUNK, opts = _geometry(dev)
-    rnd, comps, seed_t = _rounding(params, hp, kahan_comps, seeds, dev)
+    rnd, comps, seed_t = _rounding(params, hp, kahan_comps, seeds, dev, _bf16(exp_avgs))
     T = len(params)
     use_mom = hp.momentum != 0
     variant = int(hp.variant)  # hyper.MAS_VARIANTS code, = triton_kernels/mas.py V_*
@@ -418,7 +430,7 @@ def _ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=No
         _adaptive(params, grads, exp_avgs, exp_avg_sqs, [], steps, ahp, grad_scale, found_inf, snap=snap,
                   kahan_comps=kahan_comps, seeds=seeds)
         return
-    rnd, comps, seed_t = _rounding(params, hp, kahan_comps, seeds, dev)
+    rnd, comps, seed_t = _rounding(params, hp, kahan_comps, seeds, dev, _bf16(exp_avgs))
 
     def build():  # -> ((tables, longest vector), the gradients they point at)
         shapes = [_vector_view(p, ax) if ax else (0, 1) for p, ax in zip(params, axes)]
