@@ -443,3 +443,34 @@ def test_found_inf_changes_nothing(backend):
         assert torch.equal(_bits(p), _bits(params[i]))
         for k, v in _moments(opt, p).items():
             assert torch.equal(v, before[i][k])
+
+
+@pytest.mark.parametrize("backend", DONE)
+def test_poisoned_outputs_are_overwritten(backend):
+    """Whatever an output holds before the call, the kernels overwrite it: a fresh SGD momentum buffer in bfloat16
+    (NaN before its first step, buf = g after it), SWATS's partials (NaN before) next to bfloat16 moments; odd
+    sizes, several tensors."""
+    from fused_hybrid import hyper as H
+    be = B.module(backend)
+    sizes = _sizes(backend)
+    gen = torch.Generator().manual_seed(6)
+    ps = [torch.randn((n,) if isinstance(n, int) else n, generator=gen) for n in sizes]
+    gs = [torch.randn(p.shape, generator=gen) for p in ps]
+    T = len(ps)
+    bufs = [torch.full(p.shape, float("nan"), dtype=BF16) for p in ps]
+    be.sgd([p.clone() for p in ps], gs, bufs, [True] * T, H.SGD(lr=0.1, momentum=0.9), None, None)
+    for b, g in zip(bufs, gs):
+        assert torch.equal(_state_bits(b), _state_bits(RD.round_to(g, BF16)))
+    m = [torch.randn(p.shape, generator=gen).to(BF16) for p in ps]
+    v = [torch.rand(p.shape, generator=gen).to(BF16) for p in ps]
+    sw = H.SwatsArgs(momentum_buffers=[torch.zeros(p.shape, dtype=BF16) for p in ps],
+                     phase=torch.zeros(T, dtype=torch.int32), sgd_lr=torch.zeros(T, dtype=torch.float64),
+                     partials=torch.full((T, 2), float("nan"), dtype=torch.float64), nesterov=False)
+    sw.phase[1] = 1
+    sw.sgd_lr[1] = 0.05
+    w = [p.clone() for p in ps]
+    be.adaptive(w, gs, m, v, [], [torch.tensor(2.0) for _ in ps], H.Adaptive(lr=1e-2, beta1=0.9, beta2=0.999,
+                                                                           eps=1e-8), None, None, sw)
+    assert not sw.partials.isnan().any() and bool(sw.partials[1].eq(0).all())
+    assert all(bool(t.isfinite().all()) for t in w + m + v + sw.momentum_buffers)
+    assert not torch.equal(sw.momentum_buffers[1], torch.zeros_like(sw.momentum_buffers[1]))

@@ -65,9 +65,10 @@ LowpStore lowp_setup(const char* op, at::TensorList params, int64_t rounding, at
               ": unknown rounding mode ", rounding, " (0 nearest, 1 stochastic, 2 Kahan)");
   if (rounding == kRoundNearest || params.empty()) return lp;
   const auto dt = params[0].scalar_type();
-  TORCH_CHECK(dt == at::kBFloat16 || dt == at::kHalf || (dt == at::kFloat && bf16_state && rounding == kRoundStochastic),
-              op, ": rounding mode ", rounding, " applies to bfloat16/float16 params (and stochastic rounding to "
-              "bfloat16 state), not ", dt, " params", bf16_state ? " with bfloat16 state" : "");
+  const bool state_sr = dt == at::kFloat && bf16_state && rounding == kRoundStochastic;  // (the state's stores only)
+  TORCH_CHECK(dt == at::kBFloat16 || dt == at::kHalf || state_sr, op, ": rounding mode ", rounding,
+              " applies to bfloat16/float16 params (and stochastic rounding to bfloat16 state), not ", dt, " params",
+              bf16_state ? " with bfloat16 state" : "");
   const size_t T = params.size();
   if (rounding == kRoundStochastic) {
     TORCH_CHECK(seeds.size() == T, op, ": stochastic rounding needs one seed per param (got ", seeds.size(),
