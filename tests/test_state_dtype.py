@@ -100,6 +100,16 @@ def test_moments_are_bf16(name):
     assert all(v.dtype == torch.float64 for p in ps for v in _moments(opt, p).values())
 
 
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_complex_params_keep_complex_state(backend):
+    """Complex params keep complex state of their dtype (torch has no complex bfloat16): the option does not apply."""
+    p = torch.randn(6, 5, dtype=torch.complex64, requires_grad=True)
+    opt = fh.Adam([p], state_dtype=BF16, backend=backend)
+    p.grad = torch.randn_like(p)
+    opt.step()
+    assert opt.state[p]["exp_avg"].dtype == torch.complex64
+
+
 def test_mixed_groups_and_float32_default():
     """state_dtype is per group: a bfloat16-state group next to a float32-state one (Hybrid)."""
     a, b = torch.randn(10, requires_grad=True), torch.randn(10, requires_grad=True)
@@ -474,3 +484,35 @@ def test_poisoned_outputs_are_overwritten(backend):
     assert not sw.partials.isnan().any() and bool(sw.partials[1].eq(0).all())
     assert all(bool(t.isfinite().all()) for t in w + m + v + sw.momentum_buffers)
     assert not torch.equal(sw.momentum_buffers[1], torch.zeros_like(sw.momentum_buffers[1]))
+
+
+@pytest.mark.parametrize("backend,name,opts", [
+    ("cpu", "adamw_ams", {}), ("cpu", "mas_vector", dict(stochastic_rounding=True)),
+    ("triton", "sgd_mom", {}), ("triton", "rmsprop", dict(stochastic_rounding=True)),
+], ids=["cpu-adamw_ams", "cpu-mas_vector-sr", "triton-sgd_mom", "triton-rmsprop-sr"])
+def test_compiled_step_matches_eager(backend, name, opts):
+    """torch.compile(opt.step, fullgraph=True) with bfloat16 state: the ops see the state's dtype through fake
+    tensors; params and state bitwise as eager steps (stochastic rounding: the first step eager, for its seeds)."""
+    torch._dynamo.reset()
+    cls, kw = RULES[name]
+    torch.manual_seed(3)
+    a = _params(BF16, [(5, 7), 33])
+    torch.manual_seed(3)
+    b = _params(BF16, [(5, 7), 33])
+    o1 = cls(a, backend=backend, state_dtype=BF16, **kw, **opts)
+    o2 = cls(b, backend=backend, state_dtype=BF16, **kw, **opts)
+    compiled = torch.compile(o1.step, fullgraph=True)
+    g = torch.Generator().manual_seed(1)
+    for k in range(3):
+        for x, y in zip(a, b):
+            x.grad = torch.randn(x.shape, generator=g).to(BF16)
+            y.grad = x.grad.clone()
+        torch.manual_seed(9)
+        (o1.step if (k == 0 and opts) else compiled)()
+        torch.manual_seed(9)
+        o2.step()
+    for x, y in zip(a, b):
+        assert torch.equal(_bits(x), _bits(y))
+        assert all(v.dtype == BF16 for v in _moments(o1, x).values())
+        for key in o1.state[x]:
+            assert torch.equal(o1.state[x][key], o2.state[y][key]), key
