@@ -29,6 +29,18 @@ ROUND_NEAREST = 0  # round to nearest even (what a plain cast does)
 ROUND_STOCHASTIC = 1  # stochastic rounding with counter-based bits (fused_hybrid.rounding.rand32)
 ROUND_KAHAN = 2  # nearest even plus a compensation buffer per element (the kahan_comps state list)
 
+# The random-bit streams of stochastic rounding (rounding.rand32's third counter word): 0 is the param store; a
+# family's bfloat16 moment buffers (a group's state_dtype) are streams 1, 2, ... in this order, on every backend
+# (with stochastic_rounding=True every bfloat16 store of a step is stochastically rounded, param or moment). A
+# buffer's element is its flat index in the buffer (ND-Adam's exp_avg_sq: the weight vector's index).
+STATE_STREAMS = {
+    "adaptive": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer"),  # (SWATS's SGD-phase buffer)
+    "sgd": ("momentum_buffer",),
+    "mas": ("exp_avg", "exp_avg_sq", "momentum_buffer"),
+    "ndadam": ("exp_avg", "exp_avg_sq"),
+    "rms": ("square_avg", "grad_avg", "momentum_buffer"),
+}
+
 # MAS's variants (seed 003, section III.B), by code.
 MAS_VARIANTS = ("sum", "correction", "normalized", "vector")
 

@@ -42,7 +42,7 @@ class _Bucket:
     """The tensors of one group that share a device and dtype and have gradients this step, with their state
     lists built once (state tensors keep their identity until a checkpoint is loaded, which drops every plan)."""
     __slots__ = ("device", "params", "idx", "states", "flat_idx", "backend", "whole", "_lists", "covers_all", "cache",
-                 "viewed", "nd_axes", "seeds")
+                 "viewed", "nd_axes", "seeds", "bf16_state")
 
     def __init__(self, device, backend, viewed=False):
         self.device = device
@@ -59,6 +59,7 @@ class _Bucket:
         self.cache = {}  # the backend's own per-bucket data (its TensorTable, ...), dropped with the plan
         self.nd_axes = None  # ND-Adam: (the group's vec_axes, each param's vector dims); shapes are fixed per plan
         self.seeds = None  # stochastic rounding: each param's seed as an int (seeds never change while a plan lives)
+        self.bf16_state = False  # the group's state_dtype makes this bucket's moment buffers bfloat16
 
     def state_list(self, key: str) -> list:
         lst = self._lists.get(key)
@@ -208,8 +209,10 @@ class HybridOptimizer(torch.optim.Optimizer):
             b = buckets.get(bkey)
             if b is None:
                 name = group["backend"] if dense or group["backend"] != "auto" else "reference"
-                b = buckets[bkey] = _Bucket(lp.device, resolve(name, lp.device, rules.RULES[group["rule"]].family),
-                                            viewed)
+                bf16_state = rules.state_dtype(p, group) == torch.bfloat16
+                b = buckets[bkey] = _Bucket(lp.device, resolve(name, lp.device, rules.RULES[group["rule"]].family,
+                                                               bf16_state), viewed)
+                b.bf16_state = bf16_state
             b.params.append(lp)
             b.idx.append(j)
             # State tensors keep their identity while the plan lives, so their views can be taken once.
@@ -352,8 +355,9 @@ class HybridOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         """Load a checkpoint of this optimizer, or of torch.optim's Adam/AdamW/SGD. State is kept in float32
         (float64 for float64 params) whatever the parameter dtype, so bf16/fp16 training resumes bitwise
-        (torch.optim's own loader would cast it to the parameter dtype). torch's load_state_dict pre-hooks run
-        first (and may replace the checkpoint), its post-hooks last."""
+        (torch.optim's own loader would cast it to the parameter dtype); a group with state_dtype=torch.bfloat16
+        gets its moment buffers in bfloat16 whatever dtype the checkpoint saved them in. torch's load_state_dict
+        pre-hooks run first (and may replace the checkpoint), its post-hooks last."""
         state_dict = state_dict.copy()  # shallow, as torch's: a pre-hook may edit it in place
         for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
             hook_result = pre_hook(self, state_dict)
@@ -381,8 +385,11 @@ class HybridOptimizer(torch.optim.Optimizer):
             ng = {**g}
             # The saved values of this group's keys win, as do a scheduler's initial_lr and the saved
             # param_names (torch keeps the checkpoint's names); keys foreign to the rule (another library's) drop.
+            # Except state_dtype: how this run stores its moments is its own choice (as torch.optim's loader casts
+            # state to the param dtype it has now), so a float32-state checkpoint resumes in bfloat16 state and back.
             for key, value in deepcopy(sg).items():
-                if key != "params" and (key in g or key in rules.COMMON or key in rules.EXTRA_KEYS):
+                if key not in ("params", "state_dtype") and (key in g or key in rules.COMMON
+                                                             or key in rules.EXTRA_KEYS):
                     ng[key] = value
             rules.validate(ng)
             new_groups.append(ng)
@@ -392,7 +399,8 @@ class HybridOptimizer(torch.optim.Optimizer):
             if key in id_map:
                 p = id_map[key]
                 self._check_saved_state(p, value, param_group_of[id(p)], key)
-                new_state[p].update({k: self._cast_state(p, k, v) for k, v in value.items()})
+                g = param_group_of[id(p)]
+                new_state[p].update({k: self._cast_state(p, k, v, g) for k, v in value.items()})
             elif key == sw.STATE_KEY:  # an older checkpoint of ours: the switch state moves to its anchor's state
                 anchor = sw.anchor(new_groups)
                 sw.write_state(new_state[anchor], {k: (v.to(anchor.device).clone() if isinstance(v, torch.Tensor)
@@ -427,7 +435,7 @@ class HybridOptimizer(torch.optim.Optimizer):
                                  f"{tuple(p.shape)} (a checkpoint of another model?)")
 
     @staticmethod
-    def _cast_state(p: torch.Tensor, key: str, value):
+    def _cast_state(p: torch.Tensor, key: str, value, group: dict):
         if sw.is_switch_key(key):  # SWATS's switch state keeps its dtypes (float64 sums, int counts)
             return value.to(device=p.device).clone() if isinstance(value, torch.Tensor) else value
         if key == "step" and not isinstance(value, torch.Tensor):
@@ -443,5 +451,7 @@ class HybridOptimizer(torch.optim.Optimizer):
         if key == rules.KAHAN_COMP.key:  # of the param's own dtype (what its stores lost)
             return value.to(dtype=p.dtype, device=p.device).clone()
         if value.is_floating_point():
-            return value.to(dtype=rules.state_dtype(p), device=p.device).clone()
+            # A moment buffer: in the group's state dtype (float32, or bfloat16 under state_dtype=torch.bfloat16),
+            # whatever the checkpoint holds (a float32-state checkpoint loads into bfloat16 state and back).
+            return rules.convert_state(value.to(device=p.device), rules.state_dtype(p, group))
         return value.to(device=p.device).clone()

@@ -9,7 +9,9 @@ ignored: the backend decides. Any other unknown keyword is a TypeError, as in to
 
 Every class also takes ``stochastic_rounding`` and ``kahan_summation`` (both False by default; at most one True),
 how bfloat16 / float16 params are stored after each step (README: "Low-precision parameters"); float32 / float64
-params of the same group are unaffected.
+params of the same group are unaffected. ``state_dtype`` (None: float32 state, float64 for float64 params;
+``torch.bfloat16``: every moment buffer of bfloat16 / float16 / float32 params in bfloat16, math still float32)
+says how the optimizer state is stored.
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ class Adam(HybridOptimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
                  maximize=False, decoupled_weight_decay=False, stochastic_rounding=False, kahan_summation=False,
+                 state_dtype=None,
                  backend="auto",
                  process_group=None, max_grad_norm=None, norm_type=2.0,
                  skip_grad_norm_above=None, foreach=None, fused=None,
@@ -47,6 +50,7 @@ class Adam(HybridOptimizer):
         super().__init__(params, "adam", backend=backend, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=decoupled_weight_decay,
                          stochastic_rounding=stochastic_rounding, kahan_summation=kahan_summation,
+                         state_dtype=state_dtype,
                          **_impl(foreach, fused, capturable, differentiable),
                          **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 
@@ -55,13 +59,13 @@ class AdamW(HybridOptimizer):
     """torch.optim.AdamW: decoupled weight decay, w *= 1 - lr*wd before the Adam update (Loshchilov & Hutter)."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
-                 maximize=False, stochastic_rounding=False, kahan_summation=False, backend="auto",
+                 maximize=False, stochastic_rounding=False, kahan_summation=False, state_dtype=None, backend="auto",
                  process_group=None, max_grad_norm=None, norm_type=2.0,
                  skip_grad_norm_above=None,
                  foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, "adamw", backend=backend, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          amsgrad=amsgrad, maximize=maximize, stochastic_rounding=stochastic_rounding,
-                         kahan_summation=kahan_summation,
+                         kahan_summation=kahan_summation, state_dtype=state_dtype,
                          **_impl(foreach, fused, capturable, differentiable),
                          **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 
@@ -71,6 +75,7 @@ class SGD(HybridOptimizer):
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, *,
                  maximize=False, decoupled_weight_decay=False, stochastic_rounding=False, kahan_summation=False,
+                 state_dtype=None,
                  backend="auto",
                  process_group=None, max_grad_norm=None, norm_type=2.0,
                  skip_grad_norm_above=None,
@@ -79,6 +84,7 @@ class SGD(HybridOptimizer):
                          weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
                          decoupled_weight_decay=decoupled_weight_decay,
                          stochastic_rounding=stochastic_rounding, kahan_summation=kahan_summation,
+                         state_dtype=state_dtype,
                          **_impl(foreach, fused, capturable, differentiable),
                          **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 
@@ -90,6 +96,7 @@ class RMSprop(HybridOptimizer):
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, *,
                  maximize=False, decoupled_weight_decay=False, stochastic_rounding=False, kahan_summation=False,
+                 state_dtype=None,
                  backend="auto",
                  process_group=None, max_grad_norm=None, norm_type=2.0,
                  skip_grad_norm_above=None,
@@ -98,6 +105,7 @@ class RMSprop(HybridOptimizer):
                          momentum=momentum, centered=centered, maximize=maximize,
                          decoupled_weight_decay=decoupled_weight_decay,
                          stochastic_rounding=stochastic_rounding, kahan_summation=kahan_summation,
+                         state_dtype=state_dtype,
                          **_impl(foreach, fused, capturable, differentiable),
                          **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 
@@ -108,6 +116,7 @@ class Adagrad(HybridOptimizer):
 
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10, *,
                  maximize=False, decoupled_weight_decay=False, stochastic_rounding=False, kahan_summation=False,
+                 state_dtype=None,
                  backend="auto",
                  process_group=None, max_grad_norm=None, norm_type=2.0,
                  skip_grad_norm_above=None,
@@ -116,6 +125,7 @@ class Adagrad(HybridOptimizer):
                          initial_accumulator_value=initial_accumulator_value, eps=eps, maximize=maximize,
                          decoupled_weight_decay=decoupled_weight_decay,
                          stochastic_rounding=stochastic_rounding, kahan_summation=kahan_summation,
+                         state_dtype=state_dtype,
                          **_impl(foreach, fused, capturable, differentiable),
                          **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 
@@ -128,7 +138,7 @@ class Padam(HybridOptimizer):
 
     def __init__(self, params, lr=0.1, betas=(0.9, 0.999), partial=0.125, eps=1e-8, weight_decay=0.0,
                  amsgrad=True, *, maximize=False, decoupled_weight_decay=False, stochastic_rounding=False,
-                 kahan_summation=False, backend="auto",
+                 kahan_summation=False, state_dtype=None, backend="auto",
                  process_group=None, max_grad_norm=None, norm_type=2.0,
                  skip_grad_norm_above=None,
                  foreach=None, fused=None, capturable=False, differentiable=False):
@@ -136,6 +146,7 @@ class Padam(HybridOptimizer):
                          weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
                          decoupled_weight_decay=decoupled_weight_decay,
                          stochastic_rounding=stochastic_rounding, kahan_summation=kahan_summation,
+                         state_dtype=state_dtype,
                          **_impl(foreach, fused, capturable, differentiable),
                          **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 
@@ -147,7 +158,7 @@ class AdamClip(HybridOptimizer):
 
     def __init__(self, params, lr=1e-3, sgd_lr=None, lower=1.0, upper=math.inf, betas=(0.9, 0.999), eps=1e-8,
                  weight_decay=0.0, amsgrad=False, *, maximize=False, decoupled_weight_decay=False,
-                 stochastic_rounding=False, kahan_summation=False, backend="auto",
+                 stochastic_rounding=False, kahan_summation=False, state_dtype=None, backend="auto",
                  process_group=None, max_grad_norm=None, norm_type=2.0,
                  skip_grad_norm_above=None,
                  foreach=None, fused=None, capturable=False, differentiable=False):
@@ -155,6 +166,7 @@ class AdamClip(HybridOptimizer):
                          betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
                          decoupled_weight_decay=decoupled_weight_decay,
                          stochastic_rounding=stochastic_rounding, kahan_summation=kahan_summation,
+                         state_dtype=state_dtype,
                          **_impl(foreach, fused, capturable, differentiable),
                          **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 
@@ -165,7 +177,7 @@ class AdaBound(HybridOptimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), final_lr=0.1, gamma=1e-3, eps=1e-8, weight_decay=0.0,
                  amsbound=False, *, maximize=False, decoupled_weight_decay=False, stochastic_rounding=False,
-                 kahan_summation=False, backend="auto",
+                 kahan_summation=False, state_dtype=None, backend="auto",
                  process_group=None, max_grad_norm=None, norm_type=2.0,
                  skip_grad_norm_above=None,
                  foreach=None, fused=None, capturable=False, differentiable=False):
@@ -173,6 +185,7 @@ class AdaBound(HybridOptimizer):
                          eps=eps, weight_decay=weight_decay, amsbound=amsbound, maximize=maximize,
                          decoupled_weight_decay=decoupled_weight_decay,
                          stochastic_rounding=stochastic_rounding, kahan_summation=kahan_summation,
+                         state_dtype=state_dtype,
                          **_impl(foreach, fused, capturable, differentiable),
                          **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 
@@ -190,7 +203,7 @@ class SWATS(HybridOptimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-9, weight_decay=0.0, amsgrad=False,
                  nesterov=False, *, granularity="global", switch_rtol=1e-3, switch_atol=0.0, maximize=False,
-                 decoupled_weight_decay=False, stochastic_rounding=False, kahan_summation=False,
+                 decoupled_weight_decay=False, stochastic_rounding=False, kahan_summation=False, state_dtype=None,
                  backend="auto", process_group=None, max_grad_norm=None, norm_type=2.0, skip_grad_norm_above=None,
                  foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, "swats", backend=backend, granularity=granularity, process_group=process_group,
@@ -198,6 +211,7 @@ class SWATS(HybridOptimizer):
                          weight_decay=weight_decay, amsgrad=amsgrad, nesterov=nesterov, switch_rtol=switch_rtol,
                          switch_atol=switch_atol, maximize=maximize, decoupled_weight_decay=decoupled_weight_decay,
                          stochastic_rounding=stochastic_rounding, kahan_summation=kahan_summation,
+                         state_dtype=state_dtype,
                          **_impl(foreach, fused, capturable, differentiable),
                          **_clip(max_grad_norm, norm_type, skip_grad_norm_above))
 
@@ -210,7 +224,7 @@ class MAS(HybridOptimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum=0.0,
                  dampening=0.0, nesterov=False, adam_w=0.5, sgd_w=0.5, variant="sum", *, maximize=False,
-                 decoupled_weight_decay=False, stochastic_rounding=False, kahan_summation=False,
+                 decoupled_weight_decay=False, stochastic_rounding=False, kahan_summation=False, state_dtype=None,
                  backend="auto",
                  process_group=None, max_grad_norm=None, norm_type=2.0,
                  skip_grad_norm_above=None,
@@ -219,6 +233,7 @@ class MAS(HybridOptimizer):
                          momentum=momentum, dampening=dampening, nesterov=nesterov, adam_w=adam_w, sgd_w=sgd_w,
                          variant=variant, maximize=maximize, decoupled_weight_decay=decoupled_weight_decay,
                          stochastic_rounding=stochastic_rounding, kahan_summation=kahan_summation,
+                         state_dtype=state_dtype,
                          **_impl(foreach, fused, capturable, differentiable),
                          **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 
@@ -231,6 +246,7 @@ class NDAdam(HybridOptimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, vec_axes=None, *,
                  maximize=False, decoupled_weight_decay=False, stochastic_rounding=False, kahan_summation=False,
+                 state_dtype=None,
                  backend="auto",
                  process_group=None, max_grad_norm=None, norm_type=2.0,
                  skip_grad_norm_above=None,
@@ -238,6 +254,7 @@ class NDAdam(HybridOptimizer):
         super().__init__(params, "ndadam", backend=backend, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          vec_axes=vec_axes, maximize=maximize, decoupled_weight_decay=decoupled_weight_decay,
                          stochastic_rounding=stochastic_rounding, kahan_summation=kahan_summation,
+                         state_dtype=state_dtype,
                          **_impl(foreach, fused, capturable, differentiable),
                          **_clip(max_grad_norm, norm_type, skip_grad_norm_above), process_group=process_group)
 

@@ -21,7 +21,7 @@ from . import hyper as H
 # Keys every group has whatever its rule. foreach/fused/differentiable are accepted for torch.optim keyword
 # compatibility; the backend decides how the step runs.
 COMMON = dict(backend="auto", capturable=False, foreach=None, fused=None, differentiable=False,
-              stochastic_rounding=False, kahan_summation=False)
+              stochastic_rounding=False, kahan_summation=False, state_dtype=None)
 # Keys set by the wrappers or by LR schedulers, allowed in any group.
 EXTRA_KEYS = {"rule", "params", "initial_lr", "base_lr", "param_names"}
 
@@ -91,6 +91,24 @@ def _check_common(group):
     if group.get("differentiable"):
         raise ValueError("Invalid differentiable: True is not supported by fused_hybrid")
     _check_rounding(group)
+    check_state_dtype(group.get("state_dtype"))
+
+
+# What a group's ``state_dtype`` may be. bfloat16 has float32's exponent range, so the squared gradients of Adam's
+# exp_avg_sq (down to ~1e-38 and beyond with subnormals) and Adagrad's growing sums stay representable; float16
+# (smallest subnormal 6e-8, largest 65504) would flush g^2 of any |g| < 2.4e-4 to zero and overflow a sum, so it is
+# refused rather than offered as a trap.
+STATE_DTYPES = (None, torch.float32, torch.bfloat16)
+
+
+def check_state_dtype(value) -> None:
+    if value is not None and not isinstance(value, torch.dtype):
+        raise TypeError(f"Invalid state_dtype: {value!r} (a torch.dtype or None: None / torch.float32 keep float32 "
+                        f"state, torch.bfloat16 stores every moment buffer in bfloat16)")
+    if value not in STATE_DTYPES:
+        why = (" (float16's range cannot hold the second moments: g^2 underflows for |g| < 2.4e-4; use "
+               "torch.bfloat16)" if value == torch.float16 else "")
+        raise ValueError(f"Invalid state_dtype: {value}; choose None, torch.float32 or torch.bfloat16{why}")
 
 
 def _check_rounding(group):
@@ -120,11 +138,20 @@ def rounding_code(group: dict) -> int:
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
-def state_dtype(p: torch.Tensor) -> torch.dtype:
-    """Optimizer state is float32 for float32/16/bf16 parameters, float64 for float64 ones; complex parameters keep
-    complex state of their own dtype, as in torch.optim (the kernels see its real view)."""
+def state_dtype(p: torch.Tensor, group: dict | None = None) -> torch.dtype:
+    """The dtype of ``p``'s moment buffers (every floating state entry but the step count and the rounding state):
+    float32 for float32/16/bf16 parameters, float64 for float64 ones; complex parameters keep complex state of their
+    own dtype, as in torch.optim (the kernels see its real view).
+
+    A group's ``state_dtype=torch.bfloat16`` (issue 16) narrows the float32 state of bfloat16, float16 and float32
+    params to bfloat16; the kernels still compute in float32 and round each stored value to nearest even. float64
+    params keep float64 state (whoever steps float64 asked for precision; bfloat16 moments would throw it away) and
+    complex ones their complex state (torch has no complex bfloat16), as stochastic_rounding leaves float32 params
+    alone: the option does not apply to them."""
     if p.dtype in (torch.float64, torch.complex64, torch.complex128):
         return p.dtype
+    if group is not None and group.get("state_dtype") == torch.bfloat16:
+        return torch.bfloat16
     return torch.float32
 
 
@@ -164,9 +191,15 @@ class State:
     # Only for bfloat16 / float16 params (the rounding state: float32 / float64 params are stored exactly as the
     # rule computes them, so they get neither a seed nor a compensation buffer).
     low_precision_only: bool = False
+    # ... or for params with bfloat16 state (stochastic rounding's seed and step: with stochastic_rounding=True a
+    # group's bfloat16 moment buffers are stored stochastically rounded too, float32 params' included).
+    or_bf16_state: bool = False
 
     def applies(self, p: torch.Tensor, group: dict) -> bool:
-        return self.when(group) and (not self.low_precision_only or p.dtype in LOW_PRECISION)
+        if not self.when(group):
+            return False
+        return (not self.low_precision_only or p.dtype in LOW_PRECISION
+                or (self.or_bf16_state and state_dtype(p, group) == torch.bfloat16))
 
     def new(self, p: torch.Tensor, group: dict) -> torch.Tensor:
         if self.shape == "step":
@@ -177,7 +210,7 @@ class State:
             # The compensation of a bfloat16 / float16 param is of its own dtype (it holds what a store of that
             # dtype lost), like the param: 2 bytes per element.
             return torch.zeros_like(p, memory_format=torch.contiguous_format)
-        dt = state_dtype(p)
+        dt = state_dtype(p, group)
         if self.shape == "vectors":
             axes = ndadam_axes(p, group)
             return torch.zeros([1 if d in axes else s for d, s in enumerate(p.shape)], dtype=dt, device=p.device)
@@ -204,7 +237,7 @@ def _kahan(group) -> bool:
 
 # The state of the 16-bit stores, which every rule has (Rule.__post_init__ appends it): a seed (CPU, never read
 # on the device) for stochastic rounding, a compensation buffer (the kahan_comps list of every family) for Kahan.
-SEED = State("rounding_seed", None, shape="seed", when=_stochastic, low_precision_only=True)
+SEED = State("rounding_seed", None, shape="seed", when=_stochastic, low_precision_only=True, or_bf16_state=True)
 KAHAN_COMP = State("kahan_comp", "kahan_comps", shape="comp", when=_kahan, low_precision_only=True)
 ROUNDING_STATE = (SEED, KAHAN_COMP)
 
@@ -382,7 +415,8 @@ def _sgd_after(opt, bucket, kwargs) -> None:
 SGD = Rule("sgd", "sgd", dict(lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
                               decoupled_weight_decay=False, maximize=False),
            # SGD has no step count of its own; stochastic rounding needs one (its random bits' counter).
-           (replace(MOMENTUM, fresh=True), replace(STEP, when=_stochastic, low_precision_only=True)),
+           (replace(MOMENTUM, fresh=True), replace(STEP, when=_stochastic, low_precision_only=True,
+                                                    or_bf16_state=True)),
            lambda g: H.SGD(lr=g["lr"], momentum=g["momentum"], dampening=g["dampening"], nesterov=g["nesterov"],
                            weight_decay=g["weight_decay"], decoupled=_decoupled(g), maximize=g["maximize"]),
            check=_check_momentum, step_args=_sgd_args, after=_sgd_after)
@@ -526,7 +560,8 @@ def fill_defaults(group: dict, rule: str, optimizer_defaults: dict) -> None:
 def state_flags(group: dict) -> tuple:
     """Which of its rule's state entries ``group`` has: with the rule and backend, what decides a group's state
     lists and plan besides which params have gradients."""
-    return (group["rule"], group["backend"]) + tuple(s.when(group) for s in RULES[group["rule"]].state)
+    return ((group["rule"], group["backend"], group.get("state_dtype"))
+            + tuple(s.when(group) for s in RULES[group["rule"]].state))
 
 
 def ensure_state(p: torch.Tensor, state: dict, group: dict) -> bool:
@@ -534,11 +569,29 @@ def ensure_state(p: torch.Tensor, state: dict, group: dict) -> bool:
     checkpoint of another rule, e.g. torch.optim.Adam's into SWATS). Returns True when it created a ``fresh``
     entry (the step must be told)."""
     fresh = False
+    dt = None
     for s in RULES[group["rule"]].state:
-        if s.applies(p, group) and state.get(s.key) is None:
+        if not s.applies(p, group):
+            continue
+        cur = state.get(s.key)
+        if cur is None:
             state[s.key] = s.new(p, group)
             fresh |= s.fresh
+        elif s.shape in ("param", "vectors") and isinstance(cur, torch.Tensor) and cur.is_floating_point():
+            # A moment buffer of another dtype: the group's state_dtype changed since it was made (the plan key
+            # holds state_dtype, so this runs once per change). Converted, values kept (rounded to nearest even
+            # when narrowed, exactly as the kernels' own stores round them).
+            dt = dt or state_dtype(p, group)
+            if cur.dtype != dt:
+                state[s.key] = convert_state(cur, dt)
     return fresh
+
+
+def convert_state(value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A moment buffer in ``dtype``, a new contiguous tensor (never the checkpoint's own). torch's cast rounds to
+    nearest even, the bits the kernels' integer stores give for every finite value (only NaN payloads may differ),
+    and works on DTensor state too."""
+    return value.to(dtype=dtype, memory_format=torch.contiguous_format, copy=True)
 
 
 def record(group: dict):
@@ -548,12 +601,22 @@ def record(group: dict):
     return replace(rec, rounding=code) if code != H.ROUND_NEAREST else rec
 
 
+def _has_bf16_state(kwargs: dict) -> bool:
+    """Whether a family call's state lists hold bfloat16 moment buffers (SGD without momentum has none)."""
+    return any(isinstance(v, list) and v and isinstance(v[0], torch.Tensor) and v[0].dtype == torch.bfloat16
+               for v in kwargs.values())
+
+
 def bucket_rounding(hp, bucket, kwargs: dict):
     """The record and rounding arguments of one bucket of a group that asked for stochastic rounding or Kahan
     summation: float32 / float64 buckets store exactly as computed (the options do not apply to them: record
     rounding 0, no seeds, no compensation buffers); 16-bit buckets get ``seeds`` (each param's seed, an int) or
-    their ``kahan_comps``."""
-    if bucket.params[0].dtype not in LOW_PRECISION:
+    their ``kahan_comps``. A float32 bucket with bfloat16 state keeps stochastic rounding, for its state stores
+    (with its seeds; the params themselves are stored exactly): hyper.ROUND_STOCHASTIC says how every bfloat16
+    value of the step is stored, param or moment. Kahan summation is for params only (moments are stored to
+    nearest even)."""
+    if bucket.params[0].dtype not in LOW_PRECISION and not (hp.rounding == H.ROUND_STOCHASTIC and bucket.bf16_state
+                                                            and _has_bf16_state(kwargs)):
         kwargs["kahan_comps"] = None
         return replace(hp, rounding=H.ROUND_NEAREST)
     if hp.rounding == H.ROUND_STOCHASTIC:

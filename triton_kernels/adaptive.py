@@ -11,7 +11,7 @@ import triton.language as tl
 
 from .common import (bias_corrections, chunk_header, div_ieee, f64, inv_scale, lerp, load_lr, load_w_grad, skip_step,
                      sqrt_ieee, table_ptr)
-from .rounding import rounding_ctx, store_cast, store_param
+from .rounding import rounding_ctx, store_param, store_state
 from .sgd import swats_sgd_phase
 
 FORM_TORCH = tl.constexpr(0)
@@ -92,19 +92,21 @@ def _adaptive_block(offs, mask, pp, gp, mp, vp, vmp, bp, sc, C: tl.constexpr, MA
     s_pg = tl.zeros((), tl.float64)
     s_pp = tl.zeros((), tl.float64)
     if sgd_phase:  # a constexpr False unless SWATS; else the tensor's phase, read on the device
-        buf = tl.load(bp + offs, mask=mask)
+        buf = tl.load(bp + offs, mask=mask).to(C)
         w, buf = swats_sgd_phase(w, buf, g, b1, neg_sgd_lr, NESTEROV)
-        tl.store(bp + offs, store_cast(buf, bp.dtype.element_ty), mask=mask)
+        store_state(bp, offs, buf, mask, rc, 4, ROUND)  # (streams: hyper.STATE_STREAMS)
     else:
-        m = tl.load(mp + offs, mask=mask)
-        v = tl.load(vp + offs, mask=mask)
+        m = tl.load(mp + offs, mask=mask).to(C)  # (bfloat16 state: widened exactly; stored by store_state)
+        v = tl.load(vp + offs, mask=mask).to(C)
         m, v = adam_moments(m, v, g, omb1, b2, omb2)
-        tl.store(mp + offs, store_cast(m, mp.dtype.element_ty), mask=mask)
-        tl.store(vp + offs, store_cast(v, vp.dtype.element_ty), mask=mask)
+        store_state(mp, offs, m, mask, rc, 1, ROUND)
+        store_state(vp, offs, v, mask, rc, 2, ROUND)
         v_used = v
         if AMSGRAD:
-            vmax = tl.maximum(tl.load(vmp + offs, mask=mask), v)
-            tl.store(vmp + offs, store_cast(vmax, vmp.dtype.element_ty), mask=mask)
+            # With bfloat16 state the stored max is the rounded max of the rounded old max and the new v:
+            # rounding is monotone, so it is never below the stored v, and never decreases from step to step.
+            vmax = tl.maximum(tl.load(vmp + offs, mask=mask).to(C), v)
+            store_state(vmp, offs, vmax, mask, rc, 3, ROUND)
             v_used = vmax
         if FORM == FORM_TORCH:
             p = adam_step_torch_form(m, v_used, sqrt_bc2, eps, neg_step)
@@ -129,7 +131,7 @@ def adaptive_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_pt
                     lr: tl.float64, beta1: tl.float64, beta2: tl.float64, eps: tl.float64, wd: tl.float64,
                     partial2: tl.float64, clip_lo: tl.float64, clip_hi: tl.float64, final_lr: tl.float64,
                     gamma: tl.float64,
-                    P: tl.constexpr, C: tl.constexpr, LR_TENSOR: tl.constexpr, HAS_SCALE: tl.constexpr,
+                    P: tl.constexpr, C: tl.constexpr, S: tl.constexpr, LR_TENSOR: tl.constexpr, HAS_SCALE: tl.constexpr,
                     HAS_FOUND_INF: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr,
                     DECOUPLED: tl.constexpr, AMSGRAD: tl.constexpr, FORM: tl.constexpr, POW: tl.constexpr,
                     CLIP: tl.constexpr, SWATS: tl.constexpr, NESTEROV: tl.constexpr, ALIGNED: tl.constexpr,
@@ -142,10 +144,10 @@ def adaptive_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_pt
     if not skip_step(found_ptr, HAS_FOUND_INF):
         pp = table_ptr(ptrs, L_P, t, T, P, ALIGNED)
         gp = table_ptr(ptrs, L_G, t, T, P, ALIGNED)
-        mp = table_ptr(ptrs, L_M, t, T, C, ALIGNED)
-        vp = table_ptr(ptrs, L_V, t, T, C, ALIGNED)
-        vmp = table_ptr(ptrs, L_VMAX, t, T, C, ALIGNED)
-        bp = table_ptr(ptrs, L_BUF, t, T, C, ALIGNED)
+        mp = table_ptr(ptrs, L_M, t, T, S, ALIGNED)  # S: the state dtype (C, or bfloat16: state_dtype)
+        vp = table_ptr(ptrs, L_V, t, T, S, ALIGNED)
+        vmp = table_ptr(ptrs, L_VMAX, t, T, S, ALIGNED)
+        bp = table_ptr(ptrs, L_BUF, t, T, S, ALIGNED)
         stp = table_ptr(ptrs, L_STEP, t, T, tl.float32, False)
         k = tl.load(stp).to(tl.float64) + 1.0
         rc = rounding_ctx(ptrs, seed_ptr, L_COMP, t, T, k, P, ROUND)

@@ -14,7 +14,7 @@ import triton.language as tl
 from .adaptive import adam_direction, adam_moments
 from .common import (bias_corrections, chunk_header, f64, inv_scale, load_lr, load_w_grad, skip_step, sqrt_ieee,
                      table_ptr)
-from .rounding import rounding_ctx, store_cast, store_param
+from .rounding import rounding_ctx, store_param, store_state
 from .sgd import sgd_dir_from_buf, sgd_direction
 
 V_SUM = tl.constexpr(0)
@@ -55,25 +55,31 @@ def mas_reduced_update(d_a, d_s, dot, neg_eta_a, neg_lr, neg_ratio, a_scale, s_s
 def _mas_block(offs, mask, pp, gp, mp, vp, bp, sc, first, C: tl.constexpr, MASKED: tl.constexpr,
                HAS_SCALE: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, DECOUPLED: tl.constexpr,
                MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, VARIANT: tl.constexpr, PASS: tl.constexpr, rc,
-               ROUND: tl.constexpr):
+               ROUND: tl.constexpr, UPDATE_STATE: tl.constexpr, STORE_STATE: tl.constexpr):
     inv, wd, omb1, b2, omb2, eps, sqrt_bc2, mom, omd, adam_w, sgd_w, coef, dot, neg_eta_a, neg_lr, neg_ratio, \
         a_scale, s_scale, decay = sc
     w, d = load_w_grad(pp, gp, offs, mask, inv, wd, C, MASKED, HAS_SCALE, MAXIMIZE, HAS_WD and not DECOUPLED)
     if HAS_WD and DECOUPLED:
         w = w * decay  # decoupled weight decay: w shrinks where it is written (the sum pass, or pass 1)
-    m = tl.load(mp + offs, mask=mask)
-    v = tl.load(vp + offs, mask=mask)
-    if PASS == 0:
+    # UPDATE_STATE: this pass computes the new moments from the stored ones (pass 0; and pass 1 with bfloat16
+    # state), STORE_STATE: it stores them (pass 0 with float32 state, pass 1 with bfloat16 state: pass 0 then only
+    # sums over the unrounded new moments, and pass 1 recomputes them, bitwise the same, applies the update with
+    # them and stores them rounded, as the cpu backend and the reference do).
+    m = tl.load(mp + offs, mask=mask).to(C)
+    v = tl.load(vp + offs, mask=mask).to(C)
+    if UPDATE_STATE:
         m, v = adam_moments(m, v, d, omb1, b2, omb2)
-        tl.store(mp + offs, store_cast(m, mp.dtype.element_ty), mask=mask)
-        tl.store(vp + offs, store_cast(v, vp.dtype.element_ty), mask=mask)
+        if STORE_STATE:
+            store_state(mp, offs, m, mask, rc, 1, ROUND)  # (streams: hyper.STATE_STREAMS)
+            store_state(vp, offs, v, mask, rc, 2, ROUND)
     d_a = adam_direction(m, v, sqrt_bc2, eps)
     d_s = d
     if MOMENTUM:
-        buf = tl.load(bp + offs, mask=mask)
-        if PASS == 0:
+        buf = tl.load(bp + offs, mask=mask).to(C)
+        if UPDATE_STATE:
             d_s, buf = sgd_direction(buf, d, mom, omd, first, NESTEROV)
-            tl.store(bp + offs, store_cast(buf, bp.dtype.element_ty), mask=mask)
+            if STORE_STATE:
+                store_state(bp, offs, buf, mask, rc, 3, ROUND)
         else:
             d_s = sgd_dir_from_buf(d, buf, mom, NESTEROV)
     s_dot = tl.zeros((), tl.float64)
@@ -101,11 +107,11 @@ def _mas_block(offs, mask, pp, gp, mp, vp, bp, sc, first, C: tl.constexpr, MASKE
 def mas_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr, partials, totals, counters,
                lr: tl.float64, beta1: tl.float64, beta2: tl.float64, eps: tl.float64, wd: tl.float64,
                momentum: tl.float64, dampening: tl.float64, adam_w: tl.float64, sgd_w: tl.float64,
-               P: tl.constexpr, C: tl.constexpr, LR_TENSOR: tl.constexpr, HAS_SCALE: tl.constexpr,
+               P: tl.constexpr, C: tl.constexpr, S: tl.constexpr, LR_TENSOR: tl.constexpr, HAS_SCALE: tl.constexpr,
                HAS_FOUND_INF: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, DECOUPLED: tl.constexpr,
                MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, VARIANT: tl.constexpr, PASS: tl.constexpr,
                ALIGNED: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr, seed_ptr=None,
-               ROUND: tl.constexpr = 0):
+               ROUND: tl.constexpr = 0, UPDATE_STATE: tl.constexpr = True, STORE_STATE: tl.constexpr = True):
     pid = tl.program_id(0)
     t, start, n = chunk_header(chunks, meta, pid, 4, CHUNK)
     s_dot = tl.zeros((), tl.float64)
@@ -114,9 +120,9 @@ def mas_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr, pa
     if not skip_step(found_ptr, HAS_FOUND_INF):
         pp = table_ptr(ptrs, L_P, t, T, P, ALIGNED)
         gp = table_ptr(ptrs, L_G, t, T, P, ALIGNED)
-        mp = table_ptr(ptrs, L_M, t, T, C, ALIGNED)
-        vp = table_ptr(ptrs, L_V, t, T, C, ALIGNED)
-        bp = table_ptr(ptrs, L_BUF, t, T, C, ALIGNED)
+        mp = table_ptr(ptrs, L_M, t, T, S, ALIGNED)  # S: the state dtype (C, or bfloat16: state_dtype)
+        vp = table_ptr(ptrs, L_V, t, T, S, ALIGNED)
+        bp = table_ptr(ptrs, L_BUF, t, T, S, ALIGNED)
         stp = table_ptr(ptrs, L_STEP, t, T, tl.float32, False)
         # Pass 1 runs after the finalize advanced the step, so the step tensor already holds k there.
         k = tl.load(stp).to(tl.float64) + (1.0 if PASS == 0 else 0.0)
@@ -142,7 +148,8 @@ def mas_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr, pa
             for i in range(0, CHUNK, BLOCK):
                 offs = start + i + tl.arange(0, BLOCK)
                 a, b, c = _mas_block(offs, None, pp, gp, mp, vp, bp, sc, first, C, False, HAS_SCALE, MAXIMIZE,
-                                     HAS_WD, DECOUPLED, MOMENTUM, NESTEROV, VARIANT, PASS, rc, ROUND)
+                                     HAS_WD, DECOUPLED, MOMENTUM, NESTEROV, VARIANT, PASS, rc, ROUND,
+                                     UPDATE_STATE, STORE_STATE)
                 s_dot += a
                 s_aa += b
                 s_ss += c
@@ -150,7 +157,8 @@ def mas_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr, pa
             for j in range(0, n - start, BLOCK):  # (a different name: loop variables outlive the if)
                 offs = start + j + tl.arange(0, BLOCK)
                 a, b, c = _mas_block(offs, offs < n, pp, gp, mp, vp, bp, sc, first, C, True, HAS_SCALE, MAXIMIZE,
-                                     HAS_WD, DECOUPLED, MOMENTUM, NESTEROV, VARIANT, PASS, rc, ROUND)
+                                     HAS_WD, DECOUPLED, MOMENTUM, NESTEROV, VARIANT, PASS, rc, ROUND,
+                                     UPDATE_STATE, STORE_STATE)
                 s_dot += a
                 s_aa += b
                 s_ss += c

@@ -16,7 +16,7 @@ import triton.language as tl
 from .adaptive import CLIP_NONE, FORM_TORCH, _adaptive_block
 from .common import (bias_corrections, chunk_header, div_ieee, effective_grad, f64, inv_scale, lerp, load_lr,
                      skip_step, sqrt_ieee, table_ptr)
-from .rounding import rounding_ctx, store_cast, store_param
+from .rounding import rounding_ctx, store_param, store_state
 
 L_P = tl.constexpr(0)
 L_G = tl.constexpr(1)
@@ -55,7 +55,7 @@ def _load_wg(pp, gp, offs, mask, inv, scale_w, wd, C: tl.constexpr, HAS_SCALE: t
 @triton.jit(do_not_specialize=["T"])  # the tensor count: one compile whatever it is
 def ndadam_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr,
                   lr: tl.float64, beta1: tl.float64, beta2: tl.float64, eps: tl.float64, wd: tl.float64,
-                  P: tl.constexpr, C: tl.constexpr, LR_TENSOR: tl.constexpr, HAS_SCALE: tl.constexpr,
+                  P: tl.constexpr, C: tl.constexpr, S: tl.constexpr, LR_TENSOR: tl.constexpr, HAS_SCALE: tl.constexpr,
                   HAS_FOUND_INF: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr,
                   ROWS: tl.constexpr, BLOCK_L: tl.constexpr, FLAT_BLOCK: tl.constexpr = 1024, seed_ptr=None,
                   ROUND: tl.constexpr = 0):
@@ -66,8 +66,8 @@ def ndadam_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr,
         inner = tl.load(meta + t * 6 + 5)
         pp = table_ptr(ptrs, L_P, t, T, P, False)
         gp = table_ptr(ptrs, L_G, t, T, P, False)
-        mp = table_ptr(ptrs, L_M, t, T, C, False)
-        vp = table_ptr(ptrs, L_V, t, T, C, False)
+        mp = table_ptr(ptrs, L_M, t, T, S, False)  # S: the state dtype (C, or bfloat16: state_dtype)
+        vp = table_ptr(ptrs, L_V, t, T, S, False)
         stp = table_ptr(ptrs, L_STEP, t, T, tl.float32, False)
         k = tl.load(stp).to(tl.float64) + 1.0
         rc = rounding_ctx(ptrs, seed_ptr, L_COMP, t, T, k, P, ROUND)
@@ -131,29 +131,58 @@ def _nd_rows(pp, gp, mp, vp, r0, n, L, inner, k, inv, wd_c, omb1, b2_c, omb2, ep
         w, g = _load_wg(pp, gp, offs, mask, inv, scale_w[:, None], wd_c, C, HAS_SCALE, MAXIMIZE, HAS_WD)
         acc += tl.sum((g * w).to(tl.float64), axis=1)
     gw = acc.to(C)
-    # Stage 3: project, first moment, <g, g>; then the per-vector second moment.
+    # Stage 3: project, first moment, <g, g>; then the per-vector second moment. With bfloat16 state (DEFER) the new
+    # m is not stored here: stages 4 and 5 recompute it from the old m (the same arithmetic, the same bits) and
+    # stage 5 stores it rounded, so the update uses the unrounded m as the cpu backend and the reference do.
+    DEFER: tl.constexpr = mp.dtype.element_ty != C
     acc = tl.zeros([ROWS], tl.float64)
     for j0 in range(0, L, BLOCK_L):
         offs, mask = _row_tile(base, rmask, j0 + cols0, L, inner)
-        w, g = _load_wg(pp, gp, offs, mask, inv, scale_w[:, None], wd_c, C, HAS_SCALE, MAXIMIZE, HAS_WD)
-        g = nd_project(g, w, gw[:, None])
-        m = lerp(tl.load(mp + offs, mask=mask, other=0.0), g, omb1)
-        tl.store(mp + offs, store_cast(m, mp.dtype.element_ty), mask=mask)
+        g = _nd_g(pp, gp, offs, mask, inv, scale_w, wd_c, gw, C, HAS_SCALE, MAXIMIZE, HAS_WD)
+        if not DEFER:
+            m = lerp(tl.load(mp + offs, mask=mask, other=0.0), g, omb1)
+            store_state(mp, offs, m, mask, rc, 1, ROUND)  # (streams: hyper.STATE_STREAMS)
         acc += tl.sum((g * g).to(tl.float64), axis=1)
-    v = tl.load(vp + rows, mask=rmask, other=0.0)
+    v = tl.load(vp + rows, mask=rmask, other=0.0).to(C)
     v = v * b2_c + omb2 * acc.to(C)
-    tl.store(vp + rows, store_cast(v, vp.dtype.element_ty), mask=rmask)
+    store_state(vp, rows, v, rmask, rc, 2, ROUND)  # (element: the vector's index)
     # Stage 4: the new w's norm; stage 5: the renormalized store.
     acc = tl.zeros([ROWS], tl.float64)
     for j0 in range(0, L, BLOCK_L):
         offs, mask = _row_tile(base, rmask, j0 + cols0, L, inner)
         w = div_ieee(tl.load(pp + offs, mask=mask, other=0.0).to(C), scale_w[:, None])
-        w = nd_new_w(w, tl.load(mp + offs, mask=mask, other=0.0), v[:, None], eps_c, step)
+        if DEFER:
+            m = _nd_new_m(pp, gp, mp, offs, mask, inv, scale_w, wd_c, gw, omb1, C, HAS_SCALE, MAXIMIZE, HAS_WD)
+        else:
+            m = tl.load(mp + offs, mask=mask, other=0.0)
+        w = nd_new_w(w, m, v[:, None], eps_c, step)
         w64 = w.to(tl.float64)
         acc += tl.sum(w64 * w64, axis=1)
     norm = tl.where(rmask, sqrt_ieee(acc).to(C), 1.0)
     for j0 in range(0, L, BLOCK_L):
         offs, mask = _row_tile(base, rmask, j0 + cols0, L, inner)
         w = div_ieee(tl.load(pp + offs, mask=mask, other=0.0).to(C), scale_w[:, None])
-        w = nd_new_w(w, tl.load(mp + offs, mask=mask, other=0.0), v[:, None], eps_c, step)
+        if DEFER:
+            m = _nd_new_m(pp, gp, mp, offs, mask, inv, scale_w, wd_c, gw, omb1, C, HAS_SCALE, MAXIMIZE, HAS_WD)
+        else:
+            m = tl.load(mp + offs, mask=mask, other=0.0)
+        w = nd_new_w(w, m, v[:, None], eps_c, step)
         store_param(pp, offs, div_ieee(w, norm[:, None]), mask, rc, ROUND)
+        if DEFER:  # (after the param store: the m loads above read the old m)
+            store_state(mp, offs, m, mask, rc, 1, ROUND)
+
+
+@triton.jit
+def _nd_g(pp, gp, offs, mask, inv, scale_w, wd_c, gw, C: tl.constexpr, HAS_SCALE: tl.constexpr,
+          MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr):
+    """A tile's projected gradient (stage 3)."""
+    w, g = _load_wg(pp, gp, offs, mask, inv, scale_w[:, None], wd_c, C, HAS_SCALE, MAXIMIZE, HAS_WD)
+    return nd_project(g, w, gw[:, None])
+
+
+@triton.jit
+def _nd_new_m(pp, gp, mp, offs, mask, inv, scale_w, wd_c, gw, omb1, C: tl.constexpr, HAS_SCALE: tl.constexpr,
+              MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr):
+    """A tile's new first moment from its stored one and the projected gradient (stage 3)."""
+    g = _nd_g(pp, gp, offs, mask, inv, scale_w, wd_c, gw, C, HAS_SCALE, MAXIMIZE, HAS_WD)
+    return lerp(tl.load(mp + offs, mask=mask, other=0.0).to(C), g, omb1)

@@ -9,7 +9,7 @@ import triton
 import triton.language as tl
 
 from .common import chunk_header, div_ieee, f64, inv_scale, lerp, load_lr, load_w_grad, skip_step, sqrt_ieee, table_ptr
-from .rounding import rounding_ctx, store_cast, store_param
+from .rounding import rounding_ctx, store_param, store_state
 
 # Operand lists of the pointer table, in this order.
 L_P = tl.constexpr(0)
@@ -28,18 +28,18 @@ def _rms_block(offs, mask, pp, gp, sqp, gap, bp, inv, wd, decay, keep, add, eps,
     w, g = load_w_grad(pp, gp, offs, mask, inv, wd, C, MASKED, HAS_SCALE, MAXIMIZE, HAS_WD and not DECOUPLED)
     if HAS_WD and DECOUPLED:
         w = w * decay  # decoupled weight decay with the group's lr (not Adagrad's decayed one)
-    sq = tl.load(sqp + offs, mask=mask)
+    sq = tl.load(sqp + offs, mask=mask).to(C)  # (bfloat16 state: widened exactly; stored by store_state)
     sq = keep * sq + add * g * g  # torch: sq.mul_(keep).addcmul_(g, g, value=add)
-    tl.store(sqp + offs, store_cast(sq, sqp.dtype.element_ty), mask=mask)
+    store_state(sqp, offs, sq, mask, rc, 1, ROUND)  # (streams: hyper.STATE_STREAMS)
     if CENTERED:
-        ga = lerp(tl.load(gap + offs, mask=mask), g, add)
-        tl.store(gap + offs, store_cast(ga, gap.dtype.element_ty), mask=mask)
+        ga = lerp(tl.load(gap + offs, mask=mask).to(C), g, add)
+        store_state(gap, offs, ga, mask, rc, 2, ROUND)
         avg = sqrt_ieee(sq - ga * ga) + eps
     else:
         avg = sqrt_ieee(sq) + eps
     if MOMENTUM:
-        buf = tl.load(bp + offs, mask=mask) * mom + div_ieee(g, avg)
-        tl.store(bp + offs, store_cast(buf, bp.dtype.element_ty), mask=mask)
+        buf = tl.load(bp + offs, mask=mask).to(C) * mom + div_ieee(g, avg)
+        store_state(bp, offs, buf, mask, rc, 3, ROUND)
         w = w + neg_lr * buf
     else:
         w = w + neg_lr * div_ieee(g, avg)
@@ -50,7 +50,7 @@ def _rms_block(offs, mask, pp, gp, sqp, gap, bp, inv, wd, decay, keep, add, eps,
 def rms_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr,
                lr: tl.float64, keep: tl.float64, add: tl.float64, eps: tl.float64, wd: tl.float64,
                momentum: tl.float64, lr_decay: tl.float64,
-               P: tl.constexpr, C: tl.constexpr, LR_TENSOR: tl.constexpr, HAS_SCALE: tl.constexpr,
+               P: tl.constexpr, C: tl.constexpr, S: tl.constexpr, LR_TENSOR: tl.constexpr, HAS_SCALE: tl.constexpr,
                HAS_FOUND_INF: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, DECOUPLED: tl.constexpr,
                CENTERED: tl.constexpr, MOMENTUM: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
                CHUNK: tl.constexpr, seed_ptr=None, ROUND: tl.constexpr = 0):
@@ -59,9 +59,9 @@ def rms_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr,
     if not skip_step(found_ptr, HAS_FOUND_INF):
         pp = table_ptr(ptrs, L_P, t, T, P, ALIGNED)
         gp = table_ptr(ptrs, L_G, t, T, P, ALIGNED)
-        sqp = table_ptr(ptrs, L_SQ, t, T, C, ALIGNED)
-        gap = table_ptr(ptrs, L_GAVG, t, T, C, ALIGNED)
-        bp = table_ptr(ptrs, L_BUF, t, T, C, ALIGNED)
+        sqp = table_ptr(ptrs, L_SQ, t, T, S, ALIGNED)  # S: the state dtype (C, or bfloat16: state_dtype)
+        gap = table_ptr(ptrs, L_GAVG, t, T, S, ALIGNED)
+        bp = table_ptr(ptrs, L_BUF, t, T, S, ALIGNED)
         stp = table_ptr(ptrs, L_STEP, t, T, tl.float32, False)
         k = tl.load(stp).to(tl.float64) + 1.0
         rc = rounding_ctx(ptrs, seed_ptr, L_COMP, t, T, k, P, ROUND)

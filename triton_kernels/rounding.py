@@ -206,9 +206,13 @@ def kahan_store(x, c, DT: tl.constexpr):
 
 
 # ---- the param stores of issue 16 (stochastic rounding, Kahan summation), shared by every rule's kernel -----------
-# ROUND (a constexpr of every update kernel) is the record's rounding code, fused_hybrid.hyper.ROUND_*: 0 nearest
-# even (store_cast), 1 stochastic rounding with rand32(seed, step, stream 0, flat index), 2 the compensated store
-# through the tensor's Kahan buffer. The launchers pass 0 for float32 / float64 params.
+# ROUND (a constexpr of every update kernel) is the record's rounding code, fused_hybrid.hyper.ROUND_*, for the param
+# store (ROUND % 4): 0 nearest even (store_cast), 1 stochastic rounding with rand32(seed, step, stream 0, flat
+# index), 2 the compensated store through the tensor's Kahan buffer (the launchers pass 0 for float32 / float64
+# params); plus STATE_SR (4) when the bfloat16 moment buffers of a group's state_dtype are stochastically rounded
+# too (stochastic_rounding=True; store_state, stream 1 + the buffer's place in hyper.STATE_STREAMS). One constexpr
+# for both, so no kernel signature grew.
+STATE_SR = tl.constexpr(4)
 
 @triton.jit
 def rounding_ctx(ptrs, seed_ptr, lst, t, T, k, P: tl.constexpr, ROUND: tl.constexpr):
@@ -219,7 +223,7 @@ def rounding_ctx(ptrs, seed_ptr, lst, t, T, k, P: tl.constexpr, ROUND: tl.conste
     lo = tl.zeros((), tl.int64)
     hi = tl.zeros((), tl.int64)
     kk = tl.zeros((), tl.int64)
-    if ROUND == 1:
+    if ROUND % 4 == 1 or ROUND >= 4:
         lo = tl.load(seed_ptr + 2 * t)
         hi = tl.load(seed_ptr + 2 * t + 1)
         kk = k.to(tl.int64)
@@ -230,13 +234,26 @@ def rounding_ctx(ptrs, seed_ptr, lst, t, T, k, P: tl.constexpr, ROUND: tl.conste
 def store_param(pp, offs, w, mask, rc, ROUND: tl.constexpr):
     """Store the rule's float result w at pp + offs (offs: the elements' flat indices within the tensor)."""
     DT: tl.constexpr = pp.dtype.element_ty
-    if ROUND == 1:
+    if ROUND % 4 == 1:
         r = rand32(rc[1], rc[2], rc[3], 0, offs)
         tl.store(pp + offs, bits_to(sr_bits(w, r, DT), DT), mask=mask)
-    elif ROUND == 2:
+    elif ROUND % 4 == 2:
         c = tl.load(rc[0] + offs, mask=mask)
         wn, cn = kahan_store(w, c, DT)
         tl.store(pp + offs, wn, mask=mask)
         tl.store(rc[0] + offs, cn, mask=mask)
     else:
         tl.store(pp + offs, store_cast(w, DT), mask=mask)
+
+
+@triton.jit
+def store_state(sp, offs, x, mask, rc, STREAM: tl.constexpr, ROUND: tl.constexpr):
+    """Store a moment buffer's new float values x at sp + offs (offs: flat indices within the buffer): the buffer's
+    dtype by store_cast (float32 as is; bfloat16 to nearest even), or stochastically rounded to bfloat16 with
+    rand32(seed, step, STREAM, offs) when ROUND has STATE_SR."""
+    DT: tl.constexpr = sp.dtype.element_ty
+    if ROUND >= 4 and DT == tl.bfloat16:
+        r = rand32(rc[1], rc[2], rc[3], STREAM, offs)
+        tl.store(sp + offs, bits_to(bf16_sr(x, r), DT), mask=mask)
+    else:
+        tl.store(sp + offs, store_cast(x, DT), mask=mask)

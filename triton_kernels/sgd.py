@@ -4,7 +4,7 @@ import triton
 import triton.language as tl
 
 from .common import chunk_header, f64, inv_scale, load_lr, load_w_grad, skip_step, table_ptr
-from .rounding import rounding_ctx, store_cast, store_param
+from .rounding import rounding_ctx, store_param, store_state
 
 L_P = tl.constexpr(0)
 L_G = tl.constexpr(1)
@@ -48,8 +48,8 @@ def _sgd_block(offs, mask, pp, gp, bp, inv, wd, decay, mom, omd, neg_lr, first, 
         w = w * decay  # decoupled weight decay (AdamW's form): decay first, then the step
     d = g
     if MOMENTUM:
-        d, buf = sgd_direction(tl.load(bp + offs, mask=mask), g, mom, omd, first, NESTEROV)
-        tl.store(bp + offs, store_cast(buf, bp.dtype.element_ty), mask=mask)
+        d, buf = sgd_direction(tl.load(bp + offs, mask=mask).to(C), g, mom, omd, first, NESTEROV)
+        store_state(bp, offs, buf, mask, rc, 1, ROUND)  # (streams: hyper.STATE_STREAMS)
     w = w + neg_lr * d
     store_param(pp, offs, w, mask, rc, ROUND)
 
@@ -57,7 +57,7 @@ def _sgd_block(offs, mask, pp, gp, bp, inv, wd, decay, mom, omd, neg_lr, first, 
 @triton.jit(do_not_specialize=["T"])  # the tensor count: one compile whatever it is
 def sgd_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr,
                lr: tl.float64, momentum: tl.float64, dampening: tl.float64, wd: tl.float64,
-               P: tl.constexpr, C: tl.constexpr, LR_TENSOR: tl.constexpr, HAS_SCALE: tl.constexpr,
+               P: tl.constexpr, C: tl.constexpr, S: tl.constexpr, LR_TENSOR: tl.constexpr, HAS_SCALE: tl.constexpr,
                HAS_FOUND_INF: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, DECOUPLED: tl.constexpr,
                MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, ALIGNED: tl.constexpr,
                BLOCK: tl.constexpr, CHUNK: tl.constexpr, seed_ptr=None, ROUND: tl.constexpr = 0):
@@ -65,12 +65,12 @@ def sgd_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr,
     t, start, n = chunk_header(chunks, meta, pid, 4, CHUNK)
     if not skip_step(found_ptr, HAS_FOUND_INF):
         k = tl.zeros((), tl.float64)
-        if ROUND == 1:
+        if ROUND % 4 == 1 or ROUND >= 4:  # stochastic rounding (param or state): its bits' counter
             k = tl.load(table_ptr(ptrs, L_STEP, t, T, tl.float32, False)).to(tl.float64) + 1.0
         rc = rounding_ctx(ptrs, seed_ptr, L_COMP, t, T, k, P, ROUND)
         pp = table_ptr(ptrs, L_P, t, T, P, ALIGNED)
         gp = table_ptr(ptrs, L_G, t, T, P, ALIGNED)
-        bp = table_ptr(ptrs, L_BUF, t, T, C, ALIGNED)
+        bp = table_ptr(ptrs, L_BUF, t, T, S, ALIGNED)  # S: the state dtype (C, or bfloat16: state_dtype)
         first = tl.load(meta + t * 4 + 3) != 0  # a fresh momentum buffer (torch: buf = g, no dampening)
         inv = inv_scale(scale_ptr, HAS_SCALE)
         wd_c = f64(wd).to(C)

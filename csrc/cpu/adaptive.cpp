@@ -90,7 +90,8 @@ void adaptive_(at::TensorList params, at::TensorList grads_in, at::TensorList ex
   }
   if (T == 0 || skip_step(found_inf)) return;  // GradScaler found inf/NaN: nothing changes, steps included
   const std::vector<double> ks = advance_steps(op, steps, T);
-  const LowpStore lp = lowp_setup(op, params, rounding, seeds, kahan_comps, ks);
+  const bool bf16 = bf16_state(op, params[0].scalar_type(), {exp_avgs, exp_avg_sqs});
+  const LowpStore lp = lowp_setup(op, params, rounding, seeds, kahan_comps, ks, bf16);
   const double inv = inv_scale(grad_scale);
   const double lrv = lr_value(lr, lr_tensor);
   const auto chunks = make_chunks(params);
@@ -100,7 +101,7 @@ void adaptive_(at::TensorList params, at::TensorList grads_in, at::TensorList ex
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fused_hybrid_adaptive", [&] {
     using opmath_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    const auto state_dtype = c10::CppTypeToScalarType<opmath_t>::value;
+    const auto state_dtype = bf16 ? at::kBFloat16 : c10::CppTypeToScalarType<opmath_t>::value;
     auto same_numel = [&](size_t i) { return params[i].numel(); };
     check_state(op, "exp_avg", exp_avgs, state_dtype, same_numel);
     check_state(op, "exp_avg_sq", exp_avg_sqs, state_dtype, same_numel);
@@ -141,26 +142,29 @@ void adaptive_(at::TensorList params, at::TensorList grads_in, at::TensorList ex
     const auto sgd_fn = pick_swats_sgd<scalar_t, opmath_t>(wd, swats_nesterov);
     const opmath_t inv_o = signed_inv<opmath_t>(inv, maximize);
     const auto om = one_minus<opmath_t>(beta1, beta2, lrv, weight_decay);
-    // 16-bit params with stochastic rounding or Kahan summation: the float32 loops on staged copies (lowp_store.h;
-    // the SWATS sums are then those of the float32 loop, over the same float32 values).
+    // 16-bit params with stochastic rounding or Kahan summation, and bfloat16 state: the float32 loops on staged
+    // copies (lowp_store.h; the SWATS sums are then those of the float32 loop, over the same float32 values).
     const auto adam_fn32 = pick_adaptive<opmath_t, opmath_t>(kind, amsgrad, wd, swats);
     const auto sgd_fn32 = pick_swats_sgd<opmath_t, opmath_t>(wd, swats_nesterov);
     for_each_chunk(chunks, [&](const Chunk& c) {
       const int64_t t = c.tensor, b = c.begin, n = c.end - c.begin;
       const size_t ci = static_cast<size_t>(&c - chunks.data());
-      {  // (every dtype compiles it; lowp_setup refuses a rounding mode for 32/64-bit params)
-        if (lp.active()) {
-          staged_step<scalar_t, opmath_t>(pw[t] + b, pg[t] + b, n, b, lp, t, [&](opmath_t* w32, const opmath_t* g32) {
-            if (swats && phase[t] == rules::kPhaseSgd) {
-              sgd_fn32(w32, g32, pbuf[t] + b, n, om.lr_wd, sc[t].weight_decay, inv_o, sc[t].beta1,
-                       opmath_t(sgd_lr[t]));
-              return;
-            }
-            adam_fn32(w32, g32, pm[t] + b, pv[t] + b, amsgrad ? pvmax[t] + b : nullptr, n, sc[t], om, inv_o,
-                      swats ? part.data() + 2 * ci : nullptr);
-          });
-          return;
-        }
+      if (lp.active() || bf16) {
+        const bool sgd_phase = swats && phase[t] == rules::kPhaseSgd;
+        using R = StateRange<opmath_t>;
+        // Only the buffers the phase touches: the Adam phase's m, v (vmax), the SGD phase's momentum buffer.
+        const std::array<R, 4> st = sgd_phase ? std::array<R, 4>{R{}, R{}, R{}, R{pbuf[t], b, n}}
+                                              : std::array<R, 4>{R{pm[t], b, n}, R{pv[t], b, n},
+                                                                 amsgrad ? R{pvmax[t], b, n} : R{}, R{}};
+        staged_step<scalar_t, opmath_t, 4>(
+            pw[t] + b, pg[t] + b, n, b, lp, t, bf16, st, [&](auto* w32, const auto* g32, opmath_t* const* s) {
+              if (sgd_phase) {
+                sgd_fn32(w32, g32, s[3], n, om.lr_wd, sc[t].weight_decay, inv_o, sc[t].beta1, opmath_t(sgd_lr[t]));
+                return;
+              }
+              adam_fn32(w32, g32, s[0], s[1], s[2], n, sc[t], om, inv_o, swats ? part.data() + 2 * ci : nullptr);
+            });
+        return;
       }
       if (swats && phase[t] == rules::kPhaseSgd) {
         sgd_fn(pw[t] + b, pg[t] + b, pbuf[t] + b, n, om.lr_wd, sc[t].weight_decay, inv_o, sc[t].beta1,

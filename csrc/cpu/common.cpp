@@ -58,15 +58,17 @@ double lr_value(double lr, const std::optional<at::Tensor>& lr_tensor) {
 }
 
 LowpStore lowp_setup(const char* op, at::TensorList params, int64_t rounding, at::IntArrayRef seeds,
-                     at::TensorList kahan_comps, const std::vector<double>& ks) {
+                     at::TensorList kahan_comps, const std::vector<double>& ks, bool bf16_state) {
   LowpStore lp;
   lp.mode = rounding;
   TORCH_CHECK(rounding == kRoundNearest || rounding == kRoundStochastic || rounding == kRoundKahan, op,
               ": unknown rounding mode ", rounding, " (0 nearest, 1 stochastic, 2 Kahan)");
   if (rounding == kRoundNearest || params.empty()) return lp;
   const auto dt = params[0].scalar_type();
-  TORCH_CHECK(dt == at::kBFloat16 || dt == at::kHalf, op, ": rounding mode ", rounding,
-              " applies to bfloat16/float16 params, not ", dt);
+  const bool state_sr = dt == at::kFloat && bf16_state && rounding == kRoundStochastic;  // (the state's stores only)
+  TORCH_CHECK(dt == at::kBFloat16 || dt == at::kHalf || state_sr, op, ": rounding mode ", rounding,
+              " applies to bfloat16/float16 params (and stochastic rounding to bfloat16 state), not ", dt, " params",
+              bf16_state ? " with bfloat16 state" : "");
   const size_t T = params.size();
   if (rounding == kRoundStochastic) {
     TORCH_CHECK(seeds.size() == T, op, ": stochastic rounding needs one seed per param (got ", seeds.size(),

@@ -147,7 +147,8 @@ void mas_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avg
   TORCH_CHECK(!mom || momentum_buffers.size() == T, op, ": momentum needs one buffer per param");
   if (T == 0 || skip_step(found_inf)) return;
   const std::vector<double> ks = advance_steps(op, steps, T);
-  const LowpStore lp = lowp_setup(op, params, rounding, seeds, kahan_comps, ks);
+  const bool bf16 = bf16_state(op, params[0].scalar_type(), {exp_avgs, exp_avg_sqs});
+  const LowpStore lp = lowp_setup(op, params, rounding, seeds, kahan_comps, ks, bf16);
   const double inv = inv_scale(grad_scale);
   const double lrv = lr_value(lr, lr_tensor);
   const auto chunks = make_chunks(params);
@@ -155,7 +156,7 @@ void mas_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avg
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fused_hybrid_mas", [&] {
     using opmath_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    const auto state_dtype = c10::CppTypeToScalarType<opmath_t>::value;
+    const auto state_dtype = bf16 ? at::kBFloat16 : c10::CppTypeToScalarType<opmath_t>::value;
     auto same_numel = [&](size_t i) { return params[i].numel(); };
     check_state(op, "exp_avg", exp_avgs, state_dtype, same_numel);
     check_state(op, "exp_avg_sq", exp_avg_sqs, state_dtype, same_numel);
@@ -199,24 +200,39 @@ void mas_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avg
     const opmath_t inv_o = signed_inv<opmath_t>(inv, maximize);
     // fns[which(t)] runs tensor t's chunks; a tensor's first step (buf = g) takes its own loop. fns32: the float32
     // loops that a pass writing w runs on staged copies of 16-bit params with stochastic rounding or Kahan
-    // summation (lowp_store.h); null for pass 1, which does not write w.
+    // summation, or of bfloat16 state (lowp_store.h); null for pass 1, which does not write w.
+    //
+    // bfloat16 state and the two passes: pass 1 runs on widened copies of the state and stores nothing (its sums
+    // are over the float32 moments); pass 2 widens the old state again, recomputes the new moments with the reduce
+    // loop (`redo`, the same float32 arithmetic, bitwise pass 1's values), applies the update from them and stores
+    // them rounded. So the update uses the unrounded moments, as the one-pass variants, the reference and the
+    // Triton kernels do, at the price of the moment arithmetic twice in pass 2 (on data in cache).
     auto run = [&](const MasFn<scalar_t, opmath_t>* fns, const MasFn<opmath_t, opmath_t>* fns32, const auto& which,
-                   double* part) {
+                   double* part, const MasFn<opmath_t, opmath_t>* redo) {
       for_each_chunk(chunks, [&](const Chunk& c) {
-        const int64_t t = c.tensor, b = c.begin;
+        const int64_t t = c.tensor, b = c.begin, n = c.end - c.begin;
         const size_t ci = static_cast<size_t>(&c - chunks.data());
-        {  // (every dtype compiles it; lowp_setup refuses a rounding mode for 32/64-bit params)
-          if (lp.active() && fns32 != nullptr) {
-            staged_step<scalar_t, opmath_t>(
-                pw[t] + b, pg[t] + b, c.end - b, b, lp, t, [&](opmath_t* w32, const opmath_t* g32) {
-                  fns32[which(t)](w32, g32, pm[t] + b, pv[t] + b, mom ? pbuf[t] + b : nullptr, c.end - b, sc[t],
-                                  inv_o, part ? part + 3 * ci : nullptr);
-                });
-            return;
-          }
+        using R = StateRange<opmath_t>;
+        const std::array<R, 3> st{R{pm[t], b, n}, R{pv[t], b, n}, mom ? R{pbuf[t], b, n} : R{}};
+        if (bf16 && fns32 == nullptr) {  // pass 1: the params are only read, the state is not stored
+          with_states<opmath_t, 3>(true, false, st, [&](opmath_t* const* s) {
+            fns[which(t)](pw[t] + b, pg[t] + b, s[0], s[1], s[2], n, sc[t], inv_o, part ? part + 3 * ci : nullptr);
+          });
+          return;
         }
-        fns[which(t)](pw[t] + b, pg[t] + b, pm[t] + b, pv[t] + b, mom ? pbuf[t] + b : nullptr, c.end - b, sc[t],
-                      inv_o, part ? part + 3 * ci : nullptr);
+        if ((lp.active() && fns32 != nullptr) || bf16) {
+          staged_step<scalar_t, opmath_t, 3>(
+              pw[t] + b, pg[t] + b, n, b, lp, t, bf16, st, [&](auto* w32, const auto* g32, opmath_t* const* s) {
+                if (bf16 && redo != nullptr) {
+                  double unused[3];
+                  redo[first[t] ? 1 : 0](w32, g32, s[0], s[1], s[2], n, sc[t], inv_o, unused);
+                }
+                fns32[which(t)](w32, g32, s[0], s[1], s[2], n, sc[t], inv_o, part ? part + 3 * ci : nullptr);
+              });
+          return;
+        }
+        fns[which(t)](pw[t] + b, pg[t] + b, pm[t] + b, pv[t] + b, mom ? pbuf[t] + b : nullptr, n, sc[t], inv_o,
+                      part ? part + 3 * ci : nullptr);
       });
     };
     auto by_first = [&](int64_t t) { return first[t] ? 1 : 0; };
@@ -225,14 +241,14 @@ void mas_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avg
                                                 pick_mas<scalar_t, opmath_t, kModeSum>(mom, wd, nesterov, true)};
       const MasFn<opmath_t, opmath_t> fns32[2] = {pick_mas<opmath_t, opmath_t, kModeSum>(mom, wd, nesterov, false),
                                             pick_mas<opmath_t, opmath_t, kModeSum>(mom, wd, nesterov, true)};
-      run(fns, fns32, by_first, nullptr);
+      run(fns, fns32, by_first, nullptr, nullptr);
       return;
     }
     // Pass 1: moments, buffer and per-chunk partials.
     std::vector<double> part(3 * chunks.size(), 0.0), sums(3 * T);
     const MasFn<scalar_t, opmath_t> reduce[2] = {pick_mas<scalar_t, opmath_t, kModeReduce>(mom, wd, nesterov, false),
                                                  pick_mas<scalar_t, opmath_t, kModeReduce>(mom, wd, nesterov, true)};
-    run(reduce, nullptr, by_first, part.data());
+    run(reduce, nullptr, by_first, part.data(), nullptr);
     sum_partials(chunks, part, 3, sums.data(), static_cast<int64_t>(T));
     // Host: each tensor's coefficients, in double as in reference.mas_update (a zero SGD norm gives ratio 0).
     const MasFn<scalar_t, opmath_t> apply[3] = {
@@ -263,7 +279,10 @@ void mas_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avg
         pick_mas<opmath_t, opmath_t, kModeApplyAdam>(mom, wd, nesterov, false),
         pick_mas<opmath_t, opmath_t, kModeApplySgd>(mom, wd, nesterov, false),
         pick_mas<opmath_t, opmath_t, kModeApplyVector>(mom, wd, nesterov, false)};
-    run(apply, apply32, [&](int64_t t) { return which[t]; }, nullptr);
+    const MasFn<opmath_t, opmath_t> reduce32[2] = {
+        pick_mas<opmath_t, opmath_t, kModeReduce>(mom, wd, nesterov, false),
+        pick_mas<opmath_t, opmath_t, kModeReduce>(mom, wd, nesterov, true)};
+    run(apply, apply32, [&](int64_t t) { return which[t]; }, nullptr, reduce32);
   });
 }
 

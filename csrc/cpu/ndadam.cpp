@@ -105,7 +105,8 @@ void ndadam_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_
   }
   if (T == 0 || skip_step(found_inf)) return;
   const std::vector<double> ks = advance_steps(op, steps, T);
-  const LowpStore lp = lowp_setup(op, params, rounding, seeds, kahan_comps, ks);
+  const bool bf16 = bf16_state(op, params[0].scalar_type(), {exp_avgs, exp_avg_sqs});
+  const LowpStore lp = lowp_setup(op, params, rounding, seeds, kahan_comps, ks, bf16);
   const double inv = inv_scale(grad_scale);
   const double lrv = lr_value(lr, lr_tensor);
 
@@ -126,7 +127,7 @@ void ndadam_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fused_hybrid_ndadam", [&] {
     using opmath_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    const auto state_dtype = c10::CppTypeToScalarType<opmath_t>::value;
+    const auto state_dtype = bf16 ? at::kBFloat16 : c10::CppTypeToScalarType<opmath_t>::value;
     check_state(op, "exp_avg", exp_avgs, state_dtype, [&](size_t i) { return params[i].numel(); });
     check_state(op, "exp_avg_sq", exp_avg_sqs, state_dtype, [&](size_t i) {
       const int64_t n = params[i].numel();
@@ -142,8 +143,8 @@ void ndadam_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_
     for (size_t t = 0; t < T; ++t) {
       pw[t] = params[t].data_ptr<scalar_t>();
       pg[t] = grads[t].data_ptr<scalar_t>();
-      pm[t] = exp_avgs[t].data_ptr<opmath_t>();
-      pv[t] = exp_avg_sqs[t].data_ptr<opmath_t>();
+      pm[t] = data_as<opmath_t>(exp_avgs[t]);  // (bfloat16 state: read through lowp_store.h's staging)
+      pv[t] = data_as<opmath_t>(exp_avg_sqs[t]);
       const double k = ks[t];
       if (row_lens[t] == 0) {
         adam[t] = torch_form_scalars<opmath_t>(lrv, beta1, beta2, eps, weight_decay, k);
@@ -161,8 +162,9 @@ void ndadam_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_
     const opmath_t inv_o = signed_inv<opmath_t>(inv, maximize);  // maximize folded into inv's sign
     const auto om = one_minus<opmath_t>(beta1, beta2, lrv, weight_decay);
     constexpr bool kNeedScratch = !std::is_same_v<scalar_t, opmath_t>;
-    // 16-bit params with stochastic rounding or Kahan summation: the float32 loops on staged copies of the work
-    // item's elements (lowp_store.h); rows r0..r1 of the tensor are rows 0..r1-r0 of the staged copy.
+    // 16-bit params with stochastic rounding or Kahan summation, and bfloat16 state: the float32 loops on staged
+    // copies of the work item's elements (lowp_store.h); rows r0..r1 of the tensor are rows 0..r1-r0 of the staged
+    // copy, and the rows' v values (one per row) are staged with them. The row sums stay float64 (rules.h).
     const auto rows_fn32 = wd ? &ndadam_rows<opmath_t, opmath_t, true> : &ndadam_rows<opmath_t, opmath_t, false>;
     const auto adam_fn32 = pick_adaptive<opmath_t, opmath_t>(kKindTorch, false, wd ? kWdL2 : kWdNone, false);
     at::parallel_for(0, static_cast<int64_t>(work.size()), 1, [&](int64_t wb, int64_t we) {
@@ -170,19 +172,20 @@ void ndadam_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_
       for (int64_t i = wb; i < we; ++i) {
         const Work& u = work[i];
         const int64_t t = u.tensor;
-        {  // (every dtype compiles it; lowp_setup refuses a rounding mode for 32/64-bit params)
-          if (lp.active()) {
-            const int64_t L = row_lens[t];
-            const int64_t b = L == 0 ? u.begin : u.begin * L, n = L == 0 ? u.end - u.begin : (u.end - u.begin) * L;
-            staged_step<scalar_t, opmath_t>(pw[t] + b, pg[t] + b, n, b, lp, t, [&](opmath_t* w32, const opmath_t* g32) {
-              if (L == 0) {
-                adam_fn32(w32, g32, pm[t] + b, pv[t] + b, nullptr, n, adam[t], om, inv_o, nullptr);
-              } else {
-                rows_fn32(w32, g32, pm[t] + b, pv[t] + u.begin, L, 0, u.end - u.begin, nd[t], inv_o, nullptr);
-              }
-            });
-            continue;
-          }
+        if (lp.active() || bf16) {
+          const int64_t L = row_lens[t];
+          const int64_t b = L == 0 ? u.begin : u.begin * L, n = L == 0 ? u.end - u.begin : (u.end - u.begin) * L;
+          using R = StateRange<opmath_t>;
+          const std::array<R, 2> st{R{pm[t], b, n}, L == 0 ? R{pv[t], b, n} : R{pv[t], u.begin, u.end - u.begin}};
+          staged_step<scalar_t, opmath_t, 2>(
+              pw[t] + b, pg[t] + b, n, b, lp, t, bf16, st, [&](auto* w32, const auto* g32, opmath_t* const* s) {
+                if (L == 0) {
+                  adam_fn32(w32, g32, s[0], s[1], nullptr, n, adam[t], om, inv_o, nullptr);
+                } else {
+                  rows_fn32(w32, g32, s[0], s[1], L, 0, u.end - u.begin, nd[t], inv_o, nullptr);
+                }
+              });
+          continue;
         }
         if (row_lens[t] == 0) {
           adam_fn(pw[t] + u.begin, pg[t] + u.begin, pm[t] + u.begin, pv[t] + u.begin, nullptr, u.end - u.begin,

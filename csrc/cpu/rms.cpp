@@ -63,13 +63,14 @@ void rms_(at::TensorList params, at::TensorList grads_in, at::TensorList square_
   TORCH_CHECK(!has_momentum || momentum_buffers.size() == T, op, ": momentum needs one buffer per param");
   if (T == 0 || skip_step(found_inf)) return;  // GradScaler found inf/NaN: nothing changes, steps included
   const std::vector<double> ks = advance_steps(op, steps, T);
-  const LowpStore lp = lowp_setup(op, params, rounding, seeds, kahan_comps, ks);
+  const bool bf16 = bf16_state(op, params[0].scalar_type(), {square_avgs});
+  const LowpStore lp = lowp_setup(op, params, rounding, seeds, kahan_comps, ks, bf16);
   const double inv = inv_scale(grad_scale);
   const double lrv = lr_value(lr, lr_tensor);
   const auto chunks = make_chunks(params);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fused_hybrid_rms", [&] {
     using opmath_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    const auto state_dtype = c10::CppTypeToScalarType<opmath_t>::value;
+    const auto state_dtype = bf16 ? at::kBFloat16 : c10::CppTypeToScalarType<opmath_t>::value;
     auto same_numel = [&](size_t i) { return params[i].numel(); };
     check_state(op, "square_avg", square_avgs, state_dtype, same_numel);
     if (centered) check_state(op, "grad_avg", grad_avgs, state_dtype, same_numel);
@@ -93,22 +94,23 @@ void rms_(at::TensorList params, at::TensorList grads_in, at::TensorList square_
                                          : wd == kWdL2 ? pick_rms_wd<scalar_t, opmath_t, kWdL2>(centered, mom)
                                                        : pick_rms_wd<scalar_t, opmath_t, kWdDecoupled>(centered, mom);
     const opmath_t inv_o = signed_inv<opmath_t>(inv, maximize);
-    // 16-bit params with stochastic rounding or Kahan summation: the float32 loop on staged copies (lowp_store.h).
+    // 16-bit params with stochastic rounding or Kahan summation, and bfloat16 state: the float32 loop on staged
+    // copies (lowp_store.h).
     const RmsFn<opmath_t, opmath_t> fn32 = wd == kWdNone ? pick_rms_wd<opmath_t, opmath_t, kWdNone>(centered, mom)
                                      : wd == kWdL2 ? pick_rms_wd<opmath_t, opmath_t, kWdL2>(centered, mom)
                                                    : pick_rms_wd<opmath_t, opmath_t, kWdDecoupled>(centered, mom);
     for_each_chunk(chunks, [&](const Chunk& c) {
-      const int64_t t = c.tensor, b = c.begin;
-      {  // (every dtype compiles it; lowp_setup refuses a rounding mode for 32/64-bit params)
-        if (lp.active()) {
-          staged_step<scalar_t, opmath_t>(
-              pw[t] + b, pg[t] + b, c.end - b, b, lp, t, [&](opmath_t* w32, const opmath_t* g32) {
-                fn32(w32, g32, psq[t] + b, centered ? pga[t] + b : nullptr, has_momentum ? pbuf[t] + b : nullptr,
-                     c.end - b, lrs[t], opmath_t(keep), opmath_t(add), opmath_t(eps), opmath_t(momentum),
-                     opmath_t(weight_decay), opmath_t(1.0 - lrv * weight_decay), inv_o);
-              });
-          return;
-        }
+      const int64_t t = c.tensor, b = c.begin, n = c.end - c.begin;
+      if (lp.active() || bf16) {
+        using R = StateRange<opmath_t>;
+        const std::array<R, 3> st{R{psq[t], b, n}, centered ? R{pga[t], b, n} : R{},
+                                  has_momentum ? R{pbuf[t], b, n} : R{}};
+        staged_step<scalar_t, opmath_t, 3>(
+            pw[t] + b, pg[t] + b, n, b, lp, t, bf16, st, [&](auto* w32, const auto* g32, opmath_t* const* s) {
+              fn32(w32, g32, s[0], s[1], s[2], n, lrs[t], opmath_t(keep), opmath_t(add), opmath_t(eps),
+                   opmath_t(momentum), opmath_t(weight_decay), opmath_t(1.0 - lrv * weight_decay), inv_o);
+            });
+        return;
       }
       fn(pw[t] + b, pg[t] + b, psq[t] + b, centered ? pga[t] + b : nullptr, has_momentum ? pbuf[t] + b : nullptr,
          c.end - b, lrs[t], opmath_t(keep), opmath_t(add), opmath_t(eps), opmath_t(momentum), opmath_t(weight_decay),

@@ -72,14 +72,16 @@ void sgd_(at::TensorList params, at::TensorList grads_in, at::TensorList momentu
   const std::vector<double> ks = rounding == kRoundStochastic
                                       ? advance_steps("fused_hybrid::sgd_", steps, params.size())
                                       : std::vector<double>{};
-  const LowpStore lp = lowp_setup("fused_hybrid::sgd_", params, rounding, seeds, kahan_comps, ks);
+  const bool bf16 = has_momentum && bf16_state("fused_hybrid::sgd_", params[0].scalar_type(), {momentum_buffers});
+  const LowpStore lp = lowp_setup("fused_hybrid::sgd_", params, rounding, seeds, kahan_comps, ks, bf16);
   const double inv = inv_scale(grad_scale);
   const double lrv = lr_value(lr, lr_tensor);
   const auto chunks = make_chunks(params);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fused_hybrid_sgd", [&] {
     using opmath_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     if (has_momentum) {
-      check_state("fused_hybrid::sgd_", "momentum buffer", momentum_buffers, c10::CppTypeToScalarType<opmath_t>::value,
+      check_state("fused_hybrid::sgd_", "momentum buffer", momentum_buffers,
+                  bf16 ? at::kBFloat16 : c10::CppTypeToScalarType<opmath_t>::value,
                   [&](size_t i) { return params[i].numel(); });
     }
     std::vector<scalar_t*> pw(params.size());
@@ -95,22 +97,22 @@ void sgd_(at::TensorList params, at::TensorList grads_in, at::TensorList momentu
     const SgdFn<scalar_t, opmath_t> fns[2] = {pick_sgd<scalar_t, opmath_t>(has_momentum, wd, nesterov, false),
                                               pick_sgd<scalar_t, opmath_t>(has_momentum, wd, nesterov, true)};
     const opmath_t inv_o = signed_inv<opmath_t>(inv, maximize);
-    // 16-bit params with stochastic rounding or Kahan summation: the float32 loops on staged copies (lowp_store.h).
+    // 16-bit params with stochastic rounding or Kahan summation, and bfloat16 buffers: the float32 loops on staged
+    // copies (lowp_store.h).
     const SgdFn<opmath_t, opmath_t> fns32[2] = {pick_sgd<opmath_t, opmath_t>(has_momentum, wd, nesterov, false),
-                                          pick_sgd<opmath_t, opmath_t>(has_momentum, wd, nesterov, true)};
+                                                pick_sgd<opmath_t, opmath_t>(has_momentum, wd, nesterov, true)};
     for_each_chunk(chunks, [&](const Chunk& c) {
-      const int64_t t = c.tensor, b = c.begin;
+      const int64_t t = c.tensor, b = c.begin, n = c.end - c.begin;
       const bool first = !firsts.empty() && firsts[t] != 0;
-      {  // (every dtype compiles it; lowp_setup refuses a rounding mode for 32/64-bit params)
-        if (lp.active()) {
-          staged_step<scalar_t, opmath_t>(
-              pw[t] + b, pg[t] + b, c.end - b, b, lp, t, [&](opmath_t* w32, const opmath_t* g32) {
-                fns32[first ? 1 : 0](w32, g32, has_momentum ? pbuf[t] + b : nullptr, c.end - b, opmath_t(lrv),
-                                     opmath_t(momentum), opmath_t(1.0 - dampening), opmath_t(weight_decay),
-                                     opmath_t(1.0 - lrv * weight_decay), inv_o);
-              });
-          return;
-        }
+      if (lp.active() || bf16) {
+        using R = StateRange<opmath_t>;
+        const std::array<R, 1> st{has_momentum ? R{pbuf[t], b, n} : R{}};
+        staged_step<scalar_t, opmath_t, 1>(
+            pw[t] + b, pg[t] + b, n, b, lp, t, bf16, st, [&](auto* w32, const auto* g32, opmath_t* const* s) {
+              fns32[first ? 1 : 0](w32, g32, s[0], n, opmath_t(lrv), opmath_t(momentum), opmath_t(1.0 - dampening),
+                                   opmath_t(weight_decay), opmath_t(1.0 - lrv * weight_decay), inv_o);
+            });
+        return;
       }
       fns[first ? 1 : 0](pw[t] + b, pg[t] + b, has_momentum ? pbuf[t] + b : nullptr, c.end - b, opmath_t(lrv),
                          opmath_t(momentum), opmath_t(1.0 - dampening), opmath_t(weight_decay),

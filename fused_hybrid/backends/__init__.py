@@ -58,12 +58,14 @@ def check_name(name: str) -> None:
         raise ValueError(f"Invalid backend: {name!r}; choose one of {('auto',) + NAMES}")
 
 
-def resolve(name: str, device: torch.device, family: str):
-    """The backend module that runs ``family`` for tensors on ``device``."""
+def resolve(name: str, device: torch.device, family: str, bf16_state: bool = False):
+    """The backend module that runs ``family`` for tensors on ``device``; with ``bf16_state`` (a group's
+    state_dtype=torch.bfloat16 applies to these tensors) one whose kernels take bfloat16 moment buffers
+    (``BF16_STATE``): "auto" skips the others, a backend named explicitly that lacks it is refused."""
     if name == "auto":
         for cand in _AUTO_ORDER.get(device.type, ()):
             mod = _module(cand)
-            if family in mod.RULES and mod.available(device):
+            if family in mod.RULES and mod.available(device) and (not bf16_state or getattr(mod, "BF16_STATE", False)):
                 return mod
         return _module("reference")
     mod = _module(name)
@@ -73,6 +75,11 @@ def resolve(name: str, device: torch.device, family: str):
         raise BackendUnavailableError(
             f"backend {name!r} does not implement the {family!r} rule family yet "
             f"(it implements {sorted(mod.RULES)}); use backend='auto' or 'reference'")
+    if bf16_state and not getattr(mod, "BF16_STATE", False):
+        raise BackendUnavailableError(
+            f"backend {name!r}: state_dtype=torch.bfloat16 is not implemented by its kernels yet (bfloat16 moment "
+            f"buffers run on the reference, cpu and triton backends); use one of those, backend='auto', or "
+            f"state_dtype=None")
     return mod
 
 

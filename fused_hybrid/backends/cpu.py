@@ -16,6 +16,7 @@ from ..families import FAMILIES
 from .extension_ops import adaptive, mas, ndadam, ndadam_layout, rms, sgd  # noqa: F401  (backend API)
 
 NAME = "cpu"
+BF16_STATE = True  # bfloat16 moment buffers (a group's state_dtype): staged through float32 (csrc/cpu/lowp_store.h)
 RULES = frozenset(FAMILIES)  # every family
 GRADS_FROM_PARAMS = True  # the optimizer's fast path may pass grads=None (extension_ops)
 

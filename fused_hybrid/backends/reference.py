@@ -26,6 +26,7 @@ from ..hyper import (CLIP_ADABOUND, CLIP_CONST, FORM_TORCH, MAS_VARIANTS, PHASE_
                      ROUND_STOCHASTIC)
 
 NAME = "reference"
+BF16_STATE = True  # bfloat16 moment buffers (a group's state_dtype): staged through float32 (_Staged)
 
 
 def available(device: torch.device) -> bool:
@@ -43,7 +44,9 @@ def _inv_scale(grad_scale):
 def _check_rounding(params, hp, kahan_comps, seeds, steps) -> None:
     if hp.rounding == ROUND_NEAREST or not params:
         return
-    if params[0].dtype not in (torch.bfloat16, torch.float16):
+    if params[0].dtype not in (torch.bfloat16, torch.float16) and not (
+            hp.rounding == ROUND_STOCHASTIC and params[0].dtype == torch.float32):
+        # (float32 params: stochastic rounding of their bfloat16 state, a group's state_dtype)
         raise ValueError(f"rounding mode {hp.rounding} applies to bfloat16/float16 params, not {params[0].dtype}")
     if hp.rounding == ROUND_KAHAN:
         if kahan_comps is None or len(kahan_comps) != len(params) or any(
@@ -92,6 +95,39 @@ def _tensors(params, grads, steps, hp, grad_scale, kahan_comps=None, seeds=None)
             _store(p, w, hp, i, k, kahan_comps, seeds)
 
 
+class _Staged:
+    """A call's state lists as the arithmetic sees them: a float32 copy of every bfloat16 moment buffer (a group's
+    state_dtype=torch.bfloat16), the tensor itself otherwise. The rule runs in float32 on the copies, exactly as on
+    float32 state, so everything a step computes (the update, SWATS's and MAS's sums, AMSGrad's max) uses the
+    unrounded new moments; ``store()`` then writes each copy back rounded to nearest even by fused_hybrid.rounding's
+    integer arithmetic, the bits the cpu and triton kernels store, or, with stochastic rounding (hyper.ROUND_
+    STOCHASTIC), stochastically rounded with the bits rand32(seed, step, stream, flat index), stream 1 + the list's
+    position here (the param store is stream 0); the families pass their lists in the kernels' order
+    (hyper.STATE_STREAMS). A buffer the step did not touch (SWATS's moments in its SGD phase) keeps its bits: a
+    bfloat16 value widened and rounded back, to nearest or stochastically (its dropped bits are zero), is itself."""
+
+    def __init__(self, *lists):
+        self._pairs = []
+        self.lists = []
+        for j, lst in enumerate(lists):
+            if lst is not None and any(t is not None and t.dtype == torch.bfloat16 for t in lst):
+                wide = [None if t is None else t.float() for t in lst]
+                self._pairs.append((lst, wide, 1 + j))
+                lst = wide
+            self.lists.append(lst)
+
+    def store(self, hp=None, seeds=None, steps=None) -> None:
+        sr = hp is not None and hp.rounding == ROUND_STOCHASTIC
+        for lst, wide, stream in self._pairs:
+            for i, (t, w) in enumerate(zip(lst, wide)):
+                if t is None:
+                    continue
+                if sr:
+                    t.copy_(RD.stochastic_round_to(w, torch.bfloat16, seeds[i], int(steps[i].item()), stream))
+                else:
+                    t.copy_(RD.round_to(w, torch.bfloat16))
+
+
 def _weight_decay(w, g, hp, lr: float) -> None:
     """Every family's weight decay, before its own step: decoupled (AdamW's form, w *= 1 - lr*wd with the group's
     lr), or L2 (g += wd*w)."""
@@ -107,11 +143,13 @@ def adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, g
     if _skip(found_inf):
         return
     lr = float(hp.lr)
+    st = _Staged(exp_avgs, exp_avg_sqs, max_exp_avg_sqs, swats.momentum_buffers if swats is not None else None)
+    exp_avgs, exp_avg_sqs, max_exp_avg_sqs, swats_bufs = st.lists
     for i, w, g, k in _tensors(params, grads, steps, hp, grad_scale, kahan_comps, seeds):
         m, v = exp_avgs[i], exp_avg_sqs[i]
         _weight_decay(w, g, hp, lr)
         if swats is not None and int(swats.phase[i].item()) == PHASE_SGD:
-            R.swats_sgd_phase(w, swats.momentum_buffers[i], g, hp.beta1, float(swats.sgd_lr[i]), swats.nesterov)
+            R.swats_sgd_phase(w, swats_bufs[i], g, hp.beta1, float(swats.sgd_lr[i]), swats.nesterov)
             swats.partials[i].zero_()
             continue
         R.adam_moments(m, v, g, hp.beta1, hp.beta2)
@@ -128,6 +166,7 @@ def adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, g
                 final = hp.final_lr * lr if hp.final_lr_relative else hp.final_lr
                 clip = R.adabound_bounds(final, hp.gamma, k)
             R.adam_step_paper_form(w, m, v_used, lr, hp.eps, k, hp.beta1, hp.beta2, hp.partial, clip)
+    st.store(hp, seeds, steps)
 
 
 def sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=None, cache=None, steps=None,
@@ -137,10 +176,13 @@ def sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf=
     lr = float(hp.lr)
     # SGD counts steps only for stochastic rounding (the random bits' counter).
     steps = steps if hp.rounding == ROUND_STOCHASTIC else None
+    st = _Staged(momentum_buffers)
+    momentum_buffers, = st.lists
     for i, w, g, _ in _tensors(params, grads, steps, hp, grad_scale, kahan_comps, seeds):
         _weight_decay(w, g, hp, lr)
         d = R.sgd_direction(momentum_buffers[i], g, hp.momentum, hp.dampening, hp.nesterov, firsts[i])
         w.add_(d, alpha=-lr)
+    st.store(hp, seeds, steps)
 
 
 def mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_scale=None, found_inf=None,
@@ -148,11 +190,14 @@ def mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad_
     if _skip(found_inf):
         return
     lr = float(hp.lr)
+    st = _Staged(exp_avgs, exp_avg_sqs, momentum_buffers)
+    exp_avgs, exp_avg_sqs, momentum_buffers = st.lists
     for i, w, d, k in _tensors(params, grads, steps, hp, grad_scale, kahan_comps, seeds):
         _weight_decay(w, d, hp, lr)
-        d_a, eta_a, d_s = R.mas_steps(exp_avgs[i], exp_avg_sqs[i], momentum_buffers[i], d, lr, hp.beta1, hp.beta2,
-                                      hp.eps, k, hp.momentum, hp.dampening, hp.nesterov)
+        d_a, eta_a, d_s = R.mas_steps(exp_avgs[i], exp_avg_sqs[i], momentum_buffers[i], d, lr,
+                                      hp.beta1, hp.beta2, hp.eps, k, hp.momentum, hp.dampening, hp.nesterov)
         w.add_(R.mas_update(d_a, eta_a, d_s, lr, hp.adam_w, hp.sgd_w, MAS_VARIANTS[hp.variant]))
+    st.store(hp, seeds, steps)
 
 
 def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=None, found_inf=None, cache=None,
@@ -160,6 +205,8 @@ def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=Non
     if _skip(found_inf):
         return
     lr = float(hp.lr)
+    st = _Staged(exp_avgs, exp_avg_sqs)
+    exp_avgs, exp_avg_sqs = st.lists
     for i, w, g, k in _tensors(params, grads, steps, hp, grad_scale, kahan_comps, seeds):
         m, v = exp_avgs[i], exp_avg_sqs[i]
         if axes[i]:
@@ -169,6 +216,7 @@ def ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=Non
                 g.add_(w, alpha=hp.weight_decay)
             R.adam_moments(m, v, g, hp.beta1, hp.beta2)
             R.adam_step_torch_form(w, m, v, lr, hp.eps, k, hp.beta1, hp.beta2)
+    st.store(hp, seeds, steps)
 
 
 def rms(params, grads, square_avgs, steps, hp, grad_scale=None, found_inf=None, grad_avgs=None, momentum_buffers=None,
@@ -176,11 +224,14 @@ def rms(params, grads, square_avgs, steps, hp, grad_scale=None, found_inf=None, 
     if _skip(found_inf):
         return
     lr = float(hp.lr)
+    st = _Staged(square_avgs, grad_avgs, momentum_buffers)
+    square_avgs, grad_avgs, momentum_buffers = st.lists
     for i, w, g, k in _tensors(params, grads, steps, hp, grad_scale, kahan_comps, seeds):
         _weight_decay(w, g, hp, lr)  # the group's lr, not Adagrad's decayed one
         R.rms_step(w, square_avgs[i], grad_avgs[i] if hp.centered else None,
                    momentum_buffers[i] if hp.momentum != 0 else None, g, lr, hp.keep, hp.add, hp.eps, hp.momentum,
                    hp.lr_decay, k)
+    st.store(hp, seeds, steps)
 
 
 RULES = frozenset(FAMILIES)  # every family

@@ -29,6 +29,7 @@ from . import triton_launch as _l
 from . import triton_ops as _ops
 
 NAME = "triton"
+BF16_STATE = True  # bfloat16 moment buffers (a group's state_dtype): loaded widened, stored by store_cast's RNE
 RULES = frozenset(FAMILIES)  # every family
 # With the C++ extension loaded, the optimizer's fast path passes grads=None (and a bucket cache): a TensorTable of
 # the bucket's lists then reads the gradients and every pointer in one call (``_Snapshot``); when a param has no

@@ -136,16 +136,25 @@ def _tables(device: torch.device, lists: list[list], numels: list[int], flags: l
 _SEEDS: OrderedDict = OrderedDict()
 
 
-def _rounding(params, hp, kahan_comps, seeds, dev):
+def _bf16(*lists) -> bool:
+    """Whether a call's moment buffers are bfloat16 (a group's state_dtype; see _state_type)."""
+    return _state_type(None, *lists) == tl.bfloat16
+
+
+def _rounding(params, hp, kahan_comps, seeds, dev, bf16_state=False):
     """How the kernels store the params (issue 16): (ROUND, the Kahan buffers' table row, the seed table). The
     seed table is int64 [T, 2] (each seed's low and high 32-bit words) on the device, made once per set of seeds
-    (an asynchronous copy, cached like the pointer tables: the seeds never change while a plan lives)."""
+    (an asynchronous copy, cached like the pointer tables: the seeds never change while a plan lives). ROUND is the
+    param store's code plus triton_kernels.rounding.STATE_SR (4) when stochastic rounding applies to bfloat16
+    state too (float32 params: 4 alone, their own store is exact)."""
     T = len(params)
     r = int(hp.rounding)
     if r == ROUND_NEAREST:
         return 0, [None] * T, None
-    if params[0].dtype not in (torch.bfloat16, torch.float16):
-        raise ValueError(f"rounding mode {r} applies to bfloat16/float16 params, not {params[0].dtype}")
+    state_sr = 4 if (r == ROUND_STOCHASTIC and bf16_state) else 0
+    if params[0].dtype not in (torch.bfloat16, torch.float16) and not (state_sr and params[0].dtype == torch.float32):
+        raise ValueError(f"rounding mode {r} applies to bfloat16/float16 params (and stochastic rounding to bfloat16 "
+                         f"state), not {params[0].dtype}")
     if r == ROUND_KAHAN:
         if kahan_comps is None or len(kahan_comps) != T or any(
                 c is None or c.dtype != p.dtype or c.numel() != p.numel() or not c.is_contiguous()
@@ -167,7 +176,8 @@ def _rounding(params, hp, kahan_comps, seeds, dev):
             _SEEDS.popitem(last=False)
     else:
         _SEEDS.move_to_end(key)
-    return ROUND_STOCHASTIC, [None] * T, tab[0]
+    own = ROUND_STOCHASTIC if params[0].dtype in (torch.bfloat16, torch.float16) else 0
+    return own | state_sr, [None] * T, tab[0]
 
 
 def _check(params, grads) -> list[torch.Tensor]:
@@ -196,10 +206,21 @@ def _dtypes(dtype: torch.dtype):
     return _TL_DTYPE[dtype], (tl.float64 if dtype == torch.float64 else tl.float32)
 
 
-def _step_flags(dtype: torch.dtype, hp, lr_t, grad_scale, found_inf) -> dict:
-    """The constexpr flags every update kernel takes: dtypes, which device scalars it reads, maximize, decay."""
+def _state_type(C, *lists):
+    """The kernels' state dtype S: bfloat16 when the call's moment buffers are (a group's state_dtype; the optimizer
+    makes every buffer of a bucket in one dtype, so the first one present decides), else the compute dtype C."""
+    for lst in lists:
+        for t in lst or ():
+            if t is not None:
+                return tl.bfloat16 if t.dtype == torch.bfloat16 else C
+    return C
+
+
+def _step_flags(dtype: torch.dtype, hp, lr_t, grad_scale, found_inf, *state_lists) -> dict:
+    """The constexpr flags every update kernel takes: dtypes (P param, C compute, S state: see _state_type), which
+    device scalars it reads, maximize, decay."""
     P, C = _dtypes(dtype)
-    flags = dict(P=P, C=C, LR_TENSOR=lr_t is not None, HAS_SCALE=grad_scale is not None,
+    flags = dict(P=P, C=C, S=_state_type(C, *state_lists), LR_TENSOR=lr_t is not None, HAS_SCALE=grad_scale is not None,
                  HAS_FOUND_INF=found_inf is not None, MAXIMIZE=bool(hp.maximize), HAS_WD=hp.weight_decay != 0)
     if hasattr(hp, "decoupled"):  # every family but ND-Adam's (which refuses decoupled decay)
         flags["DECOUPLED"] = bool(hp.decoupled)
@@ -231,7 +252,8 @@ def _adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, 
         return
     dev = params[0].device
     BLOCK, CHUNK, opts = _geometry(dev)
-    rnd, comps, seed_t = _rounding(params, hp, kahan_comps, seeds, dev)
+    rnd, comps, seed_t = _rounding(params, hp, kahan_comps, seeds, dev,
+                                   _bf16(exp_avgs, swats.momentum_buffers if swats is not None else None))
 
     def build():  # -> (tables, the gradients they point at)
         T = len(params)
@@ -242,10 +264,12 @@ def _adaptive(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, hp, 
                        [p.numel() for p in params], [0] * T, CHUNK), gs
 
     tab, _live = build() if snap is None else snap.tables(build)
-    _adaptive_launch(tab, dev, hp, grad_scale, found_inf, swats, params[0].dtype, BLOCK, CHUNK, opts, rnd, seed_t)
+    _adaptive_launch(tab, dev, hp, grad_scale, found_inf, swats, params[0].dtype, BLOCK, CHUNK, opts, rnd, seed_t,
+                     (exp_avgs, swats.momentum_buffers if swats is not None else None))
 
 
-def _adaptive_launch(tab, dev, hp, grad_scale, found_inf, swats, dtype, BLOCK, CHUNK, opts, rnd=0, seed_t=None):
+def _adaptive_launch(tab, dev, hp, grad_scale, found_inf, swats, dtype, BLOCK, CHUNK, opts, rnd=0, seed_t=None,
+                     state_lists=()):
     lr, lr_t = _lr_args(hp, dev)
     chunk_partials = None
     if swats is not None:
@@ -257,7 +281,7 @@ def _adaptive_launch(tab, dev, hp, grad_scale, found_inf, swats, dtype, BLOCK, C
                 lr, float(hp.beta1), float(hp.beta2), float(hp.eps), float(hp.weight_decay), 2.0 * float(hp.partial),
                 float(hp.clip_lo), float(hp.clip_hi) if clip_mode != CLIP_ADABOUND else float("inf"),
                 float(hp.final_lr), float(hp.gamma),
-                **_step_flags(dtype, hp, lr_t, grad_scale, found_inf),
+                **_step_flags(dtype, hp, lr_t, grad_scale, found_inf, *state_lists),
                 AMSGRAD=bool(hp.amsgrad), FORM=int(hp.form),
                 POW=hp.form == FORM_PAPER and float(hp.partial) != 0.5, CLIP=int(clip_mode),
                 SWATS=swats is not None, NESTEROV=bool(swats is not None and swats.nesterov), ALIGNED=tab.aligned,
@@ -276,10 +300,11 @@ def _sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf
     dev = params[0].device
     BLOCK, CHUNK, opts = _geometry(dev)
     use_mom = hp.momentum != 0
-    rnd, comps, seed_t = _rounding(params, hp, kahan_comps, seeds, dev)
-    if rnd == ROUND_STOCHASTIC and (steps is None or len(steps) != len(params)):
+    rnd, comps, seed_t = _rounding(params, hp, kahan_comps, seeds, dev, use_mom and _bf16(momentum_buffers))
+    sr_any = rnd % 4 == ROUND_STOCHASTIC or rnd >= 4  # (param or state)
+    if sr_any and (steps is None or len(steps) != len(params)):
         raise ValueError("stochastic rounding needs one step count per param (the random bits' counter)")
-    step_row = list(steps) if rnd == ROUND_STOCHASTIC else [None] * len(params)
+    step_row = list(steps) if sr_any else [None] * len(params)
 
     def build():  # -> (tables, the gradients they point at)
         T = len(params)
@@ -293,10 +318,11 @@ def _sgd(params, grads, momentum_buffers, firsts, hp, grad_scale=None, found_inf
         lr, lr_t = _lr_args(hp, dev)
         _launch(_ks.sgd_kernel, (tab.C,), tab.chunks, tab.meta, tab.ptrs, tab.T, lr_t, grad_scale, found_inf,
                 lr, float(hp.momentum), float(hp.dampening), float(hp.weight_decay),
-                **_step_flags(params[0].dtype, hp, lr_t, grad_scale, found_inf), MOMENTUM=use_mom,
+                **_step_flags(params[0].dtype, hp, lr_t, grad_scale, found_inf,
+                              momentum_buffers if use_mom else None), MOMENTUM=use_mom,
                 NESTEROV=bool(hp.nesterov), ALIGNED=tab.aligned, BLOCK=BLOCK, CHUNK=CHUNK, seed_ptr=seed_t,
                 ROUND=rnd, **opts)
-    if rnd == ROUND_STOCHASTIC:  # SGD counts steps only for stochastic rounding
+    if sr_any:  # SGD counts steps only for stochastic rounding
         _finalize(tab, found_inf, _ks.L_STEP)
 
 
@@ -307,7 +333,7 @@ def _rms(params, grads, square_avgs, steps, hp, grad_scale=None, found_inf=None,
     dev = params[0].device
     BLOCK, CHUNK, opts = _geometry(dev)
     use_mom = hp.momentum != 0
-    rnd, comps, seed_t = _rounding(params, hp, kahan_comps, seeds, dev)
+    rnd, comps, seed_t = _rounding(params, hp, kahan_comps, seeds, dev, _bf16(square_avgs))
 
     def build():  # -> (tables, the gradients they point at)
         T = len(params)
@@ -322,7 +348,7 @@ def _rms(params, grads, square_avgs, steps, hp, grad_scale=None, found_inf=None,
     if tab.C > 0:
         _launch(_kr.rms_kernel, (tab.C,), tab.chunks, tab.meta, tab.ptrs, tab.T, lr_t, grad_scale, found_inf,
                 lr, float(hp.keep), float(hp.add), float(hp.eps), float(hp.weight_decay), float(hp.momentum),
-                float(hp.lr_decay), **_step_flags(params[0].dtype, hp, lr_t, grad_scale, found_inf),
+                float(hp.lr_decay), **_step_flags(params[0].dtype, hp, lr_t, grad_scale, found_inf, square_avgs),
                 CENTERED=bool(hp.centered), MOMENTUM=use_mom, ALIGNED=tab.aligned, BLOCK=BLOCK, CHUNK=CHUNK,
                 seed_ptr=seed_t, ROUND=rnd, **opts)
     _finalize(tab, found_inf, _kr.L_STEP)
@@ -334,7 +360,7 @@ def _mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad
         return
     dev = params[0].device
     BLOCK, CHUNK, opts = _geometry(dev)
-    rnd, comps, seed_t = _rounding(params, hp, kahan_comps, seeds, dev)
+    rnd, comps, seed_t = _rounding(params, hp, kahan_comps, seeds, dev, _bf16(exp_avgs))
     T = len(params)
     use_mom = hp.momentum != 0
     variant = int(hp.variant)  # hyper.MAS_VARIANTS code, = triton_kernels/mas.py V_*
@@ -357,17 +383,20 @@ def _mas(params, grads, exp_avgs, exp_avg_sqs, momentum_buffers, steps, hp, grad
             tab.counters(dev) if reducing else None,
             lr, float(hp.beta1), float(hp.beta2), float(hp.eps), float(hp.weight_decay), float(hp.momentum),
             float(hp.dampening), float(hp.adam_w), float(hp.sgd_w))
-    flags = dict(**_step_flags(params[0].dtype, hp, lr_t, grad_scale, found_inf), MOMENTUM=use_mom,
+    flags = dict(**_step_flags(params[0].dtype, hp, lr_t, grad_scale, found_inf, exp_avgs), MOMENTUM=use_mom,
                  NESTEROV=bool(hp.nesterov), VARIANT=variant, ALIGNED=tab.aligned, BLOCK=BLOCK, CHUNK=CHUNK,
                  seed_ptr=seed_t, ROUND=rnd, **opts)
+    # bfloat16 state in the reducing variants: pass 0 computes the new moments for its sums without storing them,
+    # pass 1 recomputes and stores them (triton_kernels/mas.py, _mas_block).
+    defer = reducing and flags["S"] != flags["C"]
     if tab.C > 0:
-        _launch(_km.mas_kernel, (tab.C,), *args, PASS=0, **flags)
+        _launch(_km.mas_kernel, (tab.C,), *args, PASS=0, UPDATE_STATE=True, STORE_STATE=not defer, **flags)
     if not reducing:
         _finalize(tab, found_inf, _km.L_STEP)
         return
     # Pass 0's last program per tensor summed its partials and advanced its step.
     if tab.C > 0:
-        _launch(_km.mas_kernel, (tab.C,), *args, PASS=1, **flags)
+        _launch(_km.mas_kernel, (tab.C,), *args, PASS=1, UPDATE_STATE=defer, STORE_STATE=defer, **flags)
 
 
 def _vector_view(p: torch.Tensor, axes) -> tuple[int, int]:
@@ -401,7 +430,7 @@ def _ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=No
         _adaptive(params, grads, exp_avgs, exp_avg_sqs, [], steps, ahp, grad_scale, found_inf, snap=snap,
                   kahan_comps=kahan_comps, seeds=seeds)
         return
-    rnd, comps, seed_t = _rounding(params, hp, kahan_comps, seeds, dev)
+    rnd, comps, seed_t = _rounding(params, hp, kahan_comps, seeds, dev, _bf16(exp_avgs))
 
     def build():  # -> ((tables, longest vector), the gradients they point at)
         shapes = [_vector_view(p, ax) if ax else (0, 1) for p, ax in zip(params, axes)]
@@ -419,7 +448,8 @@ def _ndadam(params, grads, exp_avgs, exp_avg_sqs, steps, axes, hp, grad_scale=No
         block_l = min(triton.next_power_of_2(max(max_l, 16)), 1024)
         _launch(_kn.ndadam_kernel, (tab.C,), tab.chunks, tab.meta, tab.ptrs, tab.T, lr_t, grad_scale, found_inf,
                 lr, float(hp.beta1), float(hp.beta2), float(hp.eps), float(hp.weight_decay),
-                **_step_flags(params[0].dtype, hp, lr_t, grad_scale, found_inf), ROWS=ND_ROWS, BLOCK_L=block_l,
+                **_step_flags(params[0].dtype, hp, lr_t, grad_scale, found_inf, exp_avgs), ROWS=ND_ROWS,
+                BLOCK_L=block_l,
                 FLAT_BLOCK=BLOCK, seed_ptr=seed_t, ROUND=rnd)
     _finalize(tab, found_inf, _kn.L_STEP, width=_kn.META_W)
 
