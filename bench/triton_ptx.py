@@ -102,7 +102,7 @@ def _record(names: list[str]) -> list[dict]:
             if k == "constexpr":
                 cons[n] = v
         for n, v in kwargs.items():
-            if n in ("num_warps", "num_stages"):
+            if n in ("num_warps", "num_stages", "enable_fp_fusion"):  # compile options, not kernel arguments
                 opts[n] = v
                 continue
             if isinstance(v, torch.Tensor) or v is None:  # a pointer passed by keyword (seed_ptr) or its absence

@@ -57,13 +57,10 @@ def test_launches_per_step_model(report):
     assert {"swats_args_kernel", "swats_switch_kernel"} <= kernels
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16: the Kahan buffer's pointer comes from the pointer table "
-                   "(rounding_ctx) with no alignment hint, so its loads and stores are 16-bit scalar accesses; "
-                   "the traffic is the bytes model's, the instruction count is not")
 def test_kahan_buffer_accesses_are_128_bit():
     """Adam with kahan_summation on bfloat16 params: the bytes model says the buffer adds one 128-bit load and one
-    store per thread on the full-chunk path (8 elements x 2 B). Strict: passes (and so fails here) once the kernels
-    vectorize the buffer."""
+    store per thread on the full-chunk path (8 elements x 2 B). Failed (16-bit scalar accesses) until the buffer's
+    pointer got the table's 16-byte alignment hint (triton_kernels/rounding.py rounding_ctx)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "triton_ptx.py"), "--rules", "adam-bf16-kahan"],
                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)

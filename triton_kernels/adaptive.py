@@ -150,7 +150,7 @@ def adaptive_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_pt
         bp = table_ptr(ptrs, L_BUF, t, T, S, ALIGNED)
         stp = table_ptr(ptrs, L_STEP, t, T, tl.float32, False)
         k = tl.load(stp).to(tl.float64) + 1.0
-        rc = rounding_ctx(ptrs, seed_ptr, L_COMP, t, T, k, P, ROUND)
+        rc = rounding_ctx(ptrs, seed_ptr, L_COMP, t, T, k, P, ROUND, ALIGNED)
         # Per-tensor scalars in float64, exactly as the reference computes them on the host.
         lr64 = load_lr(lr, lr_ptr, LR_TENSOR)
         b1, b2, bc1, bc2 = bias_corrections(beta1, beta2, k)

@@ -126,7 +126,7 @@ def mas_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr, pa
         stp = table_ptr(ptrs, L_STEP, t, T, tl.float32, False)
         # Pass 1 runs after the finalize advanced the step, so the step tensor already holds k there.
         k = tl.load(stp).to(tl.float64) + (1.0 if PASS == 0 else 0.0)
-        rc = rounding_ctx(ptrs, seed_ptr, L_COMP, t, T, k, P, ROUND)
+        rc = rounding_ctx(ptrs, seed_ptr, L_COMP, t, T, k, P, ROUND, ALIGNED)
         lr64 = load_lr(lr, lr_ptr, LR_TENSOR)
         b1, b2, bc1, bc2 = bias_corrections(beta1, beta2, k)
         eta_a = lr64 / bc1

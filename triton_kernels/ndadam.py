@@ -70,7 +70,7 @@ def ndadam_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr,
         vp = table_ptr(ptrs, L_V, t, T, S, False)
         stp = table_ptr(ptrs, L_STEP, t, T, tl.float32, False)
         k = tl.load(stp).to(tl.float64) + 1.0
-        rc = rounding_ctx(ptrs, seed_ptr, L_COMP, t, T, k, P, ROUND)
+        rc = rounding_ctx(ptrs, seed_ptr, L_COMP, t, T, k, P, ROUND, False)  # rows: no alignment hint, as above
         lr64 = load_lr(lr, lr_ptr, LR_TENSOR)
         b1, b2, bc1, bc2 = bias_corrections(beta1, beta2, k)
         inv = inv_scale(scale_ptr, HAS_SCALE)

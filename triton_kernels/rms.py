@@ -64,7 +64,7 @@ def rms_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr,
         bp = table_ptr(ptrs, L_BUF, t, T, S, ALIGNED)
         stp = table_ptr(ptrs, L_STEP, t, T, tl.float32, False)
         k = tl.load(stp).to(tl.float64) + 1.0
-        rc = rounding_ctx(ptrs, seed_ptr, L_COMP, t, T, k, P, ROUND)
+        rc = rounding_ctx(ptrs, seed_ptr, L_COMP, t, T, k, P, ROUND, ALIGNED)
         # torch.optim.Adagrad's clr = lr / (1 + (k-1)*lr_decay), in float64 as on its host.
         lr64 = load_lr(lr, lr_ptr, LR_TENSOR)
         neg_lr = (-(lr64 / (1.0 + (k - 1.0) * f64(lr_decay)))).to(C)

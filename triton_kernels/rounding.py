@@ -215,11 +215,15 @@ def kahan_store(x, c, DT: tl.constexpr):
 STATE_SR = tl.constexpr(4)
 
 @triton.jit
-def rounding_ctx(ptrs, seed_ptr, lst, t, T, k, P: tl.constexpr, ROUND: tl.constexpr):
+def rounding_ctx(ptrs, seed_ptr, lst, t, T, k, P: tl.constexpr, ROUND: tl.constexpr, ALIGNED: tl.constexpr):
     """(compensation pointer, seed low word, seed high word, step) of tensor t: the pointer from row ``lst`` of
-    the table (read only when ROUND == 2), the seed's two words from seed_ptr (int64 [T, 2], read only when
-    ROUND == 1) and k, the step count after this step's increment (float64), as an integer."""
+    the table (read only when ROUND == 2; with the 16-byte hint when the host verified the table's pointers, as
+    common.table_ptr: without it the Kahan buffer got 16-bit scalar accesses on sm_90), the seed's two words from
+    seed_ptr (int64 [T, 2], read only when ROUND == 1) and k, the step count after this step's increment
+    (float64), as an integer."""
     cp = tl.load(ptrs + lst * T + t).to(tl.pointer_type(P))
+    if ALIGNED:
+        cp = tl.multiple_of(cp, 16)
     lo = tl.zeros((), tl.int64)
     hi = tl.zeros((), tl.int64)
     kk = tl.zeros((), tl.int64)

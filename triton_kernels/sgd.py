@@ -67,7 +67,7 @@ def sgd_kernel(chunks, meta, ptrs, T: tl.int64, lr_ptr, scale_ptr, found_ptr,
         k = tl.zeros((), tl.float64)
         if ROUND % 4 == 1 or ROUND >= 4:  # stochastic rounding (param or state): its bits' counter
             k = tl.load(table_ptr(ptrs, L_STEP, t, T, tl.float32, False)).to(tl.float64) + 1.0
-        rc = rounding_ctx(ptrs, seed_ptr, L_COMP, t, T, k, P, ROUND)
+        rc = rounding_ctx(ptrs, seed_ptr, L_COMP, t, T, k, P, ROUND, ALIGNED)
         pp = table_ptr(ptrs, L_P, t, T, P, ALIGNED)
         gp = table_ptr(ptrs, L_G, t, T, P, ALIGNED)
         bp = table_ptr(ptrs, L_BUF, t, T, S, ALIGNED)  # S: the state dtype (C, or bfloat16: state_dtype)
