@@ -244,3 +244,54 @@ def test_cuda_matches_cuda_sim_bitwise(case):
             for key, v in a[1].state[x].items():
                 if isinstance(v, torch.Tensor):
                     assert torch.equal(v.cpu(), b[1].state[y][key]), key
+
+
+# Issue 16: stochastic rounding and Kahan summation of 16-bit params. The GPU's stores go through the same
+# rounding.h integer arithmetic with the same Philox bits as the simulator's: params, compensation buffers and
+# every state bitwise equal, every family (both SWATS phases: a loose per-tensor switch test switches within the
+# few steps; MAS one- and two-pass).
+LOWP_RULES = [
+    (fh.SGD, dict(lr=1e-2)), (fh.SGD, dict(lr=1e-2, momentum=0.9, nesterov=True, weight_decay=1e-2)),
+    (fh.Adam, dict(lr=1e-3)), (fh.AdamW, dict(lr=1e-3, amsgrad=True)), (fh.Padam, dict(lr=1e-2)),
+    (fh.AdaBound, dict(lr=1e-3)), (fh.AdamClip, dict(lr=1e-3, sgd_lr=0.1, lower=0.1, upper=10.0)),
+    (fh.SWATS, dict(lr=1e-3, granularity="tensor", switch_rtol=0.5)),
+    (fh.RMSprop, dict(lr=1e-3, momentum=0.5, centered=True)), (fh.Adagrad, dict(lr=1e-2)),
+    (fh.MAS, dict(lr=1e-3, momentum=0.9)), (fh.MAS, dict(lr=1e-3, momentum=0.9, variant="vector")),
+    (fh.MAS, dict(lr=1e-3, variant="correction")), (fh.MAS, dict(lr=1e-3, variant="normalized")),
+    (fh.NDAdam, dict(lr=1e-3)),
+]
+
+
+def _lowp_run(cls, kw, backend, device, dtype, opts, sizes, steps=3):
+    torch.manual_seed(7)  # the rounding seeds are drawn from torch's generator when the state is created
+    ps = cases.random_params(sizes, dtype, device)
+    opt = cls(ps, backend=backend, **kw, **opts)
+    g = torch.Generator().manual_seed(1234)
+    for _ in range(steps):
+        for p in ps:
+            p.grad = (1 + 0.1 * torch.randn(p.shape, generator=g, dtype=torch.float64)).to(device=device, dtype=dtype)
+        opt.step()
+    return ps, opt
+
+
+@needs_backend
+@needs_sim
+@pytest.mark.parametrize("opts", [dict(stochastic_rounding=True), dict(kahan_summation=True)], ids=["sr", "kahan"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rule", [pytest.param(r, id=f"{r[0].__name__}-{i}") for i, r in enumerate(LOWP_RULES)])
+def test_cuda_matches_cuda_sim_bitwise_lowp(rule, dtype, opts):
+    from fused_hybrid import swats as sw
+    cls, kw = rule
+    sizes = ND_SHAPES if cls is fh.NDAdam else SIZES
+    a = _lowp_run(cls, kw, "cuda", "cuda", dtype, opts, sizes)
+    b = _lowp_run(cls, kw, "cuda_sim", "cpu", dtype, opts, sizes)
+    for x, y in zip(a[0], b[0]):
+        assert torch.equal(x.detach().cpu().view(torch.int16), y.detach().view(torch.int16))
+        for key, v in a[1].state[x].items():
+            if sw.is_switch_key(key):
+                torch.testing.assert_close(v.cpu(), b[1].state[y][key], rtol=1e-12, atol=0, msg=key)
+            elif isinstance(v, torch.Tensor):
+                w = b[1].state[y][key]
+                if v.dtype in (torch.bfloat16, torch.float16):
+                    v, w = v.view(torch.int16), w.view(torch.int16)
+                assert torch.equal(v.cpu(), w), key

@@ -75,20 +75,21 @@ def _count(ops, prefix, wide):
     return sum(v for k, v in ops.items() if k.startswith(prefix) and (".128" in k) == wide)
 
 
-# float32 kernels: 128-bit loads / stores of the aligned loop (one per operand list read / written).
+# float32 kernels: 128-bit loads / stores of the aligned loop (one per operand list read / written). The rule
+# functors' last template argument is their param store (kLowp, multi_tensor_apply.cuh): false, round to nearest.
 ALIGNED_FP32 = {
-    "SgdFunctor<float,float,false>": (2, 1),        # w, g -> w
-    "SgdFunctor<float,float,true>": (3, 2),         # w, g, buf -> w, buf
-    "AdaptiveFunctor<float,float,false,false>": (4, 3),  # w, g, m, v -> w, m, v
-    "AdaptiveFunctor<float,float,true,false>": (5, 4),   # + vmax
-    "AdaptiveFunctor<float,float,false,true>": (4 + 3, 3 + 2),  # SWATS: Adam phase + SGD phase (w, g, buf)
-    "AdaptiveFunctor<float,float,true,true>": (5 + 3, 4 + 2),
-    "MasFunctor<float,float,0,false>": (4, 3),
-    "MasFunctor<float,float,0,true>": (5, 4),
-    "RmsFunctor<float,float,false,false>": (3, 2),  # w, g, sq -> w, sq
-    "RmsFunctor<float,float,true,false>": (4, 3),   # + grad_avg (centered)
-    "RmsFunctor<float,float,false,true>": (4, 3),   # + momentum buffer
-    "RmsFunctor<float,float,true,true>": (5, 4),
+    "SgdFunctor<float,float,false,false>": (2, 1),        # w, g -> w
+    "SgdFunctor<float,float,true,false>": (3, 2),         # w, g, buf -> w, buf
+    "AdaptiveFunctor<float,float,false,false,false>": (4, 3),  # w, g, m, v -> w, m, v
+    "AdaptiveFunctor<float,float,true,false,false>": (5, 4),   # + vmax
+    "AdaptiveFunctor<float,float,false,true,false>": (4 + 3, 3 + 2),  # SWATS: Adam phase + SGD phase (w, g, buf)
+    "AdaptiveFunctor<float,float,true,true,false>": (5 + 3, 4 + 2),
+    "MasFunctor<float,float,0,false,false>": (4, 3),
+    "MasFunctor<float,float,0,true,false>": (5, 4),
+    "RmsFunctor<float,float,false,false,false>": (3, 2),  # w, g, sq -> w, sq
+    "RmsFunctor<float,float,true,false,false>": (4, 3),   # + grad_avg (centered)
+    "RmsFunctor<float,float,false,true,false>": (4, 3),   # + momentum buffer
+    "RmsFunctor<float,float,true,true,false>": (5, 4),
     # the gradient norm (issue 17): g only, read once (modes 0-3: |x|, x^2, |x|^p, max)
     **{f"NormFunctor<float,float,{m}>": (1, 0) for m in range(4)},
 }
@@ -103,15 +104,18 @@ ALIGNED_FP32 = {
 # Issue 15's decoupled weight decay (one more value, the decay, live in MAS's apply pass): the bf16 apply pass
 # without momentum keeps 8 bytes and the float64 one 24 (was 16) (measured session 5, sm_90, CUDA 13.0); no kernel
 # gained local loads or stores.
-SPILL_ALLOWED = {"AdaptiveFunctor<BFloat16,float,false,true>": 16, "AdaptiveFunctor<Half,float,false,true>": 16,
-                 "MasFunctor<BFloat16,float,2,true>": 24, "MasFunctor<Half,float,2,true>": 16,
-                 "MasFunctor<double,double,2,false>": 24, "MasFunctor<BFloat16,float,2,false>": 8}
+# Issue 16's stochastic rounding / Kahan stores (the kLowp instantiations, measured session 6, sm_90, CUDA 13.0):
+# none keeps a stack frame; the round-to-nearest kernels were unchanged by them (registers, stack, accesses).
+SPILL_ALLOWED = {"AdaptiveFunctor<BFloat16,float,false,true,false>": 16,
+                 "AdaptiveFunctor<Half,float,false,true,false>": 16,
+                 "MasFunctor<BFloat16,float,2,true,false>": 24, "MasFunctor<Half,float,2,true,false>": 16,
+                 "MasFunctor<double,double,2,false,false>": 24, "MasFunctor<BFloat16,float,2,false,false>": 8}
 
 
 # Spill loads + stores allowed per (arch, kernel) outside SPILL_ALLOWED. sm_80 (built by a default install, not by
 # CI, which builds sm_90 only): ptxas keeps one 4-byte spill store/load pair in the fp32 SWATS kernel under
 # -fmad=false, with no stack frame (measured 2026-11-29 with CUDA 13.0).
-LDST_ALLOWED = {("sm_80", "AdaptiveFunctor<float,float,false,true>"): 2}
+LDST_ALLOWED = {("sm_80", "AdaptiveFunctor<float,float,false,true,false>"): 2}
 
 
 def test_every_rule_has_kernels(kernels):
@@ -125,13 +129,40 @@ def test_every_rule_has_kernels(kernels):
     assert "norm_finalize_kernel" in names
 
 
+def test_lowp_stores_keep_the_vector_accesses(kernels):
+    """The stochastic-rounding / Kahan kernels of 16-bit params (kLowp = true) keep their round-to-nearest twin's
+    vector accesses: the same 128-bit loads and stores of the float32 state, and 64-bit ones for the params and
+    gradients plus at least one more 64-bit load and store (the compensation buffer, read and written 4 elements at
+    a time on the aligned path). Except ND-Adam's: its lowp kernels have no vector loop at all (its 1-D tensors take
+    the scalar path, csrc/cuda/ndadam.cu: ScalarLowpStore; its rows always do)."""
+    fams = ("SgdFunctor", "AdaptiveFunctor", "MasFunctor", "NdAdamFunctor", "RmsFunctor")
+    lowp = [(arch, n) for arch, n in kernels if n.startswith(fams) and n.endswith(",true>")]
+    names = {n for _, n in lowp}
+    for fam in fams:
+        for dt in ("BFloat16", "Half"):
+            assert any(n.startswith(f"{fam}<{dt},float") for n in names), (fam, dt)
+    # 16-bit params only: float32 / float64 params never take these stores (the ops refuse a rounding mode for them)
+    assert not any("<float,float" in n or "<double,double" in n for n in names), names
+    for arch, n in lowp:
+        if n.startswith("NdAdamFunctor"):
+            assert _count(kernels[(arch, n)]["ops"], "LDG", True) == 0, (arch, n)
+            continue
+        twin = kernels[(arch, n[:-len("true>")] + "false>")]
+        k = kernels[(arch, n)]
+        for prefix in ("LDG", "STG"):
+            assert _count(k["ops"], prefix, True) == _count(twin["ops"], prefix, True), (arch, n, prefix)
+            wide64 = lambda ops: sum(v for op, v in ops.items() if op.startswith(prefix) and ".64" in op)  # noqa
+            assert wide64(k["ops"]) >= wide64(twin["ops"]) + 1, (arch, n, prefix, k["ops"], twin["ops"])
+
+
 def test_fp32_aligned_paths_use_128_bit_accesses(kernels):
     for (arch, name), k in kernels.items():
         if name in ALIGNED_FP32:
             want_ld, want_st = ALIGNED_FP32[name]
             assert _count(k["ops"], "LDG", True) == want_ld, (arch, name, k["ops"])
             assert _count(k["ops"], "STG", True) == want_st, (arch, name, k["ops"])
-    assert any(n in ALIGNED_FP32 for _, n in kernels)
+    # every listed kernel exists (a renamed template would otherwise make this test pass vacuously)
+    assert set(ALIGNED_FP32) <= {n for _, n in kernels}, set(ALIGNED_FP32) - {n for _, n in kernels}
 
 
 def test_no_spills(kernels):

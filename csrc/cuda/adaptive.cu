@@ -23,6 +23,7 @@ namespace {
 struct AdaptiveArgs : StepScalars {
   double beta1, beta2, eps, weight_decay, partial, clip_lo, clip_hi, final_lr, gamma;
   int form, clip_mode;
+  int rounding;  // the store of 16-bit params (kRound*; the kLowp kernels branch on it)
   bool decoupled, maximize, swats_nesterov, final_lr_relative;
   const int32_t* swats_phase;  // [T] (op tensor index), or nullptr without SWATS
   const double* swats_sgd_lr;  // [T]
@@ -35,12 +36,14 @@ __device__ __forceinline__ rules::OneMinus<O> one_minus(const AdaptiveArgs& a, d
   return {static_cast<O>(1.0 - a.beta1), static_cast<O>(1.0 - a.beta2), static_cast<O>(1.0 - lr * a.weight_decay)};
 }
 
-// Lists: 0 params, 1 grads, 2 exp_avgs, 3 exp_avg_sqs, 4 max_exp_avg_sqs, 5 SWATS momentum buffers; aux: steps.
-template <typename P, typename O, bool kAmsgrad, bool kSwats>
+// Lists: 0 params, 1 grads, 2 exp_avgs, 3 exp_avg_sqs, 4 max_exp_avg_sqs, 5 SWATS momentum buffers; aux: steps;
+// lowp (kLowpStore: 16-bit params with stochastic rounding or Kahan summation): seeds or compensation buffers.
+template <typename P, typename O, bool kAmsgrad, bool kSwats, bool kLowpStore>
 struct AdaptiveFunctor {
+  static constexpr bool kLowp = kLowpStore;
   AdaptiveArgs a;
 
-  __device__ __forceinline__ void operator()(const TensorListMeta<6>& meta) const {
+  __device__ __forceinline__ void operator()(const TensorListMeta<6, kLowp>& meta) const {
     if (a.found_inf.get() != 0.0) return;
     const int t = meta.block_tensor[blockIdx.x];
     const int64_t start = static_cast<int64_t>(meta.block_chunk[blockIdx.x]) * meta.chunk_size;
@@ -59,11 +62,13 @@ struct AdaptiveFunctor {
         const O wd = static_cast<O>(a.weight_decay), b1 = static_cast<O>(a.beta1);
         const O decay = one_minus<O>(a, lr).lr_wd;
         const bool decoupled = a.decoupled, nesterov = a.swats_nesterov;
+        double k_store = 0.0;  // the step count of stochastic rounding's bits (both phases count steps)
+        if constexpr (kLowp) k_store = static_cast<double>(*static_cast<const float*>(meta.aux[t]) + 1.0f);
         chunk_elementwise<1>(w, g, st, n, [&](O& wv, O gv, O(&s)[1]) FH_INLINE_LAMBDA {
           O gi = rules::effective_grad(gv, inv, maximize);
           rules::weight_decay_exact(wv, gi, wd, decay, decoupled);
           rules::swats_sgd_phase(wv, gi, s[0], b1, sgd_lr, nesterov);
-        });
+        }, store_for<P, kLowp>(meta, t, a.rounding, k_store, start));
         if (threadIdx.x == 0) {
           a.slots[2 * slot] = 0.0;
           a.slots[2 * slot + 1] = 0.0;
@@ -93,7 +98,7 @@ struct AdaptiveFunctor {
           pp += rules::dot_term(p, p);
         }
       }
-    });
+    }, store_for<P, kLowp>(meta, t, a.rounding, kd, start));
     if constexpr (kSwats) {
       pg = block_sum(pg);
       pp = block_sum(pp);
@@ -109,10 +114,6 @@ void adaptive_(at::TensorList params, at::TensorList grads_in, at::TensorList ex
                at::TensorList max_exp_avg_sqs, at::TensorList steps, at::TensorList swats_momentum_buffers,
                at::TensorList kahan_comps, const families::adaptive_args& args) {
   FH_BIND_ARGS(FH_ADAPTIVE_ARGS)
-  TORCH_CHECK(rounding == 0, "fused_hybrid::adaptive_: stochastic rounding and Kahan summation of 16-bit params are "
-              "not implemented in the CUDA kernels yet (issue 16); use backend='cpu' or 'reference' for such "
-              "groups");
-  (void)kahan_comps;
   const ContiguousGrads contiguous(grads_in);
   const at::TensorList grads = contiguous.list();
   const char* op = "fused_hybrid::adaptive_";
@@ -124,6 +125,7 @@ void adaptive_(at::TensorList params, at::TensorList grads_in, at::TensorList ex
   TORCH_CHECK(form == rules::kFormTorch || form == rules::kFormPaper, op, ": unknown form ", form);
   TORCH_CHECK(clip_mode >= rules::kClipNone && clip_mode <= rules::kClipAdaBound, op, ": unknown clip_mode ",
               clip_mode);
+  const std::vector<uint64_t> lowp = lowp_column(op, params, rounding, seeds, kahan_comps);
   if (params.empty()) return;
   const auto dev = params[0].device();
   const int64_t T = static_cast<int64_t>(params.size());
@@ -159,6 +161,7 @@ void adaptive_(at::TensorList params, at::TensorList grads_in, at::TensorList ex
   a.decoupled = decoupled;
   a.maximize = maximize;
   a.swats_nesterov = swats_nesterov;
+  a.rounding = static_cast<int>(rounding);
   a.swats_phase = swats ? swats_phase->data_ptr<int32_t>() : nullptr;
   a.swats_sgd_lr = swats ? swats_sgd_lr->data_ptr<double>() : nullptr;
   a.slots = nullptr;
@@ -180,19 +183,22 @@ void adaptive_(at::TensorList params, at::TensorList grads_in, at::TensorList ex
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fused_hybrid_adaptive_cuda",
                                   [&] {
-                                    using O = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-                                    auto launch = [&](auto f) {
-                                      f.a = a;
-                                      multi_tensor_apply<6>(ops.lists, chunks, chunk, ops.step_ptrs, {}, f);
-                                    };
-                                    if (swats) {
-                                      if (amsgrad) launch(AdaptiveFunctor<scalar_t, O, true, true>{});
-                                      else launch(AdaptiveFunctor<scalar_t, O, false, true>{});
-                                    } else {
-                                      if (amsgrad) launch(AdaptiveFunctor<scalar_t, O, true, false>{});
-                                      else launch(AdaptiveFunctor<scalar_t, O, false, false>{});
-                                    }
-                                  });
+    using O = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    with_store<scalar_t>(rounding, [&](auto lowp_tag) {
+      constexpr bool kL = decltype(lowp_tag)::value;
+      auto launch = [&](auto f) {
+        f.a = a;
+        multi_tensor_apply<6>(ops.lists, chunks, chunk, ops.step_ptrs, {}, f, nullptr, &lowp);
+      };
+      if (swats) {
+        if (amsgrad) launch(AdaptiveFunctor<scalar_t, O, true, true, kL>{});
+        else launch(AdaptiveFunctor<scalar_t, O, false, true, kL>{});
+      } else {
+        if (amsgrad) launch(AdaptiveFunctor<scalar_t, O, true, false, kL>{});
+        else launch(AdaptiveFunctor<scalar_t, O, false, false, kL>{});
+      }
+    });
+  });
   launch_post_step(ops.steps, a.found_inf, slots, swats ? slot_begin : std::vector<int64_t>{},
                    swats ? chunks : std::vector<int64_t>{}, swats ? swats_partials->data_ptr<double>() : nullptr,
                    nullptr);

@@ -83,6 +83,37 @@ void check_lists(const char* op, at::TensorList params, at::TensorList grads,
   }
 }
 
+std::vector<uint64_t> lowp_column(const char* op, at::TensorList params, int64_t rounding, at::IntArrayRef seeds,
+                                  at::TensorList kahan_comps) {
+  TORCH_CHECK(rounding == kRoundNearest || rounding == kRoundStochastic || rounding == kRoundKahan, op,
+              ": unknown rounding mode ", rounding, " (0 nearest, 1 stochastic, 2 Kahan)");
+  std::vector<uint64_t> col;
+  if (rounding == kRoundNearest || params.empty()) return col;
+  const auto dt = params[0].scalar_type();
+  TORCH_CHECK(dt == at::kBFloat16 || dt == at::kHalf, op, ": rounding mode ", rounding,
+              " applies to bfloat16/float16 params, not ", dt);
+  const size_t T = params.size();
+  col.reserve(T);
+  if (rounding == kRoundStochastic) {
+    TORCH_CHECK(seeds.size() == T, op, ": stochastic rounding needs one seed per param (got ", seeds.size(),
+                " for ", T, ")");
+    for (const int64_t s : seeds) col.push_back(static_cast<uint64_t>(s));
+  } else {
+    TORCH_CHECK(kahan_comps.size() == T, op, ": Kahan summation needs one compensation buffer per param (got ",
+                kahan_comps.size(), " for ", T, ")");
+    for (const auto t : c10::irange(T)) {
+      const auto& c = kahan_comps[t];
+      const auto& p = params[t];
+      TORCH_CHECK(c.defined() && c.device() == p.device() && c.scalar_type() == dt && c.is_contiguous() &&
+                      c.numel() == p.numel(),
+                  op, ": Kahan compensation buffer ", t, " must be a contiguous ", dt, " tensor of ", p.numel(),
+                  " elements on ", p.device());
+      col.push_back(static_cast<uint64_t>(reinterpret_cast<uintptr_t>(c.data_ptr())));
+    }
+  }
+  return col;
+}
+
 namespace {
 
 constexpr int kPostMax = 1024;

@@ -35,6 +35,7 @@ enum Mode : int { kModeSum = 0, kModeReduce = 1, kModeApply = 2 };
 struct MasArgs : StepScalars {
   double beta1, beta2, eps, weight_decay, momentum, dampening, adam_w, sgd_w;
   int variant;
+  int rounding;  // kRound* (the kLowp kernels branch on it)
   bool decoupled, nesterov, maximize;
   double* slots;  // reducing variants: [chunks, kSlotWidth], see kSlot*
 };
@@ -42,12 +43,15 @@ struct MasArgs : StepScalars {
 // A reduction slot (one per chunk): the three partial sums and the step count the chunk's pass 1 used.
 enum Slot : int { kSlotDot = 0, kSlotAA = 1, kSlotSS = 2, kSlotStep = 3, kSlotWidth = 4 };
 
-// Lists: 0 params, 1 grads, 2 exp_avgs, 3 exp_avg_sqs, 4 momentum buffers; aux: steps.
-template <typename P, typename O, int kMode, bool kMom>
+// Lists: 0 params, 1 grads, 2 exp_avgs, 3 exp_avg_sqs, 4 momentum buffers; aux: steps; lowp (kLowpStore, the
+// passes that write w: sum and apply): seeds or compensation buffers.
+template <typename P, typename O, int kMode, bool kMom, bool kLowpStore>
 struct MasFunctor {
+  static constexpr bool kLowp = kLowpStore;
+  static_assert(!kLowp || kMode != kModeReduce, "pass 1 does not write w");
   MasArgs a;
 
-  __device__ __forceinline__ void operator()(const TensorListMeta<5>& meta) const {
+  __device__ __forceinline__ void operator()(const TensorListMeta<5, kLowp>& meta) const {
     if (a.found_inf.get() != 0.0) return;
     const int t = meta.block_tensor[blockIdx.x];
     const int64_t start = static_cast<int64_t>(meta.block_chunk[blockIdx.x]) * meta.chunk_size;
@@ -90,6 +94,7 @@ struct MasFunctor {
     };
     constexpr int S = kMom ? 3 : 2;
     O* const st[3] = {m, v, buf};
+    [[maybe_unused]] const auto store = store_for<P, kLowp>(meta, t, a.rounding, k, start);
     if constexpr (kMode == kModeSum || kMode == kModeReduce) {
       double s_as = 0.0, s_aa = 0.0, s_ss = 0.0;
       auto elem = [&](O& wv, O gv, O(&s)[S]) FH_INLINE_LAMBDA {
@@ -107,7 +112,7 @@ struct MasFunctor {
         }
       };
       if constexpr (kMode == kModeSum) {
-        chunk_elementwise<S>(w, g, st, n, elem);
+        chunk_elementwise<S>(w, g, st, n, elem, store);
       } else {
         chunk_elementwise<S, false, true>(w, g, st, n, elem);
         s_as = block_sum(s_as);
@@ -145,7 +150,7 @@ struct MasFunctor {
         chunk_elementwise<2, true, false>(w, g, st, n, [&](O& wv, O, O(&s)[2]) FH_INLINE_LAMBDA {
           wv = wv * decay;
           rules::mas_single_update(wv, rules::adam_direction(s[0], s[1], bc2_sqrt, eps), eta_a);
-        });
+        }, store);
       } else if (a.variant == kCorrection || a.variant == kNormalized) {  // the SGD step, scaled
         const O c_s = a.variant == kCorrection ? lr : static_cast<O>(ratio);
         O* const sb[1] = {buf};
@@ -156,7 +161,7 @@ struct MasFunctor {
           wv = wv * decay;
           rules::mas_single_update(wv, d_s, c_s);
         };
-        chunk_elementwise<kMom ? 1 : 0, true, false>(w, g, sb, n, elem_s);
+        chunk_elementwise<kMom ? 1 : 0, true, false>(w, g, sb, n, elem_s, store);
       } else {  // vector
         const O c_a = static_cast<O>(a.adam_w * eta), c_s = static_cast<O>(a.sgd_w * ratio);
         chunk_elementwise<S, true, false>(w, g, st, n, [&](O& wv, O gv, O(&s)[S]) FH_INLINE_LAMBDA {
@@ -165,7 +170,7 @@ struct MasFunctor {
           if constexpr (kMom) d_s = rules::sgd_direction_from_buffer(d, s[kMom ? 2 : 0], momentum, nesterov);
           wv = wv * decay;
           rules::mas_vector_update(wv, rules::adam_direction(s[0], s[1], bc2_sqrt, eps), d_s, c_a, c_s);
-        });
+        }, store);
       }
     }
   }
@@ -175,10 +180,6 @@ void mas_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avg
           at::TensorList momentum_buffers, at::TensorList steps, at::TensorList kahan_comps,
           const families::mas_args& args) {
   FH_BIND_ARGS(FH_MAS_ARGS)
-  TORCH_CHECK(rounding == 0, "fused_hybrid::mas_: stochastic rounding and Kahan summation of 16-bit params are "
-              "not implemented in the CUDA kernels yet (issue 16); use backend='cpu' or 'reference' for such "
-              "groups");
-  (void)kahan_comps;
   const ContiguousGrads contiguous(grads_in);
   const at::TensorList grads = contiguous.list();
   const char* op = "fused_hybrid::mas_";
@@ -187,6 +188,7 @@ void mas_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avg
   if (mom) check_lists(op, params, grads, {{"momentum_buffers", momentum_buffers}}, true);
   TORCH_CHECK(steps.size() == params.size(), op, ": steps needs one tensor per param");
   TORCH_CHECK(variant >= kSum && variant <= kVector, op, ": unknown variant ", variant);
+  const std::vector<uint64_t> lowp = lowp_column(op, params, rounding, seeds, kahan_comps);
   if (params.empty()) return;
   const auto dev = params[0].device();
   const c10::cuda::CUDAGuard guard(dev);
@@ -205,6 +207,7 @@ void mas_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avg
   a.nesterov = nesterov;
   a.decoupled = decoupled;
   a.maximize = maximize;
+  a.rounding = static_cast<int>(rounding);
   a.slots = nullptr;
 
   Operands ops = gather_operands(op, params, grads,
@@ -218,13 +221,19 @@ void mas_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avg
     constexpr int kMode = decltype(mode_tag)::value;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fused_hybrid_mas_cuda", [&] {
       using O = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-      auto launch = [&](auto f) {
-        f.a = a;
-        // info[t]: the tensor's first slot (the apply pass sums its slots from there).
-        multi_tensor_apply<5>(ops.lists, grid.chunks, grid.chunk_size, ops.step_ptrs, grid.slot_begin, f);
-      };
-      if (mom) launch(MasFunctor<scalar_t, O, kMode, true>{});
-      else launch(MasFunctor<scalar_t, O, kMode, false>{});
+      // Pass 1 of the reducing variants does not write w: always the nearest kernel. (Its tables may then hold
+      // more tensors than the apply pass's: the slots are numbered over the whole call, not per launch.)
+      with_store<scalar_t>(kMode == kModeReduce ? kRoundNearest : rounding, [&](auto lowp_tag) {
+        constexpr bool kL = decltype(lowp_tag)::value && kMode != kModeReduce;
+        auto launch = [&](auto f) {
+          f.a = a;
+          // info[t]: the tensor's first slot (the apply pass sums its slots from there).
+          multi_tensor_apply<5>(ops.lists, grid.chunks, grid.chunk_size, ops.step_ptrs, grid.slot_begin, f, nullptr,
+                                &lowp);
+        };
+        if (mom) launch(MasFunctor<scalar_t, O, kMode, true, kL>{});
+        else launch(MasFunctor<scalar_t, O, kMode, false, kL>{});
+      });
     });
   };
   if (!reducing) {

@@ -14,6 +14,9 @@
 //     global tensor index): kMaxTensors(D) = 18908 / (8*D + 28), i.e. D=2: 429, D=3: 363, D=4: 315,
 //     D=5: 278, D=6: 248 tensors per launch.
 //   - 1536 bytes are left for the functor (hyperparameters, device-scalar pointers) and the other arguments.
+//   - The launches that store 16-bit params with stochastic rounding or Kahan summation (issue 16) carry one more
+//     8-byte column per tensor (LowpColumn: the seed, or the compensation buffer's address): they hold
+//     kMaxTensors(D + 1) tensors (D=3: 315, D=6: 225); every other launch keeps the numbers above.
 //   static_asserts below check sizeof(meta) + sizeof(functor) <= 32764.
 // ILP 4 with 128-bit loads/stores (float32; 64-bit for 16-bit types, 2 x 128-bit for float64) when every
 // pointer of the chunk is aligned to 4 elements, plus a scalar tail for the last n % 4 elements; a scalar
@@ -25,11 +28,16 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
 #include <cstdint>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "fused_hybrid/launch_plan.h"
+#include "fused_hybrid/rounding.h"
 
 // Hooks of the SIMT simulator (csrc/sim/cuda_sim.h defines them first when it builds these sources with the host
 // compiler); under nvcc they are the plain CUDA forms.
@@ -121,9 +129,21 @@ __device__ __forceinline__ double pow_step(double beta, double k) {
 
 // ---- The argument table ---------------------------------------------------------------------------------------
 
-template <int D>
-struct TensorListMeta {
-  static constexpr int kMaxTensors = plan::max_tensors_for(D);
+// The per-tensor 64-bit value of a launch that stores 16-bit params with stochastic rounding (the tensor's seed)
+// or Kahan summation (the address of its compensation buffer): one more column of the table, present only in
+// the tables of such launches (an empty base otherwise), so the round-to-nearest kernels keep their tables, and
+// their tensor counts per launch (kMaxTensors), unchanged. It costs a lowp table what one more address list
+// would: kMaxTensors = max_tensors_for(D + 1).
+template <int N, bool kOn>
+struct LowpColumn {
+  uint64_t lowp[N];
+};
+template <int N>
+struct LowpColumn<N, false> {};
+
+template <int D, bool kLowp = false>
+struct TensorListMeta : LowpColumn<plan::max_tensors_for(D + (kLowp ? 1 : 0)), kLowp> {
+  static constexpr int kMaxTensors = plan::max_tensors_for(D + (kLowp ? 1 : 0));
   static constexpr int kMaxBlocks = plan::kMaxBlocks;
   void* addresses[D][kMaxTensors];
   int64_t numel[kMaxTensors];
@@ -136,6 +156,12 @@ struct TensorListMeta {
   int32_t block_chunk[kMaxBlocks];
 };
 
+// Whether a functor's kernels read the lowp column (its static member kLowp; false without one).
+template <typename F, typename = void>
+struct functor_lowp : std::false_type {};
+template <typename F>
+struct functor_lowp<F, std::void_t<decltype(F::kLowp)>> : std::bool_constant<F::kLowp> {};
+
 template <typename Meta, typename F>
 __global__ void __launch_bounds__(kBlockSize) multi_tensor_kernel(FH_GRID_CONSTANT(Meta) meta,
                                                                  FH_GRID_CONSTANT(F) f) {
@@ -144,15 +170,19 @@ __global__ void __launch_bounds__(kBlockSize) multi_tensor_kernel(FH_GRID_CONSTA
 
 // Launch f over the chunks of the tensors in `lists` (D lists of equal length; lists[d][t] may be undefined for a
 // list the rule does not read for tensor t). chunks[t] is tensor t's chunk count (num_chunks(numel, chunk_size)
-// for the flat kernels). aux[t] / info[t] are the per-tensor extras (may be empty). Returns the number of
-// launches.
+// for the flat kernels). aux[t] / info[t] are the per-tensor extras (may be empty); lowp[t] the lowp column
+// (functors with kLowp: lowp_column's values). Returns the number of launches.
 template <int D, typename F>
 int multi_tensor_apply(const std::vector<std::vector<at::Tensor>>& lists, const std::vector<int64_t>& chunks,
                        int64_t chunk_size, const std::vector<void*>& aux, const std::vector<int64_t>& info,
-                       const F& f, const std::vector<int64_t>* tensor_ids = nullptr) {
-  using Meta = TensorListMeta<D>;
+                       const F& f, const std::vector<int64_t>* tensor_ids = nullptr,
+                       const std::vector<uint64_t>* lowp = nullptr) {
+  constexpr bool kLowp = functor_lowp<F>::value;
+  using Meta = TensorListMeta<D, kLowp>;
   static_assert(sizeof(Meta) + sizeof(F) <= 32764, "kernel arguments exceed CUDA's 32764-byte limit");
   TORCH_CHECK(lists.size() == static_cast<size_t>(D), "multi_tensor_apply: expected ", D, " tensor lists");
+  TORCH_CHECK(!kLowp || (lowp != nullptr && lowp->size() == lists[0].size()),
+              "multi_tensor_apply: a lowp launch needs one lowp value per tensor");
   const auto launches = plan::plan_launches(chunks, std::min<int64_t>(Meta::kMaxTensors, geometry().max_tensors),
                                             std::min<int64_t>(Meta::kMaxBlocks, geometry().max_blocks));
   if (launches.empty()) return 0;
@@ -170,6 +200,7 @@ int multi_tensor_apply(const std::vector<std::vector<at::Tensor>>& lists, const 
       meta.aux[i] = aux.empty() ? nullptr : aux[t];
       meta.info[i] = info.empty() ? 0 : info[t];
       meta.tensor_index[i] = static_cast<int32_t>(tensor_ids ? (*tensor_ids)[t] : t);
+      if constexpr (kLowp) meta.lowp[i] = (*lowp)[t];
     }
     for (size_t b = 0; b < l.block_tensor.size(); ++b) {
       meta.block_tensor[b] = static_cast<uint16_t>(l.block_tensor[b]);
@@ -212,15 +243,142 @@ __device__ __forceinline__ void store_vec(T* p, int64_t vi, const T (&r)[kILP]) 
   reinterpret_cast<Vec<T>*>(p)[vi] = x;
 }
 
+// ---- Stores of the param ----------------------------------------------------------------------------------------
+// Issue 16: a bfloat16 / float16 param whose group asked for stochastic rounding or Kahan summation is stored from
+// its float32 result through rounding.h (the same integer arithmetic as the cpu, reference and Triton backends,
+// so the bits are the same everywhere); every other store is the plain conversion. The rules' arithmetic does not
+// change: only the store of w does. Which store a kernel has is a template parameter of its functor (kLowp), so
+// the round-to-nearest kernels are compiled exactly as before; a lowp kernel picks stochastic rounding or Kahan
+// summation by a uniform branch on the launch's mode (one kernel for both: fewer instantiations).
+
+// fused_hybrid.hyper.ROUND_*: the ops' `rounding` argument.
+constexpr int kRoundNearest = 0;
+constexpr int kRoundStochastic = 1;
+constexpr int kRoundKahan = 2;
+
+template <typename P>
+inline constexpr bool kSixteenBit = std::is_same_v<P, c10::BFloat16> || std::is_same_v<P, c10::Half>;
+
+// The plain conversion (round to nearest even): chunk_elementwise's default.
+struct NearestStore {
+  static constexpr bool kNearest = true;
+};
+
+// The store of a 16-bit param with stochastic rounding or Kahan summation, for a run of a tensor's elements
+// starting at flat index `index0` (a chunk, or an ND-Adam row).
+//   Stochastic rounding: element i (flat index in its tensor) at step k gets the bits rand32(seed, k, 0, i), the
+//   same on every backend whatever the chunking (rounding.h). The vector path computes one Philox call per aligned
+//   group of four elements, which is rand32's own grouping, so it needs index0 % 4 == 0 (every chunk start on a GPU,
+//   whose chunks are 65536 * 2^k elements; the scalar path serves the others, the simulator's odd chunk sizes in
+//   the tests, and the tails, one Philox call per element).
+//   Kahan summation: the compensation buffer (param dtype, as contiguous as the param) is read and written
+//   alongside w, 64-bit vector accesses where aligned.
+template <typename P>
+struct LowpStore {
+  static constexpr bool kNearest = false;
+  static constexpr rounding::Format F =
+      std::is_same_v<P, c10::BFloat16> ? rounding::Format::kBF16 : rounding::Format::kFP16;
+  int mode;          // kRoundStochastic or kRoundKahan
+  uint32_t step;     // stochastic: the tensor's step count after this step's increment
+  uint64_t seed;     // stochastic: the tensor's seed
+  uint64_t index0;   // stochastic: the flat index of the run's first element
+  uint16_t* comp;    // Kahan: the compensation of the run's first element
+
+  // The store of tensor t's elements from flat index index0 on, at step count k (a whole number; read only for
+  // stochastic rounding), from the launch's lowp column (a seed, or a compensation buffer's address).
+  template <typename Meta>
+  static __device__ __forceinline__ LowpStore at(const Meta& meta, int t, int mode, double k, int64_t index0) {
+    LowpStore s;
+    s.mode = mode;
+    s.step = mode == kRoundStochastic ? static_cast<uint32_t>(k) : 0u;
+    s.seed = mode == kRoundStochastic ? meta.lowp[t] : 0u;
+    s.index0 = static_cast<uint64_t>(index0);
+    s.comp = mode == kRoundKahan ? reinterpret_cast<uint16_t*>(static_cast<uintptr_t>(meta.lowp[t])) + index0
+                                 : nullptr;
+    return s;
+  }
+
+  __device__ __forceinline__ bool vector_ok() const {
+    return mode == kRoundKahan ? is_aligned(comp) : (index0 & 3u) == 0u;
+  }
+
+  // Elements 4*vi .. 4*vi+3 of the run (the vector path): x their float32 results.
+  __device__ __forceinline__ void store4(P* w, int64_t vi, const float (&x)[kILP]) const {
+    uint16_t r[kILP];
+    if (mode == kRoundKahan) {
+      uint16_t c[kILP];
+      load_vec(c, comp, vi);
+#pragma unroll
+      for (int i = 0; i < kILP; ++i) rounding::kahan_store<F>(x[i], r[i], c[i]);
+      store_vec(comp, vi, c);
+    } else {
+      const uint64_t g = (index0 >> 2) + static_cast<uint64_t>(vi);
+      const rounding::Philox4 q =
+          rounding::philox4x32_10(static_cast<uint32_t>(g), static_cast<uint32_t>(g >> 32), 0u, step,
+                                  static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+      r[0] = rounding::round_sr<F>(x[0], q.x0);
+      r[1] = rounding::round_sr<F>(x[1], q.x1);
+      r[2] = rounding::round_sr<F>(x[2], q.x2);
+      r[3] = rounding::round_sr<F>(x[3], q.x3);
+    }
+    store_vec(reinterpret_cast<uint16_t*>(w), vi, r);
+  }
+
+  // Element i of the run (the scalar path).
+  __device__ __forceinline__ void store1(P* w, int64_t i, float x) const {
+    uint16_t r;
+    if (mode == kRoundKahan) {
+      uint16_t c = comp[i];
+      rounding::kahan_store<F>(x, r, c);
+      comp[i] = c;
+    } else {
+      r = rounding::round_sr<F>(x, rounding::rand32(seed, step, 0u, index0 + static_cast<uint64_t>(i)));
+    }
+    reinterpret_cast<uint16_t*>(w)[i] = r;
+  }
+};
+
+// The store type of a functor: LowpStore for its kLowp instantiations (16-bit params only), else NearestStore.
+template <typename P, bool kLowp>
+using StoreFor = std::conditional_t<kLowp, LowpStore<P>, NearestStore>;
+
+// The store of tensor t from flat index index0 on: an empty NearestStore, or LowpStore::at.
+template <typename P, bool kLowp, typename Meta>
+__device__ __forceinline__ StoreFor<P, kLowp> store_for(const Meta& meta, int t, int mode, double k,
+                                                        int64_t index0) {
+  if constexpr (kLowp) {
+    return LowpStore<P>::at(meta, t, mode, k, index0);
+  } else {
+    (void)meta, (void)t, (void)mode, (void)k, (void)index0;
+    return {};
+  }
+}
+
+// Host side: calls pick(std::true_type{}) for a call that stores 16-bit params with stochastic rounding or Kahan
+// summation, pick(std::false_type{}) otherwise; the lowp variant is instantiated for 16-bit P only (the op checked
+// that other params come with rounding 0).
+template <typename P, typename Pick>
+void with_store(int64_t rounding, const Pick& pick) {
+  if constexpr (kSixteenBit<P>) {
+    if (rounding != kRoundNearest) {
+      pick(std::true_type{});
+      return;
+    }
+  }
+  pick(std::false_type{});
+}
+
 // The elementwise loop of one chunk: w (param dtype P, read and written), g (P, read), S state arrays (opmath
 // O, read and written; st points to S pointers). elem(O& w, O g, O (&s)[S]) updates one element in registers.
 // Aligned: 4 elements per thread per iteration with vector loads, then a scalar tail; unaligned: scalar,
 // block-strided. kStoreW / kStoreStates = false read w / the states without writing them back (the passes of
-// two-pass rules).
-template <int S, bool kStoreW = true, bool kStoreStates = true, typename P, typename O, typename Elem>
+// two-pass rules). `store` writes w (NearestStore: the plain conversion; LowpStore: see above).
+template <int S, bool kStoreW = true, bool kStoreStates = true, typename P, typename O, typename Elem,
+          typename Store = NearestStore>
 __device__ __forceinline__ void chunk_elementwise(P* __restrict__ w, const P* __restrict__ g, O* const* st,
-                                                  int64_t n, const Elem& elem) {
+                                                  int64_t n, const Elem& elem, const Store& store = {}) {
   bool aligned = is_aligned(w) && is_aligned(g);
+  if constexpr (!Store::kNearest && kStoreW) aligned = aligned && store.vector_ok();
 #pragma unroll
   for (int s = 0; s < S; ++s) aligned = aligned && is_aligned(st[s]);
   int64_t done = 0;
@@ -229,6 +387,7 @@ __device__ __forceinline__ void chunk_elementwise(P* __restrict__ w, const P* __
     for (int64_t i = threadIdx.x; i < nv; i += blockDim.x) {
       P rw[kILP], rg[kILP];
       O rs[S > 0 ? S : 1][kILP];
+      [[maybe_unused]] O xw[Store::kNearest ? 1 : kILP];  // lowp: the float32 results, rounded by the store
       load_vec(rw, w, i);
       load_vec(rg, g, i);
 #pragma unroll
@@ -240,11 +399,15 @@ __device__ __forceinline__ void chunk_elementwise(P* __restrict__ w, const P* __
 #pragma unroll
         for (int s = 0; s < S; ++s) sv[s] = rs[s][ii];
         elem(wv, static_cast<O>(rg[ii]), sv);
-        rw[ii] = static_cast<P>(wv);
+        if constexpr (Store::kNearest) rw[ii] = static_cast<P>(wv);
+        else xw[ii] = wv;
 #pragma unroll
         for (int s = 0; s < S; ++s) rs[s][ii] = sv[s];
       }
-      if constexpr (kStoreW) store_vec(w, i, rw);
+      if constexpr (kStoreW) {
+        if constexpr (Store::kNearest) store_vec(w, i, rw);
+        else store.store4(w, i, xw);
+      }
       if constexpr (kStoreStates) {
 #pragma unroll
         for (int s = 0; s < S; ++s) store_vec(st[s], i, rs[s]);
@@ -258,7 +421,10 @@ __device__ __forceinline__ void chunk_elementwise(P* __restrict__ w, const P* __
 #pragma unroll
     for (int s = 0; s < S; ++s) sv[s] = st[s][i];
     elem(wv, static_cast<O>(g[i]), sv);
-    if constexpr (kStoreW) w[i] = static_cast<P>(wv);
+    if constexpr (kStoreW) {
+      if constexpr (Store::kNearest) w[i] = static_cast<P>(wv);
+      else store.store1(w, i, wv);
+    }
     if constexpr (kStoreStates) {
 #pragma unroll
       for (int s = 0; s < S; ++s) st[s][i] = sv[s];
@@ -297,6 +463,13 @@ __device__ __forceinline__ double block_sum(double v) {
 // Matching lengths, one CUDA device, contiguous dense tensors of equal size, one parameter dtype.
 void check_lists(const char* op, at::TensorList params, at::TensorList grads,
                  std::initializer_list<std::pair<const char*, at::TensorList>> states, bool states_like_params);
+
+// The rounding arguments of an op (issue 16), checked as the cpu backend checks them (csrc/cpu: lowp_setup):
+// rounding is kRound*; a mode other than nearest needs bfloat16/float16 params and one seed per param (stochastic)
+// or one compensation buffer per param (Kahan: the param's dtype, device and size, contiguous). Returns the lowp
+// column of the launches (TensorListMeta): each param's seed or its buffer's address; empty for nearest.
+std::vector<uint64_t> lowp_column(const char* op, at::TensorList params, int64_t rounding, at::IntArrayRef seeds,
+                                  at::TensorList kahan_comps);
 
 // After the main kernel: steps[t] += 1 unless found_inf (the main kernel read the old value: several blocks of
 // one tensor read it, so it cannot be written there), and, when slots is defined, partials[tensor_ids[t]] =

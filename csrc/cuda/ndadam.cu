@@ -29,6 +29,7 @@ namespace {
 struct NdArgs : StepScalars {
   double beta1, beta2, eps, weight_decay;
   int64_t row_scale;  // a row tensor's chunk is rows_per_chunk(L) * row_scale rows (launch_plan.h: ndadam_grid)
+  int rounding;       // kRound* (the kLowp kernels branch on it)
   bool maximize;
 };
 
@@ -39,10 +40,13 @@ struct NdScalars {
 };
 
 // One row of L elements, processed by `lanes` threads (lane = 0..lanes-1) that reduce with `red` (a warp or the
-// whole block; every lane gets the sum).
-template <typename P, typename O, typename Red>
+// whole block; every lane gets the sum). make_store() gives the store of w (multi_tensor_apply.cuh: NearestStore,
+// or LowpStore from the row's first element); it is called after the reductions, so that the store's values are
+// not held in registers across them (built before, they made the float16 kernel keep 56 bytes on the stack).
+template <typename P, typename O, typename Red, typename MakeStore>
 __device__ __forceinline__ void ndadam_row(P* __restrict__ w, const P* __restrict__ g, O* __restrict__ m, O* v,
-                                           int64_t L, int lane, int lanes, const NdScalars<O>& s, const Red& red) {
+                                           int64_t L, int lane, int lanes, const NdScalars<O>& s, const Red& red,
+                                           const MakeStore& make_store) {
   const O v_old = *v;
   O norm0 = O(1);
   if (s.first) {  // the paper normalizes at initialization; we do it on the first step
@@ -85,19 +89,32 @@ __device__ __forceinline__ void ndadam_row(P* __restrict__ w, const P* __restric
     ww += rules::dot_term(x, x);
   }
   const O norm = static_cast<O>(::sqrt(red(ww)));  // every lane has read v and w before anyone writes them
+  const auto store = make_store();
   for (int64_t i = lane; i < L; i += lanes) {
     const O x = rules::ndadam_descent(x_at(i), m[i], denom, s.step_size);
-    w[i] = static_cast<P>(rules::ndadam_normalize(x, norm));
+    if constexpr (std::decay_t<decltype(store)>::kNearest) w[i] = static_cast<P>(rules::ndadam_normalize(x, norm));
+    else store.store1(w, i, rules::ndadam_normalize(x, norm));
   }
   if (lane == 0) *v = vr;
 }
 
-// Lists: 0 params, 1 grads, 2 exp_avgs, 3 exp_avg_sqs; aux: steps; info: row_len (0: plain Adam, flat chunks).
-template <typename P, typename O>
+// A LowpStore that always takes chunk_elementwise's scalar path (vector_ok() is constantly false, so the vector loop
+// is not compiled), for the 1-D tensors (biases: few elements) of the kLowp kernels: with that vector loop next to
+// the row passes, ptxas kept 56 bytes of stack (spills) in the float16 kernel; the row passes' stores are scalar
+// anyway.
+template <typename P>
+struct ScalarLowpStore : LowpStore<P> {
+  __device__ __forceinline__ bool vector_ok() const { return false; }
+};
+
+// Lists: 0 params, 1 grads, 2 exp_avgs, 3 exp_avg_sqs; aux: steps; info: row_len (0: plain Adam, flat chunks);
+// lowp (kLowpStore): seeds or compensation buffers.
+template <typename P, typename O, bool kLowpStore>
 struct NdAdamFunctor {
+  static constexpr bool kLowp = kLowpStore;
   NdArgs a;
 
-  __device__ __forceinline__ void operator()(const TensorListMeta<4>& meta) const {
+  __device__ __forceinline__ void operator()(const TensorListMeta<4, kLowp>& meta) const {
     if (a.found_inf.get() != 0.0) return;
     const int t = meta.block_tensor[blockIdx.x];
     const int64_t chunk = meta.block_chunk[blockIdx.x];
@@ -132,11 +149,14 @@ struct NdAdamFunctor {
       const int64_t start = chunk * meta.chunk_size;
       const int64_t n = std::min(meta.chunk_size, meta.numel[t] - start);
       O* const st[2] = {m + start, v + start};
+      // Stochastic rounding / Kahan stores: the scalar path only (ScalarLowpStore).
+      using FlatStore = std::conditional_t<kLowp, ScalarLowpStore<P>, NearestStore>;
+      const FlatStore flat_store{store_for<P, kLowp>(meta, t, a.rounding, k, start)};
       chunk_elementwise<2>(w + start, g + start, st, n, [&](O& wv, O gv, O(&s)[2]) FH_INLINE_LAMBDA {
         O gi = rules::effective_grad(gv, inv, maximize);
         O unused = O(0);
         rules::adaptive_update_exact(wv, gi, s[0], s[1], unused, sc, om);
-      });
+      }, flat_store);
       return;
     }
     NdScalars<O> s;
@@ -157,13 +177,15 @@ struct NdAdamFunctor {
     if (long_rows) {  // the whole block per row, one row after another
       for (int64_t r = chunk * rpc; r < r1; ++r) {
         ndadam_row(w + r * L, g + r * L, m + r * L, v + r, L, threadIdx.x, blockDim.x, s,
-                   [](double x) FH_INLINE_LAMBDA { return block_sum(x); });
+                   [](double x) FH_INLINE_LAMBDA { return block_sum(x); },
+                   [&]() FH_INLINE_LAMBDA { return store_for<P, kLowp>(meta, t, a.rounding, k, r * L); });
       }
     } else {  // short rows: a warp each
       const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
       for (int64_t r = chunk * rpc + warp; r < r1; r += warps) {
         ndadam_row(w + r * L, g + r * L, m + r * L, v + r, L, lane, 32, s,
-                   [](double x) FH_INLINE_LAMBDA { return warp_sum(x); });
+                   [](double x) FH_INLINE_LAMBDA { return warp_sum(x); },
+                   [&]() FH_INLINE_LAMBDA { return store_for<P, kLowp>(meta, t, a.rounding, k, r * L); });
       }
     }
   }
@@ -173,16 +195,13 @@ void ndadam_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_
              at::TensorList steps, at::TensorList kahan_comps,
              const families::ndadam_args& args) {
   FH_BIND_ARGS(FH_NDADAM_ARGS)
-  TORCH_CHECK(rounding == 0, "fused_hybrid::ndadam_: stochastic rounding and Kahan summation of 16-bit params are "
-              "not implemented in the CUDA kernels yet (issue 16); use backend='cpu' or 'reference' for such "
-              "groups");
-  (void)kahan_comps;
   const ContiguousGrads contiguous(grads_in);
   const at::TensorList grads = contiguous.list();
   const char* op = "fused_hybrid::ndadam_";
   check_lists(op, params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}}, false);
   TORCH_CHECK(steps.size() == params.size(), op, ": steps needs one tensor per param");
   TORCH_CHECK(row_lens.size() == params.size(), op, ": row_lens needs one entry per param");
+  const std::vector<uint64_t> lowp = lowp_column(op, params, rounding, seeds, kahan_comps);
   if (params.empty()) return;
   const auto dev = params[0].device();
   std::vector<int64_t> numels;
@@ -205,6 +224,7 @@ void ndadam_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_
   a.eps = eps;
   a.weight_decay = weight_decay;
   a.maximize = maximize;
+  a.rounding = static_cast<int>(rounding);
 
   const std::vector<int64_t> info(row_lens.begin(), row_lens.end());
   const plan::RowGrid grid = plan::ndadam_grid(numels, info, geometry().max_blocks, geometry().base_chunk,
@@ -213,9 +233,11 @@ void ndadam_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_
   Operands ops = gather_operands(op, params, grads, {exp_avgs, exp_avg_sqs}, steps);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fused_hybrid_ndadam_cuda", [&] {
     using O = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    NdAdamFunctor<scalar_t, O> f;
-    f.a = a;
-    multi_tensor_apply<4>(ops.lists, grid.chunks, grid.chunk_size, ops.step_ptrs, info, f);
+    with_store<scalar_t>(rounding, [&](auto lowp_tag) {
+      NdAdamFunctor<scalar_t, O, decltype(lowp_tag)::value> f;
+      f.a = a;
+      multi_tensor_apply<4>(ops.lists, grid.chunks, grid.chunk_size, ops.step_ptrs, info, f, nullptr, &lowp);
+    });
   });
   launch_post_step(ops.steps, a.found_inf, at::Tensor(), {}, {}, nullptr, nullptr);
 }

@@ -16,15 +16,18 @@ namespace {
 
 struct RmsArgs : StepScalars {
   double keep, add, eps, weight_decay, momentum, lr_decay;
+  int rounding;  // kRound* (the kLowp kernels branch on it)
   bool decoupled, maximize;
 };
 
-// Lists: 0 params, 1 grads, 2 square_avgs, 3 grad_avgs (centered), 4 momentum buffers; aux: the step tensors.
-template <typename P, typename O, bool kCentered, bool kMomentum>
+// Lists: 0 params, 1 grads, 2 square_avgs, 3 grad_avgs (centered), 4 momentum buffers; aux: the step tensors;
+// lowp (kLowpStore): seeds or compensation buffers.
+template <typename P, typename O, bool kCentered, bool kMomentum, bool kLowpStore>
 struct RmsFunctor {
+  static constexpr bool kLowp = kLowpStore;
   RmsArgs a;
 
-  __device__ __forceinline__ void operator()(const TensorListMeta<5>& meta) const {
+  __device__ __forceinline__ void operator()(const TensorListMeta<5, kLowp>& meta) const {
     if (a.found_inf.get() != 0.0) return;
     const int t = meta.block_tensor[blockIdx.x];
     const int64_t start = static_cast<int64_t>(meta.block_chunk[blockIdx.x]) * meta.chunk_size;
@@ -56,7 +59,7 @@ struct RmsFunctor {
       wv = rules::rms_step(wv, gi, avg, buf, mom, lr, kMomentum);
       if constexpr (kCentered) s[1] = ga;
       if constexpr (kMomentum) s[S - 1] = buf;
-    });
+    }, store_for<P, kLowp>(meta, t, a.rounding, static_cast<double>(k), start));
   }
 };
 
@@ -64,10 +67,6 @@ void rms_(at::TensorList params, at::TensorList grads_in, at::TensorList square_
           at::TensorList momentum_buffers, at::TensorList steps, at::TensorList kahan_comps,
           const families::rms_args& args) {
   FH_BIND_ARGS(FH_RMS_ARGS)
-  TORCH_CHECK(rounding == 0, "fused_hybrid::rms_: stochastic rounding and Kahan summation of 16-bit params are "
-              "not implemented in the CUDA kernels yet (issue 16); use backend='cpu' or 'reference' for such "
-              "groups");
-  (void)kahan_comps;
   const ContiguousGrads contiguous(grads_in);
   const at::TensorList grads = contiguous.list();
   const char* op = "fused_hybrid::rms_";
@@ -76,6 +75,7 @@ void rms_(at::TensorList params, at::TensorList grads_in, at::TensorList square_
   if (centered) check_lists(op, params, grads, {{"grad_avgs", grad_avgs}}, true);
   if (has_momentum) check_lists(op, params, grads, {{"momentum_buffers", momentum_buffers}}, true);
   TORCH_CHECK(steps.size() == params.size(), op, ": steps needs one tensor per param");
+  const std::vector<uint64_t> lowp = lowp_column(op, params, rounding, seeds, kahan_comps);
   if (params.empty()) return;
   const auto dev = params[0].device();
   const c10::cuda::CUDAGuard guard(dev);
@@ -90,6 +90,7 @@ void rms_(at::TensorList params, at::TensorList grads_in, at::TensorList square_
   a.lr_decay = lr_decay;
   a.maximize = maximize;
   a.decoupled = decoupled;
+  a.rounding = static_cast<int>(rounding);
   Operands ops = gather_operands(op, params, grads,
                                  {square_avgs, centered ? grad_avgs : at::TensorList(),
                                   has_momentum ? momentum_buffers : at::TensorList()},
@@ -99,17 +100,20 @@ void rms_(at::TensorList params, at::TensorList grads_in, at::TensorList square_
   const plan::ChunkGrid grid = plan::chunk_grid(numels, geometry());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fused_hybrid_rms_cuda", [&] {
     using O = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    auto launch = [&](auto f) {
-      f.a = a;
-      multi_tensor_apply<5>(ops.lists, grid.chunks, grid.chunk_size, ops.step_ptrs, {}, f);
-    };
-    if (centered) {
-      if (has_momentum) launch(RmsFunctor<scalar_t, O, true, true>{});
-      else launch(RmsFunctor<scalar_t, O, true, false>{});
-    } else {
-      if (has_momentum) launch(RmsFunctor<scalar_t, O, false, true>{});
-      else launch(RmsFunctor<scalar_t, O, false, false>{});
-    }
+    with_store<scalar_t>(rounding, [&](auto lowp_tag) {
+      constexpr bool kL = decltype(lowp_tag)::value;
+      auto launch = [&](auto f) {
+        f.a = a;
+        multi_tensor_apply<5>(ops.lists, grid.chunks, grid.chunk_size, ops.step_ptrs, {}, f, nullptr, &lowp);
+      };
+      if (centered) {
+        if (has_momentum) launch(RmsFunctor<scalar_t, O, true, true, kL>{});
+        else launch(RmsFunctor<scalar_t, O, true, false, kL>{});
+      } else {
+        if (has_momentum) launch(RmsFunctor<scalar_t, O, false, true, kL>{});
+        else launch(RmsFunctor<scalar_t, O, false, false, kL>{});
+      }
+    });
   });
   launch_post_step(ops.steps, a.found_inf, at::Tensor(), {}, {}, nullptr, nullptr);
 }

@@ -6,6 +6,9 @@ never syncs with the host and can be captured in a CUDA graph. Launches per call
 while the call fits one argument table: up to 2048 chunks and a few hundred tensors, see
 csrc/cuda/multi_tensor_apply.cuh) plus a tiny post-step kernel (step += 1 unless found_inf, SWATS's fixed-order
 sums of its per-chunk partials). MAS's reducing variants run two passes and no post-step (csrc/cuda/mas.cu).
+Stochastic rounding and Kahan summation of 16-bit params (issue 16) change only each kernel's param store (the
+seeds and the compensation buffers' addresses travel in the argument table); SGD then counts steps, so it gets the
+post-step kernel too.
 
 The rule families are the extension's ops, called exactly as the cpu backend calls them (``extension_ops``): the
 ops pick the CUDA kernels by the tensors' device, and in eager mode the params and state lists travel in a
