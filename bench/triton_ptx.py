@@ -55,6 +55,12 @@ CONFIGS = {
     # buffer where p is written (bytes_model.kahan_bytes).
     "adam-bf16-sr": ("Adam", {"stochastic_rounding": True}, "bfloat16"),
     "adam-bf16-kahan": ("Adam", {"kahan_summation": True}, "bfloat16"),
+    # Fused clipping (issue 17): the norm kernels, which the interpreter ran but no GPU compile had (an H200 run
+    # found grad_norm_kernel reading a non-constexpr global that only the interpreter allows).
+    "adam-clip": ("Adam", {"max_grad_norm": 1.0}, "float32"),
+    "adam-bf16-state-sr": ("Adam", {"state_dtype": "bfloat16", "stochastic_rounding": True}, "bfloat16"),
+    "sgd-clip-inf-bf16": ("SGD", {"momentum": 0.9, "lr": 0.1, "max_grad_norm": 1.0, "norm_type": float("inf")},
+                          "bfloat16"),
     "sgd-fp16-kahan": ("SGD", {"momentum": 0.9, "lr": 0.1, "kahan_summation": True}, "float16"),
     "mas-bf16-kahan": ("MAS", {"variant": "vector", "momentum": 0.9, "kahan_summation": True}, "bfloat16"),
 }
@@ -126,6 +132,7 @@ def _record(names: list[str]) -> list[dict]:
         dt = getattr(torch, dtype)
         shapes = [(4097,), (33, 17), (5,)]
         ps = [torch.nn.Parameter(torch.randn(s, dtype=torch.float64).to(dt)) for s in shapes]
+        kw = {k: getattr(torch, v) if k == "state_dtype" else v for k, v in kw.items()}  # dtypes named as strings
         opt = getattr(fh, cls_name)(ps, backend="triton", **kw)
         for p in ps:
             p.grad = torch.randn_like(p)
@@ -141,7 +148,7 @@ def _bytes_model(kernel: str, c: dict) -> tuple[int, int] | None:
     if kernel not in ("adaptive_kernel", "sgd_kernel", "mas_kernel"):
         return None
     P = _ELEM[c["P"][1]]
-    C = _ELEM[c["C"][1]]
+    C = _ELEM[c["S"][1]] if "S" in c else _ELEM[c["C"][1]]  # the stored state's dtype (S: state_dtype) is what moves
     # ROUND (fused_hybrid.hyper.ROUND_*): 2 = Kahan, whose buffer is read and written where p is stored.
     k = B.kahan_bytes(P, c.get("ROUND", 0) == 2) // 2
     if kernel == "adaptive_kernel":

@@ -157,30 +157,33 @@ class Layout:
 
     def group_vectors(self, param_groups: list[dict]) -> dict[str, torch.Tensor]:
         """Per-tensor lr and 1-b1, per-segment b2 and tolerances, as device vectors; cached while the groups'
-        values stay the same. A tensor lr is used as is (no host read)."""
-        # A tensor lr may change in place between steps, so with one the vectors are rebuilt every step.
-        key = tuple((g["lr"], tuple(float(b) for b in g["betas"]), g["switch_rtol"], g["switch_atol"])
-                    for g in (param_groups[gi] for gi, _, _ in self.groups))
-        tensor_lr = any(isinstance(k[0], torch.Tensor) for k in key)
+        values stay the same. A tensor lr is used as is (no host read): its vector is rebuilt every step from the
+        tensor by device ops only (it may change in place), the others stay cached, so a step with a device lr
+        copies nothing from the host and can be captured in a CUDA graph (seen on an H200: rebuilding b2 and the
+        tolerances from Python floats inside the capture failed)."""
+        groups = [param_groups[gi] for gi, _, _ in self.groups]
+        key = tuple((g["lr"], tuple(float(b) for b in g["betas"]), g["switch_rtol"], g["switch_atol"]) for g in groups)
+        tensor_lr = any(isinstance(g["lr"], torch.Tensor) for g in groups)
+        static_key = tuple(k[1:] for k in key) if tensor_lr else key
         cached_key, vecs = self._vec_cache
-        if not tensor_lr and cached_key == key:
-            return vecs
         f64 = dict(dtype=torch.float64, device=self.device)
-        lrs = []
-        for gi, _, n in self.groups:
-            lr = param_groups[gi]["lr"]
-            lr_t = lr.detach().to(**f64).reshape(1) if isinstance(lr, torch.Tensor) else torch.tensor([lr], **f64)
-            lrs.append(lr_t.expand(n))
-        omb1 = [torch.full((n,), 1.0 - float(param_groups[gi]["betas"][0]), **f64) for gi, _, n in self.groups]
-        segg = [param_groups[gi] for gi in self.first_group]
-        vecs = {
-            "lr": torch.cat(lrs) if lrs else torch.zeros(0, **f64),
-            "one_minus_b1": torch.cat(omb1) if omb1 else torch.zeros(0, **f64),
-            "b2": torch.tensor([float(g["betas"][1]) for g in segg], **f64),
-            "rtol": torch.tensor([float(g["switch_rtol"]) for g in segg], **f64),
-            "atol": torch.tensor([float(g["switch_atol"]) for g in segg], **f64),
-        }
-        self._vec_cache = (None if tensor_lr else key, vecs)
+        if cached_key != static_key:
+            lrs = [torch.full((n,), float(g["lr"]) if not isinstance(g["lr"], torch.Tensor) else 0.0, **f64)
+                   for g, (_, _, n) in zip(groups, self.groups)]
+            omb1 = [torch.full((n,), 1.0 - float(g["betas"][0]), **f64) for g, (_, _, n) in zip(groups, self.groups)]
+            segg = [param_groups[gi] for gi in self.first_group]
+            vecs = {
+                "lr": torch.cat(lrs) if lrs else torch.zeros(0, **f64),
+                "one_minus_b1": torch.cat(omb1) if omb1 else torch.zeros(0, **f64),
+                "b2": torch.tensor([float(g["betas"][1]) for g in segg], **f64),
+                "rtol": torch.tensor([float(g["switch_rtol"]) for g in segg], **f64),
+                "atol": torch.tensor([float(g["switch_atol"]) for g in segg], **f64),
+            }
+            self._vec_cache = (static_key, vecs)
+        if tensor_lr:
+            parts = [g["lr"].detach().to(**f64).reshape(1).expand(n) if isinstance(g["lr"], torch.Tensor)
+                     else vecs["lr"].new_full((n,), float(g["lr"])) for g, (_, _, n) in zip(groups, self.groups)]
+            vecs = {**vecs, "lr": torch.cat(parts)}
         return vecs
 
 

@@ -16,7 +16,10 @@ pytestmark = pytest.mark.skipif(not os.path.exists(_NV_BIN), reason="triton's NV
 
 # adam-bf16-sr: stochastic rounding computes its random bits in registers, so the bytes model (and the 128-bit
 # accesses) are those of the plain bfloat16 store (issue 16).
-SUBSET = ["adam", "adam-bf16", "adam-bf16-sr", "sgd", "padam", "swats", "mas-vector"]
+# adam-clip, sgd-clip-inf-bf16: the fused clipping's norm kernels, compiled for the GPU (the interpreter had hidden a
+# global only a GPU compile refuses). adam-bf16-state-sr: bfloat16 state, 128-bit accesses of its 16-bit moments.
+SUBSET = ["adam", "adam-bf16", "adam-bf16-sr", "sgd", "padam", "swats", "mas-vector", "adam-clip",
+          "sgd-clip-inf-bf16", "adam-bf16-state-sr"]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +55,10 @@ def test_launches_per_step_model(report):
     data, _ = report
     # update + finalize per bucket; MAS's reducing variants: pass 0 (its last program per tensor finalizes) + apply;
     # SWATS: + its switch bookkeeping (per-tensor arguments, totals + test), as on a GPU.
-    assert data["launches"] == {"adam": 2, "adam-bf16": 2, "adam-bf16-sr": 2, "sgd": 1, "padam": 2, "swats": 2 + 2, "mas-vector": 2}
+    # Clipping: + the norm's two launches (per-chunk partials, then the finalize that writes the coefficient).
+    assert data["launches"] == {"adam": 2, "adam-bf16": 2, "adam-bf16-sr": 2, "sgd": 1, "padam": 2, "swats": 2 + 2,
+                                "mas-vector": 2, "adam-clip": 2 + 2, "sgd-clip-inf-bf16": 1 + 2,
+                                "adam-bf16-state-sr": 2}
     kernels = {k["kernel"] for k in data["kernels"] if k["config"] == "swats"}
     assert {"swats_args_kernel", "swats_switch_kernel"} <= kernels
 

@@ -9,7 +9,11 @@ order). Both reductions are fixed trees over fixed lanes: bitwise reproducible, 
 import triton
 import triton.language as tl
 
-from .common import META_W, chunk_header, effective_grad, inv_scale, table_ptr
+from .common import META_W as _META_W, chunk_header, effective_grad, inv_scale, table_ptr
+
+# A constexpr: a jit function may read a module global only as one (the interpreter reads any global, so
+# only a GPU compile showed it: bench/triton_ptx.py's clip configurations now compile it for sm_90).
+META_W = tl.constexpr(_META_W)
 
 
 @triton.jit
