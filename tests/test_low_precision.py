@@ -20,6 +20,8 @@ from fused_hybrid import rules
 from fused_hybrid.backends import cuda as cuda_backend
 from fused_hybrid.backends import cuda_sim
 
+import cases
+
 _needs_sim = pytest.mark.skipif(not _ext.has_sim(), reason=f"cuda_sim unavailable: {_ext.SIM_LOAD_ERROR}")
 _needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 _needs_cuda_kernels = pytest.mark.skipif(
@@ -32,7 +34,9 @@ LOWP = [torch.bfloat16, torch.float16]
 
 
 def _device(backend):
-    return "cuda" if backend == "cuda" else "cpu"
+    """Where a backend's tensors live: triton on the GPU when there is one (under its interpreter on CPU tensors
+    only without one; an H200 run failed every triton case here when this said "cpu")."""
+    return {"cuda": "cuda", "triton": cases.DEVICE}.get(backend, "cpu")
 
 # Every rule, through its public class, with hyperparameters that exercise its family's flags.
 RULES = {

@@ -23,6 +23,17 @@ from test_low_precision import RULES, _bits
 
 BF16 = torch.bfloat16
 DONE = ["reference", "cpu", "triton"]
+
+
+@pytest.fixture(autouse=True)
+def _triton_on_cpu_tensors_only(request):
+    """These cases build CPU tensors, which the triton backend steps only under its interpreter, i.e. on a machine
+    without a CUDA device (conftest). On a GPU machine its triton cases are skipped, saying so (an H200 run failed
+    them all with "cannot run on cpu"); the GPU's bf16-state kernels are compiled and checked there by
+    tests/test_triton_ptx.py (adam-bf16-state-sr). Moving these cases onto CUDA tensors is open work."""
+    import cases
+    if "triton" in request.node.name and cases.DEVICE != "cpu":
+        pytest.skip("written for CPU tensors under Triton's interpreter; this machine has a CUDA device")
 # Odd sizes, several tensors, one past a CPU chunk (16384 elements); a 2-D one for ND-Adam's weight vectors.
 SIZES = [(7, 13), 5, (3, 6007), 1]
 SMALL = [(5, 7), 33, 1]  # the Triton interpreter is slow

@@ -57,13 +57,13 @@ def test_many_mixed_tensors_and_groups():
 def test_misaligned_params():
     """Pointers that are not 16-byte aligned take the kernels' unhinted path."""
     def run(backend):
-        base = torch.randn(4 * 4097 + 1, generator=torch.Generator().manual_seed(3), device=DEVICE)
+        base = torch.randn(4 * 4097 + 1, generator=torch.Generator().manual_seed(3)).to(DEVICE)
         ps = [torch.nn.Parameter(base[1:4098]), torch.nn.Parameter(base[4099:4099 + 17])]
         assert ps[0].data_ptr() % 16 != 0
         opt = fh.Adam(ps, lr=1e-2, backend=backend)
         for k in range(2):
             for p in ps:
-                p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(k), device=DEVICE)
+                p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(k)).to(DEVICE)
             opt.step()
         return ps
     for x, y in zip(run("reference"), run("triton")):
@@ -83,9 +83,11 @@ def test_poisoned_outputs_are_overwritten():
         gs = [rnd(p) for p in ps]
         T = len(ps)
         st = [dict(m=rnd(p), v=rnd(p).abs(), s=torch.tensor(2.0, device=DEVICE), b=rnd(p)) for p in ps]
-        sw = H.SwatsArgs(momentum_buffers=[s["b"] for s in st], phase=torch.zeros(T, dtype=torch.int32),
-                         sgd_lr=torch.zeros(T, dtype=torch.float64),
-                         partials=torch.full((T, 2), float("nan"), dtype=torch.float64), nesterov=False)
+        sw = H.SwatsArgs(momentum_buffers=[s["b"] for s in st],
+                         phase=torch.zeros(T, dtype=torch.int32, device=DEVICE),
+                         sgd_lr=torch.zeros(T, dtype=torch.float64, device=DEVICE),
+                         partials=torch.full((T, 2), float("nan"), dtype=torch.float64, device=DEVICE),
+                         nesterov=False)
         sw.phase[1] = 1
         sw.sgd_lr[1] = 0.05
         hp = H.Adaptive(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8)
@@ -137,16 +139,19 @@ def test_launches_independent_of_tensor_count(monkeypatch, case):
     many = [(3,), (5, 4)] + [(1 + i % 7,) if i % 2 else (2, 1 + i % 5) for i in range(38)]
     n_few = _count_launches(monkeypatch, case, few)
     n_many = _count_launches(monkeypatch, case, many)
-    assert n_few == n_many == gpu_model.triton_launches(case.rule, case.kw, many) <= 2
+    # On CUDA tensors SWATS's switch bookkeeping runs as 2 more Triton launches (per-tensor arguments, totals +
+    # test; the README's "+2"); on CPU tensors it is the C++ ops. Seen on an H200: 4 launches.
+    extra = 2 if case.rule == "swats" and DEVICE == "cuda" else 0
+    assert n_few == n_many == gpu_model.triton_launches(case.rule, case.kw, many) + extra <= 2 + extra
 
 
 def _swats_problem(backend, granularity, steps=30):
     """Least squares, grads from the params (so the trajectories feed back), until SWATS switches."""
     g = torch.Generator().manual_seed(11)
-    A = torch.randn(64, 20, generator=g, device=DEVICE)
-    y = torch.randn(64, generator=g, device=DEVICE)
-    w1 = torch.nn.Parameter(torch.randn(20, 3, generator=g, device=DEVICE) * 0.1)
-    w2 = torch.nn.Parameter(torch.randn(3, generator=g, device=DEVICE) * 0.1)
+    A = torch.randn(64, 20, generator=g).to(DEVICE)
+    y = torch.randn(64, generator=g).to(DEVICE)
+    w1 = torch.nn.Parameter(torch.randn(20, 3, generator=g).to(DEVICE) * 0.1)
+    w2 = torch.nn.Parameter(torch.randn(3, generator=g).to(DEVICE) * 0.1)
     opt = fh.SWATS([w1, w2], lr=3e-2, switch_rtol=0.05, granularity=granularity, backend=backend)
     for _ in range(steps):
         opt.zero_grad()
