@@ -45,8 +45,9 @@ def kernels():
     sass = subprocess.run([CUOBJDUMP, "-sass", so], capture_output=True, text=True, check=True).stdout
     usage = {m.group(1): dict(reg=int(m.group(2)), stack=int(m.group(3)), local=int(m.group(4)),
                               const=int(m.group(5)))
+             # (a kernel that keeps float64 constants in bank 2 lists CONSTANT[2] before CONSTANT[0])
              for m in re.finditer(r"Function (\S+):\s*\n\s*REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+) "
-                                  r"CONSTANT\[0\]:(\d+)", res)}
+                                  r"(?:CONSTANT\[[1-9]\]:\d+ )*CONSTANT\[0\]:(\d+)", res)}
     arch = None
     out = {}
     for part in re.split(r"\n(?=\s*(?:arch = |\s*Function : ))", sass):
@@ -136,7 +137,7 @@ def test_lowp_stores_keep_the_vector_accesses(kernels):
     a time on the aligned path). Except ND-Adam's: its lowp kernels have no vector loop at all (its 1-D tensors take
     the scalar path, csrc/cuda/ndadam.cu: ScalarLowpStore; its rows always do)."""
     fams = ("SgdFunctor", "AdaptiveFunctor", "MasFunctor", "NdAdamFunctor", "RmsFunctor")
-    lowp = [(arch, n) for arch, n in kernels if n.startswith(fams) and n.endswith(",true>")]
+    lowp = [(arch, n) for arch, n in kernels if n.startswith(fams) and n.endswith(",true>") and not _bf16_state(n)]
     names = {n for _, n in lowp}
     for fam in fams:
         for dt in ("BFloat16", "Half"):
@@ -153,6 +154,36 @@ def test_lowp_stores_keep_the_vector_accesses(kernels):
             assert _count(k["ops"], prefix, True) == _count(twin["ops"], prefix, True), (arch, n, prefix)
             wide64 = lambda ops: sum(v for op, v in ops.items() if op.startswith(prefix) and ".64" in op)  # noqa
             assert wide64(k["ops"]) >= wide64(twin["ops"]) + 1, (arch, n, prefix, k["ops"], twin["ops"])
+
+
+def _bf16_state(name):
+    """A kernel of bfloat16 moment buffers: the functor's second template argument (its state type) is BFloat16."""
+    return name.split("<", 1)[1].split(",")[1] == "BFloat16"
+
+
+def test_bf16_state_kernels(kernels):
+    """bfloat16 moment buffers (state_dtype, multi_tensor_apply.cuh: Bf16StateStore): one kernel per family variant for
+    float32 / bfloat16 / float16 params (none for float64, whose state stays float64), always with the lowp column
+    (kLowp true: every rounding mode in one kernel). On the aligned path each state list is read and written 4
+    elements at a time (64-bit accesses), and float32 params keep their 128-bit loads of w and g and store of w.
+    No local memory (test_no_spills covers them too)."""
+    fams = {"SgdFunctor": 1, "AdaptiveFunctor": 4, "RmsFunctor": 4}  # variants with a state list
+    bf = [(arch, n) for arch, n in kernels if n.startswith(tuple(fams)) and _bf16_state(n)]
+    names = {n for _, n in bf}
+    for fam, variants in fams.items():
+        for dt in ("float", "BFloat16", "Half"):
+            assert len([n for n in names if n.startswith(f"{fam}<{dt},BFloat16,")]) == variants, (fam, dt, names)
+    assert not any(n.split("<", 1)[1].startswith("double,") for n in names), names
+    assert all(n.endswith(",true>") for n in names), names
+    for arch, n in bf:
+        k = kernels[(arch, n)]
+        flags = [f == "true" for f in n[:-1].split(",")[2:-1]]
+        nstates = 1 if n.startswith("Sgd") else (2 + flags[0] if n.startswith("Adaptive") else 1 + sum(flags))
+        wide64 = lambda prefix: sum(v for op, v in k["ops"].items() if op.startswith(prefix) and ".64" in op)  # noqa
+        assert wide64("LDG") >= nstates and wide64("STG") >= nstates, (arch, n, k["ops"])
+        if n.split("<", 1)[1].startswith("float,"):
+            assert _count(k["ops"], "LDG", True) >= 2 and _count(k["ops"], "STG", True) >= 1, (arch, n, k["ops"])
+        assert k.get("local", 0) == 0 and k.get("stack", 0) == 0 and "reg" in k, (arch, n, k)
 
 
 def test_fp32_aligned_paths_use_128_bit_accesses(kernels):

@@ -4,8 +4,8 @@ What it promises, checked on every rule (test_low_precision.RULES) and every bac
 cpu, triton under the interpreter): every moment buffer is bfloat16 (step counts, seeds and Kahan buffers keep
 theirs); the arithmetic is float32 (after one step the params are bitwise those of the float32-state run and the
 state is exactly its float32 state rounded to nearest even); the backends agree bitwise; the trajectory stays close
-to the float32-state one; checkpoints round-trip and convert; bad values and backends without it (cuda_sim, for the
-CUDA kernels) are refused clearly.
+to the float32-state one; checkpoints round-trip and convert; bad values and backends without it (the CUDA kernels,
+cuda and cuda_sim, for the families not ported yet: MAS, ND-Adam) are refused clearly.
 """
 import copy
 
@@ -21,8 +21,22 @@ from fused_hybrid import rules
 
 from test_low_precision import RULES, _bits
 
+from fused_hybrid import _ext
+from fused_hybrid.backends import cuda as cuda_backend
+
 BF16 = torch.bfloat16
-DONE = ["reference", "cpu", "triton"]
+_needs_sim = pytest.mark.skipif(not _ext.has_sim(), reason=f"cuda_sim unavailable: {_ext.SIM_LOAD_ERROR}")
+_needs_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and cuda_backend.available(torch.device("cuda"))),
+                                 reason="needs a CUDA device")
+SIM = pytest.param("cuda_sim", marks=_needs_sim)
+CUDA = pytest.param("cuda", marks=_needs_cuda)
+DONE = ["reference", "cpu", "triton", SIM, CUDA]
+# The rule families whose CUDA kernels take bfloat16 state (backends/cuda.py: BF16_STATE); the others are refused.
+CUDA_FAMILIES = cuda_backend.BF16_STATE
+FAMILY = {"sgd": "sgd", "sgd_mom": "sgd", "adam": "adaptive", "adamw_ams": "adaptive", "padam": "adaptive",
+          "adabound": "adaptive", "adamclip": "adaptive", "swats": "adaptive", "rmsprop": "rms", "adagrad": "rms",
+          "mas_sum": "mas", "mas_vector": "mas", "mas_correction": "mas", "ndadam": "ndadam"}
+CUDA_RULES = sorted(n for n in RULES if FAMILY[n] in CUDA_FAMILIES)
 
 
 @pytest.fixture(autouse=True)
@@ -34,6 +48,8 @@ def _triton_on_cpu_tensors_only(request):
     import cases
     if "triton" in request.node.name and cases.DEVICE != "cpu":
         pytest.skip("written for CPU tensors under Triton's interpreter; this machine has a CUDA device")
+
+
 # Odd sizes, several tensors, one past a CPU chunk (16384 elements); a 2-D one for ND-Adam's weight vectors.
 SIZES = [(7, 13), 5, (3, 6007), 1]
 SMALL = [(5, 7), 33, 1]  # the Triton interpreter is slow
@@ -42,7 +58,17 @@ NOT_MOMENTS = {"step", "rounding_seed", "kahan_comp"}
 
 
 def _sizes(backend):
-    return SMALL if backend == "triton" else SIZES
+    return SMALL if backend in ("triton", "cuda_sim") else SIZES
+
+
+def _skip_unported(name, backend):
+    if backend in ("cuda", "cuda_sim") and FAMILY[name] not in CUDA_FAMILIES:
+        pytest.skip(f"the CUDA kernels of {FAMILY[name]!r} do not take bfloat16 state yet (refused: "
+                    "test_cuda_refuses_unported_families)")
+
+
+def _device(backend):
+    return "cuda" if backend == "cuda" else "cpu"
 
 
 def _params(dtype, sizes, seed=0):
@@ -54,12 +80,13 @@ def _params(dtype, sizes, seed=0):
 def _run(name, backend, dtype, steps=4, sizes=SIZES, state_dtype=BF16, **opts):
     cls, kw = RULES[name]
     torch.manual_seed(7)  # (stochastic rounding's seeds are drawn when the state is created)
-    ps = _params(dtype, sizes)
+    dev = _device(backend)
+    ps = [p.detach().to(dev).requires_grad_() for p in _params(dtype, sizes)]
     opt = cls(ps, backend=backend, state_dtype=state_dtype, **kw, **opts)
     g = torch.Generator().manual_seed(1)
     for _ in range(steps):
         for p in ps:
-            p.grad = torch.randn(p.shape, generator=g).to(dtype)
+            p.grad = torch.randn(p.shape, generator=g).to(dtype).to(dev)
         opt.step()
     return ps, opt
 
@@ -139,6 +166,7 @@ def test_first_step_is_float32_math(name, backend):
     """After one step from the same start, the params are bitwise those of the float32-state run (the update uses
     the unrounded new moments), and each bfloat16 buffer is exactly the float32 run's buffer rounded to nearest
     even (rounding.round_to, the integer RNE every backend's store uses)."""
+    _skip_unported(name, backend)
     sizes = _sizes(backend)
     ref, ref_opt = _run(name, backend, torch.float32, steps=1, sizes=sizes, state_dtype=None)
     got, opt = _run(name, backend, torch.float32, steps=1, sizes=sizes)
@@ -147,7 +175,7 @@ def test_first_step_is_float32_math(name, backend):
         m32, m16 = _moments(ref_opt, a), _moments(opt, b)
         assert m32.keys() == m16.keys()
         for k in m32:
-            assert torch.equal(_state_bits(m16[k]), _state_bits(RD.round_to(m32[k], BF16))), k
+            assert torch.equal(_state_bits(m16[k]).cpu(), _state_bits(RD.round_to(m32[k].cpu(), BF16))), k
 
 
 @pytest.mark.parametrize("name", sorted(RULES))
@@ -213,9 +241,10 @@ def test_state_sr_bits_are_the_counter_based_ones(backend):
             assert torch.equal(a, b)
             seed = int(opt.state[b]["rounding_seed"])
             for k, v in _moments(opt, b).items():
-                expect = RD.stochastic_round_to(ref_opt.state[a][k], BF16, seed, 1, 1 + STATE_STREAMS[family].index(k))
+                v, ref_v = v.cpu(), ref_opt.state[a][k].cpu()
+                expect = RD.stochastic_round_to(ref_v, BF16, seed, 1, 1 + STATE_STREAMS[family].index(k))
                 assert torch.equal(_state_bits(v), _state_bits(expect)), (name, k)
-                differs |= not torch.equal(v, RD.round_to(ref_opt.state[a][k], BF16))
+                differs |= not torch.equal(v, RD.round_to(ref_v, BF16))
         assert differs  # (not nearest even in disguise)
 
 
@@ -416,49 +445,133 @@ def test_changing_state_dtype_between_steps_converts():
 
 # ---- backends without it ------------------------------------------------------------------------------------------
 
-def test_cuda_sim_refuses_clearly():
-    from fused_hybrid.backends import cuda_sim
-    if not cuda_sim.available(torch.device("cpu")):
-        pytest.skip(cuda_sim.why_unavailable(torch.device("cpu")))
-    p = torch.ones(16, requires_grad=True)
-    opt = fh.Adam([p], backend="cuda_sim", state_dtype=BF16)
+@pytest.mark.parametrize("backend", [SIM, CUDA])
+@pytest.mark.parametrize("name", ["mas_vector", "mas_sum", "ndadam"])
+def test_cuda_refuses_unported_families(name, backend):
+    """The CUDA kernels of MAS and ND-Adam do not take bfloat16 state yet: a named cuda / cuda_sim backend is refused
+    before anything changes, naming the family; float64 params keep float64 state, which they take."""
+    p = torch.ones(4, 4, device=_device(backend), requires_grad=True)
+    cls, kw = RULES[name]
+    opt = cls([p], backend=backend, state_dtype=BF16, **kw)
     p.grad = torch.ones_like(p)
-    with pytest.raises(B.BackendUnavailableError, match="state_dtype=torch.bfloat16 is not implemented"):
+    with pytest.raises(B.BackendUnavailableError, match="state_dtype=torch.bfloat16 is not implemented by its"):
         opt.step()
     assert bool((p == 1).all())
-    # float64 params keep float64 state, which the CUDA kernels take.
-    q = torch.ones(16, dtype=torch.float64, requires_grad=True)
-    opt = fh.Adam([q], backend="cuda_sim", state_dtype=BF16)
+    q = torch.ones(4, 4, dtype=torch.float64, device=_device(backend), requires_grad=True)
+    opt = cls([q], backend=backend, state_dtype=BF16, **kw)
     q.grad = torch.ones_like(q)
     opt.step()
-    assert bool((q < 1).all()) and opt.state[q]["exp_avg"].dtype == torch.float64
+    assert bool((q != 1).any()) and all(v.dtype == torch.float64 for v in _moments(opt, q).values())
+
+
+@_needs_sim
+def test_cuda_ops_refuse_bf16_state_with_float64_params():
+    """At the op level (under the optimizer's dtype policy): bfloat16 state needs float32/16-bit params."""
+    from fused_hybrid import hyper as H
+    be = B.module("cuda_sim")
+    p = torch.zeros(8, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="bfloat16 state needs float32/bfloat16/float16 params"):
+        be.sgd([p], [p.clone()], [torch.zeros(8, dtype=BF16)], [True], H.SGD(lr=0.1, momentum=0.9), None, None)
 
 
 def test_auto_skips_backends_without_bf16_state(monkeypatch):
-    """backend="auto" picks the first backend whose kernels take bfloat16 state (on a GPU: triton before cuda,
-    until the CUDA kernels do); a named one that cannot is refused, never silently replaced."""
+    """backend="auto" picks the first backend whose kernels of the family take bfloat16 state (cuda_sim's: adaptive,
+    sgd, rms; on a GPU the cuda backend the same); a named one that cannot is refused, never silently replaced."""
     from fused_hybrid.backends import cuda_sim
     if not cuda_sim.available(torch.device("cpu")):
         pytest.skip(cuda_sim.why_unavailable(torch.device("cpu")))
     monkeypatch.setitem(B._AUTO_ORDER, "cpu", ("cuda_sim", "cpu"))
     dev = torch.device("cpu")
-    assert B.resolve("auto", dev, "adaptive").NAME == "cuda_sim"
-    assert B.resolve("auto", dev, "adaptive", bf16_state=True).NAME == "cpu"
+    assert B.resolve("auto", dev, "mas").NAME == "cuda_sim"
+    assert B.resolve("auto", dev, "mas", bf16_state=True).NAME == "cpu"
+    assert B.resolve("auto", dev, "adaptive", bf16_state=True).NAME == "cuda_sim"
     with pytest.raises(B.BackendUnavailableError, match="state_dtype"):
-        B.resolve("cuda_sim", dev, "adaptive", bf16_state=True)
+        B.resolve("cuda_sim", dev, "ndadam", bf16_state=True)
+
+
+# ---- the CUDA kernels: bitwise the cpu backend ------------------------------------------------------------------------
+
+# Small simulator chunks (1028 elements: a multiple of 4, so chunk starts are Philox group starts; the (3, 6007)
+# tensor spans 18 chunks, its last one ending mid-group) and an odd one (1027: chunk starts off the groups, the
+# scalar path's per-element bits).
+@pytest.mark.parametrize("backend,chunk", [pytest.param("cuda_sim", 1028, marks=_needs_sim, id="sim-1028"),
+                                           pytest.param("cuda_sim", 1027, marks=_needs_sim, id="sim-1027"),
+                                           pytest.param("cuda", None, marks=_needs_cuda, id="cuda")])
+@pytest.mark.parametrize("dtype", [BF16, torch.float32, torch.float16], ids=["bf16", "fp32", "fp16"])
+@pytest.mark.parametrize("opts", sorted(OPTS))
+@pytest.mark.parametrize("name", CUDA_RULES)
+def test_cuda_kernels_bits_equal_cpu(name, opts, dtype, backend, chunk):
+    """The CUDA kernels' bfloat16 state: params and every state tensor bitwise the cpu backend's after 3 steps
+    (nearest, stochastic rounding of params and state, Kahan), bfloat16 / float16 / float32 params, odd sizes,
+    several tensors and chunks; SWATS's switch sums to float64 rounding (test_low_precision says why)."""
+    if dtype == torch.float32 and opts == "kahan":
+        pytest.skip("Kahan summation applies to 16-bit params")
+    if dtype == torch.float16 and chunk == 1027:
+        pytest.skip("one chunk size covers float16 params")
+    from test_low_precision import _assert_same_run
+    from fused_hybrid.backends import cuda_sim
+    sizes = [(7, 13), 5, (3, 6007), 1, 64]
+    a = _run(name, "cpu", dtype, steps=3, sizes=sizes, **OPTS[opts])
+    if backend == "cuda_sim":
+        with cuda_sim.settings(base_chunk=chunk):
+            b = _run(name, backend, dtype, steps=3, sizes=sizes, **OPTS[opts])
+    else:
+        b = _run(name, backend, dtype, steps=3, sizes=sizes, **OPTS[opts])
+    for p in b[0]:
+        assert all(v.dtype == BF16 for v in _moments(b[1], p).values())
+    _assert_same_run(a, b)
+
+
+@pytest.mark.parametrize("backend", [SIM, CUDA])
+@pytest.mark.parametrize("dtype", [BF16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("opts", ["plain", "sr"])
+def test_cuda_swats_both_phases_bits_equal_cpu(opts, dtype, backend):
+    """SWATS with bfloat16 state switching to its SGD phase after a few steps (per tensor, nearly constant
+    gradients): the SGD phase's momentum buffer (stochastic-rounding stream 4, hyper.STATE_STREAMS) and the Adam
+    phase's moments bitwise the cpu backend's, the switch steps the same."""
+    from test_low_precision import _assert_same_run
+    from fused_hybrid.backends import cuda_sim
+
+    def run(be):
+        torch.manual_seed(7)
+        dev = _device(be)
+        ps = [p.detach().to(dev).requires_grad_() for p in _params(dtype, [(3, 2007), 5, 1029])]
+        opt = fh.SWATS(ps, lr=1e-3, granularity="tensor", switch_rtol=0.5, backend=be, state_dtype=BF16,
+                       **OPTS[opts])
+        g = torch.Generator().manual_seed(1)
+        for _ in range(8):
+            for p in ps:
+                p.grad = (1 + 0.01 * torch.randn(p.shape, generator=g)).to(device=dev, dtype=dtype)
+            opt.step()
+        return ps, opt
+
+    a = run("cpu")
+    info = a[1].switch_info()
+    assert all(seg["switched"] and seg["switch_step"] < 6 for seg in info), info  # several steps in each phase
+    if backend == "cuda_sim":
+        with cuda_sim.settings(base_chunk=1028):
+            b = run(backend)
+    else:
+        b = run(backend)
+    assert [(seg["switched"], seg["switch_step"]) for seg in b[1].switch_info()] == \
+        [(seg["switched"], seg["switch_step"]) for seg in info]
+    assert all(b[1].state[p]["momentum_buffer"].dtype == BF16 for p in b[0])
+    _assert_same_run(a, b)
 
 
 # ---- GradScaler -----------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("backend", DONE)
 def test_found_inf_changes_nothing(backend):
-    ps, opt = _run("mas_vector", backend, BF16, steps=2, sizes=SMALL)
+    name = "mas_vector" if backend not in ("cuda", "cuda_sim") else "adamw_ams"
+    ps, opt = _run(name, backend, BF16, steps=2, sizes=SMALL)
     before = {i: {k: v.clone() for k, v in _moments(opt, p).items()} for i, p in enumerate(ps)}
     params = [p.detach().clone() for p in ps]
-    opt.found_inf = torch.ones(())
-    opt.grad_scale = torch.ones(())
+    dev = _device(backend)
+    opt.found_inf = torch.ones((), device=dev)
+    opt.grad_scale = torch.ones((), device=dev)
     for p in ps:
-        p.grad = torch.randn(p.shape).to(BF16)
+        p.grad = torch.randn(p.shape).to(BF16).to(dev)
     opt.step()
     for i, p in enumerate(ps):
         assert torch.equal(_bits(p), _bits(params[i]))
@@ -474,24 +587,26 @@ def test_poisoned_outputs_are_overwritten(backend):
     from fused_hybrid import hyper as H
     be = B.module(backend)
     sizes = _sizes(backend)
+    dev = _device(backend)
     gen = torch.Generator().manual_seed(6)
-    ps = [torch.randn((n,) if isinstance(n, int) else n, generator=gen) for n in sizes]
-    gs = [torch.randn(p.shape, generator=gen) for p in ps]
+    ps = [torch.randn((n,) if isinstance(n, int) else n, generator=gen).to(dev) for n in sizes]
+    gs = [torch.randn(p.shape, generator=gen).to(dev) for p in ps]
     T = len(ps)
-    bufs = [torch.full(p.shape, float("nan"), dtype=BF16) for p in ps]
+    bufs = [torch.full(p.shape, float("nan"), dtype=BF16, device=dev) for p in ps]
     be.sgd([p.clone() for p in ps], gs, bufs, [True] * T, H.SGD(lr=0.1, momentum=0.9), None, None)
     for b, g in zip(bufs, gs):
-        assert torch.equal(_state_bits(b), _state_bits(RD.round_to(g, BF16)))
-    m = [torch.randn(p.shape, generator=gen).to(BF16) for p in ps]
-    v = [torch.rand(p.shape, generator=gen).to(BF16) for p in ps]
-    sw = H.SwatsArgs(momentum_buffers=[torch.zeros(p.shape, dtype=BF16) for p in ps],
-                     phase=torch.zeros(T, dtype=torch.int32), sgd_lr=torch.zeros(T, dtype=torch.float64),
-                     partials=torch.full((T, 2), float("nan"), dtype=torch.float64), nesterov=False)
+        assert torch.equal(_state_bits(b).cpu(), _state_bits(RD.round_to(g.cpu(), BF16)))
+    m = [torch.randn(p.shape, generator=gen).to(BF16).to(dev) for p in ps]
+    v = [torch.rand(p.shape, generator=gen).to(BF16).to(dev) for p in ps]
+    sw = H.SwatsArgs(momentum_buffers=[torch.zeros(p.shape, dtype=BF16, device=dev) for p in ps],
+                     phase=torch.zeros(T, dtype=torch.int32, device=dev),
+                     sgd_lr=torch.zeros(T, dtype=torch.float64, device=dev),
+                     partials=torch.full((T, 2), float("nan"), dtype=torch.float64, device=dev), nesterov=False)
     sw.phase[1] = 1
     sw.sgd_lr[1] = 0.05
     w = [p.clone() for p in ps]
-    be.adaptive(w, gs, m, v, [], [torch.tensor(2.0) for _ in ps], H.Adaptive(lr=1e-2, beta1=0.9, beta2=0.999,
-                                                                           eps=1e-8), None, None, sw)
+    be.adaptive(w, gs, m, v, [], [torch.tensor(2.0, device=dev) for _ in ps],
+                H.Adaptive(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8), None, None, sw)
     assert not sw.partials.isnan().any() and bool(sw.partials[1].eq(0).all())
     assert all(bool(t.isfinite().all()) for t in w + m + v + sw.momentum_buffers)
     assert not torch.equal(sw.momentum_buffers[1], torch.zeros_like(sw.momentum_buffers[1]))

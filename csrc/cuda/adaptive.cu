@@ -38,8 +38,10 @@ __device__ __forceinline__ rules::OneMinus<O> one_minus(const AdaptiveArgs& a, d
 
 // Lists: 0 params, 1 grads, 2 exp_avgs, 3 exp_avg_sqs, 4 max_exp_avg_sqs, 5 SWATS momentum buffers; aux: steps;
 // lowp (kLowpStore: 16-bit params with stochastic rounding or Kahan summation): seeds or compensation buffers.
-template <typename P, typename O, bool kAmsgrad, bool kSwats, bool kLowpStore>
+// SS: the moment buffers' type (O, or bfloat16: Bf16StateStore, kLowpStore).
+template <typename P, typename SS, bool kAmsgrad, bool kSwats, bool kLowpStore>
 struct AdaptiveFunctor {
+  using O = state_math_t<SS>;
   static constexpr bool kLowp = kLowpStore;
   AdaptiveArgs a;
 
@@ -57,7 +59,7 @@ struct AdaptiveFunctor {
     if constexpr (kSwats) {
       const int32_t ti = meta.tensor_index[t];
       if (a.swats_phase[ti] == rules::kPhaseSgd) {
-        O* const st[1] = {static_cast<O*>(meta.addresses[5][t]) + start};
+        SS* const st[1] = {static_cast<SS*>(meta.addresses[5][t]) + start};
         const O sgd_lr = static_cast<O>(a.swats_sgd_lr[ti]);
         const O wd = static_cast<O>(a.weight_decay), b1 = static_cast<O>(a.beta1);
         const O decay = one_minus<O>(a, lr).lr_wd;
@@ -68,7 +70,7 @@ struct AdaptiveFunctor {
           O gi = rules::effective_grad(gv, inv, maximize);
           rules::weight_decay_exact(wv, gi, wd, decay, decoupled);
           rules::swats_sgd_phase(wv, gi, s[0], b1, sgd_lr, nesterov);
-        }, store_for<P, kLowp>(meta, t, a.rounding, k_store, start));
+        }, store_for<P, SS, kLowp>(meta, t, a.rounding, k_store, start, state_streams(4)));
         if (threadIdx.x == 0) {
           a.slots[2 * slot] = 0.0;
           a.slots[2 * slot + 1] = 0.0;
@@ -83,8 +85,8 @@ struct AdaptiveFunctor {
     sc.amsgrad = kAmsgrad;
     const rules::OneMinus<O> om = one_minus<O>(a, lr);
     constexpr int S = kAmsgrad ? 3 : 2;
-    O* const st[3] = {static_cast<O*>(meta.addresses[2][t]) + start, static_cast<O*>(meta.addresses[3][t]) + start,
-                      kAmsgrad ? static_cast<O*>(meta.addresses[4][t]) + start : nullptr};
+    SS* const st[3] = {static_cast<SS*>(meta.addresses[2][t]) + start, static_cast<SS*>(meta.addresses[3][t]) + start,
+                      kAmsgrad ? static_cast<SS*>(meta.addresses[4][t]) + start : nullptr};
     double pg = 0.0, pp = 0.0;
     const bool reduce = kSwats && sc.form == rules::kFormTorch;  // reference: partials in the torch form only
     chunk_elementwise<S>(w, g, st, n, [&](O& wv, O gv, O(&s)[S]) FH_INLINE_LAMBDA {
@@ -98,7 +100,7 @@ struct AdaptiveFunctor {
           pp += rules::dot_term(p, p);
         }
       }
-    }, store_for<P, kLowp>(meta, t, a.rounding, kd, start));
+    }, store_for<P, SS, kLowp>(meta, t, a.rounding, kd, start, state_streams(1, 2, 3)));
     if constexpr (kSwats) {
       pg = block_sum(pg);
       pp = block_sum(pp);
@@ -118,14 +120,15 @@ void adaptive_(at::TensorList params, at::TensorList grads_in, at::TensorList ex
   const at::TensorList grads = contiguous.list();
   const char* op = "fused_hybrid::adaptive_";
   const bool swats = !swats_momentum_buffers.empty();
-  check_lists(op, params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}}, true);
-  if (amsgrad) check_lists(op, params, grads, {{"max_exp_avg_sqs", max_exp_avg_sqs}}, true);
-  if (swats) check_lists(op, params, grads, {{"swats_momentum_buffers", swats_momentum_buffers}}, true);
+  const bool bf16 = !params.empty() && bf16_state(op, params[0].scalar_type(), {exp_avgs, exp_avg_sqs});
+  check_lists(op, params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}}, true, bf16);
+  if (amsgrad) check_lists(op, params, grads, {{"max_exp_avg_sqs", max_exp_avg_sqs}}, true, bf16);
+  if (swats) check_lists(op, params, grads, {{"swats_momentum_buffers", swats_momentum_buffers}}, true, bf16);
   TORCH_CHECK(steps.size() == params.size(), op, ": steps needs one tensor per param");
   TORCH_CHECK(form == rules::kFormTorch || form == rules::kFormPaper, op, ": unknown form ", form);
   TORCH_CHECK(clip_mode >= rules::kClipNone && clip_mode <= rules::kClipAdaBound, op, ": unknown clip_mode ",
               clip_mode);
-  const std::vector<uint64_t> lowp = lowp_column(op, params, rounding, seeds, kahan_comps);
+  const std::vector<uint64_t> lowp = lowp_column(op, params, rounding, seeds, kahan_comps, bf16);
   if (params.empty()) return;
   const auto dev = params[0].device();
   const int64_t T = static_cast<int64_t>(params.size());
@@ -184,12 +187,26 @@ void adaptive_(at::TensorList params, at::TensorList grads_in, at::TensorList ex
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fused_hybrid_adaptive_cuda",
                                   [&] {
     using O = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    auto launch = [&](auto f) {
+      f.a = a;
+      multi_tensor_apply<6>(ops.lists, chunks, chunk, ops.step_ptrs, {}, f, nullptr, &lowp);
+    };
+    if (bf16) {  // bfloat16 moments: one kernel per param dtype and variant, every rounding mode (not float64)
+      with_bf16_state<scalar_t>([&](auto p) {
+        using P = typename decltype(p)::type;
+        using B = c10::BFloat16;
+        if (swats) {
+          if (amsgrad) launch(AdaptiveFunctor<P, B, true, true, true>{});
+          else launch(AdaptiveFunctor<P, B, false, true, true>{});
+        } else {
+          if (amsgrad) launch(AdaptiveFunctor<P, B, true, false, true>{});
+          else launch(AdaptiveFunctor<P, B, false, false, true>{});
+        }
+      });
+      return;
+    }
     with_store<scalar_t>(rounding, [&](auto lowp_tag) {
       constexpr bool kL = decltype(lowp_tag)::value;
-      auto launch = [&](auto f) {
-        f.a = a;
-        multi_tensor_apply<6>(ops.lists, chunks, chunk, ops.step_ptrs, {}, f, nullptr, &lowp);
-      };
       if (swats) {
         if (amsgrad) launch(AdaptiveFunctor<scalar_t, O, true, true, kL>{});
         else launch(AdaptiveFunctor<scalar_t, O, false, true, kL>{});

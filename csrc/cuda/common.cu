@@ -50,7 +50,8 @@ Operands gather_operands(const char* op, at::TensorList params, at::TensorList g
 }
 
 void check_lists(const char* op, at::TensorList params, at::TensorList grads,
-                 std::initializer_list<std::pair<const char*, at::TensorList>> states, bool states_like_params) {
+                 std::initializer_list<std::pair<const char*, at::TensorList>> states, bool states_like_params,
+                 bool bf16_state) {
   TORCH_CHECK(params.size() == grads.size(), op, ": ", params.size(), " params but ", grads.size(), " grads");
   TORCH_CHECK(params.size() < (size_t(1) << 31), op, ": too many tensors");
   for (const auto& s : states) {
@@ -60,7 +61,7 @@ void check_lists(const char* op, at::TensorList params, at::TensorList grads,
   if (params.empty()) return;
   const auto device = params[0].device();
   const auto dtype = params[0].scalar_type();
-  const auto state_dtype = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  const auto state_dtype = dtype == at::kDouble ? at::kDouble : bf16_state ? at::kBFloat16 : at::kFloat;
   for (const auto i : c10::irange(params.size())) {
     const auto& p = params[i];
     const auto& g = grads[i];
@@ -83,16 +84,33 @@ void check_lists(const char* op, at::TensorList params, at::TensorList grads,
   }
 }
 
+bool bf16_state(const char* op, at::ScalarType param_dtype, std::initializer_list<at::TensorList> lists) {
+  for (const auto& l : lists) {
+    if (l.empty() || !l[0].defined()) continue;
+    const bool b = l[0].scalar_type() == at::kBFloat16;
+    TORCH_CHECK(!b || param_dtype != at::kDouble, op, ": bfloat16 state needs float32/bfloat16/float16 params, not ",
+                param_dtype);
+    return b;
+  }
+  return false;
+}
+
 std::vector<uint64_t> lowp_column(const char* op, at::TensorList params, int64_t rounding, at::IntArrayRef seeds,
-                                  at::TensorList kahan_comps) {
+                                  at::TensorList kahan_comps, bool bf16_state) {
   TORCH_CHECK(rounding == kRoundNearest || rounding == kRoundStochastic || rounding == kRoundKahan, op,
               ": unknown rounding mode ", rounding, " (0 nearest, 1 stochastic, 2 Kahan)");
   std::vector<uint64_t> col;
-  if (rounding == kRoundNearest || params.empty()) return col;
-  const auto dt = params[0].scalar_type();
-  TORCH_CHECK(dt == at::kBFloat16 || dt == at::kHalf, op, ": rounding mode ", rounding,
-              " applies to bfloat16/float16 params, not ", dt);
+  if (params.empty()) return col;
   const size_t T = params.size();
+  if (rounding == kRoundNearest) {
+    if (bf16_state) col.assign(T, 0u);  // (the bfloat16-state kernels read the column whatever the mode)
+    return col;
+  }
+  const auto dt = params[0].scalar_type();
+  const bool state_sr = dt == at::kFloat && bf16_state && rounding == kRoundStochastic;  // (the state's stores only)
+  TORCH_CHECK(dt == at::kBFloat16 || dt == at::kHalf || state_sr, op, ": rounding mode ", rounding,
+              " applies to bfloat16/float16 params (and stochastic rounding to bfloat16 state), not ", dt, " params",
+              bf16_state ? " with bfloat16 state" : "");
   col.reserve(T);
   if (rounding == kRoundStochastic) {
     TORCH_CHECK(seeds.size() == T, op, ": stochastic rounding needs one seed per param (got ", seeds.size(),

@@ -94,7 +94,7 @@ struct MasFunctor {
     };
     constexpr int S = kMom ? 3 : 2;
     O* const st[3] = {m, v, buf};
-    [[maybe_unused]] const auto store = store_for<P, kLowp>(meta, t, a.rounding, k, start);
+    [[maybe_unused]] const auto store = store_for<P, O, kLowp>(meta, t, a.rounding, k, start);
     if constexpr (kMode == kModeSum || kMode == kModeReduce) {
       double s_as = 0.0, s_aa = 0.0, s_ss = 0.0;
       auto elem = [&](O& wv, O gv, O(&s)[S]) FH_INLINE_LAMBDA {

@@ -338,18 +338,134 @@ struct LowpStore {
   }
 };
 
-// The store type of a functor: LowpStore for its kLowp instantiations (16-bit params only), else NearestStore.
-template <typename P, bool kLowp>
-using StoreFor = std::conditional_t<kLowp, LowpStore<P>, NearestStore>;
+// ---- bfloat16 moment buffers (a group's state_dtype=torch.bfloat16, issue 16) ----------------------------------
+// A functor's state type S (its second template argument) is its opmath type O for float32 / float64 state, or
+// c10::BFloat16 for bfloat16 state (S = BFloat16 is instantiated for float32 / bfloat16 / float16 params only). The
+// math stays float32: chunk_elementwise widens each state element exactly (rounding::bf16_to_float) into registers,
+// the rule updates it there, and this step's update of w uses the unrounded new moments; the stores round (below).
+// So the round-to-nearest kernels of float32 state are compiled exactly as before.
+template <typename S>
+struct StateMath {
+  using type = S;
+};
+template <>
+struct StateMath<c10::BFloat16> {
+  using type = float;
+};
+template <typename S>
+using state_math_t = typename StateMath<S>::type;
+template <typename S>
+inline constexpr bool kBf16State = std::is_same_v<S, c10::BFloat16>;
 
-// The store of tensor t from flat index index0 on: an empty NearestStore, or LowpStore::at.
-template <typename P, bool kLowp, typename Meta>
-__device__ __forceinline__ StoreFor<P, kLowp> store_for(const Meta& meta, int t, int mode, double k,
-                                                        int64_t index0) {
-  if constexpr (kLowp) {
+// The store of a kernel with bfloat16 state (always a kLowp instantiation: its table carries the lowp column, the
+// seeds when rounding is stochastic, zeros for round to nearest). The params: the plain conversion, or (16-bit
+// params, rounding != nearest) LowpStore's. The moment buffers: rounding::bf16_rne (the cpu backend's store_bf16, the
+// Triton kernels' store_cast), or with stochastic rounding bf16_sr with the bits rand32(seed, k, 1 + j, i): j the
+// buffer's place in hyper.STATE_STREAMS (stream[s] = 1 + j for the functor's state slot s), i its flat index; the
+// vector path one Philox call per aligned group of four (index0 % 4 == 0, as LowpStore's). Float32 params with
+// stochastic rounding (their state's stores only) take this kernel too.
+template <typename P>
+struct Bf16StateStore {
+  static constexpr bool kNearest = false;
+  LowpStore<P> param;   // 16-bit params with rounding != nearest
+  uint8_t stream[4];    // the random stream of state slot s (stochastic rounding)
+
+  template <typename Meta>
+  static __device__ __forceinline__ Bf16StateStore at(const Meta& meta, int t, int mode, double k, int64_t index0,
+                                                      uint32_t streams) {
+    Bf16StateStore s;
+    if constexpr (kSixteenBit<P>) {
+      s.param = LowpStore<P>::at(meta, t, mode, k, index0);
+    } else {  // (float32 params: only the state's stochastic rounding; no Kahan buffer)
+      s.param.mode = mode;
+      s.param.step = mode == kRoundStochastic ? static_cast<uint32_t>(k) : 0u;
+      s.param.seed = mode == kRoundStochastic ? meta.lowp[t] : 0u;
+      s.param.index0 = static_cast<uint64_t>(index0);
+      s.param.comp = nullptr;
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) s.stream[j] = static_cast<uint8_t>(streams >> (8 * j));
+    return s;
+  }
+
+  __device__ __forceinline__ bool vector_ok() const {
+    return param.mode == kRoundNearest || (kSixteenBit<P> ? param.vector_ok() : (param.index0 & 3u) == 0u);
+  }
+
+  __device__ __forceinline__ void store4(P* w, int64_t vi, const float (&x)[kILP]) const {
+    if constexpr (kSixteenBit<P>) {
+      if (param.mode != kRoundNearest) {
+        param.store4(w, vi, x);
+        return;
+      }
+    }
+    P r[kILP];
+#pragma unroll
+    for (int i = 0; i < kILP; ++i) r[i] = static_cast<P>(x[i]);
+    store_vec(w, vi, r);
+  }
+
+  __device__ __forceinline__ void store1(P* w, int64_t i, float x) const {
+    if constexpr (kSixteenBit<P>) {
+      if (param.mode != kRoundNearest) {
+        param.store1(w, i, x);
+        return;
+      }
+    }
+    w[i] = static_cast<P>(x);
+  }
+
+  // State slot s, elements 4*vi .. 4*vi+3 of the run.
+  __device__ __forceinline__ void state4(int s, uint16_t* p, int64_t vi, const float (&x)[kILP]) const {
+    uint16_t r[kILP];
+    if (param.mode == kRoundStochastic) {
+      const uint64_t g = (param.index0 >> 2) + static_cast<uint64_t>(vi);
+      const rounding::Philox4 q = rounding::philox4x32_10(
+          static_cast<uint32_t>(g), static_cast<uint32_t>(g >> 32), stream[s], param.step,
+          static_cast<uint32_t>(param.seed), static_cast<uint32_t>(param.seed >> 32));
+      r[0] = rounding::bf16_sr(x[0], q.x0);
+      r[1] = rounding::bf16_sr(x[1], q.x1);
+      r[2] = rounding::bf16_sr(x[2], q.x2);
+      r[3] = rounding::bf16_sr(x[3], q.x3);
+    } else {
+#pragma unroll
+      for (int i = 0; i < kILP; ++i) r[i] = rounding::bf16_rne(x[i]);
+    }
+    store_vec(p, vi, r);
+  }
+
+  // State slot s, element i of the run.
+  __device__ __forceinline__ void state1(int s, uint16_t* p, int64_t i, float x) const {
+    p[i] = param.mode == kRoundStochastic
+               ? rounding::bf16_sr(x, rounding::rand32(param.seed, param.step, stream[s],
+                                                       param.index0 + static_cast<uint64_t>(i)))
+               : rounding::bf16_rne(x);
+  }
+};
+
+// The random streams of a functor's state slots for Bf16StateStore, one byte each (slot 0 in the low byte).
+constexpr uint32_t state_streams(uint32_t s0, uint32_t s1 = 0, uint32_t s2 = 0, uint32_t s3 = 0) {
+  return s0 | (s1 << 8) | (s2 << 16) | (s3 << 24);
+}
+
+// The store type of a functor: Bf16StateStore for bfloat16 state, LowpStore for its other kLowp instantiations
+// (16-bit params only), else NearestStore.
+template <typename P, typename S, bool kLowp>
+using StoreFor = std::conditional_t<kBf16State<S>, Bf16StateStore<P>,
+                                    std::conditional_t<kLowp, LowpStore<P>, NearestStore>>;
+
+// The store of tensor t from flat index index0 on: an empty NearestStore, LowpStore::at or Bf16StateStore::at
+// (streams: state_streams of the functor's state slots).
+template <typename P, typename S, bool kLowp, typename Meta>
+__device__ __forceinline__ StoreFor<P, S, kLowp> store_for(const Meta& meta, int t, int mode, double k,
+                                                           int64_t index0, uint32_t streams = 0) {
+  if constexpr (kBf16State<S>) {
+    return Bf16StateStore<P>::at(meta, t, mode, k, index0, streams);
+  } else if constexpr (kLowp) {
+    (void)streams;
     return LowpStore<P>::at(meta, t, mode, k, index0);
   } else {
-    (void)meta, (void)t, (void)mode, (void)k, (void)index0;
+    (void)meta, (void)t, (void)mode, (void)k, (void)index0, (void)streams;
     return {};
   }
 }
@@ -368,17 +484,33 @@ void with_store(int64_t rounding, const Pick& pick) {
   pick(std::false_type{});
 }
 
-// The elementwise loop of one chunk: w (param dtype P, read and written), g (P, read), S state arrays (opmath
-// O, read and written; st points to S pointers). elem(O& w, O g, O (&s)[S]) updates one element in registers.
+// Host side: calls pick(std::type_identity<P>{}) for the bfloat16-state kernels of param type P, which exist for
+// float32 / bfloat16 / float16 params only (bf16_state refused float64 ones). A template, so that `if constexpr`
+// discards the float64 case (in the ops' AT_DISPATCH lambdas, no templates, it would not), and pick a generic
+// lambda, so that its functor types are named only where it is called.
+template <typename P, typename Pick>
+void with_bf16_state(const Pick& pick) {
+  if constexpr (!std::is_same_v<P, double>) {
+    pick(std::type_identity<P>{});
+  } else {
+    TORCH_CHECK(false, "fused_hybrid: bfloat16 state needs float32/bfloat16/float16 params");
+  }
+}
+
+// The elementwise loop of one chunk: w (param dtype P, read and written), g (P, read), S state arrays (state type
+// SS: opmath O, or bfloat16 widened to O = float, see Bf16StateStore; read and written; st points to S pointers).
+// elem(O& w, O g, O (&s)[S]) updates one element in registers.
 // Aligned: 4 elements per thread per iteration with vector loads, then a scalar tail; unaligned: scalar,
 // block-strided. kStoreW / kStoreStates = false read w / the states without writing them back (the passes of
-// two-pass rules). `store` writes w (NearestStore: the plain conversion; LowpStore: see above).
-template <int S, bool kStoreW = true, bool kStoreStates = true, typename P, typename O, typename Elem,
+// two-pass rules). `store` writes w (NearestStore: the plain conversion; LowpStore: see above) and bfloat16 state.
+template <int S, bool kStoreW = true, bool kStoreStates = true, typename P, typename SS, typename Elem,
           typename Store = NearestStore>
-__device__ __forceinline__ void chunk_elementwise(P* __restrict__ w, const P* __restrict__ g, O* const* st,
+__device__ __forceinline__ void chunk_elementwise(P* __restrict__ w, const P* __restrict__ g, SS* const* st,
                                                   int64_t n, const Elem& elem, const Store& store = {}) {
+  using O = state_math_t<SS>;
+  constexpr bool kB = kBf16State<SS>;
   bool aligned = is_aligned(w) && is_aligned(g);
-  if constexpr (!Store::kNearest && kStoreW) aligned = aligned && store.vector_ok();
+  if constexpr (!Store::kNearest && (kStoreW || kB)) aligned = aligned && store.vector_ok();
 #pragma unroll
   for (int s = 0; s < S; ++s) aligned = aligned && is_aligned(st[s]);
   int64_t done = 0;
@@ -391,7 +523,16 @@ __device__ __forceinline__ void chunk_elementwise(P* __restrict__ w, const P* __
       load_vec(rw, w, i);
       load_vec(rg, g, i);
 #pragma unroll
-      for (int s = 0; s < S; ++s) load_vec(rs[s], st[s], i);
+      for (int s = 0; s < S; ++s) {
+        if constexpr (kB) {
+          uint16_t b[kILP];
+          load_vec(b, reinterpret_cast<const uint16_t*>(st[s]), i);
+#pragma unroll
+          for (int ii = 0; ii < kILP; ++ii) rs[s][ii] = rounding::bf16_to_float(b[ii]);
+        } else {
+          load_vec(rs[s], st[s], i);
+        }
+      }
 #pragma unroll
       for (int ii = 0; ii < kILP; ++ii) {
         O wv = static_cast<O>(rw[ii]);
@@ -410,7 +551,10 @@ __device__ __forceinline__ void chunk_elementwise(P* __restrict__ w, const P* __
       }
       if constexpr (kStoreStates) {
 #pragma unroll
-        for (int s = 0; s < S; ++s) store_vec(st[s], i, rs[s]);
+        for (int s = 0; s < S; ++s) {
+          if constexpr (kB) store.state4(s, reinterpret_cast<uint16_t*>(st[s]), i, rs[s]);
+          else store_vec(st[s], i, rs[s]);
+        }
       }
     }
     done = nv * kILP;
@@ -419,7 +563,10 @@ __device__ __forceinline__ void chunk_elementwise(P* __restrict__ w, const P* __
     O wv = static_cast<O>(w[i]);
     O sv[S > 0 ? S : 1];
 #pragma unroll
-    for (int s = 0; s < S; ++s) sv[s] = st[s][i];
+    for (int s = 0; s < S; ++s) {
+      if constexpr (kB) sv[s] = rounding::bf16_to_float(reinterpret_cast<const uint16_t*>(st[s])[i]);
+      else sv[s] = st[s][i];
+    }
     elem(wv, static_cast<O>(g[i]), sv);
     if constexpr (kStoreW) {
       if constexpr (Store::kNearest) w[i] = static_cast<P>(wv);
@@ -427,7 +574,10 @@ __device__ __forceinline__ void chunk_elementwise(P* __restrict__ w, const P* __
     }
     if constexpr (kStoreStates) {
 #pragma unroll
-      for (int s = 0; s < S; ++s) st[s][i] = sv[s];
+      for (int s = 0; s < S; ++s) {
+        if constexpr (kB) store.state1(s, reinterpret_cast<uint16_t*>(st[s]), i, sv[s]);
+        else st[s][i] = sv[s];
+      }
     }
   }
 }
@@ -461,15 +611,23 @@ __device__ __forceinline__ double block_sum(double v) {
 // ---- Checks and the post-step kernel shared by the ops ---------------------------------------------------------
 
 // Matching lengths, one CUDA device, contiguous dense tensors of equal size, one parameter dtype.
+// bf16_state: the states are bfloat16 (see bf16_state below) instead of the opmath type.
 void check_lists(const char* op, at::TensorList params, at::TensorList grads,
-                 std::initializer_list<std::pair<const char*, at::TensorList>> states, bool states_like_params);
+                 std::initializer_list<std::pair<const char*, at::TensorList>> states, bool states_like_params,
+                 bool bf16_state = false);
+
+// Whether a call's moment buffers are bfloat16 (a group's state_dtype): the first non-empty list decides
+// (check_lists then holds every list to it), as the cpu backend decides; refused for float64 params.
+bool bf16_state(const char* op, at::ScalarType param_dtype, std::initializer_list<at::TensorList> lists);
 
 // The rounding arguments of an op (issue 16), checked as the cpu backend checks them (csrc/cpu: lowp_setup):
 // rounding is kRound*; a mode other than nearest needs bfloat16/float16 params and one seed per param (stochastic)
 // or one compensation buffer per param (Kahan: the param's dtype, device and size, contiguous). Returns the lowp
 // column of the launches (TensorListMeta): each param's seed or its buffer's address; empty for nearest.
+// With bf16_state, float32 params may carry stochastic rounding too (their state's stores only), and the column
+// is never empty (zeros for nearest: the bfloat16-state kernels always read it).
 std::vector<uint64_t> lowp_column(const char* op, at::TensorList params, int64_t rounding, at::IntArrayRef seeds,
-                                  at::TensorList kahan_comps);
+                                  at::TensorList kahan_comps, bool bf16_state = false);
 
 // After the main kernel: steps[t] += 1 unless found_inf (the main kernel read the old value: several blocks of
 // one tensor read it, so it cannot be written there), and, when slots is defined, partials[tensor_ids[t]] =

@@ -151,7 +151,7 @@ struct NdAdamFunctor {
       O* const st[2] = {m + start, v + start};
       // Stochastic rounding / Kahan stores: the scalar path only (ScalarLowpStore).
       using FlatStore = std::conditional_t<kLowp, ScalarLowpStore<P>, NearestStore>;
-      const FlatStore flat_store{store_for<P, kLowp>(meta, t, a.rounding, k, start)};
+      const FlatStore flat_store{store_for<P, O, kLowp>(meta, t, a.rounding, k, start)};
       chunk_elementwise<2>(w + start, g + start, st, n, [&](O& wv, O gv, O(&s)[2]) FH_INLINE_LAMBDA {
         O gi = rules::effective_grad(gv, inv, maximize);
         O unused = O(0);
@@ -178,14 +178,14 @@ struct NdAdamFunctor {
       for (int64_t r = chunk * rpc; r < r1; ++r) {
         ndadam_row(w + r * L, g + r * L, m + r * L, v + r, L, threadIdx.x, blockDim.x, s,
                    [](double x) FH_INLINE_LAMBDA { return block_sum(x); },
-                   [&]() FH_INLINE_LAMBDA { return store_for<P, kLowp>(meta, t, a.rounding, k, r * L); });
+                   [&]() FH_INLINE_LAMBDA { return store_for<P, O, kLowp>(meta, t, a.rounding, k, r * L); });
       }
     } else {  // short rows: a warp each
       const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
       for (int64_t r = chunk * rpc + warp; r < r1; r += warps) {
         ndadam_row(w + r * L, g + r * L, m + r * L, v + r, L, lane, 32, s,
                    [](double x) FH_INLINE_LAMBDA { return warp_sum(x); },
-                   [&]() FH_INLINE_LAMBDA { return store_for<P, kLowp>(meta, t, a.rounding, k, r * L); });
+                   [&]() FH_INLINE_LAMBDA { return store_for<P, O, kLowp>(meta, t, a.rounding, k, r * L); });
       }
     }
   }

@@ -22,8 +22,10 @@ struct RmsArgs : StepScalars {
 
 // Lists: 0 params, 1 grads, 2 square_avgs, 3 grad_avgs (centered), 4 momentum buffers; aux: the step tensors;
 // lowp (kLowpStore): seeds or compensation buffers.
-template <typename P, typename O, bool kCentered, bool kMomentum, bool kLowpStore>
+// SS: the buffers' type (O, or bfloat16: Bf16StateStore, kLowpStore).
+template <typename P, typename SS, bool kCentered, bool kMomentum, bool kLowpStore>
 struct RmsFunctor {
+  using O = state_math_t<SS>;
   static constexpr bool kLowp = kLowpStore;
   RmsArgs a;
 
@@ -35,11 +37,13 @@ struct RmsFunctor {
     P* w = static_cast<P*>(meta.addresses[0][t]) + start;
     const P* g = static_cast<const P*>(meta.addresses[1][t]) + start;
     constexpr int S = 1 + (kCentered ? 1 : 0) + (kMomentum ? 1 : 0);
-    O* st[S];
+    SS* st[S];
     int j = 0;
-    st[j++] = static_cast<O*>(meta.addresses[2][t]) + start;
-    if constexpr (kCentered) st[j++] = static_cast<O*>(meta.addresses[3][t]) + start;
-    if constexpr (kMomentum) st[j++] = static_cast<O*>(meta.addresses[4][t]) + start;
+    st[j++] = static_cast<SS*>(meta.addresses[2][t]) + start;
+    if constexpr (kCentered) st[j++] = static_cast<SS*>(meta.addresses[3][t]) + start;
+    if constexpr (kMomentum) st[j++] = static_cast<SS*>(meta.addresses[4][t]) + start;
+    // the random streams of the slots (hyper.STATE_STREAMS: square_avg, grad_avg, momentum_buffer)
+    constexpr uint32_t kStreams = kCentered ? state_streams(1, 2, 3) : state_streams(1, 3);
     const float k = *static_cast<const float*>(meta.aux[t]) + 1.0f;  // this step's count (post-step writes it)
     // torch.optim.Adagrad's clr = lr / (1 + (k-1)*lr_decay), in double as on its host (lr_decay 0: RMSprop).
     const double group_lr = a.lr.get();
@@ -59,7 +63,7 @@ struct RmsFunctor {
       wv = rules::rms_step(wv, gi, avg, buf, mom, lr, kMomentum);
       if constexpr (kCentered) s[1] = ga;
       if constexpr (kMomentum) s[S - 1] = buf;
-    }, store_for<P, kLowp>(meta, t, a.rounding, static_cast<double>(k), start));
+    }, store_for<P, SS, kLowp>(meta, t, a.rounding, static_cast<double>(k), start, kStreams));
   }
 };
 
@@ -71,11 +75,12 @@ void rms_(at::TensorList params, at::TensorList grads_in, at::TensorList square_
   const at::TensorList grads = contiguous.list();
   const char* op = "fused_hybrid::rms_";
   const bool has_momentum = momentum != 0.0;
-  check_lists(op, params, grads, {{"square_avgs", square_avgs}}, true);
-  if (centered) check_lists(op, params, grads, {{"grad_avgs", grad_avgs}}, true);
-  if (has_momentum) check_lists(op, params, grads, {{"momentum_buffers", momentum_buffers}}, true);
+  const bool bf16 = !params.empty() && bf16_state(op, params[0].scalar_type(), {square_avgs});
+  check_lists(op, params, grads, {{"square_avgs", square_avgs}}, true, bf16);
+  if (centered) check_lists(op, params, grads, {{"grad_avgs", grad_avgs}}, true, bf16);
+  if (has_momentum) check_lists(op, params, grads, {{"momentum_buffers", momentum_buffers}}, true, bf16);
   TORCH_CHECK(steps.size() == params.size(), op, ": steps needs one tensor per param");
-  const std::vector<uint64_t> lowp = lowp_column(op, params, rounding, seeds, kahan_comps);
+  const std::vector<uint64_t> lowp = lowp_column(op, params, rounding, seeds, kahan_comps, bf16);
   if (params.empty()) return;
   const auto dev = params[0].device();
   const c10::cuda::CUDAGuard guard(dev);
@@ -100,12 +105,26 @@ void rms_(at::TensorList params, at::TensorList grads_in, at::TensorList square_
   const plan::ChunkGrid grid = plan::chunk_grid(numels, geometry());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fused_hybrid_rms_cuda", [&] {
     using O = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    auto launch = [&](auto f) {
+      f.a = a;
+      multi_tensor_apply<5>(ops.lists, grid.chunks, grid.chunk_size, ops.step_ptrs, {}, f, nullptr, &lowp);
+    };
+    if (bf16) {  // bfloat16 buffers: one kernel per param dtype and variant, every rounding mode (not float64)
+      with_bf16_state<scalar_t>([&](auto p) {
+        using P = typename decltype(p)::type;
+        using B = c10::BFloat16;
+        if (centered) {
+          if (has_momentum) launch(RmsFunctor<P, B, true, true, true>{});
+          else launch(RmsFunctor<P, B, true, false, true>{});
+        } else {
+          if (has_momentum) launch(RmsFunctor<P, B, false, true, true>{});
+          else launch(RmsFunctor<P, B, false, false, true>{});
+        }
+      });
+      return;
+    }
     with_store<scalar_t>(rounding, [&](auto lowp_tag) {
       constexpr bool kL = decltype(lowp_tag)::value;
-      auto launch = [&](auto f) {
-        f.a = a;
-        multi_tensor_apply<5>(ops.lists, grid.chunks, grid.chunk_size, ops.step_ptrs, {}, f, nullptr, &lowp);
-      };
       if (centered) {
         if (has_momentum) launch(RmsFunctor<scalar_t, O, true, true, kL>{});
         else launch(RmsFunctor<scalar_t, O, true, false, kL>{});

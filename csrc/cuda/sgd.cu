@@ -16,9 +16,10 @@ namespace cuda {
 namespace {
 
 // Lists: 0 params, 1 grads, 2 momentum buffers; aux: the step counts (stochastic rounding only); lowp
-// (kLowpStore): seeds or compensation buffers.
-template <typename P, typename O, bool kMomentum, bool kLowpStore>
+// (kLowpStore): seeds or compensation buffers. SS: the buffers' type (O, or bfloat16: Bf16StateStore, kLowpStore).
+template <typename P, typename SS, bool kMomentum, bool kLowpStore>
 struct SgdFunctor {
+  using O = state_math_t<SS>;
   static constexpr bool kLowp = kLowpStore;
   DeviceScalar lr, grad_scale, found_inf;
   O momentum, one_minus_dampening, weight_decay;  // 1 - dampening rounded once from double (rules::OneMinus)
@@ -33,7 +34,7 @@ struct SgdFunctor {
     const int64_t n = std::min(meta.chunk_size, meta.numel[t] - start);
     P* w = static_cast<P*>(meta.addresses[0][t]) + start;
     const P* g = static_cast<const P*>(meta.addresses[1][t]) + start;
-    O* const st[1] = {kMomentum ? static_cast<O*>(meta.addresses[2][t]) + start : nullptr};
+    SS* const st[1] = {kMomentum ? static_cast<SS*>(meta.addresses[2][t]) + start : nullptr};
     const double lr_d = lr.get();
     const O lrv = static_cast<O>(lr_d);
     const O decay = static_cast<O>(1.0 - lr_d * weight_decay_d);
@@ -48,7 +49,7 @@ struct SgdFunctor {
       O d = gi;
       if constexpr (kMomentum) d = rules::sgd_direction_exact(gi, s[0], momentum, one_minus_dampening, nesterov, first);
       wv = rules::sgd_step(wv, d, lrv);
-    }, store_for<P, kLowp>(meta, t, rounding, k, start));
+    }, store_for<P, SS, kLowp>(meta, t, rounding, k, start, state_streams(1)));
   }
 };
 
@@ -59,11 +60,12 @@ void sgd_(at::TensorList params, at::TensorList grads_in, at::TensorList momentu
   const at::TensorList grads = contiguous.list();
   const char* op = "fused_hybrid::sgd_";
   const bool has_momentum = momentum != 0.0;
-  if (has_momentum) check_lists(op, params, grads, {{"momentum_buffers", momentum_buffers}}, true);
+  const bool bf16 = has_momentum && bf16_state(op, params[0].scalar_type(), {momentum_buffers});
+  if (has_momentum) check_lists(op, params, grads, {{"momentum_buffers", momentum_buffers}}, true, bf16);
   else check_lists(op, params, grads, {}, true);
   TORCH_CHECK(firsts.empty() || firsts.size() == params.size(), op,
               ": firsts needs one flag per param (or none: no buffer is fresh)");
-  const std::vector<uint64_t> lowp = lowp_column(op, params, rounding, seeds, kahan_comps);
+  const std::vector<uint64_t> lowp = lowp_column(op, params, rounding, seeds, kahan_comps, bf16);
   const bool counts_steps = rounding == kRoundStochastic;
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
@@ -100,23 +102,29 @@ void sgd_(at::TensorList params, at::TensorList grads_in, at::TensorList momentu
     for (const int64_t n : numels) chunks.push_back(plan::num_chunks(n, chunk));
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fused_hybrid_sgd_cuda", [&] {
       using O = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+      auto launch = [&](auto f) {
+        f.lr = sc.lr;
+        f.grad_scale = sc.grad_scale;
+        f.found_inf = sc.found_inf;
+        f.momentum = static_cast<O>(momentum);
+        f.one_minus_dampening = static_cast<O>(1.0 - dampening);
+        f.weight_decay = static_cast<O>(weight_decay);
+        f.weight_decay_d = weight_decay;
+        f.decoupled = decoupled;
+        f.nesterov = nesterov;
+        f.maximize = maximize;
+        f.first = first;
+        f.rounding = static_cast<int>(rounding);
+        multi_tensor_apply<3>(lists, chunks, chunk, aux, {}, f, &ids, &lowp_sub);
+      };
+      if (bf16) {  // bfloat16 buffers (has_momentum): one kernel per param dtype, every rounding mode
+        with_bf16_state<scalar_t>([&](auto p) {
+          launch(SgdFunctor<typename decltype(p)::type, c10::BFloat16, true, true>{});
+        });
+        return;
+      }
       with_store<scalar_t>(rounding, [&](auto lowp_tag) {
         constexpr bool kL = decltype(lowp_tag)::value;
-        auto launch = [&](auto f) {
-          f.lr = sc.lr;
-          f.grad_scale = sc.grad_scale;
-          f.found_inf = sc.found_inf;
-          f.momentum = static_cast<O>(momentum);
-          f.one_minus_dampening = static_cast<O>(1.0 - dampening);
-          f.weight_decay = static_cast<O>(weight_decay);
-          f.weight_decay_d = weight_decay;
-          f.decoupled = decoupled;
-          f.nesterov = nesterov;
-          f.maximize = maximize;
-          f.first = first;
-          f.rounding = static_cast<int>(rounding);
-          multi_tensor_apply<3>(lists, chunks, chunk, aux, {}, f, &ids, &lowp_sub);
-        };
         if (has_momentum) launch(SgdFunctor<scalar_t, O, true, kL>{});
         else launch(SgdFunctor<scalar_t, O, false, kL>{});
       });
