@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "fused_hybrid/rounding.h"
+#include "fused_hybrid/state_dtype.h"  // bf16_state
 #include "multi_tensor.h"
 
 namespace fused_hybrid {
@@ -179,19 +180,6 @@ inline void store_state_bf16(uint16_t* out, const float* in, int64_t n, int64_t 
 template <typename S>
 FH_CPU_CLONES void narrow(S* __restrict__ out, const float* __restrict__ in, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = static_cast<S>(in[i]);
-}
-
-// Whether a call's moment buffers are bfloat16: the first non-empty list decides (check_state then holds every list
-// to that dtype). float64 params always have float64 state (rules.state_dtype never narrows it).
-inline bool bf16_state(const char* op, at::ScalarType param_dtype, std::initializer_list<at::TensorList> lists) {
-  for (const auto& l : lists) {
-    if (l.empty() || !l[0].defined()) continue;
-    const bool b = l[0].scalar_type() == at::kBFloat16;
-    TORCH_CHECK(!b || param_dtype != at::kDouble, op, ": bfloat16 state needs float32/bfloat16/float16 params, not ",
-                param_dtype);
-    return b;
-  }
-  return false;
 }
 
 // Runs run(s) with s[j] the float32 view of state buffer j: the buffer itself (float32 state) or its widened copy

@@ -84,17 +84,6 @@ void check_lists(const char* op, at::TensorList params, at::TensorList grads,
   }
 }
 
-bool bf16_state(const char* op, at::ScalarType param_dtype, std::initializer_list<at::TensorList> lists) {
-  for (const auto& l : lists) {
-    if (l.empty() || !l[0].defined()) continue;
-    const bool b = l[0].scalar_type() == at::kBFloat16;
-    TORCH_CHECK(!b || param_dtype != at::kDouble, op, ": bfloat16 state needs float32/bfloat16/float16 params, not ",
-                param_dtype);
-    return b;
-  }
-  return false;
-}
-
 std::vector<uint64_t> lowp_column(const char* op, at::TensorList params, int64_t rounding, at::IntArrayRef seeds,
                                   at::TensorList kahan_comps, bool bf16_state) {
   TORCH_CHECK(rounding == kRoundNearest || rounding == kRoundStochastic || rounding == kRoundKahan, op,

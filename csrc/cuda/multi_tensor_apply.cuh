@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "fused_hybrid/launch_plan.h"
+#include "fused_hybrid/state_dtype.h"  // bf16_state, as the CPU ops decide it
 #include "fused_hybrid/rounding.h"
 
 // Hooks of the SIMT simulator (csrc/sim/cuda_sim.h defines them first when it builds these sources with the host
@@ -615,10 +616,6 @@ __device__ __forceinline__ double block_sum(double v) {
 void check_lists(const char* op, at::TensorList params, at::TensorList grads,
                  std::initializer_list<std::pair<const char*, at::TensorList>> states, bool states_like_params,
                  bool bf16_state = false);
-
-// Whether a call's moment buffers are bfloat16 (a group's state_dtype): the first non-empty list decides
-// (check_lists then holds every list to it), as the cpu backend decides; refused for float64 params.
-bool bf16_state(const char* op, at::ScalarType param_dtype, std::initializer_list<at::TensorList> lists);
 
 // The rounding arguments of an op (issue 16), checked as the cpu backend checks them (csrc/cpu: lowp_setup):
 // rounding is kRound*; a mode other than nearest needs bfloat16/float16 params and one seed per param (stochastic)
