@@ -107,7 +107,13 @@ ALIGNED_FP32 = {
 # gained local loads or stores.
 # Issue 16's stochastic rounding / Kahan stores (the kLowp instantiations, measured session 6, sm_90, CUDA 13.0):
 # none keeps a stack frame; the round-to-nearest kernels were unchanged by them (registers, stack, accesses).
-SPILL_ALLOWED = {"AdaptiveFunctor<BFloat16,float,false,true,false>": 16,
+# Issue 16's bfloat16 state in MAS and ND-Adam (measured session 7, sm_90, CUDA 13.0): two of their 21 kernels keep
+# a frame. ND-Adam's for float16 params recomputes m (the projected gradient's moment) in its last two row passes
+# instead of reading it back, next to the software float16 conversions, and ptxas holds it at 64 registers with 40
+# bytes of spills (storing m before the divisions, or building the store per element, made it 64 and moved 8 bytes
+# into the bfloat16 kernel); MAS's pass 1 for float32 params without momentum keeps 8 bytes (a float64 sum).
+SPILL_ALLOWED = {"NdAdamFunctor<Half,BFloat16,true>": 40, "MasFunctor<float,BFloat16,1,false,false>": 8,
+                 "AdaptiveFunctor<BFloat16,float,false,true,false>": 16,
                  "AdaptiveFunctor<Half,float,false,true,false>": 16,
                  "MasFunctor<BFloat16,float,2,true,false>": 24, "MasFunctor<Half,float,2,true,false>": 16,
                  "MasFunctor<double,double,2,false,false>": 24, "MasFunctor<BFloat16,float,2,false,false>": 8}
@@ -163,27 +169,45 @@ def _bf16_state(name):
 
 def test_bf16_state_kernels(kernels):
     """bfloat16 moment buffers (state_dtype, multi_tensor_apply.cuh: Bf16StateStore): one kernel per family variant for
-    float32 / bfloat16 / float16 params (none for float64, whose state stays float64), always with the lowp column
-    (kLowp true: every rounding mode in one kernel). On the aligned path each state list is read and written 4
-    elements at a time (64-bit accesses), and float32 params keep their 128-bit loads of w and g and store of w.
-    No local memory (test_no_spills covers them too)."""
-    fams = {"SgdFunctor": 1, "AdaptiveFunctor": 4, "RmsFunctor": 4}  # variants with a state list
+    float32 / bfloat16 / float16 params (none for float64, whose state stays float64), with the lowp column (kLowp
+    true: every rounding mode in one kernel) in every kernel that stores, i.e. all but MAS's pass 1 (mode 1), which
+    only reads the state (csrc/cuda/mas.cu). On the aligned path each state list is read 4 elements at a time (64-bit
+    loads), and stored so where the kernel stores it, and float32 params keep their 128-bit loads of w and g (and
+    store of w where it is written). ND-Adam's kernels have no vector loop (scalar row passes, ScalarOnly for its 1-D
+    tensors). No local memory, and no stack but SPILL_ALLOWED's (test_no_spills covers them too)."""
+    # variants with a state list: SGD with momentum; Adam x AMSGrad x SWATS; RMSprop centered x momentum; MAS
+    # mode (sum, pass 1, pass 2) x momentum; ND-Adam
+    fams = {"SgdFunctor": 1, "AdaptiveFunctor": 4, "RmsFunctor": 4, "MasFunctor": 6, "NdAdamFunctor": 1}
     bf = [(arch, n) for arch, n in kernels if n.startswith(tuple(fams)) and _bf16_state(n)]
     names = {n for _, n in bf}
     for fam, variants in fams.items():
         for dt in ("float", "BFloat16", "Half"):
             assert len([n for n in names if n.startswith(f"{fam}<{dt},BFloat16,")]) == variants, (fam, dt, names)
     assert not any(n.split("<", 1)[1].startswith("double,") for n in names), names
-    assert all(n.endswith(",true>") for n in names), names
     for arch, n in bf:
         k = kernels[(arch, n)]
-        flags = [f == "true" for f in n[:-1].split(",")[2:-1]]
-        nstates = 1 if n.startswith("Sgd") else (2 + flags[0] if n.startswith("Adaptive") else 1 + sum(flags))
+        args = n[:-1].split("<", 1)[1].split(",")  # P, BFloat16, the functor's flags..., kLowp
+        flags = [f == "true" for f in args[2:-1]]
+        mas_pass1 = n.startswith("Mas") and args[2] == "1"
+        assert (args[-1] == "true") != mas_pass1, n
+        assert k.get("local", 0) == 0 and k.get("stack", 0) <= SPILL_ALLOWED.get(n, 0) and "reg" in k, (arch, n, k)
+        if n.startswith("NdAdam"):
+            assert _count(k["ops"], "LDG", True) == 0, (arch, n, k["ops"])
+            continue
+        if n.startswith("Sgd"):
+            nstates = 1
+        elif n.startswith("Adaptive"):
+            nstates = 2 + flags[0]
+        elif n.startswith("Mas"):
+            nstates = 2 + (args[3] == "true")
+        else:
+            nstates = 1 + sum(flags)
+        stored = 0 if mas_pass1 else nstates
         wide64 = lambda prefix: sum(v for op, v in k["ops"].items() if op.startswith(prefix) and ".64" in op)  # noqa
-        assert wide64("LDG") >= nstates and wide64("STG") >= nstates, (arch, n, k["ops"])
-        if n.split("<", 1)[1].startswith("float,"):
-            assert _count(k["ops"], "LDG", True) >= 2 and _count(k["ops"], "STG", True) >= 1, (arch, n, k["ops"])
-        assert k.get("local", 0) == 0 and k.get("stack", 0) == 0 and "reg" in k, (arch, n, k)
+        assert wide64("LDG") >= nstates and wide64("STG") >= stored, (arch, n, k["ops"])
+        if args[0] == "float":
+            assert _count(k["ops"], "LDG", True) >= 2, (arch, n, k["ops"])
+            assert _count(k["ops"], "STG", True) >= (0 if mas_pass1 else 1), (arch, n, k["ops"])
 
 
 def test_fp32_aligned_paths_use_128_bit_accesses(kernels):

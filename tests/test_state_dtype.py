@@ -4,8 +4,9 @@ What it promises, checked on every rule (test_low_precision.RULES) and every bac
 cpu, triton under the interpreter): every moment buffer is bfloat16 (step counts, seeds and Kahan buffers keep
 theirs); the arithmetic is float32 (after one step the params are bitwise those of the float32-state run and the
 state is exactly its float32 state rounded to nearest even); the backends agree bitwise; the trajectory stays close
-to the float32-state one; checkpoints round-trip and convert; bad values and backends without it (the CUDA kernels,
-cuda and cuda_sim, for the families not ported yet: MAS, ND-Adam) are refused clearly.
+to the float32-state one; checkpoints round-trip and convert; bad values, and a backend without it (none today: the
+refusal is checked on a backend made to lack it), are refused clearly. The CUDA kernels (cuda, cuda_sim) are bitwise
+the cpu backend for every rule.
 """
 import copy
 
@@ -31,12 +32,6 @@ _needs_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and cuda_backend
 SIM = pytest.param("cuda_sim", marks=_needs_sim)
 CUDA = pytest.param("cuda", marks=_needs_cuda)
 DONE = ["reference", "cpu", "triton", SIM, CUDA]
-# The rule families whose CUDA kernels take bfloat16 state (backends/cuda.py: BF16_STATE); the others are refused.
-CUDA_FAMILIES = cuda_backend.BF16_STATE
-FAMILY = {"sgd": "sgd", "sgd_mom": "sgd", "adam": "adaptive", "adamw_ams": "adaptive", "padam": "adaptive",
-          "adabound": "adaptive", "adamclip": "adaptive", "swats": "adaptive", "rmsprop": "rms", "adagrad": "rms",
-          "mas_sum": "mas", "mas_vector": "mas", "mas_correction": "mas", "ndadam": "ndadam"}
-CUDA_RULES = sorted(n for n in RULES if FAMILY[n] in CUDA_FAMILIES)
 
 
 @pytest.fixture(autouse=True)
@@ -59,12 +54,6 @@ NOT_MOMENTS = {"step", "rounding_seed", "kahan_comp"}
 
 def _sizes(backend):
     return SMALL if backend in ("triton", "cuda_sim") else SIZES
-
-
-def _skip_unported(name, backend):
-    if backend in ("cuda", "cuda_sim") and FAMILY[name] not in CUDA_FAMILIES:
-        pytest.skip(f"the CUDA kernels of {FAMILY[name]!r} do not take bfloat16 state yet (refused: "
-                    "test_cuda_refuses_unported_families)")
 
 
 def _device(backend):
@@ -166,7 +155,6 @@ def test_first_step_is_float32_math(name, backend):
     """After one step from the same start, the params are bitwise those of the float32-state run (the update uses
     the unrounded new moments), and each bfloat16 buffer is exactly the float32 run's buffer rounded to nearest
     even (rounding.round_to, the integer RNE every backend's store uses)."""
-    _skip_unported(name, backend)
     sizes = _sizes(backend)
     ref, ref_opt = _run(name, backend, torch.float32, steps=1, sizes=sizes, state_dtype=None)
     got, opt = _run(name, backend, torch.float32, steps=1, sizes=sizes)
@@ -446,22 +434,30 @@ def test_changing_state_dtype_between_steps_converts():
 # ---- backends without it ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("backend", [SIM, CUDA])
-@pytest.mark.parametrize("name", ["mas_vector", "mas_sum", "ndadam"])
-def test_cuda_refuses_unported_families(name, backend):
-    """The CUDA kernels of MAS and ND-Adam do not take bfloat16 state yet: a named cuda / cuda_sim backend is refused
-    before anything changes, naming the family; float64 params keep float64 state, which they take."""
-    p = torch.ones(4, 4, device=_device(backend), requires_grad=True)
-    cls, kw = RULES[name]
-    opt = cls([p], backend=backend, state_dtype=BF16, **kw)
-    p.grad = torch.ones_like(p)
-    with pytest.raises(B.BackendUnavailableError, match="state_dtype=torch.bfloat16 is not implemented by its"):
-        opt.step()
-    assert bool((p == 1).all())
+@pytest.mark.parametrize("name", ["mas_vector", "ndadam", "sgd_mom"])
+def test_float64_params_keep_float64_state_on_cuda(name, backend):
+    """state_dtype=bfloat16 narrows float32 state only: float64 params step with float64 state on the CUDA kernels
+    (the ops would refuse bfloat16 state next to them: test_cuda_ops_refuse_bf16_state_with_float64_params)."""
     q = torch.ones(4, 4, dtype=torch.float64, device=_device(backend), requires_grad=True)
+    cls, kw = RULES[name]
     opt = cls([q], backend=backend, state_dtype=BF16, **kw)
-    q.grad = torch.ones_like(q)
+    q.grad = torch.full_like(q, 0.5)
     opt.step()
     assert bool((q != 1).any()) and all(v.dtype == torch.float64 for v in _moments(opt, q).values())
+
+
+def test_backend_without_bf16_state_is_refused_by_name(monkeypatch):
+    """A backend whose kernels lack bfloat16 state (its BF16_STATE false; every backend has it today, so one is made
+    to lack it) is refused when named, before anything changes, saying which backends have it."""
+    from fused_hybrid.backends import cpu
+    monkeypatch.setattr(cpu, "BF16_STATE", False)
+    p = torch.ones(4, 4, requires_grad=True)
+    opt = fh.MAS([p], lr=0.1, backend="cpu", state_dtype=BF16)
+    p.grad = torch.ones_like(p)
+    with pytest.raises(B.BackendUnavailableError, match=r"state_dtype=torch.bfloat16 is not implemented by its "
+                                                        r"kernels \(bfloat16 moment buffers run on \['cuda'"):
+        opt.step()
+    assert bool((p == 1).all()) and all(float(s["step"]) == 0 for s in opt.state.values())
 
 
 @_needs_sim
@@ -475,16 +471,18 @@ def test_cuda_ops_refuse_bf16_state_with_float64_params():
 
 
 def test_auto_skips_backends_without_bf16_state(monkeypatch):
-    """backend="auto" picks the first backend whose kernels of the family take bfloat16 state (cuda_sim's: adaptive,
-    sgd, rms; on a GPU the cuda backend the same); a named one that cannot is refused, never silently replaced."""
+    """backend="auto" picks the first backend whose kernels take bfloat16 state when the group asks for it (here
+    cuda_sim made to lack it: cpu is next), and the first one otherwise."""
     from fused_hybrid.backends import cuda_sim
     if not cuda_sim.available(torch.device("cpu")):
         pytest.skip(cuda_sim.why_unavailable(torch.device("cpu")))
     monkeypatch.setitem(B._AUTO_ORDER, "cpu", ("cuda_sim", "cpu"))
     dev = torch.device("cpu")
+    for fam in ("mas", "ndadam", "adaptive"):
+        assert B.resolve("auto", dev, fam, bf16_state=True).NAME == "cuda_sim"
+    monkeypatch.setattr(cuda_sim, "BF16_STATE", False)
     assert B.resolve("auto", dev, "mas").NAME == "cuda_sim"
     assert B.resolve("auto", dev, "mas", bf16_state=True).NAME == "cpu"
-    assert B.resolve("auto", dev, "adaptive", bf16_state=True).NAME == "cuda_sim"
     with pytest.raises(B.BackendUnavailableError, match="state_dtype"):
         B.resolve("cuda_sim", dev, "ndadam", bf16_state=True)
 
@@ -499,7 +497,7 @@ def test_auto_skips_backends_without_bf16_state(monkeypatch):
                                            pytest.param("cuda", None, marks=_needs_cuda, id="cuda")])
 @pytest.mark.parametrize("dtype", [BF16, torch.float32, torch.float16], ids=["bf16", "fp32", "fp16"])
 @pytest.mark.parametrize("opts", sorted(OPTS))
-@pytest.mark.parametrize("name", CUDA_RULES)
+@pytest.mark.parametrize("name", sorted(RULES))
 def test_cuda_kernels_bits_equal_cpu(name, opts, dtype, backend, chunk):
     """The CUDA kernels' bfloat16 state: params and every state tensor bitwise the cpu backend's after 3 steps
     (nearest, stochastic rounding of params and state, Kahan), bfloat16 / float16 / float32 params, odd sizes,
@@ -517,6 +515,40 @@ def test_cuda_kernels_bits_equal_cpu(name, opts, dtype, backend, chunk):
             b = _run(name, backend, dtype, steps=3, sizes=sizes, **OPTS[opts])
     else:
         b = _run(name, backend, dtype, steps=3, sizes=sizes, **OPTS[opts])
+    for p in b[0]:
+        assert all(v.dtype == BF16 for v in _moments(b[1], p).values())
+    _assert_same_run(a, b)
+
+
+# MAS's and ND-Adam's branches that test_low_precision.RULES does not reach: the normalized variant, Nesterov, both
+# kinds of weight decay, correction with momentum (both of its branches: the tensors' directions disagree or not).
+MORE = {
+    "mas_normalized": (fh.MAS, dict(lr=1e-2, momentum=0.9, nesterov=True, variant="normalized", weight_decay=0.1)),
+    "mas_correction_mom": (fh.MAS, dict(lr=1e-2, momentum=0.5, dampening=0.1, variant="correction",
+                                        weight_decay=0.1, decoupled_weight_decay=True)),
+    "mas_vector_wd": (fh.MAS, dict(lr=1e-2, variant="vector", weight_decay=0.1, maximize=True)),
+    "ndadam_wd": (fh.NDAdam, dict(lr=1e-2, weight_decay=0.1)),
+}
+
+
+@pytest.mark.parametrize("backend", [pytest.param("cuda_sim", marks=_needs_sim), CUDA])
+@pytest.mark.parametrize("dtype", [BF16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("opts", ["plain", "sr"])
+@pytest.mark.parametrize("name", sorted(MORE))
+def test_cuda_mas_ndadam_branches_bits_equal_cpu(name, opts, dtype, backend, monkeypatch):
+    """The CUDA kernels of MAS (pass 2 recomputes the moments from the old bfloat16 state) and ND-Adam (m recomputed
+    in the passes after the moment update, v stored per row): params and state bitwise the cpu backend's after 4
+    steps, in the branches RULES leaves out."""
+    from test_low_precision import _assert_same_run
+    from fused_hybrid.backends import cuda_sim
+    monkeypatch.setitem(RULES, name, MORE[name])
+    sizes = [(7, 13), 5, (3, 2100), 1, 64]
+    a = _run(name, "cpu", dtype, sizes=sizes, **OPTS[opts])
+    if backend == "cuda_sim":
+        with cuda_sim.settings(base_chunk=1028):
+            b = _run(name, backend, dtype, sizes=sizes, **OPTS[opts])
+    else:
+        b = _run(name, backend, dtype, sizes=sizes, **OPTS[opts])
     for p in b[0]:
         assert all(v.dtype == BF16 for v in _moments(b[1], p).values())
     _assert_same_run(a, b)
@@ -563,7 +595,7 @@ def test_cuda_swats_both_phases_bits_equal_cpu(opts, dtype, backend):
 
 @pytest.mark.parametrize("backend", DONE)
 def test_found_inf_changes_nothing(backend):
-    name = "mas_vector" if backend not in ("cuda", "cuda_sim") else "adamw_ams"
+    name = "mas_vector"
     ps, opt = _run(name, backend, BF16, steps=2, sizes=SMALL)
     before = {i: {k: v.clone() for k, v in _moments(opt, p).items()} for i, p in enumerate(ps)}
     params = [p.detach().clone() for p in ps]

@@ -9,6 +9,9 @@
 //     the update; the block of chunk 0 stores k as t's step. No block of pass 2 reads a step tensor, so that
 //     store races with nothing, and the stream orders pass 1's slot writes before pass 2's reads.
 //     An empty tensor gets one zero-length chunk so that this block advances its step too.
+//     With bfloat16 state (state_dtype) pass 1 only reads the state and pass 2 recomputes and stores the moments
+//     (see MasFunctor): pass 1's state writes move to pass 2, so the traffic is the float32 one's minus the state
+//     bytes saved.
 //   Why not a post-step kernel between the passes (a third launch) or the Triton backend's
 //   last-program counter: the redundant sums cost each block chunks(t) x 32 bytes of L2 reads (at most 2048
 //   slots, 64 KB, against the chunk's >= 65536 elements of DRAM traffic), and need neither a zeroed counter
@@ -45,10 +48,17 @@ enum Slot : int { kSlotDot = 0, kSlotAA = 1, kSlotSS = 2, kSlotStep = 3, kSlotWi
 
 // Lists: 0 params, 1 grads, 2 exp_avgs, 3 exp_avg_sqs, 4 momentum buffers; aux: steps; lowp (kLowpStore, the
 // passes that write w: sum and apply): seeds or compensation buffers.
-template <typename P, typename O, int kMode, bool kMom, bool kLowpStore>
+// SS: the moment buffers' type (O, or bfloat16: Bf16StateStore, kLowpStore in the passes that write). With bfloat16
+// state pass 1 stores nothing, and pass 2 recomputes the moments from the old state (bitwise pass 1's float32
+// values), moves w by them unrounded and stores them rounded, as the cpu backend does (csrc/cpu/mas.cpp): storing
+// them in pass 1 would make pass 2 step with the rounded moments.
+template <typename P, typename SS, int kMode, bool kMom, bool kLowpStore>
 struct MasFunctor {
+  using O = state_math_t<SS>;
+  static constexpr bool kB = kBf16State<SS>;
   static constexpr bool kLowp = kLowpStore;
   static_assert(!kLowp || kMode != kModeReduce, "pass 1 does not write w");
+  static_assert(!kB || kLowp || kMode == kModeReduce, "a pass storing bfloat16 state reads the lowp column");
   MasArgs a;
 
   __device__ __forceinline__ void operator()(const TensorListMeta<5, kLowp>& meta) const {
@@ -58,9 +68,9 @@ struct MasFunctor {
     const int64_t n = std::min(meta.chunk_size, meta.numel[t] - start);
     P* w = static_cast<P*>(meta.addresses[0][t]) + start;
     const P* g = static_cast<const P*>(meta.addresses[1][t]) + start;
-    O* m = static_cast<O*>(meta.addresses[2][t]) + start;
-    O* v = static_cast<O*>(meta.addresses[3][t]) + start;
-    O* buf = kMom ? static_cast<O*>(meta.addresses[4][t]) + start : nullptr;
+    SS* m = static_cast<SS*>(meta.addresses[2][t]) + start;
+    SS* v = static_cast<SS*>(meta.addresses[3][t]) + start;
+    SS* buf = kMom ? static_cast<SS*>(meta.addresses[4][t]) + start : nullptr;
     const O inv = static_cast<O>(1.0 / a.grad_scale.get());
     const double lrd = a.lr.get();
     // This step's count k: read (and incremented) from the step tensor by pass 1 and the sum variant; the apply
@@ -93,8 +103,9 @@ struct MasFunctor {
       return d;
     };
     constexpr int S = kMom ? 3 : 2;
-    O* const st[3] = {m, v, buf};
-    [[maybe_unused]] const auto store = store_for<P, O, kLowp>(meta, t, a.rounding, k, start);
+    SS* const st[3] = {m, v, buf};
+    // The store of w (and of bfloat16 state: streams 1 + j, hyper.STATE_STREAMS["mas"]), in the passes that write.
+    constexpr uint32_t kStreams = state_streams(1, 2, 3);
     if constexpr (kMode == kModeSum || kMode == kModeReduce) {
       double s_as = 0.0, s_aa = 0.0, s_ss = 0.0;
       auto elem = [&](O& wv, O gv, O(&s)[S]) FH_INLINE_LAMBDA {
@@ -112,9 +123,9 @@ struct MasFunctor {
         }
       };
       if constexpr (kMode == kModeSum) {
-        chunk_elementwise<S>(w, g, st, n, elem, store);
+        chunk_elementwise<S>(w, g, st, n, elem, store_for<P, SS, kLowp>(meta, t, a.rounding, k, start, kStreams));
       } else {
-        chunk_elementwise<S, false, true>(w, g, st, n, elem);
+        chunk_elementwise<S, false, !kB>(w, g, st, n, elem);
         s_as = block_sum(s_as);
         s_aa = block_sum(s_aa);
         s_ss = block_sum(s_ss);
@@ -146,14 +157,29 @@ struct MasFunctor {
       const double dot = s_dot, norm_a = eta * ::sqrt(s_aa);
       const double norm_s = ::sqrt(s_ss);
       const double ratio = norm_s > 0.0 ? norm_a / norm_s : 0.0;
-      if (a.variant == kCorrection && dot < 0.0) {  // the Adam step where the directions disagree
+      const auto store = store_for<P, SS, kLowp>(meta, t, a.rounding, k, start, kStreams);
+      if constexpr (kB) {  // bfloat16 state: this step's moments again from the old state (see above), every branch
+        const int which = a.variant == kCorrection ? (dot < 0.0 ? 0 : 1) : a.variant == kNormalized ? 1 : 2;
+        const O c_a = static_cast<O>(a.variant == kCorrection ? eta : a.adam_w * eta);
+        const O c_s = static_cast<O>(a.variant == kCorrection ? lrd : a.variant == kNormalized ? ratio : a.sgd_w * ratio);
+        chunk_elementwise<S>(w, g, st, n, [&](O& wv, O gv, O(&s)[S]) FH_INLINE_LAMBDA {
+          const O d = direction(wv, gv);
+          const O d_a = rules::mas_adam_direction_exact(s[0], s[1], d, beta2, om_b1, om_b2, bc2_sqrt, eps);
+          O d_s = d;
+          if constexpr (kMom) d_s = rules::sgd_direction_exact(d, s[kMom ? 2 : 0], momentum, om_damp, nesterov, first);
+          wv = wv * decay;
+          if (which == 0) rules::mas_single_update(wv, d_a, c_a);
+          else if (which == 1) rules::mas_single_update(wv, d_s, c_s);
+          else rules::mas_vector_update(wv, d_a, d_s, c_a, c_s);
+        }, store);
+      } else if (a.variant == kCorrection && dot < 0.0) {  // the Adam step where the directions disagree
         chunk_elementwise<2, true, false>(w, g, st, n, [&](O& wv, O, O(&s)[2]) FH_INLINE_LAMBDA {
           wv = wv * decay;
           rules::mas_single_update(wv, rules::adam_direction(s[0], s[1], bc2_sqrt, eps), eta_a);
         }, store);
       } else if (a.variant == kCorrection || a.variant == kNormalized) {  // the SGD step, scaled
         const O c_s = a.variant == kCorrection ? lr : static_cast<O>(ratio);
-        O* const sb[1] = {buf};
+        SS* const sb[1] = {buf};
         auto elem_s = [&](O& wv, O gv, O(&s)[1]) FH_INLINE_LAMBDA {
           const O d = direction(wv, gv);
           O d_s = d;
@@ -184,11 +210,12 @@ void mas_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avg
   const at::TensorList grads = contiguous.list();
   const char* op = "fused_hybrid::mas_";
   const bool mom = momentum != 0.0;
-  check_lists(op, params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}}, true);
-  if (mom) check_lists(op, params, grads, {{"momentum_buffers", momentum_buffers}}, true);
+  const bool bf16 = !params.empty() && bf16_state(op, params[0].scalar_type(), {exp_avgs, exp_avg_sqs});
+  check_lists(op, params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}}, true, bf16);
+  if (mom) check_lists(op, params, grads, {{"momentum_buffers", momentum_buffers}}, true, bf16);
   TORCH_CHECK(steps.size() == params.size(), op, ": steps needs one tensor per param");
   TORCH_CHECK(variant >= kSum && variant <= kVector, op, ": unknown variant ", variant);
-  const std::vector<uint64_t> lowp = lowp_column(op, params, rounding, seeds, kahan_comps);
+  const std::vector<uint64_t> lowp = lowp_column(op, params, rounding, seeds, kahan_comps, bf16);
   if (params.empty()) return;
   const auto dev = params[0].device();
   const c10::cuda::CUDAGuard guard(dev);
@@ -221,16 +248,27 @@ void mas_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avg
     constexpr int kMode = decltype(mode_tag)::value;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fused_hybrid_mas_cuda", [&] {
       using O = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-      // Pass 1 of the reducing variants does not write w: always the nearest kernel. (Its tables may then hold
-      // more tensors than the apply pass's: the slots are numbered over the whole call, not per launch.)
+      auto launch = [&](auto f) {
+        f.a = a;
+        // info[t]: the tensor's first slot (the apply pass sums its slots from there).
+        multi_tensor_apply<5>(ops.lists, grid.chunks, grid.chunk_size, ops.step_ptrs, grid.slot_begin, f, nullptr,
+                              &lowp);
+      };
+      // Pass 1 of the reducing variants does not write w (nor, with bfloat16 state, the state): always a kernel
+      // without the lowp column. (Its tables may then hold more tensors than the apply pass's: the slots are
+      // numbered over the whole call, not per launch.)
+      if (bf16) {  // bfloat16 moments: one kernel per param dtype, mode and momentum, every rounding mode
+        with_bf16_state<scalar_t>([&](auto p) {
+          using P = typename decltype(p)::type;
+          using B = c10::BFloat16;
+          constexpr bool kL = kMode != kModeReduce;
+          if (mom) launch(MasFunctor<P, B, kMode, true, kL>{});
+          else launch(MasFunctor<P, B, kMode, false, kL>{});
+        });
+        return;
+      }
       with_store<scalar_t>(kMode == kModeReduce ? kRoundNearest : rounding, [&](auto lowp_tag) {
         constexpr bool kL = decltype(lowp_tag)::value && kMode != kModeReduce;
-        auto launch = [&](auto f) {
-          f.a = a;
-          // info[t]: the tensor's first slot (the apply pass sums its slots from there).
-          multi_tensor_apply<5>(ops.lists, grid.chunks, grid.chunk_size, ops.step_ptrs, grid.slot_begin, f, nullptr,
-                                &lowp);
-        };
         if (mom) launch(MasFunctor<scalar_t, O, kMode, true, kL>{});
         else launch(MasFunctor<scalar_t, O, kMode, false, kL>{});
       });

@@ -437,12 +437,23 @@ struct Bf16StateStore {
 
   // State slot s, element i of the run.
   __device__ __forceinline__ void state1(int s, uint16_t* p, int64_t i, float x) const {
-    p[i] = param.mode == kRoundStochastic
-               ? rounding::bf16_sr(x, rounding::rand32(param.seed, param.step, stream[s],
-                                                       param.index0 + static_cast<uint64_t>(i)))
-               : rounding::bf16_rne(x);
+    state_at(s, p + i, param.index0 + static_cast<uint64_t>(i), x);
+  }
+
+  // State slot s, the element *p, whose flat index in its buffer is `index` (ND-Adam's exp_avg_sq: its row).
+  __device__ __forceinline__ void state_at(int s, uint16_t* p, uint64_t index, float x) const {
+    *p = param.mode == kRoundStochastic
+             ? rounding::bf16_sr(x, rounding::rand32(param.seed, param.step, stream[s], index))
+             : rounding::bf16_rne(x);
   }
 };
+
+// Element i of a state buffer in its math type: as stored, or a bfloat16 element widened (exactly).
+template <typename SS>
+__device__ __forceinline__ state_math_t<SS> load_state(const SS* p, int64_t i) {
+  if constexpr (kBf16State<SS>) return rounding::bf16_to_float(reinterpret_cast<const uint16_t*>(p)[i]);
+  else return p[i];
+}
 
 // The random streams of a functor's state slots for Bf16StateStore, one byte each (slot 0 in the low byte).
 constexpr uint32_t state_streams(uint32_t s0, uint32_t s1 = 0, uint32_t s2 = 0, uint32_t s3 = 0) {
@@ -564,10 +575,7 @@ __device__ __forceinline__ void chunk_elementwise(P* __restrict__ w, const P* __
     O wv = static_cast<O>(w[i]);
     O sv[S > 0 ? S : 1];
 #pragma unroll
-    for (int s = 0; s < S; ++s) {
-      if constexpr (kB) sv[s] = rounding::bf16_to_float(reinterpret_cast<const uint16_t*>(st[s])[i]);
-      else sv[s] = st[s][i];
-    }
+    for (int s = 0; s < S; ++s) sv[s] = load_state(st[s], i);
     elem(wv, static_cast<O>(g[i]), sv);
     if constexpr (kStoreW) {
       if constexpr (Store::kNearest) w[i] = static_cast<P>(wv);

@@ -39,15 +39,20 @@ struct NdScalars {
   bool first, maximize, has_wd;
 };
 
-// One row of L elements, processed by `lanes` threads (lane = 0..lanes-1) that reduce with `red` (a warp or the
-// whole block; every lane gets the sum). make_store() gives the store of w (multi_tensor_apply.cuh: NearestStore,
-// or LowpStore from the row's first element); it is called after the reductions, so that the store's values are
-// not held in registers across them (built before, they made the float16 kernel keep 56 bytes on the stack).
-template <typename P, typename O, typename Red, typename MakeStore>
-__device__ __forceinline__ void ndadam_row(P* __restrict__ w, const P* __restrict__ g, O* __restrict__ m, O* v,
-                                           int64_t L, int lane, int lanes, const NdScalars<O>& s, const Red& red,
-                                           const MakeStore& make_store) {
-  const O v_old = *v;
+// One row (number `row` of its tensor) of L elements, processed by `lanes` threads (lane = 0..lanes-1) that reduce
+// with `red` (a warp or the whole block; every lane gets the sum). make_store() gives the store of w
+// (multi_tensor_apply.cuh: NearestStore, LowpStore or Bf16StateStore from the row's first element); it is called
+// after the reductions, so that the store's values are not held in registers across them (built before, they made
+// the float16 kernel keep 56 bytes on the stack).
+// Float32 / float64 state: the second pass writes the new m, the later passes read it back. Bfloat16 state (SS):
+// m is written once, rounded, in the last pass; the passes before recompute the new m in float32 from the old one
+// (bitwise the second pass's value), so w moves by the unrounded moments, as on the cpu backend and the reference.
+template <typename P, typename SS, typename O, typename Red, typename MakeStore>
+__device__ __forceinline__ void ndadam_row(P* __restrict__ w, const P* __restrict__ g, SS* __restrict__ m, SS* v,
+                                           int64_t L, int64_t row, int lane, int lanes, const NdScalars<O>& s,
+                                           const Red& red, const MakeStore& make_store) {
+  constexpr bool kB = kBf16State<SS>;
+  const O v_old = load_state(v, 0);
   O norm0 = O(1);
   if (s.first) {  // the paper normalizes at initialization; we do it on the first step
     double ss = 0.0;
@@ -72,46 +77,70 @@ __device__ __forceinline__ void ndadam_row(P* __restrict__ w, const P* __restric
     gw += rules::dot_term(g_at(i, x), x);
   }
   const O dot = static_cast<O>(red(gw));
+  // The new m of element i (x its row value): the first moment update of the projected gradient.
+  auto m_new = [&](int64_t i, O x, O& gp) FH_INLINE_LAMBDA {
+    gp = rules::ndadam_project(g_at(i, x), dot, x);
+    O mi = load_state(m, i);
+    rules::ndadam_first_moment_exact(mi, gp, s.one_minus_beta1);
+    return mi;
+  };
+  // The new m in the passes after the second: recomputed (bfloat16 state) or read back (this thread wrote it).
+  auto m_again = [&](int64_t i, O x) FH_INLINE_LAMBDA {
+    if constexpr (kB) {
+      O gp;
+      return m_new(i, x, gp);
+    } else {
+      return m[i];
+    }
+  };
   double gg = 0.0;
   for (int64_t i = lane; i < L; i += lanes) {
-    const O x = x_at(i);
-    const O gp = rules::ndadam_project(g_at(i, x), dot, x);
-    O mi = m[i];
-    rules::ndadam_first_moment_exact(mi, gp, s.one_minus_beta1);
-    m[i] = mi;
+    O gp;
+    const O mi = m_new(i, x_at(i), gp);
+    if constexpr (!kB) m[i] = mi;
     gg += rules::dot_term(gp, gp);
   }
   const O vr = rules::ndadam_second_moment_exact(v_old, static_cast<O>(red(gg)), s.beta2, s.one_minus_beta2);
   const O denom = rules::ndadam_denominator(vr, s.eps);
   double ww = 0.0;
-  for (int64_t i = lane; i < L; i += lanes) {  // m[i] was written by this thread
-    const O x = rules::ndadam_descent(x_at(i), m[i], denom, s.step_size);
+  for (int64_t i = lane; i < L; i += lanes) {
+    const O x0 = x_at(i);
+    const O x = rules::ndadam_descent(x0, m_again(i, x0), denom, s.step_size);
     ww += rules::dot_term(x, x);
   }
   const O norm = static_cast<O>(::sqrt(red(ww)));  // every lane has read v and w before anyone writes them
   const auto store = make_store();
   for (int64_t i = lane; i < L; i += lanes) {
-    const O x = rules::ndadam_descent(x_at(i), m[i], denom, s.step_size);
+    const O x0 = x_at(i);
+    const O mi = m_again(i, x0);
+    const O x = rules::ndadam_descent(x0, mi, denom, s.step_size);
     if constexpr (std::decay_t<decltype(store)>::kNearest) w[i] = static_cast<P>(rules::ndadam_normalize(x, norm));
     else store.store1(w, i, rules::ndadam_normalize(x, norm));
+    if constexpr (kB) store.state1(0, reinterpret_cast<uint16_t*>(m), i, mi);
   }
-  if (lane == 0) *v = vr;
+  if (lane == 0) {
+    if constexpr (kB) store.state_at(1, reinterpret_cast<uint16_t*>(v), static_cast<uint64_t>(row), vr);
+    else *v = vr;
+  }
 }
 
-// A LowpStore that always takes chunk_elementwise's scalar path (vector_ok() is constantly false, so the vector loop
-// is not compiled), for the 1-D tensors (biases: few elements) of the kLowp kernels: with that vector loop next to
-// the row passes, ptxas kept 56 bytes of stack (spills) in the float16 kernel; the row passes' stores are scalar
-// anyway.
-template <typename P>
-struct ScalarLowpStore : LowpStore<P> {
+// A LowpStore or Bf16StateStore that always takes chunk_elementwise's scalar path (vector_ok() is constantly false,
+// so the vector loop is not compiled), for the 1-D tensors (biases: few elements) of the kLowp kernels: with that
+// vector loop next to the row passes, ptxas kept 56 bytes of stack (spills) in the float16 kernel; the row passes'
+// stores are scalar anyway.
+template <typename Store>
+struct ScalarOnly : Store {
   __device__ __forceinline__ bool vector_ok() const { return false; }
 };
 
 // Lists: 0 params, 1 grads, 2 exp_avgs, 3 exp_avg_sqs; aux: steps; info: row_len (0: plain Adam, flat chunks);
-// lowp (kLowpStore): seeds or compensation buffers.
-template <typename P, typename O, bool kLowpStore>
+// lowp (kLowpStore): seeds or compensation buffers. SS: the moment buffers' type (O, or bfloat16: Bf16StateStore,
+// kLowpStore, the random streams of exp_avg and exp_avg_sq 1 and 2 as in hyper.STATE_STREAMS["ndadam"]).
+template <typename P, typename SS, bool kLowpStore>
 struct NdAdamFunctor {
+  using O = state_math_t<SS>;
   static constexpr bool kLowp = kLowpStore;
+  static constexpr uint32_t kStreams = state_streams(1, 2);
   NdArgs a;
 
   __device__ __forceinline__ void operator()(const TensorListMeta<4, kLowp>& meta) const {
@@ -121,8 +150,8 @@ struct NdAdamFunctor {
     const int64_t L = meta.info[t];
     P* w = static_cast<P*>(meta.addresses[0][t]);
     const P* g = static_cast<const P*>(meta.addresses[1][t]);
-    O* m = static_cast<O*>(meta.addresses[2][t]);
-    O* v = static_cast<O*>(meta.addresses[3][t]);
+    SS* m = static_cast<SS*>(meta.addresses[2][t]);
+    SS* v = static_cast<SS*>(meta.addresses[3][t]);
     const double lr = a.lr.get();
     const double k = static_cast<double>(*static_cast<const float*>(meta.aux[t]) + 1.0f);
     const double bc1 = 1.0 - pow_step(a.beta1, k);
@@ -148,10 +177,11 @@ struct NdAdamFunctor {
       const rules::OneMinus<O> om{static_cast<O>(1.0 - a.beta1), static_cast<O>(1.0 - a.beta2), O(1)};
       const int64_t start = chunk * meta.chunk_size;
       const int64_t n = std::min(meta.chunk_size, meta.numel[t] - start);
-      O* const st[2] = {m + start, v + start};
-      // Stochastic rounding / Kahan stores: the scalar path only (ScalarLowpStore).
-      using FlatStore = std::conditional_t<kLowp, ScalarLowpStore<P>, NearestStore>;
-      const FlatStore flat_store{store_for<P, O, kLowp>(meta, t, a.rounding, k, start)};
+      SS* const st[2] = {m + start, v + start};
+      // Stochastic rounding / Kahan stores and bfloat16 state: the scalar path only (ScalarOnly).
+      using Store = StoreFor<P, SS, kLowp>;
+      using FlatStore = std::conditional_t<Store::kNearest, NearestStore, ScalarOnly<Store>>;
+      const FlatStore flat_store{store_for<P, SS, kLowp>(meta, t, a.rounding, k, start, kStreams)};
       chunk_elementwise<2>(w + start, g + start, st, n, [&](O& wv, O gv, O(&s)[2]) FH_INLINE_LAMBDA {
         O gi = rules::effective_grad(gv, inv, maximize);
         O unused = O(0);
@@ -176,16 +206,16 @@ struct NdAdamFunctor {
     const int64_t r1 = std::min(rows, (chunk + 1) * rpc);
     if (long_rows) {  // the whole block per row, one row after another
       for (int64_t r = chunk * rpc; r < r1; ++r) {
-        ndadam_row(w + r * L, g + r * L, m + r * L, v + r, L, threadIdx.x, blockDim.x, s,
+        ndadam_row(w + r * L, g + r * L, m + r * L, v + r, L, r, threadIdx.x, blockDim.x, s,
                    [](double x) FH_INLINE_LAMBDA { return block_sum(x); },
-                   [&]() FH_INLINE_LAMBDA { return store_for<P, O, kLowp>(meta, t, a.rounding, k, r * L); });
+                   [&]() FH_INLINE_LAMBDA { return store_for<P, SS, kLowp>(meta, t, a.rounding, k, r * L, kStreams); });
       }
     } else {  // short rows: a warp each
       const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
       for (int64_t r = chunk * rpc + warp; r < r1; r += warps) {
-        ndadam_row(w + r * L, g + r * L, m + r * L, v + r, L, lane, 32, s,
+        ndadam_row(w + r * L, g + r * L, m + r * L, v + r, L, r, lane, 32, s,
                    [](double x) FH_INLINE_LAMBDA { return warp_sum(x); },
-                   [&]() FH_INLINE_LAMBDA { return store_for<P, O, kLowp>(meta, t, a.rounding, k, r * L); });
+                   [&]() FH_INLINE_LAMBDA { return store_for<P, SS, kLowp>(meta, t, a.rounding, k, r * L, kStreams); });
       }
     }
   }
@@ -198,10 +228,11 @@ void ndadam_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_
   const ContiguousGrads contiguous(grads_in);
   const at::TensorList grads = contiguous.list();
   const char* op = "fused_hybrid::ndadam_";
-  check_lists(op, params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}}, false);
+  const bool bf16 = !params.empty() && bf16_state(op, params[0].scalar_type(), {exp_avgs, exp_avg_sqs});
+  check_lists(op, params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}}, false, bf16);
   TORCH_CHECK(steps.size() == params.size(), op, ": steps needs one tensor per param");
   TORCH_CHECK(row_lens.size() == params.size(), op, ": row_lens needs one entry per param");
-  const std::vector<uint64_t> lowp = lowp_column(op, params, rounding, seeds, kahan_comps);
+  const std::vector<uint64_t> lowp = lowp_column(op, params, rounding, seeds, kahan_comps, bf16);
   if (params.empty()) return;
   const auto dev = params[0].device();
   std::vector<int64_t> numels;
@@ -233,11 +264,15 @@ void ndadam_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_
   Operands ops = gather_operands(op, params, grads, {exp_avgs, exp_avg_sqs}, steps);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fused_hybrid_ndadam_cuda", [&] {
     using O = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    with_store<scalar_t>(rounding, [&](auto lowp_tag) {
-      NdAdamFunctor<scalar_t, O, decltype(lowp_tag)::value> f;
+    auto launch = [&](auto f) {
       f.a = a;
       multi_tensor_apply<4>(ops.lists, grid.chunks, grid.chunk_size, ops.step_ptrs, info, f, nullptr, &lowp);
-    });
+    };
+    if (bf16) {  // bfloat16 moments: one kernel per param dtype, every rounding mode (not float64)
+      with_bf16_state<scalar_t>([&](auto p) { launch(NdAdamFunctor<typename decltype(p)::type, c10::BFloat16, true>{}); });
+      return;
+    }
+    with_store<scalar_t>(rounding, [&](auto lowp_tag) { launch(NdAdamFunctor<scalar_t, O, decltype(lowp_tag)::value>{}); });
   });
   launch_post_step(ops.steps, a.found_inf, at::Tensor(), {}, {}, nullptr, nullptr);
 }

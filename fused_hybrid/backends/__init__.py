@@ -58,11 +58,10 @@ def check_name(name: str) -> None:
         raise ValueError(f"Invalid backend: {name!r}; choose one of {('auto',) + NAMES}")
 
 
-def _bf16_state(mod, family: str) -> bool:
-    """Whether ``mod``'s kernels of ``family`` take bfloat16 moment buffers: its ``BF16_STATE``, True/False for every
-    family or the set of families that do (the CUDA kernels: those ported so far)."""
-    v = getattr(mod, "BF16_STATE", False)
-    return family in v if isinstance(v, (set, frozenset)) else bool(v)
+def _bf16_state(mod) -> bool:
+    """Whether ``mod``'s kernels take bfloat16 moment buffers (its ``BF16_STATE``; every backend's do today, the
+    flag keeps "auto" and the error right for a backend added without them)."""
+    return bool(getattr(mod, "BF16_STATE", False))
 
 
 def resolve(name: str, device: torch.device, family: str, bf16_state: bool = False):
@@ -72,7 +71,7 @@ def resolve(name: str, device: torch.device, family: str, bf16_state: bool = Fal
     if name == "auto":
         for cand in _AUTO_ORDER.get(device.type, ()):
             mod = _module(cand)
-            if family in mod.RULES and mod.available(device) and (not bf16_state or _bf16_state(mod, family)):
+            if family in mod.RULES and mod.available(device) and (not bf16_state or _bf16_state(mod)):
                 return mod
         return _module("reference")
     mod = _module(name)
@@ -82,13 +81,11 @@ def resolve(name: str, device: torch.device, family: str, bf16_state: bool = Fal
         raise BackendUnavailableError(
             f"backend {name!r} does not implement the {family!r} rule family yet "
             f"(it implements {sorted(mod.RULES)}); use backend='auto' or 'reference'")
-    if bf16_state and not _bf16_state(mod, family):
+    if bf16_state and not _bf16_state(mod):
         raise BackendUnavailableError(
-            f"backend {name!r}: state_dtype=torch.bfloat16 is not implemented by its {family!r} kernels yet "
-            f"(bfloat16 moment buffers run on the reference, cpu and triton backends"
-            + (f", and on {name!r} for the {sorted(mod.BF16_STATE)} families"
-               if isinstance(getattr(mod, "BF16_STATE", False), frozenset) else "")
-            + "); use one of those, backend='auto', or state_dtype=None")
+            f"backend {name!r}: state_dtype=torch.bfloat16 is not implemented by its kernels "
+            f"(bfloat16 moment buffers run on {sorted(n for n in NAMES if _bf16_state(_module(n)))}); use one of "
+            "those, backend='auto', or state_dtype=None")
     return mod
 
 

@@ -26,9 +26,9 @@ from .extension_ops import adaptive, mas, ndadam, rms, sgd  # noqa: F401  (the b
 NAME = "cuda"
 # MAS: every variant ("sum" in one pass; the reducing ones in two passes with per-chunk partials).
 RULES = frozenset(FAMILIES)  # every family
-# bfloat16 moment buffers (a group's state_dtype): the families whose kernels take them (csrc/cuda
-# multi_tensor_apply.cuh: Bf16StateStore); MAS and ND-Adam are refused with bfloat16 state (not ported yet).
-BF16_STATE = frozenset({"adaptive", "sgd", "rms"})
+# bfloat16 moment buffers (a group's state_dtype): widened on load, stored rounded (csrc/cuda multi_tensor_apply.cuh:
+# Bf16StateStore), every family.
+BF16_STATE = True
 GRADS_FROM_PARAMS = True  # the optimizer's fast path may pass grads=None (extension_ops)
 
 

@@ -25,7 +25,7 @@ from .extension_ops import bind, ndadam_layout  # noqa: F401  (the backend API)
 
 NAME = "cuda_sim"
 RULES = frozenset(FAMILIES)  # every family
-BF16_STATE = frozenset({"adaptive", "sgd", "rms"})  # as the cuda backend's (cuda.py says why)
+BF16_STATE = True  # the cuda backend's kernels, compiled for the host
 GRADS_FROM_PARAMS = True  # the optimizer's fast path may pass grads=None (extension_ops)
 
 _OPS = bind("fused_hybrid_sim")
