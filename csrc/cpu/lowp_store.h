@@ -21,20 +21,13 @@
 #include <type_traits>
 #include <vector>
 
+#include "fused_hybrid/round_mode.h"  // kRound*, kSixteenBit
 #include "fused_hybrid/rounding.h"
 #include "fused_hybrid/state_dtype.h"  // bf16_state
 #include "multi_tensor.h"
 
 namespace fused_hybrid {
 namespace cpu {
-
-// fused_hybrid.hyper.ROUND_*
-constexpr int64_t kRoundNearest = 0;
-constexpr int64_t kRoundStochastic = 1;
-constexpr int64_t kRoundKahan = 2;
-
-template <typename T>
-inline constexpr bool kLowPrecision = std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>;
 
 // The per-tensor data of a call's 16-bit stores.
 struct LowpStore {
@@ -221,9 +214,9 @@ void with_states(bool bf16, bool store, const std::array<StateRange<O>, K>& st, 
 template <typename scalar_t, typename O, size_t K, typename Run>
 void staged_step(scalar_t* w, const scalar_t* g, int64_t n, int64_t index0, const LowpStore& lp, int64_t t, bool bf16,
                  const std::array<StateRange<O>, K>& st, const Run& run) {
-  if constexpr (std::is_same_v<O, float> && (kLowPrecision<scalar_t> || std::is_same_v<scalar_t, float>)) {
+  if constexpr (std::is_same_v<O, float> && (kSixteenBit<scalar_t> || std::is_same_v<scalar_t, float>)) {
     with_states<O, K>(bf16, true, st, [&](O* const* s) {
-      if constexpr (kLowPrecision<scalar_t>) {
+      if constexpr (kSixteenBit<scalar_t>) {
         float* w32 = staging<float>(0, n);
         float* g32 = g != nullptr ? staging<float>(1, n) : nullptr;
         widen(w32, w, n);

@@ -80,8 +80,9 @@ struct AdaptiveFunctor {
     }
     const float k = *static_cast<const float*>(meta.aux[t]) + 1.0f;  // this step's count (post-step writes it)
     const double kd = static_cast<double>(k);
-    rules::AdaptiveScalars<O> sc =
-        rules::adaptive_scalars<O>(a, lr, kd, 1.0 - pow_step(a.beta1, kd), 1.0 - pow_step(a.beta2, kd));
+    const auto ki = static_cast<int64_t>(k);
+    rules::AdaptiveScalars<O> sc = rules::adaptive_scalars<O>(a, lr, kd, 1.0 - rules::pow_whole(a.beta1, ki),
+                                                              1.0 - rules::pow_whole(a.beta2, ki));
     sc.amsgrad = kAmsgrad;
     const rules::OneMinus<O> om = one_minus<O>(a, lr);
     constexpr int S = kAmsgrad ? 3 : 2;

@@ -82,8 +82,8 @@ struct MasFunctor {
     } else {
       k = static_cast<double>(*static_cast<const float*>(meta.aux[t]) + 1.0f);
     }
-    const double bc1 = 1.0 - pow_step(a.beta1, k);
-    const double bc2 = 1.0 - pow_step(a.beta2, k);
+    const double bc1 = 1.0 - rules::pow_whole(a.beta1, static_cast<int64_t>(k));
+    const double bc2 = 1.0 - rules::pow_whole(a.beta2, static_cast<int64_t>(k));
     const double eta = lrd / bc1;
     const O lr = static_cast<O>(lrd), eta_a = static_cast<O>(eta), bc2_sqrt = static_cast<O>(::sqrt(bc2));
     const O beta2 = static_cast<O>(a.beta2), eps = static_cast<O>(a.eps);

@@ -38,6 +38,7 @@
 
 #include "fused_hybrid/launch_plan.h"
 #include "fused_hybrid/state_dtype.h"  // bf16_state, as the CPU ops decide it
+#include "fused_hybrid/round_mode.h"  // kRound*, kSixteenBit
 #include "fused_hybrid/rounding.h"
 
 // Hooks of the SIMT simulator (csrc/sim/cuda_sim.h defines them first when it builds these sources with the host
@@ -114,19 +115,6 @@ struct Operands {
 
 Operands gather_operands(const char* op, at::TensorList params, at::TensorList grads,
                          std::initializer_list<at::TensorList> states, at::TensorList steps);
-
-// beta^k for the step count k (a whole number, as torch.optim's steps are), by binary exponentiation in double:
-// within a few ulps of pow (itself up to 2 ulps off on the device), i.e. identical after rounding the bias
-// corrections to float. Why not pow: the device's double pow is an out-of-line call, and the registers saved around
-// it were the only spills (8-16 bytes) of the adaptive, MAS and ND-Adam kernels.
-__device__ __forceinline__ double pow_step(double beta, double k) {
-  double r = 1.0;
-  for (uint64_t e = k > 0.0 ? static_cast<uint64_t>(k) : 0u; e != 0; e >>= 1) {
-    if (e & 1u) r *= beta;
-    beta *= beta;
-  }
-  return r;
-}
 
 // ---- The argument table ---------------------------------------------------------------------------------------
 
@@ -251,14 +239,6 @@ __device__ __forceinline__ void store_vec(T* p, int64_t vi, const T (&r)[kILP]) 
 // change: only the store of w does. Which store a kernel has is a template parameter of its functor (kLowp), so
 // the round-to-nearest kernels are compiled exactly as before; a lowp kernel picks stochastic rounding or Kahan
 // summation by a uniform branch on the launch's mode (one kernel for both: fewer instantiations).
-
-// fused_hybrid.hyper.ROUND_*: the ops' `rounding` argument.
-constexpr int kRoundNearest = 0;
-constexpr int kRoundStochastic = 1;
-constexpr int kRoundKahan = 2;
-
-template <typename P>
-inline constexpr bool kSixteenBit = std::is_same_v<P, c10::BFloat16> || std::is_same_v<P, c10::Half>;
 
 // The plain conversion (round to nearest even): chunk_elementwise's default.
 struct NearestStore {

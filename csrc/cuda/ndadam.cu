@@ -154,8 +154,8 @@ struct NdAdamFunctor {
     SS* v = static_cast<SS*>(meta.addresses[3][t]);
     const double lr = a.lr.get();
     const double k = static_cast<double>(*static_cast<const float*>(meta.aux[t]) + 1.0f);
-    const double bc1 = 1.0 - pow_step(a.beta1, k);
-    const double bc2 = 1.0 - pow_step(a.beta2, k);
+    const double bc1 = 1.0 - rules::pow_whole(a.beta1, static_cast<int64_t>(k));
+    const double bc2 = 1.0 - rules::pow_whole(a.beta2, static_cast<int64_t>(k));
     const O inv = static_cast<O>(1.0 / a.grad_scale.get());
     const bool maximize = a.maximize;
     if (L == 0) {  // plain Adam (reference.adam_step_torch_form with L2 weight decay)

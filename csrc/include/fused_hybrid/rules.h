@@ -120,6 +120,8 @@ FH_HD void swats_sgd_phase(T& w, T g, T& buf, T beta1, T sgd_lr, bool nesterov) 
 // Triton's exp2(k*log2(b)) each differ in the last bits. The switch test compares Lambda_k with gamma, so a bit of
 // difference there could switch one backend a step before another; measured on an H200 before this: the cuda
 // backend's (Triton) bookkeeping and cuda_sim's (this file) differed in the last bits of lam and gamma.
+// The CUDA kernels take their bias corrections from it too: the device's double pow is an out-of-line call, and the
+// registers saved around it were the only spills (8-16 bytes) of the adaptive, MAS and ND-Adam kernels.
 FH_HD double pow_whole(double b, int64_t k) {
   double r = 1.0;
   for (uint64_t e = k > 0 ? static_cast<uint64_t>(k) : 0u; e != 0; e >>= 1) {
@@ -170,7 +172,7 @@ struct AdaptiveScalars {
 // rounded to T once (as torch does with Python-float scalars), written once for the CPU (host, before its parallel
 // region) and the GPU (in each block). h: the family's hyperparameters (the fields of fused_hybrid.hyper.Adaptive);
 // lr as read (a tensor lr where the kernel runs); bc1 = 1 - beta1^k and bc2 = 1 - beta2^k from the caller (the CPU
-// takes std::pow, the GPU repeated squaring, pow_step). Without a clip the bounds are [0, inf], the identity on
+// takes std::pow, the GPU repeated squaring, pow_whole). Without a clip the bounds are [0, inf], the identity on
 // every step size the paper form produces; amsgrad is the caller's (a template flag on the GPU).
 template <typename T, typename H>
 FH_HD AdaptiveScalars<T> adaptive_scalars(const H& h, double lr, double k, double bc1, double bc2) {
