@@ -336,32 +336,41 @@ def test_cuda_kernels_bits_equal_cpu(name, opts, dtype, backend):
     _assert_same_run(_run(name, "cpu", dtype, steps=3, **opts), _cuda_run(name, backend, dtype, opts))
 
 
-@pytest.mark.parametrize("backend", [SIM, CUDA])
-@pytest.mark.parametrize("opts", [dict(stochastic_rounding=True), dict(kahan_summation=True)], ids=["sr", "kahan"])
-def test_swats_both_phases(backend, opts):
-    """SWATS switching to its SGD phase after a few steps (per tensor, a loose switch test, nearly constant
-    gradients): the SGD phase's stores round the same way, and count the same steps, as the cpu backend's."""
+def swats_both_phases(backend, dtype, sizes, chunk, **opts):
+    """SWATS (per tensor, a loose switch test, nearly constant gradients: it switches after a few steps) for 8 steps
+    on the cpu backend and on `backend` (cuda_sim with chunks of `chunk` elements); checks that every tensor
+    switched, with steps left in both phases, and at the same step on both, and returns both runs (params,
+    optimizer). test_state_dtype runs it with bfloat16 state."""
     def run(be):
         torch.manual_seed(7)
         dev = _device(be)
-        ps = _params(torch.bfloat16, sizes=[(3, 6007), 5, 4097], device=dev)
+        ps = _params(dtype, sizes=sizes, device=dev)
         opt = fh.SWATS(ps, lr=1e-3, granularity="tensor", switch_rtol=0.5, backend=be, **opts)
         g = torch.Generator().manual_seed(1)
         for _ in range(8):
             for p in ps:
-                p.grad = (1 + 0.01 * torch.randn(p.shape, generator=g)).to(device=dev, dtype=torch.bfloat16)
+                p.grad = (1 + 0.01 * torch.randn(p.shape, generator=g)).to(device=dev, dtype=dtype)
             opt.step()
         return ps, opt
     a = run("cpu")
     info = a[1].switch_info()
     assert all(seg["switched"] and seg["switch_step"] < 6 for seg in info), info  # several steps in each phase
     if backend == "cuda_sim":
-        with cuda_sim.settings(base_chunk=SIM_CHUNK):
+        with cuda_sim.settings(base_chunk=chunk):
             b = run(backend)
     else:
         b = run(backend)
     assert [(seg["switched"], seg["switch_step"]) for seg in b[1].switch_info()] == \
         [(seg["switched"], seg["switch_step"]) for seg in info]
+    return a, b
+
+
+@pytest.mark.parametrize("backend", [SIM, CUDA])
+@pytest.mark.parametrize("opts", [dict(stochastic_rounding=True), dict(kahan_summation=True)], ids=["sr", "kahan"])
+def test_swats_both_phases(backend, opts):
+    """SWATS switching to its SGD phase after a few steps (per tensor, a loose switch test, nearly constant
+    gradients): the SGD phase's stores round the same way, and count the same steps, as the cpu backend's."""
+    a, b = swats_both_phases(backend, torch.bfloat16, [(3, 6007), 5, 4097], SIM_CHUNK, **opts)
     _assert_same_run(a, b)
 
 

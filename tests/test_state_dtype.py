@@ -561,32 +561,8 @@ def test_cuda_swats_both_phases_bits_equal_cpu(opts, dtype, backend):
     """SWATS with bfloat16 state switching to its SGD phase after a few steps (per tensor, nearly constant
     gradients): the SGD phase's momentum buffer (stochastic-rounding stream 4, hyper.STATE_STREAMS) and the Adam
     phase's moments bitwise the cpu backend's, the switch steps the same."""
-    from test_low_precision import _assert_same_run
-    from fused_hybrid.backends import cuda_sim
-
-    def run(be):
-        torch.manual_seed(7)
-        dev = _device(be)
-        ps = [p.detach().to(dev).requires_grad_() for p in _params(dtype, [(3, 2007), 5, 1029])]
-        opt = fh.SWATS(ps, lr=1e-3, granularity="tensor", switch_rtol=0.5, backend=be, state_dtype=BF16,
-                       **OPTS[opts])
-        g = torch.Generator().manual_seed(1)
-        for _ in range(8):
-            for p in ps:
-                p.grad = (1 + 0.01 * torch.randn(p.shape, generator=g)).to(device=dev, dtype=dtype)
-            opt.step()
-        return ps, opt
-
-    a = run("cpu")
-    info = a[1].switch_info()
-    assert all(seg["switched"] and seg["switch_step"] < 6 for seg in info), info  # several steps in each phase
-    if backend == "cuda_sim":
-        with cuda_sim.settings(base_chunk=1028):
-            b = run(backend)
-    else:
-        b = run(backend)
-    assert [(seg["switched"], seg["switch_step"]) for seg in b[1].switch_info()] == \
-        [(seg["switched"], seg["switch_step"]) for seg in info]
+    from test_low_precision import _assert_same_run, swats_both_phases
+    a, b = swats_both_phases(backend, dtype, [(3, 2007), 5, 1029], 1028, state_dtype=BF16, **OPTS[opts])
     assert all(b[1].state[p]["momentum_buffer"].dtype == BF16 for p in b[0])
     _assert_same_run(a, b)
 

@@ -187,33 +187,20 @@ void adaptive_(at::TensorList params, at::TensorList grads_in, at::TensorList ex
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fused_hybrid_adaptive_cuda",
                                   [&] {
-    using O = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     auto launch = [&](auto f) {
       f.a = a;
       multi_tensor_apply<6>(ops.lists, chunks, chunk, ops.step_ptrs, {}, f, nullptr, &lowp);
     };
-    if (bf16) {  // bfloat16 moments: one kernel per param dtype and variant, every rounding mode (not float64)
-      with_bf16_state<scalar_t>([&](auto p) {
-        using P = typename decltype(p)::type;
-        using B = c10::BFloat16;
-        if (swats) {
-          if (amsgrad) launch(AdaptiveFunctor<P, B, true, true, true>{});
-          else launch(AdaptiveFunctor<P, B, false, true, true>{});
-        } else {
-          if (amsgrad) launch(AdaptiveFunctor<P, B, true, false, true>{});
-          else launch(AdaptiveFunctor<P, B, false, false, true>{});
-        }
-      });
-      return;
-    }
-    with_store<scalar_t>(rounding, [&](auto lowp_tag) {
-      constexpr bool kL = decltype(lowp_tag)::value;
+    with_kernel_types<scalar_t>(bf16, rounding, [&](auto k) {
+      using K = decltype(k);
+      using P = typename K::P;
+      using S = typename K::S;
       if (swats) {
-        if (amsgrad) launch(AdaptiveFunctor<scalar_t, O, true, true, kL>{});
-        else launch(AdaptiveFunctor<scalar_t, O, false, true, kL>{});
+        if (amsgrad) launch(AdaptiveFunctor<P, S, true, true, K::kLowp>{});
+        else launch(AdaptiveFunctor<P, S, false, true, K::kLowp>{});
       } else {
-        if (amsgrad) launch(AdaptiveFunctor<scalar_t, O, true, false, kL>{});
-        else launch(AdaptiveFunctor<scalar_t, O, false, false, kL>{});
+        if (amsgrad) launch(AdaptiveFunctor<P, S, true, false, K::kLowp>{});
+        else launch(AdaptiveFunctor<P, S, false, false, K::kLowp>{});
       }
     });
   });

@@ -247,30 +247,22 @@ void mas_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_avg
   auto run = [&](auto mode_tag) {
     constexpr int kMode = decltype(mode_tag)::value;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fused_hybrid_mas_cuda", [&] {
-      using O = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-      auto launch = [&](auto f) {
-        f.a = a;
-        // info[t]: the tensor's first slot (the apply pass sums its slots from there).
-        multi_tensor_apply<5>(ops.lists, grid.chunks, grid.chunk_size, ops.step_ptrs, grid.slot_begin, f, nullptr,
-                              &lowp);
-      };
-      // Pass 1 of the reducing variants does not write w (nor, with bfloat16 state, the state): always a kernel
-      // without the lowp column. (Its tables may then hold more tensors than the apply pass's: the slots are
-      // numbered over the whole call, not per launch.)
-      if (bf16) {  // bfloat16 moments: one kernel per param dtype, mode and momentum, every rounding mode
-        with_bf16_state<scalar_t>([&](auto p) {
-          using P = typename decltype(p)::type;
-          using B = c10::BFloat16;
-          constexpr bool kL = kMode != kModeReduce;
-          if (mom) launch(MasFunctor<P, B, kMode, true, kL>{});
-          else launch(MasFunctor<P, B, kMode, false, kL>{});
-        });
-        return;
-      }
-      with_store<scalar_t>(kMode == kModeReduce ? kRoundNearest : rounding, [&](auto lowp_tag) {
-        constexpr bool kL = decltype(lowp_tag)::value && kMode != kModeReduce;
-        if (mom) launch(MasFunctor<scalar_t, O, kMode, true, kL>{});
-        else launch(MasFunctor<scalar_t, O, kMode, false, kL>{});
+      with_kernel_types<scalar_t>(bf16, rounding, [&](auto k) {
+        using K = decltype(k);
+        using P = typename K::P;
+        using S = typename K::S;
+        // Pass 1 of the reducing variants writes neither w nor (bfloat16) state: a kernel without the lowp column.
+        // (Its tables may then hold more tensors than the apply pass's: the slots are numbered over the whole call,
+        // not per launch.)
+        constexpr bool kL = K::kLowp && kMode != kModeReduce;
+        auto launch = [&](auto f) {
+          f.a = a;
+          // info[t]: the tensor's first slot (the apply pass sums its slots from there).
+          multi_tensor_apply<5>(ops.lists, grid.chunks, grid.chunk_size, ops.step_ptrs, grid.slot_begin, f, nullptr,
+                                &lowp);
+        };
+        if (mom) launch(MasFunctor<P, S, kMode, true, kL>{});
+        else launch(MasFunctor<P, S, kMode, false, kL>{});
       });
     });
   };

@@ -462,31 +462,41 @@ __device__ __forceinline__ StoreFor<P, S, kLowp> store_for(const Meta& meta, int
   }
 }
 
-// Host side: calls pick(std::true_type{}) for a call that stores 16-bit params with stochastic rounding or Kahan
-// summation, pick(std::false_type{}) otherwise; the lowp variant is instantiated for 16-bit P only (the op checked
-// that other params come with rounding 0).
+// The type arguments of a family's kernel for one call: P the param type, S the state type (opmath, or bfloat16),
+// kLowp whether the table carries the lowp column (multi_tensor_apply: LowpColumn).
+template <typename P_, typename S_, bool kLowp_>
+struct KernelTypes {
+  using P = P_;
+  using S = S_;
+  static constexpr bool kLowp = kLowp_;
+};
+
+// Host side: calls pick(KernelTypes<...>{}) with the kernel types of a call whose params have type P (the op's
+// dispatched scalar_t):
+//   bf16 (the state is bfloat16): <P, BFloat16, true>, the kernels that take every rounding mode, which exist for
+//     float32 / bfloat16 / float16 params only (bf16_state refused float64 ones);
+//   otherwise <P, opmath, true> for 16-bit params stored with stochastic rounding or Kahan summation (rounding not
+//     nearest; the op checked that other params come with nearest), else <P, opmath, false>.
+// A template, so that `if constexpr` discards what is not instantiated (in the ops' AT_DISPATCH lambdas, no
+// templates, it would not), and pick a generic lambda, so that its functor types are named once, where it is called.
 template <typename P, typename Pick>
-void with_store(int64_t rounding, const Pick& pick) {
+void with_kernel_types(bool bf16, int64_t rounding, const Pick& pick) {
+  using O = std::conditional_t<std::is_same_v<P, double>, double, float>;
+  if (bf16) {
+    if constexpr (!std::is_same_v<P, double>) {
+      pick(KernelTypes<P, c10::BFloat16, true>{});
+    } else {
+      TORCH_CHECK(false, "fused_hybrid: bfloat16 state needs float32/bfloat16/float16 params");
+    }
+    return;
+  }
   if constexpr (kSixteenBit<P>) {
     if (rounding != kRoundNearest) {
-      pick(std::true_type{});
+      pick(KernelTypes<P, O, true>{});
       return;
     }
   }
-  pick(std::false_type{});
-}
-
-// Host side: calls pick(std::type_identity<P>{}) for the bfloat16-state kernels of param type P, which exist for
-// float32 / bfloat16 / float16 params only (bf16_state refused float64 ones). A template, so that `if constexpr`
-// discards the float64 case (in the ops' AT_DISPATCH lambdas, no templates, it would not), and pick a generic
-// lambda, so that its functor types are named only where it is called.
-template <typename P, typename Pick>
-void with_bf16_state(const Pick& pick) {
-  if constexpr (!std::is_same_v<P, double>) {
-    pick(std::type_identity<P>{});
-  } else {
-    TORCH_CHECK(false, "fused_hybrid: bfloat16 state needs float32/bfloat16/float16 params");
-  }
+  pick(KernelTypes<P, O, false>{});
 }
 
 // The elementwise loop of one chunk: w (param dtype P, read and written), g (P, read), S state arrays (state type

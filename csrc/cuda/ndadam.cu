@@ -263,16 +263,12 @@ void ndadam_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_
   a.row_scale = grid.row_scale;
   Operands ops = gather_operands(op, params, grads, {exp_avgs, exp_avg_sqs}, steps);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fused_hybrid_ndadam_cuda", [&] {
-    using O = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    auto launch = [&](auto f) {
+    with_kernel_types<scalar_t>(bf16, rounding, [&](auto k) {
+      using K = decltype(k);
+      NdAdamFunctor<typename K::P, typename K::S, K::kLowp> f;
       f.a = a;
       multi_tensor_apply<4>(ops.lists, grid.chunks, grid.chunk_size, ops.step_ptrs, info, f, nullptr, &lowp);
-    };
-    if (bf16) {  // bfloat16 moments: one kernel per param dtype, every rounding mode (not float64)
-      with_bf16_state<scalar_t>([&](auto p) { launch(NdAdamFunctor<typename decltype(p)::type, c10::BFloat16, true>{}); });
-      return;
-    }
-    with_store<scalar_t>(rounding, [&](auto lowp_tag) { launch(NdAdamFunctor<scalar_t, O, decltype(lowp_tag)::value>{}); });
+    });
   });
   launch_post_step(ops.steps, a.found_inf, at::Tensor(), {}, {}, nullptr, nullptr);
 }

@@ -104,33 +104,20 @@ void rms_(at::TensorList params, at::TensorList grads_in, at::TensorList square_
   for (const auto& p : params) numels.push_back(p.numel());
   const plan::ChunkGrid grid = plan::chunk_grid(numels, geometry());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fused_hybrid_rms_cuda", [&] {
-    using O = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     auto launch = [&](auto f) {
       f.a = a;
       multi_tensor_apply<5>(ops.lists, grid.chunks, grid.chunk_size, ops.step_ptrs, {}, f, nullptr, &lowp);
     };
-    if (bf16) {  // bfloat16 buffers: one kernel per param dtype and variant, every rounding mode (not float64)
-      with_bf16_state<scalar_t>([&](auto p) {
-        using P = typename decltype(p)::type;
-        using B = c10::BFloat16;
-        if (centered) {
-          if (has_momentum) launch(RmsFunctor<P, B, true, true, true>{});
-          else launch(RmsFunctor<P, B, true, false, true>{});
-        } else {
-          if (has_momentum) launch(RmsFunctor<P, B, false, true, true>{});
-          else launch(RmsFunctor<P, B, false, false, true>{});
-        }
-      });
-      return;
-    }
-    with_store<scalar_t>(rounding, [&](auto lowp_tag) {
-      constexpr bool kL = decltype(lowp_tag)::value;
+    with_kernel_types<scalar_t>(bf16, rounding, [&](auto k) {
+      using K = decltype(k);
+      using P = typename K::P;
+      using S = typename K::S;
       if (centered) {
-        if (has_momentum) launch(RmsFunctor<scalar_t, O, true, true, kL>{});
-        else launch(RmsFunctor<scalar_t, O, true, false, kL>{});
+        if (has_momentum) launch(RmsFunctor<P, S, true, true, K::kLowp>{});
+        else launch(RmsFunctor<P, S, true, false, K::kLowp>{});
       } else {
-        if (has_momentum) launch(RmsFunctor<scalar_t, O, false, true, kL>{});
-        else launch(RmsFunctor<scalar_t, O, false, false, kL>{});
+        if (has_momentum) launch(RmsFunctor<P, S, false, true, K::kLowp>{});
+        else launch(RmsFunctor<P, S, false, false, K::kLowp>{});
       }
     });
   });

@@ -117,16 +117,14 @@ void sgd_(at::TensorList params, at::TensorList grads_in, at::TensorList momentu
         f.rounding = static_cast<int>(rounding);
         multi_tensor_apply<3>(lists, chunks, chunk, aux, {}, f, &ids, &lowp_sub);
       };
-      if (bf16) {  // bfloat16 buffers (has_momentum): one kernel per param dtype, every rounding mode
-        with_bf16_state<scalar_t>([&](auto p) {
-          launch(SgdFunctor<typename decltype(p)::type, c10::BFloat16, true, true>{});
-        });
-        return;
-      }
-      with_store<scalar_t>(rounding, [&](auto lowp_tag) {
-        constexpr bool kL = decltype(lowp_tag)::value;
-        if (has_momentum) launch(SgdFunctor<scalar_t, O, true, kL>{});
-        else launch(SgdFunctor<scalar_t, O, false, kL>{});
+      with_kernel_types<scalar_t>(bf16, rounding, [&](auto k) {
+        using K = decltype(k);
+        if constexpr (kBf16State<typename K::S>) {  // bfloat16 buffers: there is a buffer (has_momentum)
+          launch(SgdFunctor<typename K::P, typename K::S, true, K::kLowp>{});
+        } else {
+          if (has_momentum) launch(SgdFunctor<typename K::P, typename K::S, true, K::kLowp>{});
+          else launch(SgdFunctor<typename K::P, typename K::S, false, K::kLowp>{});
+        }
       });
     });
     if (!has_momentum) break;  // without momentum `first` changes nothing: one launch for all tensors
