@@ -149,6 +149,18 @@ def _fsdp_model():
     return torch.nn.Sequential(torch.nn.Linear(6, 7), torch.nn.Tanh(), torch.nn.Linear(7, 1)).double()
 
 
+def _sharded_model():
+    """_fsdp_model with each Linear and the whole model fully_shard-ed (FSDP2): its params are DTensors. Call it
+    inside an initialized process group."""
+    from torch.distributed.fsdp import fully_shard
+    model = _fsdp_model()
+    for layer in model:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
 def _fsdp_train(model, name, process_group=None):
     cls, kw = FSDP_CASES[name]
     opt = cls(model.parameters(), process_group=process_group, **kw) if name == "swats" else \
@@ -163,11 +175,7 @@ def _fsdp_worker(rank, world, init_file, result_file):
     try:
         out = {}
         for name in FSDP_CASES:
-            model = _fsdp_model()
-            for layer in model:
-                if isinstance(layer, torch.nn.Linear):
-                    fully_shard(layer)
-            fully_shard(model)
+            model = _sharded_model()
             assert all(isinstance(p, DTensor) for p in model.parameters())
             opt = _fsdp_train(model, name, dist.group.WORLD)  # every rank sees the whole batch
             st = opt.state[next(iter(model.parameters()))]
@@ -223,12 +231,7 @@ def _dcp_run(name, first, last, ckpt=None, resume=None):
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
                                                          set_model_state_dict, set_optimizer_state_dict)
-    from torch.distributed.fsdp import fully_shard
-    model = _fsdp_model()
-    for layer in model:
-        if isinstance(layer, torch.nn.Linear):
-            fully_shard(layer)
-    fully_shard(model)
+    model = _sharded_model()
     cls, kw = DCP_CASES[name]
     extra = dict(process_group=dist.group.WORLD) if name == "swats" else {}
     opt = cls(model.parameters(), **kw, **extra)

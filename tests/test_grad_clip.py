@@ -424,17 +424,12 @@ def _zero_train(params, index, process_group=None):
 
 def _dist_worker(rank, world, init_file, result_file):
     import torch.distributed as dist
-    from torch.distributed.fsdp import fully_shard
-    from test_distributed import SHAPES, _fsdp_model, _initial
+    from test_distributed import SHAPES, _initial, _sharded_model
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         out = {}
         for name in DIST_CASES:
-            model = _fsdp_model()
-            for layer in model:
-                if isinstance(layer, torch.nn.Linear):
-                    fully_shard(layer)
-            fully_shard(model)
+            model = _sharded_model()
             norms = _dist_train(model, name)  # process_group None: the DTensors' mesh
             out[name] = (norms, [p.full_tensor() for p in model.parameters()])
         index = list(range(rank, len(SHAPES), world))
