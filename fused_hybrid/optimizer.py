@@ -144,7 +144,8 @@ class HybridOptimizer(torch.optim.Optimizer):
         """Drop everything derived from the groups and state: the plans and SWATS's controller (``_invalidate``),
         and which momentum buffers are fresh (a new state or a loaded checkpoint decides that anew)."""
         self._invalidate()
-        self._fresh_buffers: set = set()
+        # A dict used as an identity set: torch 2.11's dynamo traces set.difference_update with tensor == (breaks).
+        self._fresh_buffers: dict = {}
 
     # -- groups ---------------------------------------------------------------------------------------------------
 
@@ -173,7 +174,9 @@ class HybridOptimizer(torch.optim.Optimizer):
     def _invalidate(self) -> None:
         """Drop the plans (with their tables) and SWATS's controller: rebuilt by the next step."""
         self._plans: dict[int, tuple] = {}
-        self._swats = None  # swats.Controller, made when a step first needs it
+        # swats.Controller, made when a step first needs it; held in a list because torch 2.11's dynamo refuses a
+        # setattr on the optimizer inside a compiled step (a list append it traces).
+        self._swats: list = []
         self._swats_calls: list = []  # (bucket, SwatsArgs) of a step's SWATS buckets (the rule's ``after`` hook)
 
     # -- step -----------------------------------------------------------------------------------------------------
@@ -200,7 +203,7 @@ class HybridOptimizer(torch.optim.Optimizer):
             viewed = dtensor or p.is_complex()
             lp = _real(p)
             if rules.ensure_state(p, st, group):
-                self._fresh_buffers.add(lp)
+                self._fresh_buffers[lp] = None
             # The fused kernels update params in place through their data pointers, so they take contiguous
             # params only; "auto" gives a non-contiguous one (a transposed view made a Parameter, say) to the
             # reference backend, a named fused backend refuses it with a clear error.
@@ -304,9 +307,9 @@ class HybridOptimizer(torch.optim.Optimizer):
     # -- SWATS ----------------------------------------------------------------------------------------------------
 
     def _swats_controller(self) -> sw.Controller:
-        if self._swats is None:
-            self._swats = sw.Controller(self.param_groups, self.state, self.granularity)
-        return self._swats
+        if not self._swats:
+            self._swats.append(sw.Controller(self.param_groups, self.state, self.granularity))
+        return self._swats[0]
 
     def switch_info(self) -> list[dict]:
         """SWATS: one dict per switch segment (``granularity``): ``switched``, ``switch_step`` (the segment's step

@@ -409,7 +409,8 @@ def _sgd_args(opt, gi, group, bucket) -> dict:
 def _sgd_after(opt, bucket, kwargs) -> None:
     # A buffer is fresh until its first step call (a GradScaler-skipped first step uses it up too: documented).
     if opt._fresh_buffers:
-        opt._fresh_buffers.difference_update(bucket.params)
+        for p in bucket.params:  # pop per key, not set.difference_update: torch 2.11's dynamo compares tensors by ==
+            opt._fresh_buffers.pop(p, None)
 
 
 SGD = Rule("sgd", "sgd", dict(lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,

@@ -111,7 +111,7 @@ class Layout:
         members = [[] for _ in range(self.S)]
         for i, s in enumerate(seg_of):
             members[s].append(i)
-        width = max((len(m) for m in members), default=0)
+        width = max([len(m) for m in members] or [0])  # no max(default=): torch 2.11's dynamo rejects the keyword
         self.members = torch.tensor([m + [t] * (width - len(m)) for m in members], dtype=torch.long,
                                     device=device).reshape(self.S, width)
         # First group of each segment: where its b2 and tolerances come from.

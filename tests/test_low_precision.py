@@ -484,17 +484,18 @@ def test_compiled_step_matches_eager(backend, name, opts):
     the traced graph, with the same bits as eager steps."""
     torch._dynamo.reset()
     cls, kw = RULES[name]
+    dev = _device(backend)  # triton: CUDA tensors on a GPU machine (no interpreter there)
     torch.manual_seed(3)
-    a = _params(torch.bfloat16, sizes=[(5, 7), 33])
+    a = _params(torch.bfloat16, sizes=[(5, 7), 33], device=dev)
     torch.manual_seed(3)
-    b = _params(torch.bfloat16, sizes=[(5, 7), 33])
+    b = _params(torch.bfloat16, sizes=[(5, 7), 33], device=dev)
     o1 = cls(a, backend=backend, **kw, **opts)
     o2 = cls(b, backend=backend, **kw, **opts)
     compiled = torch.compile(o1.step, fullgraph=True)
     g = torch.Generator().manual_seed(1)
     for k in range(3):
         for x, y in zip(a, b):
-            x.grad = torch.randn(x.shape, generator=g).to(torch.bfloat16)
+            x.grad = torch.randn(x.shape, generator=g).to(device=dev, dtype=torch.bfloat16)
             y.grad = x.grad.clone()
         torch.manual_seed(9)  # the seeds are drawn when the first step creates the state
         if k == 0 and opts.get("stochastic_rounding"):
@@ -511,7 +512,7 @@ def test_compiled_step_matches_eager(backend, name, opts):
     if opts.get("stochastic_rounding"):
         # A compiled first step says why it cannot: a traced int() of the seed tensor is data-dependent.
         torch._dynamo.reset()
-        c = _params(torch.bfloat16, sizes=[(5, 7), 33])
+        c = _params(torch.bfloat16, sizes=[(5, 7), 33], device=dev)
         o3 = cls(c, backend=backend, **kw, **opts)
         for x in c:
             x.grad = torch.ones_like(x)
