@@ -10,7 +10,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <limits>
 
 #include "fused_hybrid/rules.h"
 #include "multi_tensor.h"
@@ -170,28 +169,6 @@ AdaptiveFn<scalar_t, opmath_t> pick_adaptive(int kind, bool ams, int wd, bool sw
 template <typename opmath_t>
 rules::OneMinus<opmath_t> one_minus(double beta1, double beta2, double lr, double weight_decay) {
   return {opmath_t(1.0 - beta1), opmath_t(1.0 - beta2), opmath_t(1.0 - lr * weight_decay)};
-}
-
-// torch.optim.Adam's per-tensor scalars at step k (host side, in double, as the reference computes them).
-template <typename opmath_t>
-rules::AdaptiveScalars<opmath_t> torch_form_scalars(double lr, double beta1, double beta2, double eps,
-                                                    double weight_decay, double k) {
-  rules::AdaptiveScalars<opmath_t> a{};
-  const double bc1 = 1.0 - std::pow(beta1, k);
-  const double bc2 = 1.0 - std::pow(beta2, k);
-  a.lr = opmath_t(lr);
-  a.beta1 = opmath_t(beta1);
-  a.beta2 = opmath_t(beta2);
-  a.eps = opmath_t(eps);
-  a.weight_decay = opmath_t(weight_decay);
-  a.step_size = opmath_t(lr / bc1);
-  a.bc2_sqrt = opmath_t(std::sqrt(bc2));
-  a.partial = opmath_t(0.5);
-  a.clip_lo = opmath_t(0);
-  a.clip_hi = std::numeric_limits<opmath_t>::infinity();
-  a.form = rules::kFormTorch;
-  a.clip = rules::kClipNone;
-  return a;
 }
 
 }  // namespace

@@ -147,7 +147,8 @@ void ndadam_(at::TensorList params, at::TensorList grads_in, at::TensorList exp_
       pv[t] = data_as<opmath_t>(exp_avg_sqs[t]);
       const double k = ks[t];
       if (row_lens[t] == 0) {
-        adam[t] = torch_form_scalars<opmath_t>(lrv, beta1, beta2, eps, weight_decay, k);
+        adam[t] = rules::adaptive_scalars<opmath_t>(rules::TorchFormAdam{beta1, beta2, eps, weight_decay}, lrv, k,
+                                                    1.0 - std::pow(beta1, k), 1.0 - std::pow(beta2, k));
       } else {
         const double bc1 = 1.0 - std::pow(beta1, k), bc2 = 1.0 - std::pow(beta2, k);
         nd[t] = {opmath_t(1.0 - beta1),        opmath_t(beta2),

@@ -159,21 +159,8 @@ struct NdAdamFunctor {
     const O inv = static_cast<O>(1.0 / a.grad_scale.get());
     const bool maximize = a.maximize;
     if (L == 0) {  // plain Adam (reference.adam_step_torch_form with L2 weight decay)
-      rules::AdaptiveScalars<O> sc;
-      sc.lr = static_cast<O>(lr);
-      sc.beta1 = static_cast<O>(a.beta1);
-      sc.beta2 = static_cast<O>(a.beta2);
-      sc.eps = static_cast<O>(a.eps);
-      sc.weight_decay = static_cast<O>(a.weight_decay);
-      sc.step_size = static_cast<O>(lr / bc1);
-      sc.bc2_sqrt = static_cast<O>(::sqrt(bc2));
-      sc.partial = O(0.5);
-      sc.clip_lo = O(0);
-      sc.clip_hi = O(0);
-      sc.form = rules::kFormTorch;
-      sc.clip = rules::kClipNone;
-      sc.decoupled = false;
-      sc.amsgrad = false;
+      const rules::AdaptiveScalars<O> sc =
+          rules::adaptive_scalars<O>(rules::TorchFormAdam{a.beta1, a.beta2, a.eps, a.weight_decay}, lr, k, bc1, bc2);
       const rules::OneMinus<O> om{static_cast<O>(1.0 - a.beta1), static_cast<O>(1.0 - a.beta2), O(1)};
       const int64_t start = chunk * meta.chunk_size;
       const int64_t n = std::min(meta.chunk_size, meta.numel[t] - start);

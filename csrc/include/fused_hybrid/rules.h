@@ -207,6 +207,15 @@ FH_HD AdaptiveScalars<T> adaptive_scalars(const H& h, double lr, double k, doubl
   return s;
 }
 
+// The hyperparameters of plain torch-form Adam with L2 weight decay (no AMSGrad, clip or decoupled decay), as
+// adaptive_scalars reads them: ND-Adam's 1-D tensors (biases) take this step (reference.ndadam_steps).
+struct TorchFormAdam {
+  double beta1, beta2, eps, weight_decay;
+  double partial = 0.5, clip_lo = 0.0, clip_hi = 0.0, final_lr = 0.0, gamma = 0.0;
+  int form = kFormTorch, clip_mode = kClipNone;
+  bool decoupled = false, final_lr_relative = false;
+};
+
 // The scalars of the form 1 - x that torch.optim and the Python reference compute in double and round once:
 // 1 - float(beta) is not float(1 - beta) (1 - float(0.999) is 1.3e-5 relative away from float(0.001)), so the
 // *_exact functions take them from the caller, who computes them in double. The functions without the suffix
