@@ -101,7 +101,7 @@ def _record(names: list[str]) -> list[dict]:
         import inspect
         fn = getattr(kernel, "fn", kernel)
         names_ = list(inspect.signature(fn).parameters)
-        sig, cons, opts = {}, {}, {}
+        sig, cons, opts = {}, {}, dict(tb.COMPILE_OPTIONS)
         for n, a in zip(names_, args):
             k, v = kind(a)
             sig[n] = k

@@ -1,7 +1,7 @@
 """Issue 16: the ``state_dtype`` group keyword (bfloat16 moment buffers, math still float32).
 
 What it promises, checked on every rule (test_low_precision.RULES) and every backend that implements it (reference,
-cpu, triton under the interpreter): every moment buffer is bfloat16 (step counts, seeds and Kahan buffers keep
+cpu, triton: under its interpreter on CPU tensors here, on CUDA tensors on a GPU machine): every moment buffer is bfloat16 (step counts, seeds and Kahan buffers keep
 theirs); the arithmetic is float32 (after one step the params are bitwise those of the float32-state run and the
 state is exactly its float32 state rounded to nearest even); the backends agree bitwise; the trajectory stays close
 to the float32-state one; checkpoints round-trip and convert; bad values, and a backend without it (none today: the
@@ -34,17 +34,6 @@ CUDA = pytest.param("cuda", marks=_needs_cuda)
 DONE = ["reference", "cpu", "triton", SIM, CUDA]
 
 
-@pytest.fixture(autouse=True)
-def _triton_on_cpu_tensors_only(request):
-    """These cases build CPU tensors, which the triton backend steps only under its interpreter, i.e. on a machine
-    without a CUDA device (conftest). On a GPU machine its triton cases are skipped, saying so (an H200 run failed
-    them all with "cannot run on cpu"); the GPU's bf16-state kernels are compiled and checked there by
-    tests/test_triton_ptx.py (adam-bf16-state-sr). Moving these cases onto CUDA tensors is open work."""
-    import cases
-    if "triton" in request.node.name and cases.DEVICE != "cpu":
-        pytest.skip("written for CPU tensors under Triton's interpreter; this machine has a CUDA device")
-
-
 # Odd sizes, several tensors, one past a CPU chunk (16384 elements); a 2-D one for ND-Adam's weight vectors.
 SIZES = [(7, 13), 5, (3, 6007), 1]
 SMALL = [(5, 7), 33, 1]  # the Triton interpreter is slow
@@ -57,7 +46,10 @@ def _sizes(backend):
 
 
 def _device(backend):
-    return "cuda" if backend == "cuda" else "cpu"
+    """Where a backend's tensors live: triton on the GPU when there is one (under its interpreter on CPU tensors
+    only without one), as in test_low_precision. Comparisons across backends move both sides to the CPU."""
+    import cases
+    return {"cuda": "cuda", "triton": cases.DEVICE}.get(backend, "cpu")
 
 
 def _params(dtype, sizes, seed=0):
@@ -296,7 +288,8 @@ def _pairs(ra, ropt, rb, opt):
     for i, (a, b) in enumerate(zip(ra, rb)):
         ma, mb = _moments(ropt, a), _moments(opt, b)
         assert ma.keys() == mb.keys() and all(v.dtype == BF16 for v in mb.values())
-        out += [(f"param {i}", a.detach(), b.detach())] + [(f"{k} {i}", ma[k], mb[k]) for k in ma]
+        out += [(f"param {i}", a.detach().cpu(), b.detach().cpu())] + [(f"{k} {i}", ma[k].cpu(), mb[k].cpu())
+                                                                       for k in ma]
     return out
 
 
@@ -629,17 +622,16 @@ def test_compiled_step_matches_eager(backend, name, opts):
     tensors; params and state bitwise as eager steps (stochastic rounding: the first step eager, for its seeds)."""
     torch._dynamo.reset()
     cls, kw = RULES[name]
-    torch.manual_seed(3)
-    a = _params(BF16, [(5, 7), 33])
-    torch.manual_seed(3)
-    b = _params(BF16, [(5, 7), 33])
+    dev = _device(backend)
+    a = [p.detach().to(dev).requires_grad_() for p in _params(BF16, [(5, 7), 33])]
+    b = [p.detach().to(dev).requires_grad_() for p in _params(BF16, [(5, 7), 33])]
     o1 = cls(a, backend=backend, state_dtype=BF16, **kw, **opts)
     o2 = cls(b, backend=backend, state_dtype=BF16, **kw, **opts)
     compiled = torch.compile(o1.step, fullgraph=True)
     g = torch.Generator().manual_seed(1)
     for k in range(3):
         for x, y in zip(a, b):
-            x.grad = torch.randn(x.shape, generator=g).to(BF16)
+            x.grad = torch.randn(x.shape, generator=g).to(device=dev, dtype=BF16)
             y.grad = x.grad.clone()
         torch.manual_seed(9)
         (o1.step if (k == 0 and opts) else compiled)()
