@@ -259,7 +259,7 @@ struct LowpStore {
   static constexpr bool kNearest = false;
   static constexpr rounding::Format F =
       std::is_same_v<P, c10::BFloat16> ? rounding::Format::kBF16 : rounding::Format::kFP16;
-  int mode;          // kRoundStochastic or kRoundKahan
+  int mode;          // kRoundStochastic or kRoundKahan (also kRoundNearest inside a Bf16StateStore)
   uint32_t step;     // stochastic: the tensor's step count after this step's increment
   uint64_t seed;     // stochastic: the tensor's seed
   uint64_t index0;   // stochastic: the flat index of the run's first element
@@ -283,6 +283,14 @@ struct LowpStore {
     return mode == kRoundKahan ? is_aligned(comp) : (index0 & 3u) == 0u;
   }
 
+  // The random words of elements 4*vi .. 4*vi+3 of the run on `stream` (0: the param; 1 + j: state buffer j, see
+  // Bf16StateStore): one Philox call per aligned group of four, rand32's grouping (needs index0 % 4 == 0).
+  __device__ __forceinline__ rounding::Philox4 bits4(int64_t vi, uint32_t stream) const {
+    const uint64_t g = (index0 >> 2) + static_cast<uint64_t>(vi);
+    return rounding::philox4x32_10(static_cast<uint32_t>(g), static_cast<uint32_t>(g >> 32), stream, step,
+                                   static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+  }
+
   // Elements 4*vi .. 4*vi+3 of the run (the vector path): x their float32 results.
   __device__ __forceinline__ void store4(P* w, int64_t vi, const float (&x)[kILP]) const {
     uint16_t r[kILP];
@@ -293,10 +301,7 @@ struct LowpStore {
       for (int i = 0; i < kILP; ++i) rounding::kahan_store<F>(x[i], r[i], c[i]);
       store_vec(comp, vi, c);
     } else {
-      const uint64_t g = (index0 >> 2) + static_cast<uint64_t>(vi);
-      const rounding::Philox4 q =
-          rounding::philox4x32_10(static_cast<uint32_t>(g), static_cast<uint32_t>(g >> 32), 0u, step,
-                                  static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+      const rounding::Philox4 q = bits4(vi, 0u);
       r[0] = rounding::round_sr<F>(x[0], q.x0);
       r[1] = rounding::round_sr<F>(x[1], q.x1);
       r[2] = rounding::round_sr<F>(x[2], q.x2);
@@ -355,15 +360,7 @@ struct Bf16StateStore {
   static __device__ __forceinline__ Bf16StateStore at(const Meta& meta, int t, int mode, double k, int64_t index0,
                                                       uint32_t streams) {
     Bf16StateStore s;
-    if constexpr (kSixteenBit<P>) {
-      s.param = LowpStore<P>::at(meta, t, mode, k, index0);
-    } else {  // (float32 params: only the state's stochastic rounding; no Kahan buffer)
-      s.param.mode = mode;
-      s.param.step = mode == kRoundStochastic ? static_cast<uint32_t>(k) : 0u;
-      s.param.seed = mode == kRoundStochastic ? meta.lowp[t] : 0u;
-      s.param.index0 = static_cast<uint64_t>(index0);
-      s.param.comp = nullptr;
-    }
+    s.param = LowpStore<P>::at(meta, t, mode, k, index0);  // (float32 params: never Kahan, lowp_column checked)
 #pragma unroll
     for (int j = 0; j < 4; ++j) s.stream[j] = static_cast<uint8_t>(streams >> (8 * j));
     return s;
@@ -400,10 +397,7 @@ struct Bf16StateStore {
   __device__ __forceinline__ void state4(int s, uint16_t* p, int64_t vi, const float (&x)[kILP]) const {
     uint16_t r[kILP];
     if (param.mode == kRoundStochastic) {
-      const uint64_t g = (param.index0 >> 2) + static_cast<uint64_t>(vi);
-      const rounding::Philox4 q = rounding::philox4x32_10(
-          static_cast<uint32_t>(g), static_cast<uint32_t>(g >> 32), stream[s], param.step,
-          static_cast<uint32_t>(param.seed), static_cast<uint32_t>(param.seed >> 32));
+      const rounding::Philox4 q = param.bits4(vi, stream[s]);
       r[0] = rounding::bf16_sr(x[0], q.x0);
       r[1] = rounding::bf16_sr(x[1], q.x1);
       r[2] = rounding::bf16_sr(x[2], q.x2);

@@ -60,7 +60,7 @@ void sgd_(at::TensorList params, at::TensorList grads_in, at::TensorList momentu
   const at::TensorList grads = contiguous.list();
   const char* op = "fused_hybrid::sgd_";
   const bool has_momentum = momentum != 0.0;
-  const bool bf16 = has_momentum && bf16_state(op, params[0].scalar_type(), {momentum_buffers});
+  const bool bf16 = has_momentum && !params.empty() && bf16_state(op, params[0].scalar_type(), {momentum_buffers});
   if (has_momentum) check_lists(op, params, grads, {{"momentum_buffers", momentum_buffers}}, true, bf16);
   else check_lists(op, params, grads, {}, true);
   TORCH_CHECK(firsts.empty() || firsts.size() == params.size(), op,
